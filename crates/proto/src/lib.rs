@@ -1,0 +1,31 @@
+//! weir's wire protocol, with no sockets in it.
+//!
+//! A service and the gateway exchange [`Frame`]s: a type, flags, a correlation id and an
+//! opaque payload. [`codec::FrameCodec`] turns frames into bytes and back for any byte
+//! stream (in-memory pipe, TCP, TLS); [`messages`] gives each frame type its typed payload.
+//! The byte layout is specified in `docs/protocol.md`, which is the contract another
+//! language would implement; this crate is its reference implementation.
+//!
+//! Invariants: decoding never panics on any input (a proptest and a fuzz target check
+//! it); every decode error is a typed [`ProtoError`]; encoding a value and decoding the
+//! bytes gives the value back.
+
+pub mod codec;
+pub mod error;
+pub mod frame;
+pub mod messages;
+mod wire;
+
+pub use codec::FrameCodec;
+pub use error::ProtoError;
+pub use frame::{Frame, FrameFlags, FrameType};
+pub use messages::*;
+
+/// The protocol version this crate speaks, carried in `Hello` and `Welcome`.
+pub const PROTOCOL_VERSION: u16 = 1;
+
+/// Largest payload a frame may carry unless a peer is configured otherwise (16 MiB).
+pub const DEFAULT_MAX_FRAME_PAYLOAD: usize = 16 * 1024 * 1024;
+
+/// Per-stream receive window a peer grants when it does not say otherwise (256 KiB).
+pub const DEFAULT_STREAM_WINDOW: u32 = 256 * 1024;
