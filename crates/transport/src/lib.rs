@@ -1,1 +1,27 @@
-//! placeholder
+//! weir's service connections, independent of what carries the bytes.
+//!
+//! A service connection is a byte stream (an in-memory pipe, TCP, TLS) carrying frames.
+//! [`handshake`] exchanges Hello and Welcome; then a [`Link`] multiplexes many request
+//! streams over the connection with per-stream, credit-based flow control ([`flow`]), so a
+//! slow stream never stalls the others and neither side buffers more than its window.
+//! Both the gateway and the service SDK run the same `Link`, each in its [`Role`].
+//!
+//! Every transport is only a way to get a [`ByteStream`]: [`memory`] is the in-memory
+//! transport; TCP and TLS hand their sockets to the same code, which is what lets one
+//! conformance suite test every transport unchanged.
+
+pub mod flow;
+pub mod handshake;
+pub mod link;
+pub mod memory;
+
+pub use flow::{DataReceiver, DataSender, StreamError};
+pub use handshake::{accept_hello, dial, HandshakeError, PendingService};
+pub use link::{IncomingRequest, IncomingResponse, Link, LinkConfig, LinkEvent, OutgoingCall, Responder, Role, StreamHandle};
+
+use tokio::io::{AsyncRead, AsyncWrite};
+
+/// Anything frames can travel over.
+pub trait ByteStream: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
+
+impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> ByteStream for T {}

@@ -1,0 +1,125 @@
+//! Opening a service connection: the service's Hello, the gateway's Welcome or Error.
+//!
+//! Both sides bound the handshake in time, so a peer that connects and says nothing
+//! costs one timer, not a connection held forever.
+
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use thiserror::Error;
+use tokio::sync::mpsc;
+use tokio_util::codec::Framed;
+use weir_proto::{ErrorCode, ErrorMessage, Frame, FrameCodec, FrameType, Hello, Message, ProtoError, Welcome, PROTOCOL_VERSION};
+
+use crate::link::{Link, LinkConfig, LinkEvent, Role};
+use crate::ByteStream;
+
+/// Why a connection did not get past its handshake.
+#[derive(Debug, Error)]
+pub enum HandshakeError {
+    #[error("handshake timed out")]
+    Timeout,
+    #[error("connection closed during the handshake")]
+    Closed,
+    #[error("protocol error during the handshake: {0}")]
+    Protocol(String),
+    #[error("refused by the gateway ({code:?}): {message}")]
+    Refused { code: ErrorCode, message: String },
+}
+
+impl From<ProtoError> for HandshakeError {
+    fn from(err: ProtoError) -> Self {
+        HandshakeError::Protocol(err.to_string())
+    }
+}
+
+async fn first_frame<T: ByteStream>(framed: &mut Framed<T, FrameCodec>, timeout: Duration) -> Result<Frame, HandshakeError> {
+    match tokio::time::timeout(timeout, framed.next()).await {
+        Err(_) => Err(HandshakeError::Timeout),
+        Ok(None) => Err(HandshakeError::Closed),
+        Ok(Some(frame)) => Ok(frame?),
+    }
+}
+
+/// Service side: sends `hello`, waits for the Welcome, and starts the link. The link's
+/// send window is the one the gateway announced.
+pub async fn dial<T: ByteStream>(
+    io: T,
+    hello: &Hello,
+    mut config: LinkConfig,
+    timeout: Duration,
+) -> Result<(Link, mpsc::UnboundedReceiver<LinkEvent>, Welcome), HandshakeError> {
+    let mut framed = Framed::new(io, FrameCodec::new(config.max_frame_payload));
+    framed.send(hello.to_frame(0)?).await?;
+    let frame = first_frame(&mut framed, timeout).await?;
+    match frame.frame_type {
+        FrameType::Welcome => {
+            let welcome = Welcome::decode(frame.payload)?;
+            config.send_window = welcome.initial_window;
+            config.recv_window = hello.initial_window;
+            let (link, events) = Link::start(framed, Role::Service, config);
+            Ok((link, events, welcome))
+        }
+        FrameType::Error => {
+            let error = ErrorMessage::decode(frame.payload)?;
+            Err(HandshakeError::Refused { code: error.code, message: error.message })
+        }
+        other => Err(HandshakeError::Protocol(format!("expected Welcome, got {other:?}"))),
+    }
+}
+
+/// Gateway side: a connection whose Hello has been read and awaits a verdict.
+#[derive(Debug)]
+pub struct PendingService<T> {
+    framed: Framed<T, FrameCodec>,
+    pub hello: Hello,
+}
+
+/// Gateway side: reads the first frame, which must be a Hello in a version we speak.
+pub async fn accept_hello<T: ByteStream>(
+    io: T,
+    max_frame_payload: usize,
+    timeout: Duration,
+) -> Result<PendingService<T>, HandshakeError> {
+    let mut framed = Framed::new(io, FrameCodec::new(max_frame_payload));
+    let frame = first_frame(&mut framed, timeout).await?;
+    if frame.frame_type != FrameType::Hello {
+        return Err(HandshakeError::Protocol(format!("expected Hello, got {:?}", frame.frame_type)));
+    }
+    let hello = Hello::decode(frame.payload)?;
+    if hello.protocol_version != PROTOCOL_VERSION {
+        let message = format!("protocol version {} is not supported (this gateway speaks {PROTOCOL_VERSION})", hello.protocol_version);
+        let mut pending = PendingService { framed, hello };
+        pending.send_error(ErrorCode::ProtocolViolation, &message).await;
+        return Err(HandshakeError::Protocol(message));
+    }
+    Ok(PendingService { framed, hello })
+}
+
+impl<T: ByteStream> PendingService<T> {
+    /// Accepts the service: sends `welcome` and starts the link. The gateway's receive
+    /// window is `welcome.initial_window`; its send window is the Hello's.
+    pub async fn welcome(
+        mut self,
+        welcome: &Welcome,
+        mut config: LinkConfig,
+    ) -> Result<(Link, mpsc::UnboundedReceiver<LinkEvent>), HandshakeError> {
+        self.framed.send(welcome.to_frame(0)?).await?;
+        config.recv_window = welcome.initial_window;
+        config.send_window = self.hello.initial_window;
+        Ok(Link::start(self.framed, Role::Gateway, config))
+    }
+
+    /// Refuses the service with a reason it can read, then closes the connection.
+    pub async fn refuse(mut self, code: ErrorCode, message: &str) {
+        self.send_error(code, message).await;
+    }
+
+    async fn send_error(&mut self, code: ErrorCode, message: &str) {
+        let error = ErrorMessage { code, message: message.to_owned() };
+        if let Ok(frame) = error.to_frame(0) {
+            let _ = tokio::time::timeout(Duration::from_secs(1), self.framed.send(frame)).await;
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.framed.close()).await;
+    }
+}

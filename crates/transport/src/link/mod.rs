@@ -1,0 +1,418 @@
+//! The multiplexed link: many request streams over one framed connection.
+//!
+//! A `Link` owns two tasks. The reader decodes frames and routes them: stream frames to
+//! the stream's entry in the [`StreamTable`], everything else to the owner as
+//! [`LinkEvent`]s. The writer drains two queues: an unbounded control queue (credit,
+//! cancel, heartbeat, error: small frames whose number is bounded by the traffic that
+//! causes them) that it always serves first, and a bounded data queue (heads and stream
+//! data) whose bound is the link's backpressure.
+//!
+//! Stream rules, enforced here for both roles: the gateway opens streams with strictly
+//! increasing ids; data may not exceed granted credit, follow END_STREAM, or arrive for a
+//! stream that never existed or ended normally. Any violation closes the whole link with
+//! an Error frame and a logged reason; other links are untouched. Frames for a stream
+//! that was cancelled recently are ignored, since the peer may not have seen the cancel.
+//! When the link closes, every open stream fails with `ConnectionLost`.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::StreamExt;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::codec::Framed;
+use tokio_util::sync::CancellationToken;
+use weir_proto::{
+    BodyMode, Cancel, CancelReason, Credit, EndpointsUpdate, ErrorCode, ErrorMessage, Frame, FrameCodec, FrameType,
+    Heartbeat, Message, RequestHead, ResponseHead,
+};
+
+mod handles;
+mod reader;
+mod writer;
+
+pub use handles::{Responder, StreamHandle};
+
+use crate::flow::{CreditGate, DataEvent, DataReceiver, DataSender, StreamError};
+use crate::ByteStream;
+
+/// How long a cancelled stream's id is remembered so late frames for it are ignored.
+const CANCELLED_MEMORY: Duration = Duration::from_secs(60);
+/// Largest credit a peer may accumulate on one stream (as HTTP/2: 2^31 - 1).
+const MAX_CREDIT: u64 = (1 << 31) - 1;
+
+/// Which end of the connection this link is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Opens streams: sends requests, receives responses.
+    Gateway,
+    /// Accepts streams: receives requests, sends responses.
+    Service,
+}
+
+impl Role {
+    /// The reason sent when a body sender is dropped unfinished.
+    pub(crate) fn default_abort_reason(self) -> CancelReason {
+        match self {
+            Role::Gateway => CancelReason::ClientDisconnected,
+            Role::Service => CancelReason::HandlerFailed,
+        }
+    }
+
+    fn outgoing_data(self) -> FrameType {
+        match self {
+            Role::Gateway => FrameType::RequestStreamData,
+            Role::Service => FrameType::ResponseStreamData,
+        }
+    }
+}
+
+/// Sizes a link works with.
+#[derive(Debug, Clone, Copy)]
+pub struct LinkConfig {
+    /// Largest frame payload read or written.
+    pub max_frame_payload: usize,
+    /// Stream bytes we let the peer send per stream before we grant more.
+    pub recv_window: u32,
+    /// Stream bytes the peer lets us send per stream before it grants more.
+    pub send_window: u32,
+    /// Frames the data queue holds before senders wait (the link's backpressure).
+    pub data_queue: usize,
+}
+
+impl Default for LinkConfig {
+    fn default() -> Self {
+        LinkConfig {
+            max_frame_payload: weir_proto::DEFAULT_MAX_FRAME_PAYLOAD,
+            recv_window: weir_proto::DEFAULT_STREAM_WINDOW,
+            send_window: weir_proto::DEFAULT_STREAM_WINDOW,
+            data_queue: 64,
+        }
+    }
+}
+
+/// What the link tells its owner.
+#[derive(Debug)]
+pub enum LinkEvent {
+    Heartbeat(Heartbeat),
+    EndpointsUpdate(EndpointsUpdate),
+    /// Service role: a new request stream.
+    Request(IncomingRequest),
+}
+
+/// Service role: one request to answer.
+#[derive(Debug)]
+pub struct IncomingRequest {
+    pub head: RequestHead,
+    /// The streamed body, when the head says `Streamed`.
+    pub body: Option<DataReceiver>,
+    /// Fires when the gateway cancels the request or the link closes.
+    pub cancel: CancellationToken,
+    pub responder: Responder,
+}
+
+/// Gateway role: a response head and, when streamed, its body.
+#[derive(Debug)]
+pub struct IncomingResponse {
+    pub head: ResponseHead,
+    pub body: Option<DataReceiver>,
+}
+
+/// Gateway role: a request sent, awaiting its response.
+#[derive(Debug)]
+pub struct OutgoingCall {
+    /// The body sender, when the request head says `Streamed`.
+    pub body: Option<DataSender>,
+    /// Resolves with the response head or the stream's failure.
+    pub response: oneshot::Receiver<Result<IncomingResponse, StreamError>>,
+    /// Cancels the stream when dropped before [`StreamHandle::complete`].
+    pub handle: StreamHandle,
+}
+
+#[derive(Debug)]
+struct StreamEntry {
+    /// Where peer data goes; `None` when the body is buffered or has ended.
+    incoming: Option<mpsc::UnboundedSender<DataEvent>>,
+    /// Stream bytes the peer may still send before we grant more.
+    recv_credit: u64,
+    /// The peer has sent END_STREAM.
+    recv_ended: bool,
+    /// Credit for what we send.
+    send_gate: Arc<CreditGate>,
+    /// Gateway role: where the response head goes.
+    pending_response: Option<oneshot::Sender<Result<IncomingResponse, StreamError>>>,
+    /// Service role: fired on cancel.
+    cancel: Option<CancellationToken>,
+}
+
+impl StreamEntry {
+    fn fail(self, error: StreamError) {
+        if let Some(tx) = self.incoming {
+            let _ = tx.send(DataEvent::Reset(error.clone()));
+        }
+        if let Some(tx) = self.pending_response {
+            let _ = tx.send(Err(error.clone()));
+        }
+        if let Some(token) = self.cancel {
+            token.cancel();
+        }
+        self.send_gate.close(error);
+    }
+}
+
+#[derive(Debug, Default)]
+struct StreamTable {
+    entries: HashMap<u64, StreamEntry>,
+    /// Highest id ever opened; ids at or below it that have no entry are closed.
+    highest_id: u64,
+    /// Recently cancelled ids, whose late frames are ignored.
+    cancelled: HashMap<u64, Instant>,
+}
+
+impl StreamTable {
+    fn remember_cancelled(&mut self, id: u64) {
+        let now = Instant::now();
+        if self.cancelled.len() >= 1024 {
+            self.cancelled.retain(|_, at| now.duration_since(*at) < CANCELLED_MEMORY);
+        }
+        self.cancelled.insert(id, now);
+    }
+
+    /// For a frame whose stream has no entry: `Ok` to ignore it, `Err` for a violation.
+    fn closed_stream(&self, id: u64, what: &str) -> Result<(), String> {
+        if self.cancelled.contains_key(&id) {
+            Ok(())
+        } else if id > self.highest_id || id == 0 {
+            Err(format!("{what} for unknown stream {id}"))
+        } else {
+            Err(format!("{what} for closed stream {id}"))
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Shared {
+    role: Role,
+    config: LinkConfig,
+    streams: Mutex<StreamTable>,
+    control_tx: mpsc::UnboundedSender<Frame>,
+    data_tx: mpsc::Sender<Frame>,
+    /// Fires once when the link closes, for any reason.
+    closed: CancellationToken,
+    close_reason: Mutex<Option<String>>,
+    next_id: AtomicU64,
+}
+
+/// A handle on one multiplexed connection; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Link {
+    shared: Arc<Shared>,
+}
+
+type FrameSink<T> = SplitSink<Framed<T, FrameCodec>, Frame>;
+type FrameSource<T> = SplitStream<Framed<T, FrameCodec>>;
+
+impl Link {
+    /// Starts the reader and writer tasks on an already handshaken connection.
+    pub fn start<T: ByteStream>(
+        framed: Framed<T, FrameCodec>,
+        role: Role,
+        config: LinkConfig,
+    ) -> (Link, mpsc::UnboundedReceiver<LinkEvent>) {
+        let (control_tx, control_rx) = mpsc::unbounded_channel();
+        let (data_tx, data_rx) = mpsc::channel(config.data_queue.max(1));
+        let (events_tx, events_rx) = mpsc::unbounded_channel();
+        let link = Link {
+            shared: Arc::new(Shared {
+                role,
+                config,
+                streams: Mutex::new(StreamTable::default()),
+                control_tx,
+                data_tx,
+                closed: CancellationToken::new(),
+                close_reason: Mutex::new(None),
+                next_id: AtomicU64::new(1),
+            }),
+        };
+        let (sink, source) = framed.split();
+        tokio::spawn(link.clone().write_loop(sink, control_rx, data_rx));
+        tokio::spawn(link.clone().read_loop(source, events_tx));
+        (link, events_rx)
+    }
+
+    /// This link's role.
+    pub fn role(&self) -> Role {
+        self.shared.role
+    }
+
+    /// Whether the link has closed.
+    pub fn is_closed(&self) -> bool {
+        self.shared.closed.is_cancelled()
+    }
+
+    /// Resolves when the link closes.
+    pub async fn closed(&self) {
+        self.shared.closed.cancelled().await
+    }
+
+    /// Why the link closed, once it has.
+    pub fn close_reason(&self) -> Option<String> {
+        self.reason_slot().clone()
+    }
+
+    /// Streams currently open.
+    pub fn open_streams(&self) -> usize {
+        self.table().entries.len()
+    }
+
+    /// Closes the link: every open stream fails with `ConnectionLost(reason)`.
+    pub fn close(&self, reason: impl Into<String>) {
+        let reason = reason.into();
+        {
+            let mut slot = self.reason_slot();
+            if slot.is_some() {
+                return;
+            }
+            *slot = Some(reason.clone());
+        }
+        let entries: Vec<StreamEntry> = self.table().entries.drain().map(|(_, e)| e).collect();
+        for entry in entries {
+            entry.fail(StreamError::ConnectionLost(reason.clone()));
+        }
+        self.shared.closed.cancel();
+    }
+
+    /// Sends an Error frame for the connection, then closes it.
+    pub fn close_with_error(&self, code: ErrorCode, message: impl Into<String>) {
+        let message = message.into();
+        if let Ok(frame) = (ErrorMessage { code, message: message.clone() }).to_frame(0) {
+            let _ = self.shared.control_tx.send(frame);
+        }
+        self.close(message);
+    }
+
+    /// Sends a heartbeat (either role).
+    pub fn send_heartbeat(&self, heartbeat: &Heartbeat) -> Result<(), StreamError> {
+        self.send_control(heartbeat.to_frame(0).map_err(|e| StreamError::Failed(e.to_string()))?)
+    }
+
+    /// Service role: replaces the registered endpoint list.
+    pub fn send_endpoints_update(&self, update: &EndpointsUpdate) -> Result<(), StreamError> {
+        self.send_control(update.to_frame(0).map_err(|e| StreamError::Failed(e.to_string()))?)
+    }
+
+    /// Gateway role: opens a stream and sends the request head. With a `Streamed` head the
+    /// body sender starts with `send_window` credit at most (the peer's window caps it).
+    pub async fn call(&self, head: RequestHead, send_window: u32) -> Result<OutgoingCall, StreamError> {
+        debug_assert_eq!(self.role(), Role::Gateway);
+        let streamed = head.body_mode == BodyMode::Streamed;
+        let frame_payload = head.encode().map_err(|e| StreamError::Failed(e.to_string()))?;
+        let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
+        let gate = CreditGate::new(u64::from(send_window.min(self.shared.config.send_window)));
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut table = self.table();
+            if self.is_closed() {
+                return Err(StreamError::ConnectionLost(self.close_reason().unwrap_or_default()));
+            }
+            table.highest_id = id;
+            table.entries.insert(
+                id,
+                StreamEntry {
+                    incoming: None,
+                    recv_credit: 0,
+                    recv_ended: false,
+                    send_gate: Arc::clone(&gate),
+                    pending_response: Some(tx),
+                    cancel: None,
+                },
+            );
+        }
+        let handle = StreamHandle { link: self.clone(), id, done: false };
+        self.send_data(Frame::new(FrameType::Request, id, frame_payload)).await?;
+        let body = streamed.then(|| self.data_sender(id, gate));
+        Ok(OutgoingCall { body, response: rx, handle })
+    }
+
+    fn data_sender(&self, id: u64, gate: Arc<CreditGate>) -> DataSender {
+        let max = self.shared.config.max_frame_payload;
+        DataSender::new(self.clone(), id, gate, self.role().outgoing_data(), max)
+    }
+
+    /// Cancels a stream (idempotent): tells the peer and fails local waiters.
+    pub fn cancel_stream(&self, id: u64, reason: CancelReason) {
+        let entry = {
+            let mut table = self.table();
+            let entry = table.entries.remove(&id);
+            if entry.is_some() {
+                table.remember_cancelled(id);
+            }
+            entry
+        };
+        if let Some(entry) = entry {
+            if let Ok(frame) = (Cancel { reason }).to_frame(id) {
+                let _ = self.send_control(frame);
+            }
+            entry.fail(StreamError::Cancelled(reason));
+        }
+    }
+
+    /// Marks a stream finished normally on our side, forgetting it if nothing is pending.
+    pub(crate) fn local_body_finished(&self, id: u64) {
+        if self.role() == Role::Service {
+            self.complete_stream(id);
+        }
+    }
+
+    /// Forgets a stream that ended normally. Late peer frames for it are then ignored if
+    /// its request body had not ended (the peer may still be sending), else violations.
+    fn complete_stream(&self, id: u64) {
+        let mut table = self.table();
+        if let Some(entry) = table.entries.remove(&id) {
+            let unfinished_input = !entry.recv_ended && entry.incoming.is_some();
+            if unfinished_input {
+                table.remember_cancelled(id);
+            }
+            entry.send_gate.close(StreamError::Closed);
+        }
+    }
+
+    pub(crate) fn grant_credit(&self, id: u64, bytes: usize) {
+        let Ok(increment) = u32::try_from(bytes) else { return };
+        if self.table().entries.contains_key(&id) {
+            if let Ok(frame) = (Credit { increment }).to_frame(id) {
+                let _ = self.send_control(frame);
+            }
+        }
+    }
+
+    pub(crate) async fn send_data(&self, frame: Frame) -> Result<(), StreamError> {
+        let lost = || StreamError::ConnectionLost(self.close_reason().unwrap_or_else(|| "link closed".into()));
+        if self.is_closed() {
+            return Err(lost());
+        }
+        tokio::select! {
+            sent = self.shared.data_tx.send(frame) => sent.map_err(|_| lost()),
+            _ = self.shared.closed.cancelled() => Err(lost()),
+        }
+    }
+
+    fn send_control(&self, frame: Frame) -> Result<(), StreamError> {
+        if self.is_closed() {
+            return Err(StreamError::ConnectionLost(self.close_reason().unwrap_or_default()));
+        }
+        self.shared.control_tx.send(frame).map_err(|_| StreamError::ConnectionLost("writer stopped".into()))
+    }
+
+    fn table(&self) -> MutexGuard<'_, StreamTable> {
+        // The table is only mutated by short, non-panicking sections; a poisoned lock
+        // still holds a consistent table.
+        self.shared.streams.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn reason_slot(&self) -> MutexGuard<'_, Option<String>> {
+        self.shared.close_reason.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}

@@ -1,0 +1,65 @@
+//! The writer task: the only code that writes to the connection.
+//!
+//! Control frames go first so that credit and cancels are never stuck behind bulk data.
+//! Frames are fed in batches and flushed once per batch.
+
+use futures_util::SinkExt;
+use tokio::sync::mpsc;
+use weir_proto::Frame;
+
+use super::{FrameSink, Link};
+use crate::ByteStream;
+
+/// Frames fed before a flush, so one busy stream cannot delay a flush forever.
+const BATCH: usize = 32;
+
+impl Link {
+    pub(super) async fn write_loop<T: ByteStream>(
+        self,
+        mut sink: FrameSink<T>,
+        mut control: mpsc::UnboundedReceiver<Frame>,
+        mut data: mpsc::Receiver<Frame>,
+    ) {
+        loop {
+            let first = tokio::select! {
+                biased;
+                Some(frame) = control.recv() => frame,
+                Some(frame) = data.recv() => frame,
+                _ = self.shared.closed.cancelled() => break,
+            };
+            if let Err(err) = self.write_batch(&mut sink, first, &mut control, &mut data).await {
+                tracing::debug!(error = %err, "service link write failed");
+                self.close(format!("write failed: {err}"));
+                return;
+            }
+        }
+        // Closing: deliver any last control frame (an Error telling the peer why).
+        while let Ok(frame) = control.try_recv() {
+            if sink.feed(frame).await.is_err() {
+                return;
+            }
+        }
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), sink.close()).await;
+    }
+
+    async fn write_batch<T: ByteStream>(
+        &self,
+        sink: &mut FrameSink<T>,
+        first: Frame,
+        control: &mut mpsc::UnboundedReceiver<Frame>,
+        data: &mut mpsc::Receiver<Frame>,
+    ) -> Result<(), weir_proto::ProtoError> {
+        sink.feed(first).await?;
+        for _ in 1..BATCH {
+            let next = match control.try_recv() {
+                Ok(frame) => frame,
+                Err(_) => match data.try_recv() {
+                    Ok(frame) => frame,
+                    Err(_) => break,
+                },
+            };
+            sink.feed(next).await?;
+        }
+        sink.flush().await
+    }
+}
