@@ -55,7 +55,13 @@ pub(crate) struct CreditGate {
 
 impl CreditGate {
     pub(crate) fn new(initial: u64) -> Arc<Self> {
-        Arc::new(CreditGate { state: Mutex::new(GateState { available: initial, closed: None }), notify: Notify::new() })
+        Arc::new(CreditGate {
+            state: Mutex::new(GateState {
+                available: initial,
+                closed: None,
+            }),
+            notify: Notify::new(),
+        })
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, GateState> {
@@ -116,8 +122,21 @@ pub struct DataSender {
 }
 
 impl DataSender {
-    pub(crate) fn new(link: Link, id: u64, gate: Arc<CreditGate>, frame_type: FrameType, max_frame: usize) -> Self {
-        DataSender { link, id, gate, frame_type, max_frame, finished: false }
+    pub(crate) fn new(
+        link: Link,
+        id: u64,
+        gate: Arc<CreditGate>,
+        frame_type: FrameType,
+        max_frame: usize,
+    ) -> Self {
+        DataSender {
+            link,
+            id,
+            gate,
+            frame_type,
+            max_frame,
+            finished: false,
+        }
     }
 
     /// The stream's correlation id.
@@ -130,7 +149,9 @@ impl DataSender {
         while !chunk.is_empty() {
             let n = self.gate.acquire(chunk.len().min(self.max_frame)).await?;
             let part = chunk.split_to(n);
-            self.link.send_data(Frame::data(self.frame_type, self.id, part, false)).await?;
+            self.link
+                .send_data(Frame::data(self.frame_type, self.id, part, false))
+                .await?;
         }
         Ok(())
     }
@@ -138,7 +159,9 @@ impl DataSender {
     /// Ends the stream with an explicit END_STREAM.
     pub async fn finish(mut self) -> Result<(), StreamError> {
         self.finished = true;
-        self.link.send_data(Frame::data(self.frame_type, self.id, Bytes::new(), true)).await?;
+        self.link
+            .send_data(Frame::data(self.frame_type, self.id, Bytes::new(), true))
+            .await?;
         self.link.local_body_finished(self.id);
         Ok(())
     }
@@ -172,7 +195,12 @@ pub struct DataReceiver {
 
 impl DataReceiver {
     pub(crate) fn new(rx: mpsc::UnboundedReceiver<DataEvent>, link: Link, id: u64) -> Self {
-        DataReceiver { rx, link, id, ended: false }
+        DataReceiver {
+            rx,
+            link,
+            id,
+            ended: false,
+        }
     }
 
     /// The next chunk; `None` after the explicit end of the stream.
@@ -204,7 +232,10 @@ impl DataReceiver {
             }
             Poll::Ready(None) => {
                 self.ended = true;
-                let reason = self.link.close_reason().unwrap_or_else(|| "stream dropped".to_owned());
+                let reason = self
+                    .link
+                    .close_reason()
+                    .unwrap_or_else(|| "stream dropped".to_owned());
                 Poll::Ready(Some(Err(StreamError::ConnectionLost(reason))))
             }
         }

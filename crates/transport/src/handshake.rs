@@ -9,7 +9,10 @@ use futures_util::{SinkExt, StreamExt};
 use thiserror::Error;
 use tokio::sync::mpsc;
 use tokio_util::codec::Framed;
-use weir_proto::{ErrorCode, ErrorMessage, Frame, FrameCodec, FrameType, Hello, Message, ProtoError, Welcome, PROTOCOL_VERSION};
+use weir_proto::{
+    ErrorCode, ErrorMessage, Frame, FrameCodec, FrameType, Hello, Message, ProtoError, Welcome,
+    PROTOCOL_VERSION,
+};
 
 use crate::link::{Link, LinkConfig, LinkEvent, Role};
 use crate::ByteStream;
@@ -33,7 +36,10 @@ impl From<ProtoError> for HandshakeError {
     }
 }
 
-async fn first_frame<T: ByteStream>(framed: &mut Framed<T, FrameCodec>, timeout: Duration) -> Result<Frame, HandshakeError> {
+async fn first_frame<T: ByteStream>(
+    framed: &mut Framed<T, FrameCodec>,
+    timeout: Duration,
+) -> Result<Frame, HandshakeError> {
     match tokio::time::timeout(timeout, framed.next()).await {
         Err(_) => Err(HandshakeError::Timeout),
         Ok(None) => Err(HandshakeError::Closed),
@@ -62,9 +68,14 @@ pub async fn dial<T: ByteStream>(
         }
         FrameType::Error => {
             let error = ErrorMessage::decode(frame.payload)?;
-            Err(HandshakeError::Refused { code: error.code, message: error.message })
+            Err(HandshakeError::Refused {
+                code: error.code,
+                message: error.message,
+            })
         }
-        other => Err(HandshakeError::Protocol(format!("expected Welcome, got {other:?}"))),
+        other => Err(HandshakeError::Protocol(format!(
+            "expected Welcome, got {other:?}"
+        ))),
     }
 }
 
@@ -84,13 +95,21 @@ pub async fn accept_hello<T: ByteStream>(
     let mut framed = Framed::new(io, FrameCodec::new(max_frame_payload));
     let frame = first_frame(&mut framed, timeout).await?;
     if frame.frame_type != FrameType::Hello {
-        return Err(HandshakeError::Protocol(format!("expected Hello, got {:?}", frame.frame_type)));
+        return Err(HandshakeError::Protocol(format!(
+            "expected Hello, got {:?}",
+            frame.frame_type
+        )));
     }
     let hello = Hello::decode(frame.payload)?;
     if hello.protocol_version != PROTOCOL_VERSION {
-        let message = format!("protocol version {} is not supported (this gateway speaks {PROTOCOL_VERSION})", hello.protocol_version);
+        let message = format!(
+            "protocol version {} is not supported (this gateway speaks {PROTOCOL_VERSION})",
+            hello.protocol_version
+        );
         let mut pending = PendingService { framed, hello };
-        pending.send_error(ErrorCode::ProtocolViolation, &message).await;
+        pending
+            .send_error(ErrorCode::ProtocolViolation, &message)
+            .await;
         return Err(HandshakeError::Protocol(message));
     }
     Ok(PendingService { framed, hello })
@@ -116,7 +135,10 @@ impl<T: ByteStream> PendingService<T> {
     }
 
     async fn send_error(&mut self, code: ErrorCode, message: &str) {
-        let error = ErrorMessage { code, message: message.to_owned() };
+        let error = ErrorMessage {
+            code,
+            message: message.to_owned(),
+        };
         if let Ok(frame) = error.to_frame(0) {
             let _ = tokio::time::timeout(Duration::from_secs(1), self.framed.send(frame)).await;
         }

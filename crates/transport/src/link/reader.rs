@@ -10,11 +10,14 @@ use futures_util::StreamExt;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use weir_proto::{
-    BodyMode, Cancel, Credit, EndpointsUpdate, ErrorCode, ErrorMessage, Frame, FrameType, Heartbeat, Message,
-    RequestHead, ResponseHead,
+    BodyMode, Cancel, Credit, EndpointsUpdate, ErrorCode, ErrorMessage, Frame, FrameType,
+    Heartbeat, Message, RequestHead, ResponseHead,
 };
 
-use super::{FrameSource, IncomingRequest, IncomingResponse, Link, LinkEvent, Responder, Role, StreamEntry, MAX_CREDIT};
+use super::{
+    FrameSource, IncomingRequest, IncomingResponse, Link, LinkEvent, Responder, Role, StreamEntry,
+    MAX_CREDIT,
+};
 use crate::flow::{CreditGate, DataEvent, DataReceiver, StreamError};
 use crate::ByteStream;
 
@@ -25,7 +28,11 @@ fn decode<M: Message>(payload: Bytes) -> Result<M, Violation> {
 }
 
 impl Link {
-    pub(super) async fn read_loop<T: ByteStream>(self, mut source: FrameSource<T>, events: mpsc::UnboundedSender<LinkEvent>) {
+    pub(super) async fn read_loop<T: ByteStream>(
+        self,
+        mut source: FrameSource<T>,
+        events: mpsc::UnboundedSender<LinkEvent>,
+    ) {
         loop {
             let next = tokio::select! {
                 next = source.next() => next,
@@ -47,7 +54,11 @@ impl Link {
         }
     }
 
-    fn dispatch(&self, frame: Frame, events: &mpsc::UnboundedSender<LinkEvent>) -> Result<(), Violation> {
+    fn dispatch(
+        &self,
+        frame: Frame,
+        events: &mpsc::UnboundedSender<LinkEvent>,
+    ) -> Result<(), Violation> {
         let id = frame.correlation_id;
         match (self.role(), frame.frame_type) {
             (_, FrameType::Heartbeat) => {
@@ -55,14 +66,15 @@ impl Link {
                 Ok(())
             }
             (Role::Gateway, FrameType::EndpointsUpdate) => {
-                let _ = events.send(LinkEvent::EndpointsUpdate(decode::<EndpointsUpdate>(frame.payload)?));
+                let _ = events.send(LinkEvent::EndpointsUpdate(decode::<EndpointsUpdate>(
+                    frame.payload,
+                )?));
                 Ok(())
             }
             (Role::Service, FrameType::Request) => self.on_request(id, frame.payload, events),
             (Role::Gateway, FrameType::Response) => self.on_response(id, frame.payload),
-            (Role::Service, FrameType::RequestStreamData) | (Role::Gateway, FrameType::ResponseStreamData) => {
-                self.on_data(frame)
-            }
+            (Role::Service, FrameType::RequestStreamData)
+            | (Role::Gateway, FrameType::ResponseStreamData) => self.on_data(frame),
             (_, FrameType::Credit) => self.on_credit(id, decode::<Credit>(frame.payload)?),
             (_, FrameType::Cancel) => {
                 let cancel = decode::<Cancel>(frame.payload)?;
@@ -73,7 +85,12 @@ impl Link {
         }
     }
 
-    fn on_request(&self, id: u64, payload: Bytes, events: &mpsc::UnboundedSender<LinkEvent>) -> Result<(), Violation> {
+    fn on_request(
+        &self,
+        id: u64,
+        payload: Bytes,
+        events: &mpsc::UnboundedSender<LinkEvent>,
+    ) -> Result<(), Violation> {
         let head = decode::<RequestHead>(payload)?;
         let streamed = head.body_mode == BodyMode::Streamed;
         let cancel = CancellationToken::new();
@@ -82,14 +99,21 @@ impl Link {
         {
             let mut table = self.table();
             if id <= table.highest_id {
-                return Err(format!("request reuses stream id {id} (highest so far {})", table.highest_id));
+                return Err(format!(
+                    "request reuses stream id {id} (highest so far {})",
+                    table.highest_id
+                ));
             }
             table.highest_id = id;
             table.entries.insert(
                 id,
                 StreamEntry {
                     incoming: streamed.then_some(tx),
-                    recv_credit: if streamed { u64::from(self.shared.config.recv_window) } else { 0 },
+                    recv_credit: if streamed {
+                        u64::from(self.shared.config.recv_window)
+                    } else {
+                        0
+                    },
                     recv_ended: !streamed,
                     send_gate: Arc::clone(&gate),
                     pending_response: None,
@@ -99,7 +123,12 @@ impl Link {
         }
         let body = streamed.then(|| DataReceiver::new(rx, self.clone(), id));
         let responder = Responder::new(self.clone(), id, gate);
-        let _ = events.send(LinkEvent::Request(IncomingRequest { head, body, cancel, responder }));
+        let _ = events.send(LinkEvent::Request(IncomingRequest {
+            head,
+            body,
+            cancel,
+            responder,
+        }));
         Ok(())
     }
 
@@ -143,10 +172,15 @@ impl Link {
             return Err(format!("stream data after end of stream {id}"));
         }
         let Some(incoming) = &entry.incoming else {
-            return Err(format!("stream data on stream {id} before its streamed head"));
+            return Err(format!(
+                "stream data on stream {id} before its streamed head"
+            ));
         };
         if len > entry.recv_credit {
-            return Err(format!("stream {id} sent {len} bytes with {} bytes of credit", entry.recv_credit));
+            return Err(format!(
+                "stream {id} sent {len} bytes with {} bytes of credit",
+                entry.recv_credit
+            ));
         }
         entry.recv_credit -= len;
         // The receiver may be gone (handler dropped the body); its bytes are simply dropped.
@@ -167,7 +201,11 @@ impl Link {
         // Credit for a stream that has ended is normal: the peer consumed the last bytes
         // after we stopped caring.
         let Some(entry) = table.entries.get(&id) else {
-            return if id == 0 || id > table.highest_id { Err(format!("credit for unknown stream {id}")) } else { Ok(()) };
+            return if id == 0 || id > table.highest_id {
+                Err(format!("credit for unknown stream {id}"))
+            } else {
+                Ok(())
+            };
         };
         if entry.send_gate.add(u64::from(credit.increment)) > MAX_CREDIT {
             return Err(format!("credit on stream {id} exceeds {MAX_CREDIT} bytes"));
@@ -180,7 +218,11 @@ impl Link {
         let Some(entry) = table.entries.remove(&id) else {
             // Ending a stream that already ended is a normal race (both sides finished or
             // gave up at once); only a stream that never existed is a violation.
-            return if id == 0 || id > table.highest_id { Err(format!("{what} for unknown stream {id}")) } else { Ok(()) };
+            return if id == 0 || id > table.highest_id {
+                Err(format!("{what} for unknown stream {id}"))
+            } else {
+                Ok(())
+            };
         };
         table.remember_cancelled(id);
         drop(table);
