@@ -77,7 +77,10 @@ pub struct PayloadBudget {
 impl PayloadBudget {
     /// A budget enforcing `limits`.
     pub fn new(limits: PayloadLimits) -> Arc<Self> {
-        Arc::new(PayloadBudget { limits, counters: Mutex::new(Counters::default()) })
+        Arc::new(PayloadBudget {
+            limits,
+            counters: Mutex::new(Counters::default()),
+        })
     }
 
     /// The limits this budget enforces.
@@ -88,7 +91,11 @@ impl PayloadBudget {
     /// Opens an empty reservation for request traffic on `connection`.
     pub fn open(self: &Arc<Self>, connection: u64) -> Reservation {
         self.lock().reservations += 1;
-        Reservation { budget: Arc::clone(self), connection, bytes: 0 }
+        Reservation {
+            budget: Arc::clone(self),
+            connection,
+            bytes: 0,
+        }
     }
 
     /// Current counters.
@@ -104,7 +111,9 @@ impl PayloadBudget {
     fn lock(&self) -> MutexGuard<'_, Counters> {
         // A poisoned lock only means another thread panicked between two plain integer
         // updates, which leave the counters consistent; keep serving.
-        self.counters.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.counters
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn grow(&self, connection: u64, held: u64, bytes: u64) -> Result<(), BudgetExceeded> {

@@ -12,7 +12,7 @@ use std::time::Duration;
 use crate::budget::PayloadLimits;
 
 /// Everything the gateway needs to run.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct GatewayConfig {
     pub server: ServerConfig,
     pub routing: RoutingConfig,
@@ -34,6 +34,8 @@ pub struct ServerConfig {
     pub header_timeout: Duration,
     /// Longest wait for the next bytes of a request body; a slower client gets 408.
     pub read_timeout: Duration,
+    /// Address of the admin surface (budget, routes, metrics); `None` disables it.
+    pub admin_listen: Option<SocketAddr>,
 }
 
 /// `[routing]`: how instances are chosen and how health follows heartbeats.
@@ -74,6 +76,7 @@ impl Default for ServerConfig {
             max_timeout: Duration::from_secs(300),
             header_timeout: Duration::from_secs(10),
             read_timeout: Duration::from_secs(30),
+            admin_listen: None,
         }
     }
 }
@@ -98,16 +101,6 @@ impl Default for LimitsConfig {
             max_upload_size: 100 * 1024 * 1024,
             chunk_size: 64 * 1024,
             stream_window: weir_proto::DEFAULT_STREAM_WINDOW,
-        }
-    }
-}
-
-impl Default for GatewayConfig {
-    fn default() -> Self {
-        GatewayConfig {
-            server: ServerConfig::default(),
-            routing: RoutingConfig::default(),
-            limits: LimitsConfig::default(),
         }
     }
 }

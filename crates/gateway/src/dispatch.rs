@@ -1,0 +1,484 @@
+//! Dispatch: one client request's life, in named phases.
+//!
+//! 1. **route** — the routing table turns (method, path, version) into a
+//!    [`RoutingDecision`]: endpoint, instance, effective timeout. Separate from dispatch
+//!    (seed 002 §3).
+//! 2. **admit** — the body policy: over `max_upload_size` or the endpoint's declared
+//!    maximum → 413 before any body byte is read; buffered or streaming is decided exactly
+//!    as seed 002 §3 says (the endpoint supports streaming, and the length is unknown or
+//!    above the per-call limit); a buffered body over the per-call limit → 413 at once.
+//! 3. **forward** — buffered: read the body under the budget (413 the moment it crosses
+//!    the per-call limit, 503 if the connection or aggregate budget is exhausted), then
+//!    send it inline. Streaming: reserve the stream's whole window in the budget at
+//!    admission (503 at once if it does not fit: a transfer is never cut halfway for
+//!    budget), then a pump task copies chunks to the service as credit allows.
+//! 4. **await** — the response head, within the effective timeout (504 and Cancel(Timeout)
+//!    after it); a failure of the pump first (408 slow body, 413 upload size) wins.
+//! 5. **respond** — status, headers and a body that is either inline or relayed.
+//!
+//! Every reservation is an RAII value owned by the phase that needs it, so every exit
+//! path releases it; every stream is owned by a [`weir_transport::StreamHandle`] that
+//! cancels it unless completed, so a dropped request future (client gone) sends Cancel.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use http::header::{HeaderName, HeaderValue, CONTENT_LENGTH};
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body::Body as _;
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use tokio::task::JoinHandle;
+use weir_proto::{BodyMode, CancelReason, Headers, RequestHead};
+use weir_transport::{DataSender, IncomingResponse, Link, OutgoingCall, StreamError};
+
+use crate::body::GatewayBody;
+use crate::budget::{BudgetExceeded, Reservation};
+use crate::error::GatewayError;
+use crate::routing::{InFlightGuard, RouteError, RoutingDecision};
+use crate::server::Gateway;
+
+/// Headers that describe one hop, never forwarded (RFC 9110 §7.6.1).
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+];
+
+/// Answers one client request by way of a service.
+pub(crate) async fn dispatch(
+    gateway: &Gateway,
+    request: Request<Incoming>,
+    client: SocketAddr,
+) -> Result<Response<GatewayBody>, GatewayError> {
+    let decision = route(gateway, &request)?;
+    let in_flight = decision.instance.begin_call();
+    let plan = admit(gateway, &decision, &request)?;
+    let (parts, body) = request.into_parts();
+    let head = request_head(&parts, &decision, client, plan.mode);
+    let target = Target {
+        link: &decision.instance.link,
+        conn_id: decision.instance.conn_id,
+    };
+    let forwarded = match plan.mode {
+        BodyMode::Buffered => forward_buffered(gateway, target, head, body, &plan).await?,
+        BodyMode::Streamed => forward_streamed(gateway, target, head, body, &plan).await?,
+    };
+    let response = await_response(forwarded, decision.effective_timeout).await?;
+    respond(response, in_flight)
+}
+
+/// Phase 1: the routing decision.
+fn route(
+    gateway: &Gateway,
+    request: &Request<Incoming>,
+) -> Result<RoutingDecision<Link>, GatewayError> {
+    let version = match request
+        .headers()
+        .get(&gateway.config().routing.version_header)
+    {
+        None => None,
+        Some(value) => Some(
+            value
+                .to_str()
+                .map_err(|_| GatewayError::BadRequest("version header is not ASCII".into()))?,
+        ),
+    };
+    gateway
+        .routing()
+        .route(request.method().as_str(), request.uri().path(), version)
+        .map_err(|err| match err {
+            RouteError::NotFound => GatewayError::NotFound,
+            RouteError::MethodNotAllowed { allow } => GatewayError::MethodNotAllowed { allow },
+            RouteError::NoHealthyInstance { detail } => GatewayError::NoHealthyInstance(detail),
+            RouteError::InvalidVersion { value } => {
+                GatewayError::BadRequest(format!("version {value:?} is not a semantic version"))
+            }
+        })
+}
+
+/// The service connection a request goes to.
+#[derive(Clone, Copy)]
+struct Target<'a> {
+    link: &'a Link,
+    /// The budget's key for the connection.
+    conn_id: u64,
+}
+
+/// A request handed to a service, awaiting its response.
+struct Forwarded {
+    call: OutgoingCall,
+    /// Streaming: the task copying the client's body; it reports 408/413 failures.
+    pump: Option<JoinHandle<Result<(), GatewayError>>>,
+    /// Buffered: the body's bytes, held until the response shows the service has them.
+    held: Option<Reservation>,
+}
+
+/// What admission decided about a request body.
+struct BodyPlan {
+    mode: BodyMode,
+    /// Largest total body accepted (upload size, endpoint maximum).
+    max_total: u64,
+    /// Declared length, if any.
+    length: Option<u64>,
+}
+
+/// Phase 2: the body policy, before any body byte is read.
+fn admit(
+    gateway: &Gateway,
+    decision: &RoutingDecision<Link>,
+    request: &Request<Incoming>,
+) -> Result<BodyPlan, GatewayError> {
+    let limits = &gateway.config().limits;
+    let per_call = limits.payload.max_request_bytes_per_call;
+    let max_total = decision
+        .endpoint
+        .max_body_bytes
+        .map_or(limits.max_upload_size, |m| m.min(limits.max_upload_size));
+    let length = declared_length(request)?;
+    if let Some(n) = length.filter(|n| *n > max_total) {
+        return Err(GatewayError::PayloadTooLarge(format!(
+            "body of {n} bytes exceeds the limit of {max_total}"
+        )));
+    }
+    let streaming = decision.endpoint.supports_streaming && length.is_none_or(|n| n > per_call);
+    if !streaming {
+        if let Some(n) = length.filter(|n| *n > per_call) {
+            return Err(GatewayError::PayloadTooLarge(format!(
+                "buffered body of {n} bytes exceeds the per-call limit of {per_call}"
+            )));
+        }
+    }
+    let mode = if streaming {
+        BodyMode::Streamed
+    } else {
+        BodyMode::Buffered
+    };
+    Ok(BodyPlan {
+        mode,
+        max_total,
+        length,
+    })
+}
+
+fn declared_length(request: &Request<Incoming>) -> Result<Option<u64>, GatewayError> {
+    if let Some(n) = request.body().size_hint().exact() {
+        return Ok(Some(n));
+    }
+    match request.headers().get(CONTENT_LENGTH) {
+        None => Ok(None),
+        Some(value) => value
+            .to_str()
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok())
+            .map(Some)
+            .ok_or_else(|| GatewayError::BadRequest("invalid Content-Length".into())),
+    }
+}
+
+fn budget_error(err: BudgetExceeded, per_call: u64) -> GatewayError {
+    match err {
+        BudgetExceeded::PerCall => GatewayError::PayloadTooLarge(format!(
+            "body exceeds the per-call limit of {per_call} bytes"
+        )),
+        other => GatewayError::Overloaded(other.to_string()),
+    }
+}
+
+/// Phase 3, buffered: read the whole body under the budget, then send it inline.
+async fn forward_buffered(
+    gateway: &Gateway,
+    target: Target<'_>,
+    mut head: RequestHead,
+    mut body: Incoming,
+    plan: &BodyPlan,
+) -> Result<Forwarded, GatewayError> {
+    let mut reservation = gateway.budget().open(target.conn_id);
+    let per_call = gateway.budget().limits().max_request_bytes_per_call;
+    let read_timeout = gateway.config().server.read_timeout;
+    let mut buffer = BytesMut::with_capacity(plan.length.unwrap_or(0).min(per_call) as usize);
+    while let Some(chunk) = next_chunk(&mut body, read_timeout).await? {
+        if buffer.len() as u64 + chunk.len() as u64 > plan.max_total {
+            return Err(GatewayError::PayloadTooLarge(format!(
+                "body exceeds the limit of {} bytes",
+                plan.max_total
+            )));
+        }
+        reservation
+            .try_grow(chunk.len() as u64)
+            .map_err(|e| budget_error(e, per_call))?;
+        buffer.extend_from_slice(&chunk);
+    }
+    head.body = buffer.freeze();
+    let call = target.link.call(head, 0).await.map_err(upstream_error)?;
+    // The body now sits in the link's queue until written; the reservation goes with the
+    // request until the response arrives, which is when the service certainly has it.
+    Ok(Forwarded {
+        call,
+        pump: None,
+        held: Some(reservation),
+    })
+}
+
+/// Phase 3, streaming: reserve a window, send the head, start the pump.
+async fn forward_streamed(
+    gateway: &Gateway,
+    target: Target<'_>,
+    head: RequestHead,
+    body: Incoming,
+    plan: &BodyPlan,
+) -> Result<Forwarded, GatewayError> {
+    let limits = &gateway.config().limits;
+    let window = limits
+        .payload
+        .max_request_bytes_per_call
+        .min(u64::from(limits.stream_window))
+        .min(plan.length.unwrap_or(u64::MAX))
+        .max(1);
+    let mut reservation = gateway.budget().open(target.conn_id);
+    reservation
+        .try_grow(window)
+        .map_err(|e| budget_error(e, limits.payload.max_request_bytes_per_call))?;
+    // The window fits in u32: it is at most `stream_window`.
+    let window = u32::try_from(window).unwrap_or(u32::MAX);
+    let mut call = target
+        .link
+        .call(head, window)
+        .await
+        .map_err(upstream_error)?;
+    let sender = call.body.take().ok_or_else(|| {
+        GatewayError::UpstreamFailed("streamed call without a body sender".into())
+    })?;
+    let pump = Pump {
+        sender,
+        reservation,
+        max_total: plan.max_total,
+        read_timeout: gateway.config().server.read_timeout,
+        chunk_size: limits.chunk_size,
+    };
+    Ok(Forwarded {
+        call,
+        pump: Some(tokio::spawn(pump.run(body))),
+        held: None,
+    })
+}
+
+/// Copies a client body to a service stream.
+struct Pump {
+    sender: DataSender,
+    /// Held for the pump's life: the window it reserved at admission.
+    reservation: Reservation,
+    max_total: u64,
+    read_timeout: Duration,
+    chunk_size: usize,
+}
+
+impl Pump {
+    async fn run(mut self, mut body: Incoming) -> Result<(), GatewayError> {
+        let mut total: u64 = 0;
+        loop {
+            let chunk = match next_chunk(&mut body, self.read_timeout).await {
+                Ok(Some(chunk)) => chunk,
+                Ok(None) => {
+                    let _ = self.sender.finish().await;
+                    drop(self.reservation);
+                    return Ok(());
+                }
+                Err(err) => return Err(self.abort(err)),
+            };
+            total += chunk.len() as u64;
+            if total > self.max_total {
+                let err = GatewayError::PayloadTooLarge(format!(
+                    "body exceeds the limit of {} bytes",
+                    self.max_total
+                ));
+                return Err(self.abort(err));
+            }
+            if self.send(chunk).await.is_err() {
+                // The stream is over (answered early or cancelled): stop reading quietly.
+                return Ok(());
+            }
+        }
+    }
+
+    async fn send(&mut self, mut chunk: Bytes) -> Result<(), StreamError> {
+        while !chunk.is_empty() {
+            let piece = chunk.split_to(chunk.len().min(self.chunk_size));
+            self.sender.send(piece).await?;
+        }
+        Ok(())
+    }
+
+    fn abort(self, err: GatewayError) -> GatewayError {
+        let reason = match &err {
+            GatewayError::PayloadTooLarge(_) => CancelReason::PayloadLimitExceeded,
+            GatewayError::RequestTimeout(_) => CancelReason::Timeout,
+            _ => CancelReason::ClientDisconnected,
+        };
+        tracing::info!(reason = ?reason, error = %err, "request body stream aborted");
+        self.sender.abort(reason);
+        err
+    }
+}
+
+/// The next body chunk, waiting at most `read_timeout` for it (408 after).
+async fn next_chunk(
+    body: &mut Incoming,
+    read_timeout: Duration,
+) -> Result<Option<Bytes>, GatewayError> {
+    loop {
+        let frame = match tokio::time::timeout(read_timeout, body.frame()).await {
+            Err(_) => {
+                return Err(GatewayError::RequestTimeout(format!(
+                    "no body bytes for {read_timeout:?}"
+                )))
+            }
+            Ok(None) => return Ok(None),
+            Ok(Some(Err(err))) => {
+                return Err(GatewayError::BadRequest(format!(
+                    "reading the body failed: {err}"
+                )))
+            }
+            Ok(Some(Ok(frame))) => frame,
+        };
+        if let Ok(data) = frame.into_data() {
+            if !data.is_empty() {
+                return Ok(Some(data));
+            }
+        }
+    }
+}
+
+/// Phase 4: the response head, the pump's failure, or the timeout, whichever first.
+async fn await_response(
+    forwarded: Forwarded,
+    timeout: Duration,
+) -> Result<(IncomingResponse, OutgoingCall), GatewayError> {
+    let Forwarded {
+        mut call,
+        pump,
+        held,
+    } = forwarded;
+    let pump_failure = async {
+        match pump {
+            Some(handle) => match handle.await {
+                Ok(Err(err)) => err,
+                Ok(Ok(())) => std::future::pending().await,
+                Err(join) => GatewayError::UpstreamFailed(format!("body pump failed: {join}")),
+            },
+            None => std::future::pending().await,
+        }
+    };
+    let outcome = tokio::select! {
+        outcome = tokio::time::timeout(timeout, &mut call.response) => outcome,
+        err = pump_failure => return Err(err),
+    };
+    drop(held);
+    match outcome {
+        Err(_) => {
+            call.handle.cancel(CancelReason::Timeout);
+            Err(GatewayError::UpstreamTimeout(timeout))
+        }
+        Ok(Err(_)) => Err(GatewayError::UpstreamFailed(
+            "stream closed without a response".into(),
+        )),
+        Ok(Ok(Err(err))) => Err(upstream_error(err)),
+        Ok(Ok(Ok(response))) => Ok((response, call)),
+    }
+}
+
+/// Phase 5: the client's response.
+fn respond(
+    (response, call): (IncomingResponse, OutgoingCall),
+    in_flight: InFlightGuard<Link>,
+) -> Result<Response<GatewayBody>, GatewayError> {
+    let status = StatusCode::from_u16(response.head.status).map_err(|_| {
+        GatewayError::UpstreamFailed(format!("invalid status {}", response.head.status))
+    })?;
+    let mut headers = HeaderMap::with_capacity(response.head.headers.len());
+    copy_headers_in(&response.head.headers, &mut headers);
+    let length = headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    let body = match response.body {
+        None => {
+            call.handle.complete();
+            GatewayBody::full(response.head.body)
+        }
+        Some(data) => GatewayBody::relay(data, call.handle, in_flight, length),
+    };
+    let mut out = Response::new(body);
+    *out.status_mut() = status;
+    *out.headers_mut() = headers;
+    Ok(out)
+}
+
+fn upstream_error(err: StreamError) -> GatewayError {
+    GatewayError::UpstreamFailed(err.to_string())
+}
+
+fn is_hop_by_hop(name: &str) -> bool {
+    HOP_BY_HOP.iter().any(|h| name.eq_ignore_ascii_case(h))
+}
+
+/// The head sent to the service: the client's request minus hop-by-hop headers, plus
+/// `x-forwarded-for` and `x-forwarded-proto`.
+fn request_head(
+    parts: &http::request::Parts,
+    decision: &RoutingDecision<Link>,
+    client: SocketAddr,
+    mode: BodyMode,
+) -> RequestHead {
+    let mut headers: Headers = parts
+        .headers
+        .iter()
+        .filter(|(name, _)| !is_hop_by_hop(name.as_str()))
+        .map(|(name, value)| {
+            (
+                name.as_str().to_owned(),
+                Bytes::copy_from_slice(value.as_bytes()),
+            )
+        })
+        .collect();
+    headers.push((
+        "x-forwarded-for".to_owned(),
+        Bytes::from(client.ip().to_string()),
+    ));
+    headers.push(("x-forwarded-proto".to_owned(), Bytes::from_static(b"http")));
+    RequestHead {
+        method: parts.method.as_str().to_owned(),
+        path: parts.uri.path().to_owned(),
+        query: parts.uri.query().unwrap_or("").to_owned(),
+        template: decision.template.clone(),
+        params: decision.params.clone(),
+        headers,
+        body_mode: mode,
+        body: Bytes::new(),
+    }
+}
+
+/// Copies a service's response headers, dropping hop-by-hop and invalid ones.
+fn copy_headers_in(from: &Headers, to: &mut HeaderMap) {
+    for (name, value) in from {
+        if is_hop_by_hop(name) {
+            continue;
+        }
+        match (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_maybe_shared(value.clone()),
+        ) {
+            (Ok(name), Ok(value)) => {
+                to.append(name, value);
+            }
+            _ => {
+                tracing::debug!(header = %name, "dropping an invalid response header from a service")
+            }
+        }
+    }
+}

@@ -1,0 +1,225 @@
+//! The gateway: shared state, and the service side of it (services dialling in).
+//!
+//! [`Gateway`] owns the routing table, the payload budget, the metrics and the live
+//! service links. A service connection's life: Hello read (bounded in time) → Welcome →
+//! registration in the routing table (refused: Error frame and close, logged) → its
+//! events (heartbeats, endpoint updates) until the link closes → removal from the table
+//! at once. A sweeper closes links whose heartbeats stopped (evicted) and sends the
+//! gateway's own heartbeats so services can tell a dead gateway from a quiet one.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use weir_proto::{ErrorCode, HealthStatus, Heartbeat, Welcome, PROTOCOL_VERSION};
+use weir_transport::memory::{self, MemoryConnector};
+use weir_transport::{accept_hello, ByteStream, Link, LinkConfig, LinkEvent};
+
+use crate::budget::PayloadBudget;
+use crate::config::GatewayConfig;
+use crate::metrics::Metrics;
+use crate::routing::RoutingTable;
+
+/// How long a service has to send its Hello after connecting.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The running gateway's shared state.
+pub struct Gateway {
+    config: GatewayConfig,
+    routing: RoutingTable<Link>,
+    budget: Arc<PayloadBudget>,
+    metrics: Metrics,
+    /// Live service links by connection id: eviction and shutdown must reach them.
+    links: Mutex<HashMap<u64, Link>>,
+    /// Connection ids are never reused, so a stale id can never name a new connection.
+    next_conn_id: AtomicU64,
+}
+
+impl Gateway {
+    /// A gateway with `config`; nothing runs until a front or a service is attached.
+    pub fn new(config: GatewayConfig) -> Arc<Self> {
+        let server = &config.server;
+        Arc::new(Gateway {
+            routing: RoutingTable::new(
+                config.routing.clone(),
+                server.default_timeout,
+                server.max_timeout,
+            ),
+            budget: PayloadBudget::new(config.limits.payload),
+            metrics: Metrics::default(),
+            links: Mutex::new(HashMap::new()),
+            next_conn_id: AtomicU64::new(1),
+            config,
+        })
+    }
+
+    /// The configuration it runs with.
+    pub fn config(&self) -> &GatewayConfig {
+        &self.config
+    }
+
+    /// The routing table.
+    pub fn routing(&self) -> &RoutingTable<Link> {
+        &self.routing
+    }
+
+    /// The payload budget.
+    pub fn budget(&self) -> &Arc<PayloadBudget> {
+        &self.budget
+    }
+
+    /// Request and error counters.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Live service connections.
+    pub fn service_connections(&self) -> usize {
+        self.lock_links().len()
+    }
+
+    /// Starts accepting in-memory service connections; returns what services dial.
+    pub fn attach_memory(self: &Arc<Self>) -> MemoryConnector {
+        let (mut listener, connector) = memory::listener();
+        let gateway = Arc::clone(self);
+        tokio::spawn(async move {
+            while let Some(io) = listener.accept().await {
+                tokio::spawn(Arc::clone(&gateway).accept_service(io, "in-memory".to_owned()));
+            }
+        });
+        connector
+    }
+
+    /// Runs one service connection from its Hello to its close.
+    pub async fn accept_service<T: ByteStream>(self: Arc<Self>, io: T, peer: String) {
+        let pending = match accept_hello(io, weir_proto::DEFAULT_MAX_FRAME_PAYLOAD, HELLO_TIMEOUT)
+            .await
+        {
+            Ok(pending) => pending,
+            Err(err) => {
+                tracing::warn!(%peer, error = %err, "service connection refused during handshake");
+                return;
+            }
+        };
+        let hello = pending.hello.clone();
+        let welcome = Welcome {
+            protocol_version: PROTOCOL_VERSION,
+            initial_window: self.config.limits.stream_window,
+            heartbeat_interval: self.config.routing.heartbeat_interval,
+        };
+        let (link, events) = match pending.welcome(&welcome, LinkConfig::default()).await {
+            Ok(started) => started,
+            Err(err) => {
+                tracing::warn!(%peer, error = %err, "service connection failed after its Hello");
+                return;
+            }
+        };
+        let conn_id = self.next_conn_id.fetch_add(1, Ordering::Relaxed);
+        if let Err(err) = self
+            .routing
+            .register(conn_id, &hello, link.clone(), Instant::now())
+        {
+            tracing::warn!(%peer, service = %hello.service, instance = %hello.instance_id, reason = %err, "service registration refused");
+            link.close_with_error(ErrorCode::RegistrationRefused, err.to_string());
+            return;
+        }
+        self.lock_links().insert(conn_id, link.clone());
+        tracing::info!(%peer, conn_id, service = %hello.service, version = %hello.version, instance = %hello.instance_id, endpoints = hello.endpoints.len(), "service registered");
+        self.follow_link(conn_id, &link, events).await;
+        self.routing.remove(conn_id);
+        self.lock_links().remove(&conn_id);
+        let reason = link.close_reason().unwrap_or_default();
+        tracing::info!(%peer, conn_id, service = %hello.service, instance = %hello.instance_id, %reason, "service disconnected");
+    }
+
+    /// Applies a registered link's events until it closes.
+    async fn follow_link(
+        &self,
+        conn_id: u64,
+        link: &Link,
+        mut events: mpsc::UnboundedReceiver<LinkEvent>,
+    ) {
+        loop {
+            let event = tokio::select! {
+                event = events.recv() => event,
+                _ = link.closed() => None,
+            };
+            match event {
+                None => return,
+                Some(LinkEvent::Heartbeat(heartbeat)) => {
+                    self.routing.heartbeat(conn_id, &heartbeat, Instant::now())
+                }
+                Some(LinkEvent::EndpointsUpdate(update)) => {
+                    if let Err(err) = self.routing.update_endpoints(conn_id, &update.endpoints) {
+                        tracing::warn!(conn_id, reason = %err, "endpoints update refused; the previous endpoints stay");
+                    }
+                }
+                Some(LinkEvent::Request(_)) => {
+                    link.close_with_error(
+                        ErrorCode::ProtocolViolation,
+                        "a service may not send requests",
+                    );
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Starts the task that evicts silent services and sends the gateway's heartbeats.
+    pub fn spawn_health_sweeper(self: &Arc<Self>) -> JoinHandle<()> {
+        let gateway = Arc::downgrade(self);
+        let every = self.config.routing.heartbeat_interval;
+        tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(every);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticker.tick().await;
+                let Some(gateway) = gateway.upgrade() else {
+                    return;
+                };
+                gateway.sweep_once(Instant::now());
+            }
+        })
+    }
+
+    /// One sweep: evict services silent past `evict_after`, heartbeat the others.
+    pub fn sweep_once(&self, now: Instant) {
+        for conn_id in self.routing.sweep(now) {
+            if let Some(link) = self.lock_links().remove(&conn_id) {
+                tracing::warn!(
+                    conn_id,
+                    "evicting a service that stopped sending heartbeats"
+                );
+                link.close_with_error(
+                    ErrorCode::ProtocolViolation,
+                    "no heartbeat received in time; evicted",
+                );
+            }
+        }
+        let links: Vec<Link> = self.lock_links().values().cloned().collect();
+        for link in links {
+            let heartbeat = Heartbeat {
+                status: HealthStatus::Healthy,
+                in_flight: link.open_streams() as u32,
+                error_rate: 0.0,
+            };
+            let _ = link.send_heartbeat(&heartbeat);
+        }
+    }
+
+    /// Closes every service link (shutdown).
+    pub fn close_services(&self, message: &str) {
+        let links: Vec<Link> = self.lock_links().drain().map(|(_, link)| link).collect();
+        for link in links {
+            link.close_with_error(ErrorCode::ShuttingDown, message);
+        }
+    }
+
+    fn lock_links(&self) -> MutexGuard<'_, HashMap<u64, Link>> {
+        // Inserts and removals only: a poisoned map is still a valid map.
+        self.links.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
