@@ -15,7 +15,9 @@ pub trait Message: Sized {
     /// The frame type that carries this payload.
     const FRAME_TYPE: FrameType;
 
-    /// The payload bytes.
+    /// The payload bytes. Refuses a value the peer's `decode` would refuse (a field out
+    /// of its range, a string or list too long for its length prefix), so a sender finds
+    /// its own mistake instead of losing the connection over it.
     fn encode(&self) -> Result<Bytes, ProtoError>;
 
     /// Reads a payload; any malformed input is an error, never a panic.
@@ -262,6 +264,39 @@ impl ErrorCode {
     }
 }
 
+/// Heartbeat error rates are fractions in `[0, 1]`; NaN is refused too.
+fn check_error_rate(error_rate: f32) -> Result<(), ProtoError> {
+    if !(0.0..=1.0).contains(&error_rate) {
+        return Err(ProtoError::InvalidValue {
+            field: "error rate",
+            detail: format!("{error_rate} is outside [0, 1]"),
+        });
+    }
+    Ok(())
+}
+
+/// Response statuses are three-digit codes.
+fn check_status(status: u16) -> Result<(), ProtoError> {
+    if !(100..=999).contains(&status) {
+        return Err(ProtoError::InvalidValue {
+            field: "status",
+            detail: format!("{status}"),
+        });
+    }
+    Ok(())
+}
+
+/// A credit of zero bytes grants nothing and is refused.
+fn check_credit_increment(increment: u32) -> Result<(), ProtoError> {
+    if increment == 0 {
+        return Err(ProtoError::InvalidValue {
+            field: "credit increment",
+            detail: "zero".into(),
+        });
+    }
+    Ok(())
+}
+
 fn write_duration_ms(w: &mut Writer, d: Duration) {
     w.u32(u32::try_from(d.as_millis()).unwrap_or(u32::MAX));
 }
@@ -388,6 +423,9 @@ impl Message for Heartbeat {
     const FRAME_TYPE: FrameType = FrameType::Heartbeat;
 
     fn encode(&self) -> Result<Bytes, ProtoError> {
+        // Checked on both sides: a value the peer's decoder refuses would cost the
+        // connection, so the sender finds out locally instead.
+        check_error_rate(self.error_rate)?;
         let mut w = Writer::new();
         w.u8(self.status as u8);
         w.u32(self.in_flight);
@@ -400,12 +438,7 @@ impl Message for Heartbeat {
         let status = HealthStatus::read(&mut r)?;
         let in_flight = r.u32("in flight")?;
         let error_rate = f32::from_bits(r.u32("error rate")?);
-        if !(0.0..=1.0).contains(&error_rate) {
-            return Err(ProtoError::InvalidValue {
-                field: "error rate",
-                detail: format!("{error_rate} is outside [0, 1]"),
-            });
-        }
+        check_error_rate(error_rate)?;
         r.finish()?;
         Ok(Heartbeat {
             status,
@@ -474,6 +507,7 @@ impl Message for ResponseHead {
     const FRAME_TYPE: FrameType = FrameType::Response;
 
     fn encode(&self) -> Result<Bytes, ProtoError> {
+        check_status(self.status)?;
         let mut w = Writer::new();
         w.u16(self.status);
         write_headers(&mut w, &self.headers)?;
@@ -485,12 +519,7 @@ impl Message for ResponseHead {
     fn decode(payload: Bytes) -> Result<Self, ProtoError> {
         let mut r = Reader::new(payload);
         let status = r.u16("status")?;
-        if !(100..=999).contains(&status) {
-            return Err(ProtoError::InvalidValue {
-                field: "status",
-                detail: format!("{status}"),
-            });
-        }
+        check_status(status)?;
         let head = ResponseHead {
             status,
             headers: read_headers(&mut r)?,
@@ -523,6 +552,7 @@ impl Message for Credit {
     const FRAME_TYPE: FrameType = FrameType::Credit;
 
     fn encode(&self) -> Result<Bytes, ProtoError> {
+        check_credit_increment(self.increment)?;
         let mut w = Writer::new();
         w.u32(self.increment);
         Ok(w.finish())
@@ -531,12 +561,7 @@ impl Message for Credit {
     fn decode(payload: Bytes) -> Result<Self, ProtoError> {
         let mut r = Reader::new(payload);
         let increment = r.u32("credit increment")?;
-        if increment == 0 {
-            return Err(ProtoError::InvalidValue {
-                field: "credit increment",
-                detail: "zero".into(),
-            });
-        }
+        check_credit_increment(increment)?;
         r.finish()?;
         Ok(Credit { increment })
     }

@@ -63,7 +63,7 @@ pub async fn dial<T: ByteStream>(
             let welcome = Welcome::decode(frame.payload)?;
             config.send_window = welcome.initial_window;
             config.recv_window = hello.initial_window;
-            let (link, events) = Link::start(framed, Role::Service, config);
+            let (link, events) = Link::start(framed, Role::Service, config, true);
             Ok((link, events, welcome))
         }
         FrameType::Error => {
@@ -116,17 +116,26 @@ pub async fn accept_hello<T: ByteStream>(
 }
 
 impl<T: ByteStream> PendingService<T> {
-    /// Accepts the service: sends `welcome` and starts the link. The gateway's receive
-    /// window is `welcome.initial_window`; its send window is the Hello's.
-    pub async fn welcome(
-        mut self,
-        welcome: &Welcome,
-        mut config: LinkConfig,
-    ) -> Result<(Link, mpsc::UnboundedReceiver<LinkEvent>), HandshakeError> {
-        self.framed.send(welcome.to_frame(0)?).await?;
+    /// Starts the link held: nothing but control frames is written until
+    /// [`Link::open_with`] sends the Welcome. This lets the owner register the service
+    /// first and refuse it (an Error frame, then close) without a Welcome ever going out.
+    /// The gateway's receive window is `welcome.initial_window`; its send window is the
+    /// Hello's.
+    pub fn start(self, welcome: &Welcome, mut config: LinkConfig) -> (Link, mpsc::UnboundedReceiver<LinkEvent>) {
         config.recv_window = welcome.initial_window;
         config.send_window = self.hello.initial_window;
-        Ok(Link::start(self.framed, Role::Gateway, config))
+        Link::start(self.framed, Role::Gateway, config, false)
+    }
+
+    /// Accepts the service at once: starts the link and sends `welcome`.
+    pub async fn welcome(
+        self,
+        welcome: &Welcome,
+        config: LinkConfig,
+    ) -> Result<(Link, mpsc::UnboundedReceiver<LinkEvent>), HandshakeError> {
+        let (link, events) = self.start(welcome, config);
+        link.open_with(welcome.to_frame(0)?).map_err(|e| HandshakeError::Protocol(e.to_string()))?;
+        Ok((link, events))
     }
 
     /// Refuses the service with a reason it can read, then closes the connection.

@@ -15,7 +15,7 @@
 //! When the link closes, every open stream fails with `ConnectionLost`.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -207,6 +207,9 @@ struct Shared {
     closed: CancellationToken,
     close_reason: Mutex<Option<String>>,
     next_id: AtomicU64,
+    /// Whether the data queue may be written. A gateway link starts held so that no
+    /// request can overtake the Welcome: the owner registers the service, then opens.
+    open: AtomicBool,
 }
 
 /// A handle on one multiplexed connection; cheap to clone.
@@ -219,11 +222,13 @@ type FrameSink<T> = SplitSink<Framed<T, FrameCodec>, Frame>;
 type FrameSource<T> = SplitStream<Framed<T, FrameCodec>>;
 
 impl Link {
-    /// Starts the reader and writer tasks on an already handshaken connection.
+    /// Starts the reader and writer tasks on a connection past its Hello. A link started
+    /// held (`open == false`) writes only control frames until [`Link::open_with`].
     pub fn start<T: ByteStream>(
         framed: Framed<T, FrameCodec>,
         role: Role,
         config: LinkConfig,
+        open: bool,
     ) -> (Link, mpsc::UnboundedReceiver<LinkEvent>) {
         let (control_tx, control_rx) = mpsc::unbounded_channel();
         let (data_tx, data_rx) = mpsc::channel(config.data_queue.max(1));
@@ -238,12 +243,24 @@ impl Link {
                 closed: CancellationToken::new(),
                 close_reason: Mutex::new(None),
                 next_id: AtomicU64::new(1),
+                open: AtomicBool::new(open),
             }),
         };
         let (sink, source) = framed.split();
         tokio::spawn(link.clone().write_loop(sink, control_rx, data_rx));
         tokio::spawn(link.clone().read_loop(source, events_tx));
         (link, events_rx)
+    }
+
+    /// Queues `frame` (a Welcome) on the control queue, then lets data frames flow.
+    pub fn open_with(&self, frame: Frame) -> Result<(), StreamError> {
+        self.send_control(frame)?;
+        self.shared.open.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    pub(crate) fn is_open(&self) -> bool {
+        self.shared.open.load(Ordering::Acquire)
     }
 
     /// This link's role.

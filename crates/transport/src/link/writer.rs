@@ -1,6 +1,8 @@
 //! The writer task: the only code that writes to the connection.
 //!
 //! Control frames go first so that credit and cancels are never stuck behind bulk data.
+//! The data queue is not served while the link is held (see [`Link::open_with`]); the
+//! frame that opens it is a control frame, so the loop always wakes to see it open.
 //! Frames are fed in batches and flushed once per batch.
 
 use futures_util::SinkExt;
@@ -24,7 +26,7 @@ impl Link {
             let first = tokio::select! {
                 biased;
                 Some(frame) = control.recv() => frame,
-                Some(frame) = data.recv() => frame,
+                Some(frame) = data.recv(), if self.is_open() => frame,
                 _ = self.shared.closed.cancelled() => break,
             };
             if let Err(err) = self
@@ -56,6 +58,7 @@ impl Link {
         for _ in 1..BATCH {
             let next = match control.try_recv() {
                 Ok(frame) => frame,
+                Err(_) if !self.is_open() => break,
                 Err(_) => match data.try_recv() {
                     Ok(frame) => frame,
                     Err(_) => break,
