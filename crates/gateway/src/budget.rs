@@ -13,6 +13,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use serde::Serialize;
+use tokio::sync::Notify;
 use thiserror::Error;
 
 /// Seed 002's `PayloadLimits`, in bytes.
@@ -72,6 +73,8 @@ pub struct PayloadBudget {
     /// One lock for all counters: reservations are rare enough (one per chunk) that
     /// consistency across the three limits is worth more than lock-free counters.
     counters: Mutex<Counters>,
+    /// Woken whenever the budget becomes idle (no bytes, no reservations).
+    idle: Notify,
 }
 
 impl PayloadBudget {
@@ -80,6 +83,7 @@ impl PayloadBudget {
         Arc::new(PayloadBudget {
             limits,
             counters: Mutex::new(Counters::default()),
+            idle: Notify::new(),
         })
     }
 
@@ -106,6 +110,25 @@ impl PayloadBudget {
             per_connection_bytes: c.per_connection.clone(),
             reservations: c.reservations,
         }
+    }
+
+    /// Resolves once nothing is reserved and no reservation is open: shutdown and tests
+    /// use it to see that every request released what it held.
+    pub async fn idle(&self) {
+        loop {
+            let notified = self.idle.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.is_idle() {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    fn is_idle(&self) -> bool {
+        let c = self.lock();
+        c.aggregate == 0 && c.reservations == 0
     }
 
     fn lock(&self) -> MutexGuard<'_, Counters> {
@@ -180,8 +203,14 @@ impl Reservation {
 impl Drop for Reservation {
     fn drop(&mut self) {
         self.budget.shrink(self.connection, self.bytes);
-        let mut c = self.budget.lock();
-        c.reservations = c.reservations.saturating_sub(1);
+        let idle = {
+            let mut c = self.budget.lock();
+            c.reservations = c.reservations.saturating_sub(1);
+            c.aggregate == 0 && c.reservations == 0
+        };
+        if idle {
+            self.budget.idle.notify_waiters();
+        }
     }
 }
 

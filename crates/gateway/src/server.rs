@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
-use weir_proto::{ErrorCode, HealthStatus, Heartbeat, Welcome, PROTOCOL_VERSION};
+use weir_proto::{ErrorCode, HealthStatus, Heartbeat, Message, Welcome, PROTOCOL_VERSION};
 use weir_transport::memory::{self, MemoryConnector};
 use weir_transport::{accept_hello, ByteStream, Link, LinkConfig, LinkEvent};
 
@@ -110,20 +110,18 @@ impl Gateway {
             initial_window: self.config.limits.stream_window,
             heartbeat_interval: self.config.routing.heartbeat_interval,
         };
-        let (link, events) = match pending.welcome(&welcome, LinkConfig::default()).await {
-            Ok(started) => started,
-            Err(err) => {
-                tracing::warn!(%peer, error = %err, "service connection failed after its Hello");
-                return;
-            }
-        };
+        let (link, events) = pending.start(&welcome, LinkConfig::default());
         let conn_id = self.next_conn_id.fetch_add(1, Ordering::Relaxed);
-        if let Err(err) = self
-            .routing
-            .register(conn_id, &hello, link.clone(), Instant::now())
-        {
+        if let Err(err) = self.routing.register(conn_id, &hello, link.clone(), Instant::now()) {
             tracing::warn!(%peer, service = %hello.service, instance = %hello.instance_id, reason = %err, "service registration refused");
             link.close_with_error(ErrorCode::RegistrationRefused, err.to_string());
+            return;
+        }
+        // Registered before welcomed: requests routed here now queue behind the Welcome.
+        let opened = welcome.to_frame(0).map_err(|e| e.to_string()).and_then(|f| link.open_with(f).map_err(|e| e.to_string()));
+        if let Err(err) = opened {
+            tracing::warn!(%peer, error = %err, "service link failed before its Welcome");
+            self.routing.remove(conn_id);
             return;
         }
         self.lock_links().insert(conn_id, link.clone());

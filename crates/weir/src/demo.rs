@@ -1,0 +1,113 @@
+//! The embedded demo service, used by the README, the tests and the benchmarks.
+//!
+//! | endpoint | behaviour |
+//! |---|---|
+//! | `GET /api/hello` | 200 JSON greeting |
+//! | `POST /api/echo` | the body back, same `Content-Type` (buffered) |
+//! | `GET /api/items/{id}` | 200 JSON with the id (typed handler) |
+//! | `GET /api/slow?ms=N` | 200 after N ms, stopping early when cancelled; 5 s timeout |
+//! | `POST /stream/upload` | reads a streamed body; `{"bytes": N, "sha256": "<hex>"}` |
+//! | `GET /stream/download?bytes=N` | N bytes, byte i = i % 256, with `Content-Length` |
+//!
+//! `weir serve` attaches it over the in-memory transport unless `--no-demo` is given.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use weir_gateway::Gateway;
+use weir_service::{Endpoint, HandlerError, RawRequestContext, RawResponse, RunHandle, Service, TypedRequest};
+
+/// Longest `/api/slow` sleep the demo declares before the gateway answers 504.
+pub const SLOW_TIMEOUT: Duration = Duration::from_secs(5);
+/// Size of the chunks `/stream/download` produces.
+const DOWNLOAD_CHUNK: usize = 64 * 1024;
+
+/// The demo service, ready to serve on any transport.
+pub fn service() -> Service {
+    Service::builder("demo", env!("CARGO_PKG_VERSION"))
+        .endpoint(Endpoint::get("/api/hello").raw(hello))
+        .endpoint(Endpoint::post("/api/echo").raw(echo))
+        .endpoint(Endpoint::get("/api/items/{id}").typed(item))
+        .endpoint(Endpoint::get("/api/slow").timeout(SLOW_TIMEOUT).typed(slow))
+        .endpoint(Endpoint::post("/stream/upload").streaming().raw(upload))
+        .endpoint(Endpoint::get("/stream/download").raw(download))
+        .build()
+        // The demo's declarations are fixed and valid; a failure here is a bug in this file.
+        .expect("the demo service declaration is valid")
+}
+
+/// Attaches the demo to `gateway` over the in-memory transport; it re-registers if the
+/// link drops, until the handle is shut down.
+pub fn attach(gateway: &Arc<Gateway>) -> RunHandle {
+    service().run(gateway.attach_memory())
+}
+
+async fn hello(_ctx: RawRequestContext) -> Result<RawResponse, HandlerError> {
+    Ok(RawResponse::json(200, &serde_json::json!({ "message": "hello from weir", "service": "demo" })))
+}
+
+async fn echo(ctx: RawRequestContext) -> Result<RawResponse, HandlerError> {
+    let content_type = ctx.header("content-type").map(Bytes::copy_from_slice);
+    let body = ctx.body.collect(usize::MAX).await.map_err(|e| HandlerError::bad_request(e.to_string()))?;
+    let mut response = RawResponse::new(200).with_body(body);
+    if let Some(content_type) = content_type {
+        response = response.header("content-type", content_type);
+    }
+    Ok(response)
+}
+
+async fn item(request: TypedRequest<()>) -> Result<serde_json::Value, HandlerError> {
+    let id = request.param("id").unwrap_or_default();
+    Ok(serde_json::json!({ "id": id, "name": format!("item {id}") }))
+}
+
+#[derive(Debug, Deserialize)]
+struct SlowQuery {
+    ms: u64,
+}
+
+async fn slow(request: TypedRequest<()>) -> Result<serde_json::Value, HandlerError> {
+    let query: SlowQuery = request.query()?;
+    tokio::select! {
+        _ = tokio::time::sleep(Duration::from_millis(query.ms)) => Ok(serde_json::json!({ "slept_ms": query.ms })),
+        _ = request.cancel.cancelled() => Err(HandlerError::unavailable("cancelled")),
+    }
+}
+
+async fn upload(mut ctx: RawRequestContext) -> Result<RawResponse, HandlerError> {
+    let mut hasher = Sha256::new();
+    let mut bytes: u64 = 0;
+    while let Some(chunk) = ctx.body.chunk().await.map_err(|e| HandlerError::bad_request(e.to_string()))? {
+        bytes += chunk.len() as u64;
+        hasher.update(&chunk);
+    }
+    let sha256 = hex::encode(hasher.finalize());
+    Ok(RawResponse::json(200, &serde_json::json!({ "bytes": bytes, "sha256": sha256 })))
+}
+
+#[derive(Debug, Deserialize)]
+struct DownloadQuery {
+    bytes: u64,
+}
+
+async fn download(ctx: RawRequestContext) -> Result<RawResponse, HandlerError> {
+    let query: DownloadQuery = serde_urlencoded::from_str(&ctx.query)
+        .map_err(|e| HandlerError::bad_request(format!("expected ?bytes=N: {e}")))?;
+    // Byte i is i % 256 and chunks start at multiples of 64 KiB (a multiple of 256), so
+    // every chunk is a prefix of one shared pattern: no per-chunk generation.
+    let pattern = Bytes::from((0..DOWNLOAD_CHUNK).map(|i| i as u8).collect::<Vec<u8>>());
+    let total = query.bytes;
+    let chunks = futures_util::stream::unfold(0u64, move |sent| {
+        let pattern = pattern.clone();
+        async move {
+            (sent < total).then(|| {
+                let n = (total - sent).min(DOWNLOAD_CHUNK as u64) as usize;
+                (Ok::<Bytes, std::io::Error>(pattern.slice(..n)), sent + n as u64)
+            })
+        }
+    });
+    Ok(RawResponse::stream(200, "application/octet-stream", chunks).header("content-length", total.to_string()))
+}

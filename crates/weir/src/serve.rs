@@ -1,0 +1,129 @@
+//! `weir serve` and `weir check-config`: load the configuration, start the gateway, the
+//! HTTP front, the admin surface and (unless disabled) the embedded demo service, and
+//! shut down gracefully on SIGINT or SIGTERM.
+//!
+//! When the front is listening, one line goes to stdout: `weir listening on http://ADDR`
+//! (with the real port when `:0` was asked for), so scripts and tests can find it.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use weir_gateway::front::{self, Surface};
+use weir_gateway::{Gateway, GatewayConfig};
+
+use crate::config::load_config;
+
+/// What `weir serve` was asked to do.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    pub config: Option<PathBuf>,
+    pub listen: Option<SocketAddr>,
+    pub demo: bool,
+}
+
+/// `weir check-config FILE`: prints every error; exit 1 if there is any.
+pub fn check_config(file: &Path) -> ExitCode {
+    match read_config(file) {
+        Ok(_) => {
+            println!("{}: ok", file.display());
+            ExitCode::SUCCESS
+        }
+        Err(message) => {
+            eprintln!("{message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn read_config(file: &Path) -> Result<GatewayConfig, String> {
+    let text = std::fs::read_to_string(file).map_err(|e| format!("{}: cannot read: {e}", file.display()))?;
+    load_config(&text).map_err(|errors| format!("{}: invalid configuration\n{errors}", file.display()))
+}
+
+/// `weir serve`: runs until SIGINT/SIGTERM and a drain; exit 0 after a clean drain.
+pub fn run(options: ServeOptions) -> ExitCode {
+    let mut config = match &options.config {
+        None => GatewayConfig::default(),
+        Some(file) => match read_config(file) {
+            Ok(config) => config,
+            Err(message) => {
+                eprintln!("{message}");
+                return ExitCode::FAILURE;
+            }
+        },
+    };
+    if let Some(listen) = options.listen {
+        config.server.listen = listen;
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("cannot start the runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(serve(config, options.demo)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("weir: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(config: GatewayConfig, demo: bool) -> std::io::Result<()> {
+    let listener = TcpListener::bind(config.server.listen).await?;
+    let admin = match config.server.admin_listen {
+        Some(addr) => Some(TcpListener::bind(addr).await?),
+        None => None,
+    };
+    let gateway = Gateway::new(config);
+    let sweeper = gateway.spawn_health_sweeper();
+    let demo_handle = demo.then(|| crate::demo::attach(&gateway));
+    let shutdown = CancellationToken::new();
+    tokio::spawn(wait_for_signal(shutdown.clone()));
+    println!("weir listening on http://{}", listener.local_addr()?);
+    if let Some(admin) = &admin {
+        println!("weir admin on http://{}", admin.local_addr()?);
+    }
+    let admin_task = admin.map(|l| tokio::spawn(front::serve(Arc::clone(&gateway), l, Surface::Admin, shutdown.clone())));
+    front::serve(Arc::clone(&gateway), listener, Surface::Public, shutdown).await?;
+    if let Some(task) = admin_task {
+        let _ = task.await;
+    }
+    if let Some(handle) = demo_handle {
+        handle.shutdown();
+    }
+    gateway.close_services("gateway shutting down");
+    sweeper.abort();
+    tracing::info!("weir stopped");
+    Ok(())
+}
+
+async fn wait_for_signal(shutdown: CancellationToken) {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(term) => term,
+            Err(err) => {
+                tracing::error!(error = %err, "cannot listen for SIGTERM");
+                let _ = ctrl_c.await;
+                shutdown.cancel();
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+    tracing::info!("shutdown signal received; draining");
+    shutdown.cancel();
+}
