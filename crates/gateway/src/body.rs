@@ -41,16 +41,12 @@ struct Relay {
 impl GatewayBody {
     /// A body of known bytes.
     pub fn full(bytes: Bytes) -> Self {
-        GatewayBody {
-            kind: Kind::Full((!bytes.is_empty()).then_some(bytes)),
-        }
+        GatewayBody { kind: Kind::Full((!bytes.is_empty()).then_some(bytes)) }
     }
 
     /// An empty body.
     pub fn empty() -> Self {
-        GatewayBody {
-            kind: Kind::Full(None),
-        }
+        GatewayBody { kind: Kind::Full(None) }
     }
 
     /// A relayed service body.
@@ -60,14 +56,7 @@ impl GatewayBody {
         in_flight: InFlightGuard<weir_transport::Link>,
         length: Option<u64>,
     ) -> Self {
-        GatewayBody {
-            kind: Kind::Relay(Relay {
-                data,
-                handle: Some(handle),
-                in_flight: Some(in_flight),
-                length,
-            }),
-        }
+        GatewayBody { kind: Kind::Relay(Relay { data, handle: Some(handle), in_flight: Some(in_flight), length }) }
     }
 }
 
@@ -75,10 +64,7 @@ impl Body for GatewayBody {
     type Data = Bytes;
     type Error = StreamError;
 
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, StreamError>>> {
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, StreamError>>> {
         match &mut self.get_mut().kind {
             Kind::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
             Kind::Relay(relay) => relay.poll_chunk(cx),
@@ -95,19 +81,14 @@ impl Body for GatewayBody {
     fn size_hint(&self) -> SizeHint {
         match &self.kind {
             Kind::Full(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
-            Kind::Relay(Relay {
-                length: Some(n), ..
-            }) => SizeHint::with_exact(*n),
+            Kind::Relay(Relay { length: Some(n), .. }) => SizeHint::with_exact(*n),
             Kind::Relay(_) => SizeHint::default(),
         }
     }
 }
 
 impl Relay {
-    fn poll_chunk(
-        &mut self,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, StreamError>>> {
+    fn poll_chunk(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, StreamError>>> {
         if self.handle.is_none() {
             return Poll::Ready(None);
         }

@@ -13,8 +13,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use serde::Serialize;
-use tokio::sync::Notify;
 use thiserror::Error;
+use tokio::sync::Notify;
 
 /// Seed 002's `PayloadLimits`, in bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,11 +80,7 @@ pub struct PayloadBudget {
 impl PayloadBudget {
     /// A budget enforcing `limits`.
     pub fn new(limits: PayloadLimits) -> Arc<Self> {
-        Arc::new(PayloadBudget {
-            limits,
-            counters: Mutex::new(Counters::default()),
-            idle: Notify::new(),
-        })
+        Arc::new(PayloadBudget { limits, counters: Mutex::new(Counters::default()), idle: Notify::new() })
     }
 
     /// The limits this budget enforces.
@@ -95,11 +91,7 @@ impl PayloadBudget {
     /// Opens an empty reservation for request traffic on `connection`.
     pub fn open(self: &Arc<Self>, connection: u64) -> Reservation {
         self.lock().reservations += 1;
-        Reservation {
-            budget: Arc::clone(self),
-            connection,
-            bytes: 0,
-        }
+        Reservation { budget: Arc::clone(self), connection, bytes: 0 }
     }
 
     /// Current counters.
@@ -134,9 +126,7 @@ impl PayloadBudget {
     fn lock(&self) -> MutexGuard<'_, Counters> {
         // A poisoned lock only means another thread panicked between two plain integer
         // updates, which leave the counters consistent; keep serving.
-        self.counters
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.counters.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn grow(&self, connection: u64, held: u64, bytes: u64) -> Result<(), BudgetExceeded> {

@@ -62,10 +62,7 @@ pub(crate) async fn dispatch(
     let plan = admit(gateway, &decision, &request)?;
     let (parts, body) = request.into_parts();
     let head = request_head(&parts, &decision, client, plan.mode);
-    let target = Target {
-        link: &decision.instance.link,
-        conn_id: decision.instance.conn_id,
-    };
+    let target = Target { link: &decision.instance.link, conn_id: decision.instance.conn_id };
     let forwarded = match plan.mode {
         BodyMode::Buffered => forward_buffered(gateway, target, head, body, &plan).await?,
         BodyMode::Streamed => forward_streamed(gateway, target, head, body, &plan).await?,
@@ -75,32 +72,21 @@ pub(crate) async fn dispatch(
 }
 
 /// Phase 1: the routing decision.
-fn route(
-    gateway: &Gateway,
-    request: &Request<Incoming>,
-) -> Result<RoutingDecision<Link>, GatewayError> {
-    let version = match request
-        .headers()
-        .get(&gateway.config().routing.version_header)
-    {
+fn route(gateway: &Gateway, request: &Request<Incoming>) -> Result<RoutingDecision<Link>, GatewayError> {
+    let version = match request.headers().get(&gateway.config().routing.version_header) {
         None => None,
-        Some(value) => Some(
-            value
-                .to_str()
-                .map_err(|_| GatewayError::BadRequest("version header is not ASCII".into()))?,
-        ),
+        Some(value) => {
+            Some(value.to_str().map_err(|_| GatewayError::BadRequest("version header is not ASCII".into()))?)
+        }
     };
-    gateway
-        .routing()
-        .route(request.method().as_str(), request.uri().path(), version)
-        .map_err(|err| match err {
-            RouteError::NotFound => GatewayError::NotFound,
-            RouteError::MethodNotAllowed { allow } => GatewayError::MethodNotAllowed { allow },
-            RouteError::NoHealthyInstance { detail } => GatewayError::NoHealthyInstance(detail),
-            RouteError::InvalidVersion { value } => {
-                GatewayError::BadRequest(format!("version {value:?} is not a semantic version"))
-            }
-        })
+    gateway.routing().route(request.method().as_str(), request.uri().path(), version).map_err(|err| match err {
+        RouteError::NotFound => GatewayError::NotFound,
+        RouteError::MethodNotAllowed { allow } => GatewayError::MethodNotAllowed { allow },
+        RouteError::NoHealthyInstance { detail } => GatewayError::NoHealthyInstance(detail),
+        RouteError::InvalidVersion { value } => {
+            GatewayError::BadRequest(format!("version {value:?} is not a semantic version"))
+        }
+    })
 }
 
 /// The service connection a request goes to.
@@ -137,15 +123,10 @@ fn admit(
 ) -> Result<BodyPlan, GatewayError> {
     let limits = &gateway.config().limits;
     let per_call = limits.payload.max_request_bytes_per_call;
-    let max_total = decision
-        .endpoint
-        .max_body_bytes
-        .map_or(limits.max_upload_size, |m| m.min(limits.max_upload_size));
+    let max_total = decision.endpoint.max_body_bytes.map_or(limits.max_upload_size, |m| m.min(limits.max_upload_size));
     let length = declared_length(request)?;
     if let Some(n) = length.filter(|n| *n > max_total) {
-        return Err(GatewayError::PayloadTooLarge(format!(
-            "body of {n} bytes exceeds the limit of {max_total}"
-        )));
+        return Err(GatewayError::PayloadTooLarge(format!("body of {n} bytes exceeds the limit of {max_total}")));
     }
     let streaming = decision.endpoint.supports_streaming && length.is_none_or(|n| n > per_call);
     if !streaming {
@@ -155,16 +136,8 @@ fn admit(
             )));
         }
     }
-    let mode = if streaming {
-        BodyMode::Streamed
-    } else {
-        BodyMode::Buffered
-    };
-    Ok(BodyPlan {
-        mode,
-        max_total,
-        length,
-    })
+    let mode = if streaming { BodyMode::Streamed } else { BodyMode::Buffered };
+    Ok(BodyPlan { mode, max_total, length })
 }
 
 fn declared_length(request: &Request<Incoming>) -> Result<Option<u64>, GatewayError> {
@@ -184,9 +157,9 @@ fn declared_length(request: &Request<Incoming>) -> Result<Option<u64>, GatewayEr
 
 fn budget_error(err: BudgetExceeded, per_call: u64) -> GatewayError {
     match err {
-        BudgetExceeded::PerCall => GatewayError::PayloadTooLarge(format!(
-            "body exceeds the per-call limit of {per_call} bytes"
-        )),
+        BudgetExceeded::PerCall => {
+            GatewayError::PayloadTooLarge(format!("body exceeds the per-call limit of {per_call} bytes"))
+        }
         other => GatewayError::Overloaded(other.to_string()),
     }
 }
@@ -205,25 +178,16 @@ async fn forward_buffered(
     let mut buffer = BytesMut::with_capacity(plan.length.unwrap_or(0).min(per_call) as usize);
     while let Some(chunk) = next_chunk(&mut body, read_timeout).await? {
         if buffer.len() as u64 + chunk.len() as u64 > plan.max_total {
-            return Err(GatewayError::PayloadTooLarge(format!(
-                "body exceeds the limit of {} bytes",
-                plan.max_total
-            )));
+            return Err(GatewayError::PayloadTooLarge(format!("body exceeds the limit of {} bytes", plan.max_total)));
         }
-        reservation
-            .try_grow(chunk.len() as u64)
-            .map_err(|e| budget_error(e, per_call))?;
+        reservation.try_grow(chunk.len() as u64).map_err(|e| budget_error(e, per_call))?;
         buffer.extend_from_slice(&chunk);
     }
     head.body = buffer.freeze();
     let call = target.link.call(head, 0).await.map_err(upstream_error)?;
     // The body now sits in the link's queue until written; the reservation goes with the
     // request until the response arrives, which is when the service certainly has it.
-    Ok(Forwarded {
-        call,
-        pump: None,
-        held: Some(reservation),
-    })
+    Ok(Forwarded { call, pump: None, held: Some(reservation) })
 }
 
 /// Phase 3, streaming: reserve a window, send the head, start the pump.
@@ -242,19 +206,12 @@ async fn forward_streamed(
         .min(plan.length.unwrap_or(u64::MAX))
         .max(1);
     let mut reservation = gateway.budget().open(target.conn_id);
-    reservation
-        .try_grow(window)
-        .map_err(|e| budget_error(e, limits.payload.max_request_bytes_per_call))?;
+    reservation.try_grow(window).map_err(|e| budget_error(e, limits.payload.max_request_bytes_per_call))?;
     // The window fits in u32: it is at most `stream_window`.
     let window = u32::try_from(window).unwrap_or(u32::MAX);
-    let mut call = target
-        .link
-        .call(head, window)
-        .await
-        .map_err(upstream_error)?;
-    let sender = call.body.take().ok_or_else(|| {
-        GatewayError::UpstreamFailed("streamed call without a body sender".into())
-    })?;
+    let mut call = target.link.call(head, window).await.map_err(upstream_error)?;
+    let sender =
+        call.body.take().ok_or_else(|| GatewayError::UpstreamFailed("streamed call without a body sender".into()))?;
     let pump = Pump {
         sender,
         reservation,
@@ -262,11 +219,7 @@ async fn forward_streamed(
         read_timeout: gateway.config().server.read_timeout,
         chunk_size: limits.chunk_size,
     };
-    Ok(Forwarded {
-        call,
-        pump: Some(tokio::spawn(pump.run(body))),
-        held: None,
-    })
+    Ok(Forwarded { call, pump: Some(tokio::spawn(pump.run(body))), held: None })
 }
 
 /// Copies a client body to a service stream.
@@ -294,10 +247,7 @@ impl Pump {
             };
             total += chunk.len() as u64;
             if total > self.max_total {
-                let err = GatewayError::PayloadTooLarge(format!(
-                    "body exceeds the limit of {} bytes",
-                    self.max_total
-                ));
+                let err = GatewayError::PayloadTooLarge(format!("body exceeds the limit of {} bytes", self.max_total));
                 return Err(self.abort(err));
             }
             if self.send(chunk).await.is_err() {
@@ -328,23 +278,12 @@ impl Pump {
 }
 
 /// The next body chunk, waiting at most `read_timeout` for it (408 after).
-async fn next_chunk(
-    body: &mut Incoming,
-    read_timeout: Duration,
-) -> Result<Option<Bytes>, GatewayError> {
+async fn next_chunk(body: &mut Incoming, read_timeout: Duration) -> Result<Option<Bytes>, GatewayError> {
     loop {
         let frame = match tokio::time::timeout(read_timeout, body.frame()).await {
-            Err(_) => {
-                return Err(GatewayError::RequestTimeout(format!(
-                    "no body bytes for {read_timeout:?}"
-                )))
-            }
+            Err(_) => return Err(GatewayError::RequestTimeout(format!("no body bytes for {read_timeout:?}"))),
             Ok(None) => return Ok(None),
-            Ok(Some(Err(err))) => {
-                return Err(GatewayError::BadRequest(format!(
-                    "reading the body failed: {err}"
-                )))
-            }
+            Ok(Some(Err(err))) => return Err(GatewayError::BadRequest(format!("reading the body failed: {err}"))),
             Ok(Some(Ok(frame))) => frame,
         };
         if let Ok(data) = frame.into_data() {
@@ -360,24 +299,10 @@ async fn await_response(
     forwarded: Forwarded,
     timeout: Duration,
 ) -> Result<(IncomingResponse, OutgoingCall), GatewayError> {
-    let Forwarded {
-        mut call,
-        pump,
-        held,
-    } = forwarded;
-    let pump_failure = async {
-        match pump {
-            Some(handle) => match handle.await {
-                Ok(Err(err)) => err,
-                Ok(Ok(())) => std::future::pending().await,
-                Err(join) => GatewayError::UpstreamFailed(format!("body pump failed: {join}")),
-            },
-            None => std::future::pending().await,
-        }
-    };
+    let Forwarded { mut call, mut pump, held } = forwarded;
     let outcome = tokio::select! {
         outcome = tokio::time::timeout(timeout, &mut call.response) => outcome,
-        err = pump_failure => return Err(err),
+        err = pump_failure(pump.as_mut()) => return Err(err),
     };
     drop(held);
     match outcome {
@@ -385,11 +310,28 @@ async fn await_response(
             call.handle.cancel(CancelReason::Timeout);
             Err(GatewayError::UpstreamTimeout(timeout))
         }
-        Ok(Err(_)) => Err(GatewayError::UpstreamFailed(
-            "stream closed without a response".into(),
-        )),
-        Ok(Ok(Err(err))) => Err(upstream_error(err)),
+        Ok(Err(_)) => Err(GatewayError::UpstreamFailed("stream closed without a response".into())),
+        Ok(Ok(Err(err))) => match pump {
+            // The pump cancelling the stream (408, 413) is what failed it: report that.
+            Some(handle) if handle.is_finished() || matches!(err, StreamError::Cancelled(_)) => match handle.await {
+                Ok(Err(pump_err)) => Err(pump_err),
+                _ => Err(upstream_error(err)),
+            },
+            _ => Err(upstream_error(err)),
+        },
         Ok(Ok(Ok(response))) => Ok((response, call)),
+    }
+}
+
+/// Resolves with the pump's error if it fails; never resolves if it succeeds or is absent.
+async fn pump_failure(pump: Option<&mut JoinHandle<Result<(), GatewayError>>>) -> GatewayError {
+    match pump {
+        Some(handle) => match handle.await {
+            Ok(Err(err)) => err,
+            Ok(Ok(())) => std::future::pending().await,
+            Err(join) => GatewayError::UpstreamFailed(format!("body pump failed: {join}")),
+        },
+        None => std::future::pending().await,
     }
 }
 
@@ -398,14 +340,11 @@ fn respond(
     (response, call): (IncomingResponse, OutgoingCall),
     in_flight: InFlightGuard<Link>,
 ) -> Result<Response<GatewayBody>, GatewayError> {
-    let status = StatusCode::from_u16(response.head.status).map_err(|_| {
-        GatewayError::UpstreamFailed(format!("invalid status {}", response.head.status))
-    })?;
+    let status = StatusCode::from_u16(response.head.status)
+        .map_err(|_| GatewayError::UpstreamFailed(format!("invalid status {}", response.head.status)))?;
     let mut headers = HeaderMap::with_capacity(response.head.headers.len());
     copy_headers_in(&response.head.headers, &mut headers);
-    let length = headers
-        .get(CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    let length = headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
     let body = match response.body {
         None => {
             call.handle.complete();
@@ -439,17 +378,9 @@ fn request_head(
         .headers
         .iter()
         .filter(|(name, _)| !is_hop_by_hop(name.as_str()))
-        .map(|(name, value)| {
-            (
-                name.as_str().to_owned(),
-                Bytes::copy_from_slice(value.as_bytes()),
-            )
-        })
+        .map(|(name, value)| (name.as_str().to_owned(), Bytes::copy_from_slice(value.as_bytes())))
         .collect();
-    headers.push((
-        "x-forwarded-for".to_owned(),
-        Bytes::from(client.ip().to_string()),
-    ));
+    headers.push(("x-forwarded-for".to_owned(), Bytes::from(client.ip().to_string())));
     headers.push(("x-forwarded-proto".to_owned(), Bytes::from_static(b"http")));
     RequestHead {
         method: parts.method.as_str().to_owned(),
@@ -469,10 +400,7 @@ fn copy_headers_in(from: &Headers, to: &mut HeaderMap) {
         if is_hop_by_hop(name) {
             continue;
         }
-        match (
-            HeaderName::from_bytes(name.as_bytes()),
-            HeaderValue::from_maybe_shared(value.clone()),
-        ) {
+        match (HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_maybe_shared(value.clone())) {
             (Ok(name), Ok(value)) => {
                 to.append(name, value);
             }

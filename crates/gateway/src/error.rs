@@ -43,9 +43,9 @@ impl GatewayError {
             GatewayError::BadRequest(_) => StatusCode::BAD_REQUEST,
             GatewayError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             GatewayError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
-            GatewayError::NoHealthyInstance(_)
-            | GatewayError::Overloaded(_)
-            | GatewayError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            GatewayError::NoHealthyInstance(_) | GatewayError::Overloaded(_) | GatewayError::ShuttingDown => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             GatewayError::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             GatewayError::UpstreamFailed(_) => StatusCode::BAD_GATEWAY,
         }
@@ -84,10 +84,7 @@ impl GatewayError {
     /// Whether the client connection should be closed after this answer (the request
     /// body was not fully read, so the connection cannot be reused safely).
     pub fn closes_connection(&self) -> bool {
-        matches!(
-            self,
-            GatewayError::PayloadTooLarge(_) | GatewayError::RequestTimeout(_)
-        )
+        matches!(self, GatewayError::PayloadTooLarge(_) | GatewayError::RequestTimeout(_))
     }
 
     /// The HTTP response.
@@ -103,9 +100,7 @@ impl GatewayError {
                     headers.insert(ALLOW, value);
                 }
             }
-            GatewayError::NoHealthyInstance(_)
-            | GatewayError::Overloaded(_)
-            | GatewayError::ShuttingDown => {
+            GatewayError::NoHealthyInstance(_) | GatewayError::Overloaded(_) | GatewayError::ShuttingDown => {
                 headers.insert(RETRY_AFTER, HeaderValue::from_static("1"));
             }
             _ => {}

@@ -61,11 +61,8 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let gateway = Arc::clone(&gateway);
-        let service =
-            service_fn(move |request| handle(Arc::clone(&gateway), request, client, surface));
-        let connection = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), service)
-            .into_owned();
+        let service = service_fn(move |request| handle(Arc::clone(&gateway), request, client, surface));
+        let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
         let watched = graceful.watch(connection);
         tokio::spawn(async move {
             if let Err(err) = watched.await {
@@ -75,14 +72,8 @@ pub async fn serve(
     }
     drop(listener);
     let grace = gateway.config().server.shutdown_grace;
-    if tokio::time::timeout(grace, graceful.shutdown())
-        .await
-        .is_err()
-    {
-        tracing::warn!(
-            ?grace,
-            "grace period over; abandoning the requests still in flight"
-        );
+    if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
+        tracing::warn!(?grace, "grace period over; abandoning the requests still in flight");
     }
     Ok(())
 }
@@ -94,10 +85,7 @@ fn connection_builder(gateway: &Gateway) -> auto::Builder<TokioExecutor> {
         .timer(TokioTimer::new())
         .header_read_timeout(gateway.config().server.header_timeout)
         .keep_alive(true);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(256);
+    builder.http2().timer(TokioTimer::new()).max_concurrent_streams(256);
     builder
 }
 
@@ -137,29 +125,15 @@ fn log_error(err: &GatewayError, method: &Method, path: &str, client: SocketAddr
 
 fn admin(gateway: &Gateway, request: &Request<Incoming>) -> Response<GatewayBody> {
     if request.method() != Method::GET {
-        return GatewayError::MethodNotAllowed {
-            allow: vec!["GET".into()],
-        }
-        .into_response();
+        return GatewayError::MethodNotAllowed { allow: vec!["GET".into()] }.into_response();
     }
     match request.uri().path() {
-        "/budget" => json(
-            StatusCode::OK,
-            serde_json::to_string(&gateway.budget().counters()).unwrap_or_default(),
-        ),
-        "/routes" => json(
-            StatusCode::OK,
-            serde_json::to_string(&gateway.routing().snapshot()).unwrap_or_default(),
-        ),
+        "/budget" => json(StatusCode::OK, serde_json::to_string(&gateway.budget().counters()).unwrap_or_default()),
+        "/routes" => json(StatusCode::OK, serde_json::to_string(&gateway.routing().snapshot()).unwrap_or_default()),
         "/metrics" => {
-            let text = gateway
-                .metrics()
-                .render(&gateway.budget().counters(), gateway.service_connections());
+            let text = gateway.metrics().render(&gateway.budget().counters(), gateway.service_connections());
             let mut response = Response::new(GatewayBody::full(Bytes::from(text)));
-            response.headers_mut().insert(
-                CONTENT_TYPE,
-                HeaderValue::from_static("text/plain; version=0.0.4"),
-            );
+            response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
             response
         }
         _ => GatewayError::NotFound.into_response(),
@@ -169,8 +143,6 @@ fn admin(gateway: &Gateway, request: &Request<Incoming>) -> Response<GatewayBody
 fn json(status: StatusCode, body: String) -> Response<GatewayBody> {
     let mut response = Response::new(GatewayBody::full(Bytes::from(body)));
     *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     response
 }

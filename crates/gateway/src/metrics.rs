@@ -31,28 +31,17 @@ impl Metrics {
 
     /// Errors answered with `code` so far.
     pub fn errors(&self, code: &str) -> u64 {
-        GatewayError::CODES
-            .iter()
-            .position(|c| *c == code)
-            .map_or(0, |i| self.errors[i].load(Ordering::Relaxed))
+        GatewayError::CODES.iter().position(|c| *c == code).map_or(0, |i| self.errors[i].load(Ordering::Relaxed))
     }
 
     /// The Prometheus text exposition, with the budget's gauges.
     pub fn render(&self, budget: &BudgetCounters, services: usize) -> String {
         let mut out = String::new();
         let _ = writeln!(out, "# TYPE weir_requests_total counter");
-        let _ = writeln!(
-            out,
-            "weir_requests_total {}",
-            self.requests.load(Ordering::Relaxed)
-        );
+        let _ = writeln!(out, "weir_requests_total {}", self.requests.load(Ordering::Relaxed));
         let _ = writeln!(out, "# TYPE weir_errors_total counter");
         for (i, code) in GatewayError::CODES.iter().enumerate() {
-            let _ = writeln!(
-                out,
-                "weir_errors_total{{code=\"{code}\"}} {}",
-                self.errors[i].load(Ordering::Relaxed)
-            );
+            let _ = writeln!(out, "weir_errors_total{{code=\"{code}\"}} {}", self.errors[i].load(Ordering::Relaxed));
         }
         let _ = writeln!(out, "# TYPE weir_budget_reserved_bytes gauge");
         let _ = writeln!(out, "weir_budget_reserved_bytes {}", budget.aggregate_bytes);

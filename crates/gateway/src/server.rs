@@ -43,11 +43,7 @@ impl Gateway {
     pub fn new(config: GatewayConfig) -> Arc<Self> {
         let server = &config.server;
         Arc::new(Gateway {
-            routing: RoutingTable::new(
-                config.routing.clone(),
-                server.default_timeout,
-                server.max_timeout,
-            ),
+            routing: RoutingTable::new(config.routing.clone(), server.default_timeout, server.max_timeout),
             budget: PayloadBudget::new(config.limits.payload),
             metrics: Metrics::default(),
             links: Mutex::new(HashMap::new()),
@@ -95,9 +91,7 @@ impl Gateway {
 
     /// Runs one service connection from its Hello to its close.
     pub async fn accept_service<T: ByteStream>(self: Arc<Self>, io: T, peer: String) {
-        let pending = match accept_hello(io, weir_proto::DEFAULT_MAX_FRAME_PAYLOAD, HELLO_TIMEOUT)
-            .await
-        {
+        let pending = match accept_hello(io, weir_proto::DEFAULT_MAX_FRAME_PAYLOAD, HELLO_TIMEOUT).await {
             Ok(pending) => pending,
             Err(err) => {
                 tracing::warn!(%peer, error = %err, "service connection refused during handshake");
@@ -118,7 +112,8 @@ impl Gateway {
             return;
         }
         // Registered before welcomed: requests routed here now queue behind the Welcome.
-        let opened = welcome.to_frame(0).map_err(|e| e.to_string()).and_then(|f| link.open_with(f).map_err(|e| e.to_string()));
+        let opened =
+            welcome.to_frame(0).map_err(|e| e.to_string()).and_then(|f| link.open_with(f).map_err(|e| e.to_string()));
         if let Err(err) = opened {
             tracing::warn!(%peer, error = %err, "service link failed before its Welcome");
             self.routing.remove(conn_id);
@@ -134,12 +129,7 @@ impl Gateway {
     }
 
     /// Applies a registered link's events until it closes.
-    async fn follow_link(
-        &self,
-        conn_id: u64,
-        link: &Link,
-        mut events: mpsc::UnboundedReceiver<LinkEvent>,
-    ) {
+    async fn follow_link(&self, conn_id: u64, link: &Link, mut events: mpsc::UnboundedReceiver<LinkEvent>) {
         loop {
             let event = tokio::select! {
                 event = events.recv() => event,
@@ -147,19 +137,14 @@ impl Gateway {
             };
             match event {
                 None => return,
-                Some(LinkEvent::Heartbeat(heartbeat)) => {
-                    self.routing.heartbeat(conn_id, &heartbeat, Instant::now())
-                }
+                Some(LinkEvent::Heartbeat(heartbeat)) => self.routing.heartbeat(conn_id, &heartbeat, Instant::now()),
                 Some(LinkEvent::EndpointsUpdate(update)) => {
                     if let Err(err) = self.routing.update_endpoints(conn_id, &update.endpoints) {
                         tracing::warn!(conn_id, reason = %err, "endpoints update refused; the previous endpoints stay");
                     }
                 }
                 Some(LinkEvent::Request(_)) => {
-                    link.close_with_error(
-                        ErrorCode::ProtocolViolation,
-                        "a service may not send requests",
-                    );
+                    link.close_with_error(ErrorCode::ProtocolViolation, "a service may not send requests");
                     return;
                 }
             }
@@ -187,23 +172,14 @@ impl Gateway {
     pub fn sweep_once(&self, now: Instant) {
         for conn_id in self.routing.sweep(now) {
             if let Some(link) = self.lock_links().remove(&conn_id) {
-                tracing::warn!(
-                    conn_id,
-                    "evicting a service that stopped sending heartbeats"
-                );
-                link.close_with_error(
-                    ErrorCode::ProtocolViolation,
-                    "no heartbeat received in time; evicted",
-                );
+                tracing::warn!(conn_id, "evicting a service that stopped sending heartbeats");
+                link.close_with_error(ErrorCode::ProtocolViolation, "no heartbeat received in time; evicted");
             }
         }
         let links: Vec<Link> = self.lock_links().values().cloned().collect();
         for link in links {
-            let heartbeat = Heartbeat {
-                status: HealthStatus::Healthy,
-                in_flight: link.open_streams() as u32,
-                error_rate: 0.0,
-            };
+            let heartbeat =
+                Heartbeat { status: HealthStatus::Healthy, in_flight: link.open_streams() as u32, error_rate: 0.0 };
             let _ = link.send_heartbeat(&heartbeat);
         }
     }

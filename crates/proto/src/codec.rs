@@ -55,10 +55,7 @@ impl Decoder for FrameCodec {
             return Err(ProtoError::FrameTooShort(length));
         };
         if payload_len > self.max_payload {
-            return Err(ProtoError::FrameTooLarge {
-                len: payload_len,
-                max: self.max_payload,
-            });
+            return Err(ProtoError::FrameTooLarge { len: payload_len, max: self.max_payload });
         }
         if src.len() < FRAME_HEADER_LEN {
             src.reserve(FRAME_HEADER_LEN - src.len());
@@ -74,12 +71,7 @@ impl Decoder for FrameCodec {
         src.advance(6);
         let correlation_id = src.get_u64();
         let payload = src.split_to(payload_len).freeze();
-        Ok(Some(Frame {
-            frame_type,
-            flags,
-            correlation_id,
-            payload,
-        }))
+        Ok(Some(Frame { frame_type, flags, correlation_id, payload }))
     }
 }
 
@@ -92,23 +84,13 @@ impl Encoder<Frame> for FrameCodec {
 }
 
 /// Appends one frame's bytes to `dst`.
-pub fn encode_frame(
-    frame: &Frame,
-    max_payload: usize,
-    dst: &mut BytesMut,
-) -> Result<(), ProtoError> {
+pub fn encode_frame(frame: &Frame, max_payload: usize, dst: &mut BytesMut) -> Result<(), ProtoError> {
     let len = frame.payload.len();
     if len > max_payload {
-        return Err(ProtoError::FrameTooLarge {
-            len,
-            max: max_payload,
-        });
+        return Err(ProtoError::FrameTooLarge { len, max: max_payload });
     }
-    let length =
-        u32::try_from(FRAME_HEADER_AFTER_LENGTH + len).map_err(|_| ProtoError::FrameTooLarge {
-            len,
-            max: max_payload,
-        })?;
+    let length = u32::try_from(FRAME_HEADER_AFTER_LENGTH + len)
+        .map_err(|_| ProtoError::FrameTooLarge { len, max: max_payload })?;
     dst.reserve(FRAME_HEADER_LEN + len);
     dst.put_u32(length);
     dst.put_u8(frame.frame_type as u8);
@@ -135,20 +117,10 @@ mod tests {
 
     #[test]
     fn frame_round_trips_and_partial_input_waits() {
-        let frame = Frame::data(
-            FrameType::RequestStreamData,
-            7,
-            Bytes::from_static(b"abc"),
-            true,
-        );
+        let frame = Frame::data(FrameType::RequestStreamData, 7, Bytes::from_static(b"abc"), true);
         let mut buf = BytesMut::new();
-        FrameCodec::default()
-            .encode(frame.clone(), &mut buf)
-            .unwrap();
-        assert_eq!(
-            &buf[..],
-            &[0, 0, 0, 13, 5, 1, 0, 0, 0, 0, 0, 0, 0, 7, b'a', b'b', b'c']
-        );
+        FrameCodec::default().encode(frame.clone(), &mut buf).unwrap();
+        assert_eq!(&buf[..], &[0, 0, 0, 13, 5, 1, 0, 0, 0, 0, 0, 0, 0, 7, b'a', b'b', b'c']);
         for cut in 0..buf.len() {
             assert_eq!(decode_all(&buf[..cut], 1024).unwrap(), vec![]);
         }
@@ -158,13 +130,7 @@ mod tests {
     #[test]
     fn oversized_frame_is_refused_from_its_length_alone() {
         let err = decode_all(&[0, 0, 1, 0], 16).unwrap_err();
-        assert_eq!(
-            err,
-            ProtoError::FrameTooLarge {
-                len: 256 - 10,
-                max: 16
-            }
-        );
+        assert_eq!(err, ProtoError::FrameTooLarge { len: 256 - 10, max: 16 });
     }
 
     #[test]
@@ -177,9 +143,6 @@ mod tests {
             decode_all(&[0, 0, 0, 10, 5, 0x80, 0, 0, 0, 0, 0, 0, 0, 1], 16).unwrap_err(),
             ProtoError::UnknownFlags(0x80)
         );
-        assert_eq!(
-            decode_all(&[0, 0, 0, 3], 16).unwrap_err(),
-            ProtoError::FrameTooShort(3)
-        );
+        assert_eq!(decode_all(&[0, 0, 0, 3], 16).unwrap_err(), ProtoError::FrameTooShort(3));
     }
 }

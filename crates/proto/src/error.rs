@@ -23,11 +23,7 @@ pub enum ProtoError {
     #[error("{0} trailing bytes after the payload")]
     TrailingBytes(usize),
     #[error("{field} is too long to encode ({len} > {max})")]
-    TooLong {
-        field: &'static str,
-        len: usize,
-        max: usize,
-    },
+    TooLong { field: &'static str, len: usize, max: usize },
     #[error("i/o error: {0}")]
     Io(String),
 }

@@ -53,10 +53,7 @@ impl FrameType {
 
     /// Whether this type carries raw stream bytes rather than an encoded message.
     pub fn is_stream_data(self) -> bool {
-        matches!(
-            self,
-            FrameType::RequestStreamData | FrameType::ResponseStreamData
-        )
+        matches!(self, FrameType::RequestStreamData | FrameType::ResponseStreamData)
     }
 }
 
@@ -64,10 +61,7 @@ impl TryFrom<u8> for FrameType {
     type Error = ProtoError;
 
     fn try_from(value: u8) -> Result<Self, ProtoError> {
-        FrameType::ALL
-            .get(usize::from(value).wrapping_sub(1))
-            .copied()
-            .ok_or(ProtoError::UnknownFrameType(value))
+        FrameType::ALL.get(usize::from(value).wrapping_sub(1)).copied().ok_or(ProtoError::UnknownFrameType(value))
     }
 }
 
@@ -115,27 +109,13 @@ pub struct Frame {
 impl Frame {
     /// A frame with no flags.
     pub fn new(frame_type: FrameType, correlation_id: u64, payload: Bytes) -> Self {
-        Frame {
-            frame_type,
-            flags: FrameFlags::NONE,
-            correlation_id,
-            payload,
-        }
+        Frame { frame_type, flags: FrameFlags::NONE, correlation_id, payload }
     }
 
     /// A stream data frame; `end` marks the last chunk.
     pub fn data(frame_type: FrameType, correlation_id: u64, chunk: Bytes, end: bool) -> Self {
-        let flags = if end {
-            FrameFlags::END_STREAM
-        } else {
-            FrameFlags::NONE
-        };
-        Frame {
-            frame_type,
-            flags,
-            correlation_id,
-            payload: chunk,
-        }
+        let flags = if end { FrameFlags::END_STREAM } else { FrameFlags::NONE };
+        Frame { frame_type, flags, correlation_id, payload: chunk }
     }
 
     /// Whether END_STREAM is set.

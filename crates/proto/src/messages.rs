@@ -235,14 +235,7 @@ byte_enum!(BodyMode, "body mode", [Buffered, Streamed]);
 byte_enum!(
     CancelReason,
     "cancel reason",
-    [
-        ClientDisconnected,
-        Timeout,
-        PayloadLimitExceeded,
-        Shutdown,
-        Administrative,
-        HandlerFailed
-    ]
+    [ClientDisconnected, Timeout, PayloadLimitExceeded, Shutdown, Administrative, HandlerFailed]
 );
 
 impl ErrorCode {
@@ -257,10 +250,7 @@ impl ErrorCode {
         ]
         .into_iter()
         .find(|c| *c as u16 == v)
-        .ok_or(ProtoError::InvalidValue {
-            field: "error code",
-            detail: format!("unknown value {v}"),
-        })
+        .ok_or(ProtoError::InvalidValue { field: "error code", detail: format!("unknown value {v}") })
     }
 }
 
@@ -278,10 +268,7 @@ fn check_error_rate(error_rate: f32) -> Result<(), ProtoError> {
 /// Response statuses are three-digit codes.
 fn check_status(status: u16) -> Result<(), ProtoError> {
     if !(100..=999).contains(&status) {
-        return Err(ProtoError::InvalidValue {
-            field: "status",
-            detail: format!("{status}"),
-        });
+        return Err(ProtoError::InvalidValue { field: "status", detail: format!("{status}") });
     }
     Ok(())
 }
@@ -289,10 +276,7 @@ fn check_status(status: u16) -> Result<(), ProtoError> {
 /// A credit of zero bytes grants nothing and is refused.
 fn check_credit_increment(increment: u32) -> Result<(), ProtoError> {
     if increment == 0 {
-        return Err(ProtoError::InvalidValue {
-            field: "credit increment",
-            detail: "zero".into(),
-        });
+        return Err(ProtoError::InvalidValue { field: "credit increment", detail: "zero".into() });
     }
     Ok(())
 }
@@ -309,9 +293,7 @@ fn write_headers(w: &mut Writer, headers: &Headers) -> Result<(), ProtoError> {
 }
 
 fn read_headers(r: &mut Reader) -> Result<Headers, ProtoError> {
-    r.list("headers", |r| {
-        Ok((r.str("header name")?, r.bytes("header value")?))
-    })
+    r.list("headers", |r| Ok((r.str("header name")?, r.bytes("header value")?)))
 }
 
 fn write_endpoints(w: &mut Writer, endpoints: &[EndpointDescriptor]) -> Result<(), ProtoError> {
@@ -325,9 +307,7 @@ fn write_endpoints(w: &mut Writer, endpoints: &[EndpointDescriptor]) -> Result<(
             w.str("claim type", &c.claim_type)?;
             w.option(c.value.as_ref(), |w, v| w.str("claim value", v))
         })?;
-        w.list("content types", &e.content_types, |w, t| {
-            w.str("content type", t)
-        })?;
+        w.list("content types", &e.content_types, |w, t| w.str("content type", t))?;
         w.option(e.max_body_bytes.as_ref(), |w, v| {
             w.u64(*v);
             Ok(())
@@ -440,11 +420,7 @@ impl Message for Heartbeat {
         let error_rate = f32::from_bits(r.u32("error rate")?);
         check_error_rate(error_rate)?;
         r.finish()?;
-        Ok(Heartbeat {
-            status,
-            in_flight,
-            error_rate,
-        })
+        Ok(Heartbeat { status, in_flight, error_rate })
     }
 }
 
@@ -491,9 +467,7 @@ impl Message for RequestHead {
             path: r.str("path")?,
             query: r.str("query")?,
             template: r.str("template")?,
-            params: r.list("params", |r| {
-                Ok((r.str("param name")?, r.str("param value")?))
-            })?,
+            params: r.list("params", |r| Ok((r.str("param name")?, r.str("param value")?)))?,
             headers: read_headers(&mut r)?,
             body_mode: BodyMode::read(&mut r)?,
             body: r.bytes("body")?,

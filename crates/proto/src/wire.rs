@@ -48,10 +48,7 @@ impl Reader {
         match self.u8(what)? {
             0 => Ok(false),
             1 => Ok(true),
-            other => Err(ProtoError::InvalidValue {
-                field: what,
-                detail: format!("boolean byte {other}"),
-            }),
+            other => Err(ProtoError::InvalidValue { field: what, detail: format!("boolean byte {other}") }),
         }
     }
 
@@ -116,9 +113,7 @@ pub(crate) struct Writer {
 
 impl Writer {
     pub(crate) fn new() -> Self {
-        Writer {
-            buf: BytesMut::with_capacity(128),
-        }
+        Writer { buf: BytesMut::with_capacity(128) }
     }
 
     pub(crate) fn u8(&mut self, v: u8) {
@@ -153,11 +148,8 @@ impl Writer {
     }
 
     pub(crate) fn bytes(&mut self, field: &'static str, v: &[u8]) -> Result<(), ProtoError> {
-        let len = u32::try_from(v.len()).map_err(|_| ProtoError::TooLong {
-            field,
-            len: v.len(),
-            max: u32::MAX as usize,
-        })?;
+        let len =
+            u32::try_from(v.len()).map_err(|_| ProtoError::TooLong { field, len: v.len(), max: u32::MAX as usize })?;
         self.buf.put_u32(len);
         self.buf.extend_from_slice(v);
         Ok(())

@@ -13,9 +13,8 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use tokio_util::codec::{Decoder, Encoder};
 use weir_proto::{
-    BodyMode, Cancel, CancelReason, Credit, EndpointDescriptor, ErrorCode, ErrorMessage, Frame,
-    FrameCodec, FrameType, HealthStatus, Heartbeat, Hello, Message, RequestHead, ResponseHead,
-    Welcome, PROTOCOL_VERSION,
+    BodyMode, Cancel, CancelReason, Credit, EndpointDescriptor, ErrorCode, ErrorMessage, Frame, FrameCodec, FrameType,
+    HealthStatus, Heartbeat, Hello, Message, RequestHead, ResponseHead, Welcome, PROTOCOL_VERSION,
 };
 
 const MARKER_PREFIX: &str = "<!-- example:";
@@ -46,10 +45,7 @@ where
 }
 
 fn stream_data(frame: Frame) -> Example {
-    Example {
-        frame,
-        decodes_back: Box::new(|_| Ok(())),
-    }
+    Example { frame, decodes_back: Box::new(|_| Ok(())) }
 }
 
 fn text_plain() -> Vec<(String, Bytes)> {
@@ -89,17 +85,7 @@ fn examples() -> BTreeMap<&'static str, Example> {
             },
         ),
     );
-    all.insert(
-        "heartbeat",
-        message(
-            0,
-            Heartbeat {
-                status: HealthStatus::Healthy,
-                in_flight: 2,
-                error_rate: 0.25,
-            },
-        ),
-    );
+    all.insert("heartbeat", message(0, Heartbeat { status: HealthStatus::Healthy, in_flight: 2, error_rate: 0.25 }));
     all.insert(
         "request",
         message(
@@ -130,40 +116,13 @@ fn examples() -> BTreeMap<&'static str, Example> {
     );
     all.insert(
         "request-stream-data-end",
-        stream_data(Frame::data(
-            FrameType::RequestStreamData,
-            2,
-            Bytes::from_static(b"data"),
-            true,
-        )),
+        stream_data(Frame::data(FrameType::RequestStreamData, 2, Bytes::from_static(b"data"), true)),
     );
-    all.insert(
-        "credit",
-        message(
-            2,
-            Credit {
-                increment: 64 * 1024,
-            },
-        ),
-    );
-    all.insert(
-        "cancel",
-        message(
-            3,
-            Cancel {
-                reason: CancelReason::Timeout,
-            },
-        ),
-    );
+    all.insert("credit", message(2, Credit { increment: 64 * 1024 }));
+    all.insert("cancel", message(3, Cancel { reason: CancelReason::Timeout }));
     all.insert(
         "error",
-        message(
-            0,
-            ErrorMessage {
-                code: ErrorCode::RegistrationRefused,
-                message: "GET /api/hello is taken".into(),
-            },
-        ),
+        message(0, ErrorMessage { code: ErrorCode::RegistrationRefused, message: "GET /api/hello is taken".into() }),
     );
     all
 }
@@ -196,33 +155,20 @@ fn doc_examples(doc: &str) -> BTreeMap<String, Vec<u8>> {
             .by_ref()
             .find(|(_, l)| !l.trim().is_empty())
             .unwrap_or_else(|| panic!("example {name}: no block after its marker"));
-        assert_eq!(
-            fence.trim(),
-            "```hex",
-            "example {name}: the marker must be followed by a ```hex block"
-        );
+        assert_eq!(fence.trim(), "```hex", "example {name}: the marker must be followed by a ```hex block");
         hex_fences += 1;
         let mut hex = String::new();
         loop {
-            let (m, l) = lines
-                .next()
-                .unwrap_or_else(|| panic!("example {name}: block not closed"));
+            let (m, l) = lines.next().unwrap_or_else(|| panic!("example {name}: block not closed"));
             if l.trim() == "```" {
                 break;
             }
             let code = l.split('#').next().unwrap_or_default();
             hex.extend(code.chars().filter(|c| !c.is_whitespace()));
-            assert!(
-                hex.chars().all(|c| c.is_ascii_hexdigit()),
-                "example {name}, line {}: not hex: {l}",
-                m + 1
-            );
+            assert!(hex.chars().all(|c| c.is_ascii_hexdigit()), "example {name}, line {}: not hex: {l}", m + 1);
         }
         let bytes = parse_hex(&name, &hex);
-        assert!(
-            found.insert(name.clone(), bytes).is_none(),
-            "example {name} appears twice"
-        );
+        assert!(found.insert(name.clone(), bytes).is_none(), "example {name} appears twice");
     }
     assert_eq!(
         hex_fences,
@@ -247,12 +193,7 @@ fn parse_hex(name: &str, hex: &str) -> Vec<u8> {
 fn pretty(bytes: &[u8]) -> String {
     bytes
         .chunks(16)
-        .map(|line| {
-            line.iter()
-                .map(|b| format!("{b:02x}"))
-                .collect::<Vec<_>>()
-                .join(" ")
-        })
+        .map(|line| line.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(" "))
         .collect::<Vec<_>>()
         .join("\n")
 }
@@ -274,9 +215,7 @@ fn doc_examples_are_what_the_codec_encodes() {
             continue;
         };
         let mut wire = BytesMut::new();
-        FrameCodec::default()
-            .encode(example.frame.clone(), &mut wire)
-            .expect("example frame encodes");
+        FrameCodec::default().encode(example.frame.clone(), &mut wire).expect("example frame encodes");
         if &wire[..] != expected.as_slice() {
             failures.push(format!(
                 "example {name}: docs/protocol.md says\n{}\nbut the codec encodes\n{}",
@@ -292,9 +231,7 @@ fn doc_examples_are_what_the_codec_encodes() {
 fn doc_examples_decode_to_their_values() {
     let doc = doc_examples(&protocol_doc());
     for (name, example) in examples() {
-        let bytes = doc
-            .get(name)
-            .unwrap_or_else(|| panic!("example {name} is missing from docs/protocol.md"));
+        let bytes = doc.get(name).unwrap_or_else(|| panic!("example {name} is missing from docs/protocol.md"));
         let mut buf = BytesMut::from(bytes.as_slice());
         let frame = FrameCodec::default()
             .decode(&mut buf)
@@ -323,9 +260,6 @@ fn doc_frame_type_table_matches_the_code() {
             Some((number, cells.get(2)?.to_string()))
         })
         .collect();
-    let expected: Vec<(u8, String)> = FrameType::ALL
-        .iter()
-        .map(|t| (*t as u8, format!("{t:?}")))
-        .collect();
+    let expected: Vec<(u8, String)> = FrameType::ALL.iter().map(|t| (*t as u8, format!("{t:?}"))).collect();
     assert_eq!(rows, expected);
 }

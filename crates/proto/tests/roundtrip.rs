@@ -15,10 +15,9 @@ use proptest::prelude::*;
 use proptest::sample::Index;
 use tokio_util::codec::{Decoder, Encoder};
 use weir_proto::{
-    BodyMode, Cancel, CancelReason, ClaimRequirement, Credit, EndpointDescriptor, EndpointKind,
-    EndpointsUpdate, ErrorCode, ErrorMessage, Frame, FrameCodec, FrameFlags, FrameType,
-    HealthStatus, Heartbeat, Hello, Message, ProtoError, RequestHead, ResponseHead, Welcome,
-    DEFAULT_MAX_FRAME_PAYLOAD,
+    BodyMode, Cancel, CancelReason, ClaimRequirement, Credit, EndpointDescriptor, EndpointKind, EndpointsUpdate,
+    ErrorCode, ErrorMessage, Frame, FrameCodec, FrameFlags, FrameType, HealthStatus, Heartbeat, Hello, Message,
+    ProtoError, RequestHead, ResponseHead, Welcome, DEFAULT_MAX_FRAME_PAYLOAD,
 };
 
 // ---------------------------------------------------------------------------------------
@@ -43,11 +42,7 @@ fn endpoint_kind() -> impl Strategy<Value = EndpointKind> {
 }
 
 fn health_status() -> impl Strategy<Value = HealthStatus> {
-    prop_oneof![
-        Just(HealthStatus::Healthy),
-        Just(HealthStatus::Degraded),
-        Just(HealthStatus::Draining)
-    ]
+    prop_oneof![Just(HealthStatus::Healthy), Just(HealthStatus::Degraded), Just(HealthStatus::Draining)]
 }
 
 fn body_mode() -> impl Strategy<Value = BodyMode> {
@@ -141,13 +136,7 @@ prop_compose! {
 /// Error rates are fractions in `[0, 1]`; the bounds (and -0.0, which compares equal to
 /// 0.0 and is accepted) get drawn on purpose.
 fn error_rate() -> impl Strategy<Value = f32> {
-    prop_oneof![
-        Just(0.0f32),
-        Just(-0.0f32),
-        Just(1.0f32),
-        Just(f32::MIN_POSITIVE),
-        0.0f32..=1.0f32,
-    ]
+    prop_oneof![Just(0.0f32), Just(-0.0f32), Just(1.0f32), Just(f32::MIN_POSITIVE), 0.0f32..=1.0f32,]
 }
 
 prop_compose! {
@@ -459,22 +448,11 @@ fn frames_fed_one_byte_at_a_time_decode() {
 fn encoder_refuses_payloads_over_its_maximum() {
     let mut codec = FrameCodec::new(8);
     let mut wire = BytesMut::new();
-    let ok = Frame::new(
-        FrameType::RequestStreamData,
-        1,
-        Bytes::from_static(b"12345678"),
-    );
+    let ok = Frame::new(FrameType::RequestStreamData, 1, Bytes::from_static(b"12345678"));
     codec.encode(ok, &mut wire).unwrap();
-    let too_big = Frame::new(
-        FrameType::RequestStreamData,
-        1,
-        Bytes::from_static(b"123456789"),
-    );
+    let too_big = Frame::new(FrameType::RequestStreamData, 1, Bytes::from_static(b"123456789"));
     let before = wire.len();
-    assert_eq!(
-        codec.encode(too_big, &mut wire).unwrap_err(),
-        ProtoError::FrameTooLarge { len: 9, max: 8 }
-    );
+    assert_eq!(codec.encode(too_big, &mut wire).unwrap_err(), ProtoError::FrameTooLarge { len: 9, max: 8 });
     assert_eq!(wire.len(), before, "a refused frame writes nothing");
 }
 
@@ -585,14 +563,8 @@ fn samples() -> Vec<(FrameType, Bytes)> {
         supports_streaming: true,
         timeout: Some(Duration::from_millis(2500)),
         requiring_claims: vec![
-            ClaimRequirement {
-                claim_type: "role".into(),
-                value: Some("admin".into()),
-            },
-            ClaimRequirement {
-                claim_type: "sub".into(),
-                value: None,
-            },
+            ClaimRequirement { claim_type: "role".into(), value: Some("admin".into()) },
+            ClaimRequirement { claim_type: "sub".into(), value: None },
         ],
         content_types: vec!["application/json".into()],
         max_body_bytes: Some(1 << 20),
@@ -608,19 +580,9 @@ fn samples() -> Vec<(FrameType, Bytes)> {
             token: "t0ken".into(),
             endpoints: vec![endpoint.clone(), EndpointDescriptor::new("GET", "/x")],
         }),
-        enc(Welcome {
-            protocol_version: 1,
-            initial_window: 1 << 16,
-            heartbeat_interval: Duration::from_secs(5),
-        }),
-        enc(Heartbeat {
-            status: HealthStatus::Degraded,
-            in_flight: 3,
-            error_rate: 0.25,
-        }),
-        enc(EndpointsUpdate {
-            endpoints: vec![endpoint],
-        }),
+        enc(Welcome { protocol_version: 1, initial_window: 1 << 16, heartbeat_interval: Duration::from_secs(5) }),
+        enc(Heartbeat { status: HealthStatus::Degraded, in_flight: 3, error_rate: 0.25 }),
+        enc(EndpointsUpdate { endpoints: vec![endpoint] }),
         enc(RequestHead {
             method: "PUT".into(),
             path: "/files/a%20b".into(),
@@ -637,14 +599,9 @@ fn samples() -> Vec<(FrameType, Bytes)> {
             body_mode: BodyMode::Buffered,
             body: Bytes::from_static(b"ok"),
         }),
-        enc(Cancel {
-            reason: CancelReason::Timeout,
-        }),
+        enc(Cancel { reason: CancelReason::Timeout }),
         enc(Credit { increment: 4096 }),
-        enc(ErrorMessage {
-            code: ErrorCode::RegistrationRefused,
-            message: "GET /x is taken".into(),
-        }),
+        enc(ErrorMessage { code: ErrorCode::RegistrationRefused, message: "GET /x is taken".into() }),
     ]
 }
 
@@ -652,11 +609,7 @@ fn samples() -> Vec<(FrameType, Bytes)> {
 fn samples_cover_every_message_type() {
     let mut types: Vec<u8> = samples().iter().map(|(t, _)| *t as u8).collect();
     types.sort_unstable();
-    let expected: Vec<u8> = FrameType::ALL
-        .iter()
-        .filter(|t| !t.is_stream_data())
-        .map(|t| *t as u8)
-        .collect();
+    let expected: Vec<u8> = FrameType::ALL.iter().filter(|t| !t.is_stream_data()).map(|t| *t as u8).collect();
     assert_eq!(types, expected);
 }
 
@@ -682,11 +635,7 @@ fn decode_err(frame_type: FrameType, payload: Bytes) -> Option<ProtoError> {
 #[test]
 fn every_payload_refuses_trailing_bytes() {
     for (frame_type, payload) in samples() {
-        assert_eq!(
-            decode_err(frame_type, payload.clone()),
-            None,
-            "{frame_type:?}"
-        );
+        assert_eq!(decode_err(frame_type, payload.clone()), None, "{frame_type:?}");
         for extra in [&[0u8][..], &[1], &[0xff, 0xff, 0xff]] {
             let mut longer = payload.to_vec();
             longer.extend_from_slice(extra);
@@ -715,84 +664,39 @@ fn every_payload_refuses_truncation_at_every_cut() {
 
 #[test]
 fn out_of_range_values_are_refused_by_encoder_and_decoder() {
-    for rate in [
-        -0.5f32,
-        1.000_001,
-        2.0,
-        f32::NAN,
-        f32::INFINITY,
-        -f32::INFINITY,
-    ] {
-        let hb = Heartbeat {
-            status: HealthStatus::Healthy,
-            in_flight: 0,
-            error_rate: rate,
-        };
-        assert!(
-            matches!(hb.encode(), Err(ProtoError::InvalidValue { .. })),
-            "{rate}"
-        );
+    for rate in [-0.5f32, 1.000_001, 2.0, f32::NAN, f32::INFINITY, -f32::INFINITY] {
+        let hb = Heartbeat { status: HealthStatus::Healthy, in_flight: 0, error_rate: rate };
+        assert!(matches!(hb.encode(), Err(ProtoError::InvalidValue { .. })), "{rate}");
         let mut raw = vec![0u8, 0, 0, 0, 0];
         raw.extend_from_slice(&rate.to_bits().to_be_bytes());
-        assert!(
-            matches!(
-                Heartbeat::decode(Bytes::from(raw)),
-                Err(ProtoError::InvalidValue { .. })
-            ),
-            "{rate}"
-        );
+        assert!(matches!(Heartbeat::decode(Bytes::from(raw)), Err(ProtoError::InvalidValue { .. })), "{rate}");
     }
 
     for status in [0u16, 99, 1000, u16::MAX] {
-        let head = ResponseHead {
-            status,
-            headers: vec![],
-            body_mode: BodyMode::Buffered,
-            body: Bytes::new(),
-        };
-        assert!(matches!(
-            head.encode(),
-            Err(ProtoError::InvalidValue { .. })
-        ));
+        let head = ResponseHead { status, headers: vec![], body_mode: BodyMode::Buffered, body: Bytes::new() };
+        assert!(matches!(head.encode(), Err(ProtoError::InvalidValue { .. })));
         let mut raw = status.to_be_bytes().to_vec();
         raw.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0]);
-        assert!(matches!(
-            ResponseHead::decode(Bytes::from(raw)),
-            Err(ProtoError::InvalidValue { .. })
-        ));
+        assert!(matches!(ResponseHead::decode(Bytes::from(raw)), Err(ProtoError::InvalidValue { .. })));
     }
 
-    assert!(matches!(
-        Credit { increment: 0 }.encode(),
-        Err(ProtoError::InvalidValue { .. })
-    ));
-    assert!(matches!(
-        Credit::decode(Bytes::from_static(&[0, 0, 0, 0])),
-        Err(ProtoError::InvalidValue { .. })
-    ));
+    assert!(matches!(Credit { increment: 0 }.encode(), Err(ProtoError::InvalidValue { .. })));
+    assert!(matches!(Credit::decode(Bytes::from_static(&[0, 0, 0, 0])), Err(ProtoError::InvalidValue { .. })));
 }
 
 #[test]
 fn unknown_enum_values_and_non_boolean_bytes_are_refused() {
     let invalid = |r: Result<(), ProtoError>| matches!(r, Err(ProtoError::InvalidValue { .. }));
     // Heartbeat with health status 3.
-    assert!(invalid(
-        Heartbeat::decode(Bytes::from_static(&[3, 0, 0, 0, 0, 0, 0, 0, 0])).map(drop)
-    ));
+    assert!(invalid(Heartbeat::decode(Bytes::from_static(&[3, 0, 0, 0, 0, 0, 0, 0, 0])).map(drop)));
     // Cancel reasons 0 and 7.
     assert!(invalid(Cancel::decode(Bytes::from_static(&[0])).map(drop)));
     assert!(invalid(Cancel::decode(Bytes::from_static(&[7])).map(drop)));
     // Error codes 0 and 6.
-    assert!(invalid(
-        ErrorMessage::decode(Bytes::from_static(&[0, 0, 0, 0])).map(drop)
-    ));
-    assert!(invalid(
-        ErrorMessage::decode(Bytes::from_static(&[0, 6, 0, 0])).map(drop)
-    ));
+    assert!(invalid(ErrorMessage::decode(Bytes::from_static(&[0, 0, 0, 0])).map(drop)));
+    assert!(invalid(ErrorMessage::decode(Bytes::from_static(&[0, 6, 0, 0])).map(drop)));
     // Response body mode 2.
-    assert!(invalid(
-        ResponseHead::decode(Bytes::from_static(&[0, 200, 0, 0, 2, 0, 0, 0, 0])).map(drop)
-    ));
+    assert!(invalid(ResponseHead::decode(Bytes::from_static(&[0, 200, 0, 0, 2, 0, 0, 0, 0])).map(drop)));
     // Endpoint: kind 2, then a supports-streaming byte of 2, then an option tag of 2.
     let endpoint = |kind: u8, streaming: u8, tag: u8| {
         let mut raw = vec![0, 1]; // one endpoint
@@ -814,40 +718,24 @@ fn unknown_enum_values_and_non_boolean_bytes_are_refused() {
 #[test]
 fn strings_and_lists_too_long_for_their_prefix_are_refused_on_encode() {
     let long = "x".repeat(usize::from(u16::MAX) + 1);
-    let err = ErrorMessage {
-        code: ErrorCode::StreamFailed,
-        message: long,
-    }
-    .encode()
-    .unwrap_err();
+    let err = ErrorMessage { code: ErrorCode::StreamFailed, message: long }.encode().unwrap_err();
     assert!(matches!(err, ProtoError::TooLong { .. }), "{err:?}");
 
     let just_fits = "x".repeat(usize::from(u16::MAX));
-    let msg = ErrorMessage {
-        code: ErrorCode::StreamFailed,
-        message: just_fits,
-    };
+    let msg = ErrorMessage { code: ErrorCode::StreamFailed, message: just_fits };
     assert_eq!(ErrorMessage::decode(msg.encode().unwrap()).unwrap(), msg);
 
-    let many = EndpointsUpdate {
-        endpoints: vec![EndpointDescriptor::new("GET", "/"); usize::from(u16::MAX) + 1],
-    };
+    let many = EndpointsUpdate { endpoints: vec![EndpointDescriptor::new("GET", "/"); usize::from(u16::MAX) + 1] };
     assert!(matches!(many.encode(), Err(ProtoError::TooLong { .. })));
 }
 
 #[test]
 fn forged_list_counts_do_not_allocate_or_panic() {
     // An EndpointsUpdate claiming 65535 endpoints in a 2-byte payload.
-    assert_eq!(
-        EndpointsUpdate::decode(Bytes::from_static(&[0xff, 0xff])),
-        Err(ProtoError::Truncated("endpoints"))
-    );
+    assert_eq!(EndpointsUpdate::decode(Bytes::from_static(&[0xff, 0xff])), Err(ProtoError::Truncated("endpoints")));
     // A RequestHead body claiming 4 GiB.
     let mut raw = vec![0u8; 4 * 2]; // method, path, query, template: empty strings
     raw.extend_from_slice(&[0, 0, 0, 0, 0]); // no params, no headers, buffered
     raw.extend_from_slice(&[0xff, 0xff, 0xff, 0xff]);
-    assert_eq!(
-        RequestHead::decode(Bytes::from(raw)),
-        Err(ProtoError::Truncated("body"))
-    );
+    assert_eq!(RequestHead::decode(Bytes::from(raw)), Err(ProtoError::Truncated("body")));
 }

@@ -56,10 +56,7 @@ pub(crate) struct CreditGate {
 impl CreditGate {
     pub(crate) fn new(initial: u64) -> Arc<Self> {
         Arc::new(CreditGate {
-            state: Mutex::new(GateState {
-                available: initial,
-                closed: None,
-            }),
+            state: Mutex::new(GateState { available: initial, closed: None }),
             notify: Notify::new(),
         })
     }
@@ -122,21 +119,8 @@ pub struct DataSender {
 }
 
 impl DataSender {
-    pub(crate) fn new(
-        link: Link,
-        id: u64,
-        gate: Arc<CreditGate>,
-        frame_type: FrameType,
-        max_frame: usize,
-    ) -> Self {
-        DataSender {
-            link,
-            id,
-            gate,
-            frame_type,
-            max_frame,
-            finished: false,
-        }
+    pub(crate) fn new(link: Link, id: u64, gate: Arc<CreditGate>, frame_type: FrameType, max_frame: usize) -> Self {
+        DataSender { link, id, gate, frame_type, max_frame, finished: false }
     }
 
     /// The stream's correlation id.
@@ -149,9 +133,7 @@ impl DataSender {
         while !chunk.is_empty() {
             let n = self.gate.acquire(chunk.len().min(self.max_frame)).await?;
             let part = chunk.split_to(n);
-            self.link
-                .send_data(Frame::data(self.frame_type, self.id, part, false))
-                .await?;
+            self.link.send_data(Frame::data(self.frame_type, self.id, part, false)).await?;
         }
         Ok(())
     }
@@ -159,9 +141,7 @@ impl DataSender {
     /// Ends the stream with an explicit END_STREAM.
     pub async fn finish(mut self) -> Result<(), StreamError> {
         self.finished = true;
-        self.link
-            .send_data(Frame::data(self.frame_type, self.id, Bytes::new(), true))
-            .await?;
+        self.link.send_data(Frame::data(self.frame_type, self.id, Bytes::new(), true)).await?;
         self.link.local_body_finished(self.id);
         Ok(())
     }
@@ -195,12 +175,7 @@ pub struct DataReceiver {
 
 impl DataReceiver {
     pub(crate) fn new(rx: mpsc::UnboundedReceiver<DataEvent>, link: Link, id: u64) -> Self {
-        DataReceiver {
-            rx,
-            link,
-            id,
-            ended: false,
-        }
+        DataReceiver { rx, link, id, ended: false }
     }
 
     /// The next chunk; `None` after the explicit end of the stream.
@@ -232,10 +207,7 @@ impl DataReceiver {
             }
             Poll::Ready(None) => {
                 self.ended = true;
-                let reason = self
-                    .link
-                    .close_reason()
-                    .unwrap_or_else(|| "stream dropped".to_owned());
+                let reason = self.link.close_reason().unwrap_or_else(|| "stream dropped".to_owned());
                 Poll::Ready(Some(Err(StreamError::ConnectionLost(reason))))
             }
         }

@@ -10,8 +10,7 @@ use thiserror::Error;
 use tokio::sync::mpsc;
 use tokio_util::codec::Framed;
 use weir_proto::{
-    ErrorCode, ErrorMessage, Frame, FrameCodec, FrameType, Hello, Message, ProtoError, Welcome,
-    PROTOCOL_VERSION,
+    ErrorCode, ErrorMessage, Frame, FrameCodec, FrameType, Hello, Message, ProtoError, Welcome, PROTOCOL_VERSION,
 };
 
 use crate::link::{Link, LinkConfig, LinkEvent, Role};
@@ -68,14 +67,9 @@ pub async fn dial<T: ByteStream>(
         }
         FrameType::Error => {
             let error = ErrorMessage::decode(frame.payload)?;
-            Err(HandshakeError::Refused {
-                code: error.code,
-                message: error.message,
-            })
+            Err(HandshakeError::Refused { code: error.code, message: error.message })
         }
-        other => Err(HandshakeError::Protocol(format!(
-            "expected Welcome, got {other:?}"
-        ))),
+        other => Err(HandshakeError::Protocol(format!("expected Welcome, got {other:?}"))),
     }
 }
 
@@ -95,10 +89,7 @@ pub async fn accept_hello<T: ByteStream>(
     let mut framed = Framed::new(io, FrameCodec::new(max_frame_payload));
     let frame = first_frame(&mut framed, timeout).await?;
     if frame.frame_type != FrameType::Hello {
-        return Err(HandshakeError::Protocol(format!(
-            "expected Hello, got {:?}",
-            frame.frame_type
-        )));
+        return Err(HandshakeError::Protocol(format!("expected Hello, got {:?}", frame.frame_type)));
     }
     let hello = Hello::decode(frame.payload)?;
     if hello.protocol_version != PROTOCOL_VERSION {
@@ -107,9 +98,7 @@ pub async fn accept_hello<T: ByteStream>(
             hello.protocol_version
         );
         let mut pending = PendingService { framed, hello };
-        pending
-            .send_error(ErrorCode::ProtocolViolation, &message)
-            .await;
+        pending.send_error(ErrorCode::RegistrationRefused, &message).await;
         return Err(HandshakeError::Protocol(message));
     }
     Ok(PendingService { framed, hello })
@@ -144,10 +133,7 @@ impl<T: ByteStream> PendingService<T> {
     }
 
     async fn send_error(&mut self, code: ErrorCode, message: &str) {
-        let error = ErrorMessage {
-            code,
-            message: message.to_owned(),
-        };
+        let error = ErrorMessage { code, message: message.to_owned() };
         if let Ok(frame) = error.to_frame(0) {
             let _ = tokio::time::timeout(Duration::from_secs(1), self.framed.send(frame)).await;
         }

@@ -18,8 +18,7 @@ pub mod memory;
 pub use flow::{DataReceiver, DataSender, StreamError};
 pub use handshake::{accept_hello, dial, HandshakeError, PendingService};
 pub use link::{
-    IncomingRequest, IncomingResponse, Link, LinkConfig, LinkEvent, OutgoingCall, Responder, Role,
-    StreamHandle,
+    IncomingRequest, IncomingResponse, Link, LinkConfig, LinkEvent, OutgoingCall, Responder, Role, StreamHandle,
 };
 
 use tokio::io::{AsyncRead, AsyncWrite};

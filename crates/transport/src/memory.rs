@@ -24,10 +24,7 @@ pub struct MemoryConnector {
 /// A listener and the connector that reaches it.
 pub fn listener() -> (MemoryListener, MemoryConnector) {
     let (tx, rx) = mpsc::channel(16);
-    (
-        MemoryListener { incoming: rx },
-        MemoryConnector { outgoing: tx },
-    )
+    (MemoryListener { incoming: rx }, MemoryConnector { outgoing: tx })
 }
 
 impl MemoryListener {
@@ -41,12 +38,10 @@ impl MemoryConnector {
     /// Opens a connection to the listener.
     pub async fn connect(&self) -> std::io::Result<DuplexStream> {
         let (near, far) = tokio::io::duplex(PIPE_BUFFER);
-        self.outgoing.send(far).await.map_err(|_| {
-            std::io::Error::new(
-                std::io::ErrorKind::ConnectionRefused,
-                "in-memory listener is closed",
-            )
-        })?;
+        self.outgoing
+            .send(far)
+            .await
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "in-memory listener is closed"))?;
         Ok(near)
     }
 }

@@ -29,28 +29,16 @@ fn hello(window: u32) -> Hello {
 }
 
 fn welcome(window: u32) -> Welcome {
-    Welcome {
-        protocol_version: PROTOCOL_VERSION,
-        initial_window: window,
-        heartbeat_interval: Duration::from_secs(5),
-    }
+    Welcome { protocol_version: PROTOCOL_VERSION, initial_window: window, heartbeat_interval: Duration::from_secs(5) }
 }
 
 /// A gateway link and a service link joined by an in-memory pipe.
-async fn pair(
-    service_window: u32,
-    gateway_window: u32,
-) -> (Link, Link, mpsc::UnboundedReceiver<LinkEvent>) {
+async fn pair(service_window: u32, gateway_window: u32) -> (Link, Link, mpsc::UnboundedReceiver<LinkEvent>) {
     let (a, b) = tokio::io::duplex(64 * 1024);
     let h = hello(service_window);
     let dialing = tokio::spawn(async move { dial(a, &h, LinkConfig::default(), WAIT).await });
-    let pending = accept_hello(b, DEFAULT_MAX_FRAME_PAYLOAD, WAIT)
-        .await
-        .unwrap();
-    let (gateway, _events) = pending
-        .welcome(&welcome(gateway_window), LinkConfig::default())
-        .await
-        .unwrap();
+    let pending = accept_hello(b, DEFAULT_MAX_FRAME_PAYLOAD, WAIT).await.unwrap();
+    let (gateway, _events) = pending.welcome(&welcome(gateway_window), LinkConfig::default()).await.unwrap();
     let (service, service_events, _) = dialing.await.unwrap().unwrap();
     (gateway, service, service_events)
 }
@@ -69,21 +57,12 @@ fn request(mode: BodyMode) -> RequestHead {
 }
 
 fn response(mode: BodyMode, body: &'static [u8]) -> ResponseHead {
-    ResponseHead {
-        status: 200,
-        headers: vec![],
-        body_mode: mode,
-        body: Bytes::from_static(body),
-    }
+    ResponseHead { status: 200, headers: vec![], body_mode: mode, body: Bytes::from_static(body) }
 }
 
 async fn next_request(events: &mut mpsc::UnboundedReceiver<LinkEvent>) -> IncomingRequest {
     loop {
-        match tokio::time::timeout(WAIT, events.recv())
-            .await
-            .expect("no request arrived")
-            .expect("link closed")
-        {
+        match tokio::time::timeout(WAIT, events.recv()).await.expect("no request arrived").expect("link closed") {
             LinkEvent::Request(request) => return request,
             _ => continue,
         }
@@ -93,10 +72,7 @@ async fn next_request(events: &mut mpsc::UnboundedReceiver<LinkEvent>) -> Incomi
 #[tokio::test]
 async fn streamed_request_and_response_round_trip() {
     let (gateway, _service, mut events) = pair(64 * 1024, 64 * 1024).await;
-    let mut call = gateway
-        .call(request(BodyMode::Streamed), 64 * 1024)
-        .await
-        .unwrap();
+    let mut call = gateway.call(request(BodyMode::Streamed), 64 * 1024).await.unwrap();
     let mut body = call.body.take().unwrap();
     let sender = tokio::spawn(async move {
         for i in 0..100u8 {
@@ -112,20 +88,11 @@ async fn streamed_request_and_response_round_trip() {
     }
     assert_eq!(received, 1_000_000);
     sender.await.unwrap();
-    let mut out = incoming
-        .responder
-        .send(response(BodyMode::Streamed, b""))
-        .await
-        .unwrap()
-        .unwrap();
+    let mut out = incoming.responder.send(response(BodyMode::Streamed, b"")).await.unwrap().unwrap();
     out.send(Bytes::from_static(b"hello ")).await.unwrap();
     out.send(Bytes::from_static(b"world")).await.unwrap();
     out.finish().await.unwrap();
-    let answer = tokio::time::timeout(WAIT, call.response)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    let answer = tokio::time::timeout(WAIT, call.response).await.unwrap().unwrap().unwrap();
     let mut body = answer.body.unwrap();
     let mut all = Vec::new();
     while let Some(chunk) = body.next_chunk().await {
@@ -140,39 +107,18 @@ async fn streamed_request_and_response_round_trip() {
 async fn a_stalled_stream_holds_one_window_and_does_not_stall_others() {
     let window = 32 * 1024;
     let (gateway, _service, mut events) = pair(window, window).await;
-    let mut stalled = gateway
-        .call(request(BodyMode::Streamed), window)
-        .await
-        .unwrap();
+    let mut stalled = gateway.call(request(BodyMode::Streamed), window).await.unwrap();
     let mut stalled_body = stalled.body.take().unwrap();
     let _stalled_request = next_request(&mut events).await; // never read
-    stalled_body
-        .send(Bytes::from(vec![0; window as usize]))
-        .await
-        .unwrap();
+    stalled_body.send(Bytes::from(vec![0; window as usize])).await.unwrap();
     // The window is used up: one more byte must wait for credit that never comes.
-    let blocked = tokio::time::timeout(
-        Duration::from_millis(200),
-        stalled_body.send(Bytes::from_static(b"x")),
-    )
-    .await;
+    let blocked = tokio::time::timeout(Duration::from_millis(200), stalled_body.send(Bytes::from_static(b"x"))).await;
     assert!(blocked.is_err(), "sender went past its window");
     // Another stream on the same link still flows.
-    let mut other = gateway
-        .call(request(BodyMode::Buffered), window)
-        .await
-        .unwrap();
+    let mut other = gateway.call(request(BodyMode::Buffered), window).await.unwrap();
     let incoming = next_request(&mut events).await;
-    incoming
-        .responder
-        .send(response(BodyMode::Buffered, b"ok"))
-        .await
-        .unwrap();
-    let answer = tokio::time::timeout(WAIT, &mut other.response)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    incoming.responder.send(response(BodyMode::Buffered, b"ok")).await.unwrap();
+    let answer = tokio::time::timeout(WAIT, &mut other.response).await.unwrap().unwrap().unwrap();
     assert_eq!(&answer.head.body[..], b"ok");
     other.handle.complete();
 }
@@ -180,57 +126,31 @@ async fn a_stalled_stream_holds_one_window_and_does_not_stall_others() {
 #[tokio::test]
 async fn cancel_from_the_gateway_fires_the_service_token_and_fails_its_body() {
     let (gateway, _service, mut events) = pair(1024, 1024).await;
-    let call = gateway
-        .call(request(BodyMode::Streamed), 1024)
-        .await
-        .unwrap();
+    let call = gateway.call(request(BodyMode::Streamed), 1024).await.unwrap();
     let incoming = next_request(&mut events).await;
     call.handle.cancel(CancelReason::Timeout);
-    tokio::time::timeout(WAIT, incoming.cancel.cancelled())
-        .await
-        .unwrap();
+    tokio::time::timeout(WAIT, incoming.cancel.cancelled()).await.unwrap();
     let mut body = incoming.body.unwrap();
-    assert_eq!(
-        body.next_chunk().await,
-        Some(Err(StreamError::Cancelled(CancelReason::Timeout)))
-    );
+    assert_eq!(body.next_chunk().await, Some(Err(StreamError::Cancelled(CancelReason::Timeout))));
 }
 
 #[tokio::test]
 async fn dropped_responder_fails_the_call_at_once() {
     let (gateway, _service, mut events) = pair(1024, 1024).await;
-    let call = gateway
-        .call(request(BodyMode::Buffered), 1024)
-        .await
-        .unwrap();
+    let call = gateway.call(request(BodyMode::Buffered), 1024).await.unwrap();
     drop(next_request(&mut events).await);
-    let result = tokio::time::timeout(WAIT, call.response)
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(
-        result.unwrap_err(),
-        StreamError::Cancelled(CancelReason::HandlerFailed)
-    );
+    let result = tokio::time::timeout(WAIT, call.response).await.unwrap().unwrap();
+    assert_eq!(result.unwrap_err(), StreamError::Cancelled(CancelReason::HandlerFailed));
 }
 
 #[tokio::test]
 async fn closing_the_service_fails_pending_calls() {
     let (gateway, service, mut events) = pair(1024, 1024).await;
-    let call = gateway
-        .call(request(BodyMode::Buffered), 1024)
-        .await
-        .unwrap();
+    let call = gateway.call(request(BodyMode::Buffered), 1024).await.unwrap();
     let _incoming = next_request(&mut events).await;
     service.close("test");
-    let result = tokio::time::timeout(WAIT, call.response)
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(
-        matches!(result, Err(StreamError::ConnectionLost(_))),
-        "{result:?}"
-    );
+    let result = tokio::time::timeout(WAIT, call.response).await.unwrap().unwrap();
+    assert!(matches!(result, Err(StreamError::ConnectionLost(_))), "{result:?}");
     tokio::time::timeout(WAIT, gateway.closed()).await.unwrap();
 }
 
@@ -240,76 +160,36 @@ async fn gateway_with_raw_peer() -> (Link, Framed<DuplexStream, FrameCodec>) {
     let mut raw = Framed::new(a, FrameCodec::default());
     raw.send(hello(1024).to_frame(0).unwrap()).await.unwrap();
     let pending = accept_hello(b, 1024 * 1024, WAIT).await.unwrap();
-    let (gateway, _events) = pending
-        .welcome(&welcome(1024), LinkConfig::default())
-        .await
-        .unwrap();
+    let (gateway, _events) = pending.welcome(&welcome(1024), LinkConfig::default()).await.unwrap();
     (gateway, raw)
 }
 
 async fn assert_closed_with(link: &Link, needle: &str) {
-    tokio::time::timeout(WAIT, link.closed())
-        .await
-        .expect("link stayed open");
+    tokio::time::timeout(WAIT, link.closed()).await.expect("link stayed open");
     let reason = link.close_reason().unwrap();
-    assert!(
-        reason.contains(needle),
-        "reason {reason:?} lacks {needle:?}"
-    );
+    assert!(reason.contains(needle), "reason {reason:?} lacks {needle:?}");
 }
 
 #[tokio::test]
 async fn violations_close_only_the_offending_link() {
     let (healthy, _service, mut events) = pair(1024, 1024).await;
     let cases: Vec<(&str, Vec<Frame>)> = vec![
-        (
-            "unknown stream",
-            vec![response(BodyMode::Buffered, b"").to_frame(7).unwrap()],
-        ),
-        (
-            "malformed",
-            vec![Frame::new(
-                FrameType::Response,
-                1,
-                Bytes::from_static(b"\x00"),
-            )],
-        ),
-        (
-            "unexpected",
-            vec![Frame::new(
-                FrameType::Request,
-                1,
-                request(BodyMode::Buffered).encode().unwrap(),
-            )],
-        ),
+        ("unknown stream", vec![response(BodyMode::Buffered, b"").to_frame(7).unwrap()]),
+        ("malformed", vec![Frame::new(FrameType::Response, 1, Bytes::from_static(b"\x00"))]),
+        ("unexpected", vec![Frame::new(FrameType::Request, 1, request(BodyMode::Buffered).encode().unwrap())]),
         (
             "which has ended",
             vec![
                 response(BodyMode::Streamed, b"").to_frame(1).unwrap(),
-                Frame::data(
-                    FrameType::ResponseStreamData,
-                    1,
-                    Bytes::from_static(b"a"),
-                    true,
-                ),
-                Frame::data(
-                    FrameType::ResponseStreamData,
-                    1,
-                    Bytes::from_static(b"b"),
-                    true,
-                ),
+                Frame::data(FrameType::ResponseStreamData, 1, Bytes::from_static(b"a"), true),
+                Frame::data(FrameType::ResponseStreamData, 1, Bytes::from_static(b"b"), true),
             ],
         ),
         (
             "credit",
             vec![
                 response(BodyMode::Streamed, b"").to_frame(1).unwrap(),
-                Frame::data(
-                    FrameType::ResponseStreamData,
-                    1,
-                    Bytes::from(vec![0; 2048]),
-                    false,
-                ),
+                Frame::data(FrameType::ResponseStreamData, 1, Bytes::from(vec![0; 2048]), false),
             ],
         ),
         (
@@ -323,31 +203,16 @@ async fn violations_close_only_the_offending_link() {
     for (needle, frames) in cases {
         let (gateway, mut raw) = gateway_with_raw_peer().await;
         let _welcome = raw.next().await;
-        let _call = gateway
-            .call(request(BodyMode::Buffered), 1024)
-            .await
-            .unwrap();
+        let _call = gateway.call(request(BodyMode::Buffered), 1024).await.unwrap();
         for frame in frames {
             raw.send(frame).await.unwrap();
         }
         assert_closed_with(&gateway, needle).await;
     }
     // The healthy link never noticed.
-    let mut call = healthy
-        .call(request(BodyMode::Buffered), 1024)
-        .await
-        .unwrap();
-    next_request(&mut events)
-        .await
-        .responder
-        .send(response(BodyMode::Buffered, b"fine"))
-        .await
-        .unwrap();
-    assert!(tokio::time::timeout(WAIT, &mut call.response)
-        .await
-        .unwrap()
-        .unwrap()
-        .is_ok());
+    let mut call = healthy.call(request(BodyMode::Buffered), 1024).await.unwrap();
+    next_request(&mut events).await.responder.send(response(BodyMode::Buffered, b"fine")).await.unwrap();
+    assert!(tokio::time::timeout(WAIT, &mut call.response).await.unwrap().unwrap().is_ok());
     call.handle.complete();
 }
 
@@ -355,10 +220,7 @@ async fn violations_close_only_the_offending_link() {
 async fn garbage_and_oversized_frames_close_the_link() {
     for (bytes, needle) in [
         (b"GET / HTTP/1.1\r\n\r\n".to_vec(), "exceeds the maximum"),
-        (
-            vec![0, 0, 0, 10, 99, 0, 0, 0, 0, 0, 0, 0, 0, 1],
-            "unknown frame type",
-        ),
+        (vec![0, 0, 0, 10, 99, 0, 0, 0, 0, 0, 0, 0, 0, 1], "unknown frame type"),
         (vec![0xff, 0xff, 0xff, 0xff], "exceeds the maximum"),
     ] {
         let (gateway, raw) = gateway_with_raw_peer().await;
@@ -380,14 +242,8 @@ async fn reused_stream_id_closes_the_service_side() {
     raw.send(welcome(1024).to_frame(0).unwrap()).await.unwrap();
     let (service, _events, _) = dialing.await.unwrap().unwrap();
     let mut writer = FramedWrite::new(raw.into_inner(), FrameCodec::default());
-    writer
-        .send(request(BodyMode::Buffered).to_frame(5).unwrap())
-        .await
-        .unwrap();
-    writer
-        .send(request(BodyMode::Buffered).to_frame(5).unwrap())
-        .await
-        .unwrap();
+    writer.send(request(BodyMode::Buffered).to_frame(5).unwrap()).await.unwrap();
+    writer.send(request(BodyMode::Buffered).to_frame(5).unwrap()).await.unwrap();
     assert_closed_with(&service, "reuses stream id").await;
 }
 

@@ -90,7 +90,8 @@ async fn serve(config: GatewayConfig, demo: bool) -> std::io::Result<()> {
     if let Some(admin) = &admin {
         println!("weir admin on http://{}", admin.local_addr()?);
     }
-    let admin_task = admin.map(|l| tokio::spawn(front::serve(Arc::clone(&gateway), l, Surface::Admin, shutdown.clone())));
+    let admin_task =
+        admin.map(|l| tokio::spawn(front::serve(Arc::clone(&gateway), l, Surface::Admin, shutdown.clone())));
     front::serve(Arc::clone(&gateway), listener, Surface::Public, shutdown).await?;
     if let Some(task) = admin_task {
         let _ = task.await;

@@ -60,22 +60,13 @@ pub enum RegistrationError {
     TemplateConflict { template: String, existing: String },
     /// Another service has live instances serving this endpoint.
     #[error("{method} {template} is served by service {owner:?}")]
-    Conflict {
-        method: String,
-        template: String,
-        owner: String,
-    },
+    Conflict { method: String, template: String, owner: String },
     /// Instances of one service and version must declare identical endpoints.
     #[error(
         "{method} {template} differs from the descriptor other instances of \
          {service} {version} declare"
     )]
-    DescriptorMismatch {
-        method: String,
-        template: String,
-        service: String,
-        version: String,
-    },
+    DescriptorMismatch { method: String, template: String, service: String, version: String },
     /// The same method and template appear twice in one declaration.
     #[error("{method} {template} is declared twice")]
     DuplicateEndpoint { method: String, template: String },

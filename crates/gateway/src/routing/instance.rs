@@ -75,9 +75,7 @@ impl<L> Instance<L> {
     /// routed here, so that least-in-flight selection sees the load.
     pub fn begin_call(self: &Arc<Self>) -> InFlightGuard<L> {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
-        InFlightGuard {
-            instance: Arc::clone(self),
-        }
+        InFlightGuard { instance: Arc::clone(self) }
     }
 
     /// Calls routed here and not finished yet.
@@ -102,16 +100,14 @@ impl<L> Instance<L> {
     pub(crate) fn record_heartbeat(&self, status: HealthStatus, now: Instant) {
         self.reported.store(status as u8, Ordering::Relaxed);
         let nanos = now.saturating_duration_since(self.registered_at).as_nanos();
-        self.last_heard_nanos
-            .store(u64::try_from(nanos).unwrap_or(u64::MAX), Ordering::Relaxed);
+        self.last_heard_nanos.store(u64::try_from(nanos).unwrap_or(u64::MAX), Ordering::Relaxed);
         self.silent.store(false, Ordering::Relaxed);
     }
 
     /// How long the instance has been silent at `now` (zero if `now` is earlier).
     pub(crate) fn silence(&self, now: Instant) -> Duration {
         let last_heard = Duration::from_nanos(self.last_heard_nanos.load(Ordering::Relaxed));
-        now.saturating_duration_since(self.registered_at)
-            .saturating_sub(last_heard)
+        now.saturating_duration_since(self.registered_at).saturating_sub(last_heard)
     }
 
     /// Marks the instance degraded by silence, until its next heartbeat.
@@ -152,8 +148,6 @@ impl<L> Drop for InFlightGuard<L> {
 
 impl<L> fmt::Debug for InFlightGuard<L> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("InFlightGuard")
-            .field("conn_id", &self.instance.conn_id)
-            .finish()
+        f.debug_struct("InFlightGuard").field("conn_id", &self.instance.conn_id).finish()
     }
 }

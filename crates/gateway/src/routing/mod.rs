@@ -224,11 +224,7 @@ impl<L: Clone + Send + Sync + 'static> RoutingTable<L> {
 
     /// Replaces the endpoint list of connection `conn_id` atomically; refused, the old list
     /// stays.
-    pub fn update_endpoints(
-        &self,
-        conn_id: u64,
-        endpoints: &[EndpointDescriptor],
-    ) -> Result<(), RegistrationError> {
+    pub fn update_endpoints(&self, conn_id: u64, endpoints: &[EndpointDescriptor]) -> Result<(), RegistrationError> {
         let endpoints = registry::validate_endpoints(endpoints)?;
         let mut state = self.lock_state();
         let identity = match state.instances.get(&conn_id) {
@@ -306,9 +302,7 @@ impl<L: Clone + Send + Sync + 'static> RoutingTable<L> {
         let params = decode_params(&raw_params).ok_or(RouteError::NotFound)?;
         let endpoint = routes
             .endpoint_for(method)
-            .ok_or_else(|| RouteError::MethodNotAllowed {
-                allow: routes.allowed_methods(),
-            })?;
+            .ok_or_else(|| RouteError::MethodNotAllowed { allow: routes.allowed_methods() })?;
         let requested = requested_version.map(parse_requested_version).transpose()?;
         let configured_default = self.default_versions.get(&endpoint.service);
         let version = select::target_version(endpoint, requested, configured_default)
@@ -331,11 +325,7 @@ impl<L: Clone + Send + Sync + 'static> RoutingTable<L> {
         let mut routes: Vec<RouteInfo> = snapshot
             .templates()
             .iter()
-            .flat_map(|t| {
-                t.methods
-                    .iter()
-                    .map(|(method, endpoint)| route_info(&t.template, method, endpoint))
-            })
+            .flat_map(|t| t.methods.iter().map(|(method, endpoint)| route_info(&t.template, method, endpoint)))
             .collect();
         routes.sort_by(|a, b| (&a.template, &a.method).cmp(&(&b.template, &b.method)));
         routes
@@ -366,33 +356,18 @@ fn parse_default_versions(configured: &BTreeMap<String, String>) -> BTreeMap<Str
 }
 
 fn parse_requested_version(value: &str) -> Result<Version, RouteError> {
-    Version::parse(value).map_err(|_| RouteError::InvalidVersion {
-        value: value.to_owned(),
-    })
+    Version::parse(value).map_err(|_| RouteError::InvalidVersion { value: value.to_owned() })
 }
 
 /// Percent-decoded parameters; `None` when one is not UTF-8 once decoded.
 fn decode_params(raw: &matchit::Params<'_, '_>) -> Option<Vec<(String, String)>> {
-    raw.iter()
-        .map(|(name, value)| {
-            Some((
-                name.to_owned(),
-                template::percent_decode(value)?.into_owned(),
-            ))
-        })
-        .collect()
+    raw.iter().map(|(name, value)| Some((name.to_owned(), template::percent_decode(value)?.into_owned()))).collect()
 }
 
 fn no_instance<L>(endpoint: &EndpointRoutes<L>, version: Option<&Version>) -> RouteError {
     let detail = match version {
-        Some(version) => format!(
-            "service {} version {version} has no instance that takes requests",
-            endpoint.service
-        ),
-        None => format!(
-            "service {} (any version) has no instance that takes requests",
-            endpoint.service
-        ),
+        Some(version) => format!("service {} version {version} has no instance that takes requests", endpoint.service),
+        None => format!("service {} (any version) has no instance that takes requests", endpoint.service),
     };
     RouteError::NoHealthyInstance { detail }
 }
@@ -410,10 +385,5 @@ fn route_info<L>(template: &str, method: &str, endpoint: &EndpointRoutes<L>) -> 
             in_flight: c.instance.in_flight(),
         })
         .collect();
-    RouteInfo {
-        template: template.to_owned(),
-        method: method.to_owned(),
-        service: endpoint.service.clone(),
-        instances,
-    }
+    RouteInfo { template: template.to_owned(), method: method.to_owned(), service: endpoint.service.clone(), instances }
 }

@@ -44,15 +44,10 @@ pub(crate) struct State<L> {
 /// The identity a Hello declares; the version must be strict semver.
 pub(crate) fn identity_from_hello(hello: &Hello) -> Result<InstanceIdentity, RegistrationError> {
     if hello.service.is_empty() {
-        return Err(RegistrationError::InvalidIdentity {
-            reason: "the service name is empty".to_owned(),
-        });
+        return Err(RegistrationError::InvalidIdentity { reason: "the service name is empty".to_owned() });
     }
-    let version =
-        Version::parse(&hello.version).map_err(|e| RegistrationError::InvalidVersion {
-            value: hello.version.clone(),
-            reason: e.to_string(),
-        })?;
+    let version = Version::parse(&hello.version)
+        .map_err(|e| RegistrationError::InvalidVersion { value: hello.version.clone(), reason: e.to_string() })?;
     Ok(InstanceIdentity {
         service: hello.service.clone(),
         version,
@@ -67,14 +62,10 @@ pub(crate) fn validate_endpoints(
 ) -> Result<Vec<Arc<EndpointDescriptor>>, RegistrationError> {
     let mut seen = HashSet::new();
     for endpoint in endpoints {
-        validate_method(&endpoint.method).map_err(|reason| RegistrationError::InvalidMethod {
-            method: endpoint.method.clone(),
-            reason,
-        })?;
-        validate_template(&endpoint.path).map_err(|reason| RegistrationError::InvalidTemplate {
-            template: endpoint.path.clone(),
-            reason,
-        })?;
+        validate_method(&endpoint.method)
+            .map_err(|reason| RegistrationError::InvalidMethod { method: endpoint.method.clone(), reason })?;
+        validate_template(&endpoint.path)
+            .map_err(|reason| RegistrationError::InvalidTemplate { template: endpoint.path.clone(), reason })?;
         if !seen.insert((endpoint.method.as_str(), endpoint.path.as_str())) {
             return Err(RegistrationError::DuplicateEndpoint {
                 method: endpoint.method.clone(),
@@ -87,10 +78,7 @@ pub(crate) fn validate_endpoints(
 
 impl<L> State<L> {
     pub(crate) fn new() -> Self {
-        State {
-            instances: BTreeMap::new(),
-            known: BTreeMap::new(),
-        }
+        State { instances: BTreeMap::new(), known: BTreeMap::new() }
     }
 
     /// Whether connection `conn_id`, with `identity`, may serve `endpoints` next to every
@@ -112,10 +100,8 @@ impl<L> State<L> {
         identity: &InstanceIdentity,
         endpoints: &[Arc<EndpointDescriptor>],
     ) -> Result<(), RegistrationError> {
-        let claimed: HashMap<(&str, &str), &EndpointDescriptor> = endpoints
-            .iter()
-            .map(|d| ((d.method.as_str(), d.path.as_str()), &**d))
-            .collect();
+        let claimed: HashMap<(&str, &str), &EndpointDescriptor> =
+            endpoints.iter().map(|d| ((d.method.as_str(), d.path.as_str()), &**d)).collect();
         let others = self.instances.iter().filter(|(id, _)| **id != conn_id);
         for (_, other) in others {
             let owner = &other.instance.identity;
@@ -162,47 +148,30 @@ impl<L> State<L> {
             // Cannot fail: live templates were checked against each other on registration.
             let _ = router.insert(*template, ());
         }
-        let added: BTreeSet<&str> = endpoints
-            .iter()
-            .map(|d| d.path.as_str())
-            .filter(|t| !existing.contains(t))
-            .collect();
+        let added: BTreeSet<&str> =
+            endpoints.iter().map(|d| d.path.as_str()).filter(|t| !existing.contains(t)).collect();
         for template in added {
             router.insert(template, ()).map_err(|e| match e {
-                matchit::InsertError::Conflict { with } => RegistrationError::TemplateConflict {
-                    template: template.to_owned(),
-                    existing: with,
-                },
-                other => RegistrationError::InvalidTemplate {
-                    template: template.to_owned(),
-                    reason: other.to_string(),
-                },
+                matchit::InsertError::Conflict { with } => {
+                    RegistrationError::TemplateConflict { template: template.to_owned(), existing: with }
+                }
+                other => {
+                    RegistrationError::InvalidTemplate { template: template.to_owned(), reason: other.to_string() }
+                }
             })?;
         }
         Ok(())
     }
 
     /// Adds an admitted registration.
-    pub(crate) fn insert(
-        &mut self,
-        instance: Arc<Instance<L>>,
-        endpoints: Vec<Arc<EndpointDescriptor>>,
-    ) {
+    pub(crate) fn insert(&mut self, instance: Arc<Instance<L>>, endpoints: Vec<Arc<EndpointDescriptor>>) {
         self.remember(&instance.identity.service, &endpoints);
-        let registration = Registration {
-            instance,
-            endpoints,
-        };
-        self.instances
-            .insert(registration.instance.conn_id, registration);
+        let registration = Registration { instance, endpoints };
+        self.instances.insert(registration.instance.conn_id, registration);
     }
 
     /// Replaces an admitted registration's endpoints; false if `conn_id` is unknown.
-    pub(crate) fn replace_endpoints(
-        &mut self,
-        conn_id: u64,
-        endpoints: Vec<Arc<EndpointDescriptor>>,
-    ) -> bool {
+    pub(crate) fn replace_endpoints(&mut self, conn_id: u64, endpoints: Vec<Arc<EndpointDescriptor>>) -> bool {
         let Some(registration) = self.instances.get_mut(&conn_id) else {
             return false;
         };
@@ -221,15 +190,10 @@ impl<L> State<L> {
     /// Records `service` as the owner of `endpoints`, keeping existing rotation counters.
     fn remember(&mut self, service: &str, endpoints: &[Arc<EndpointDescriptor>]) {
         for descriptor in endpoints {
-            let known = self
-                .known
-                .entry(descriptor.path.clone())
-                .or_default()
-                .entry(descriptor.method.clone())
-                .or_insert_with(|| KnownEndpoint {
-                    service: service.to_owned(),
-                    rotation: Arc::new(AtomicUsize::new(0)),
-                });
+            let known =
+                self.known.entry(descriptor.path.clone()).or_default().entry(descriptor.method.clone()).or_insert_with(
+                    || KnownEndpoint { service: service.to_owned(), rotation: Arc::new(AtomicUsize::new(0)) },
+                );
             if known.service != service {
                 known.service = service.to_owned();
             }

@@ -20,9 +20,7 @@ pub(crate) fn target_version<L>(
     requested: Option<Version>,
     configured_default: Option<&Version>,
 ) -> Option<Version> {
-    requested
-        .or_else(|| configured_default.cloned())
-        .or_else(|| highest_available_version(endpoint))
+    requested.or_else(|| configured_default.cloned()).or_else(|| highest_available_version(endpoint))
 }
 
 fn highest_available_version<L>(endpoint: &EndpointRoutes<L>) -> Option<Version> {
@@ -54,11 +52,7 @@ fn preference<L>(candidate: &Candidate<L>, local_region: &str) -> Option<Prefere
         InstanceHealth::Degraded => true,
     };
     let remote = !local_region.is_empty() && candidate.instance.identity.region != local_region;
-    Some(Preference {
-        degraded,
-        remote,
-        in_flight: candidate.instance.in_flight(),
-    })
+    Some(Preference { degraded, remote, in_flight: candidate.instance.in_flight() })
 }
 
 /// The best instance of exactly `version`, ties taken in turn; `None` when every instance
@@ -76,11 +70,7 @@ pub(crate) fn pick<'a, L>(
         .filter_map(|c| preference(c, local_region).map(|p| (p, c)))
         .collect();
     let best = ranked.iter().map(|(p, _)| *p).min()?;
-    let ties: Vec<&Candidate<L>> = ranked
-        .iter()
-        .filter(|(p, _)| *p == best)
-        .map(|(_, c)| *c)
-        .collect();
+    let ties: Vec<&Candidate<L>> = ranked.iter().filter(|(p, _)| *p == best).map(|(_, c)| *c).collect();
     let turn = endpoint.rotation.fetch_add(1, Ordering::Relaxed);
     ties.get(turn % ties.len()).copied()
 }

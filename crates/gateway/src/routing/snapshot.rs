@@ -53,24 +53,15 @@ pub(crate) type KnownEndpoints = BTreeMap<String, BTreeMap<String, KnownEndpoint
 impl<L> Snapshot<L> {
     /// A snapshot with no routes.
     pub(crate) fn empty() -> Self {
-        Snapshot {
-            router: matchit::Router::new(),
-            templates: Vec::new(),
-            instances: HashMap::new(),
-        }
+        Snapshot { router: matchit::Router::new(), templates: Vec::new(), instances: HashMap::new() }
     }
 
     /// Builds the snapshot of `known` endpoints served by `instances`. Templates served by
     /// live instances are inserted first; a template `matchit` refuses is left out and
     /// returned, so that the caller forgets it.
-    pub(crate) fn build(
-        known: &KnownEndpoints,
-        instances: &BTreeMap<u64, Registration<L>>,
-    ) -> (Self, Vec<String>) {
-        let live: BTreeSet<&str> = instances
-            .values()
-            .flat_map(|r| r.endpoints.iter().map(|d| d.path.as_str()))
-            .collect();
+    pub(crate) fn build(known: &KnownEndpoints, instances: &BTreeMap<u64, Registration<L>>) -> (Self, Vec<String>) {
+        let live: BTreeSet<&str> =
+            instances.values().flat_map(|r| r.endpoints.iter().map(|d| d.path.as_str())).collect();
         let mut snapshot = Snapshot::empty();
         let mut rejected = Vec::new();
         let live_first = known
@@ -107,20 +98,13 @@ impl<L> Snapshot<L> {
                 (method.clone(), routes)
             })
             .collect();
-        self.templates.push(TemplateRoutes {
-            template: template.to_owned(),
-            methods,
-        });
+        self.templates.push(TemplateRoutes { template: template.to_owned(), methods });
         Ok(())
     }
 
     fn attach_instances(&mut self, instances: &BTreeMap<u64, Registration<L>>) {
-        let index: HashMap<String, usize> = self
-            .templates
-            .iter()
-            .enumerate()
-            .map(|(i, t)| (t.template.clone(), i))
-            .collect();
+        let index: HashMap<String, usize> =
+            self.templates.iter().enumerate().map(|(i, t)| (t.template.clone(), i)).collect();
         for (conn_id, registration) in instances {
             for descriptor in &registration.endpoints {
                 let endpoint = index
@@ -134,17 +118,13 @@ impl<L> Snapshot<L> {
                     });
                 }
             }
-            self.instances
-                .insert(*conn_id, Arc::clone(&registration.instance));
+            self.instances.insert(*conn_id, Arc::clone(&registration.instance));
         }
     }
 
     /// The template matching `path` (raw, percent-encoded, without query) and the raw
     /// parameter values.
-    pub(crate) fn lookup<'s, 'p>(
-        &'s self,
-        path: &'p str,
-    ) -> Option<(&'s TemplateRoutes<L>, matchit::Params<'s, 'p>)> {
+    pub(crate) fn lookup<'s, 'p>(&'s self, path: &'p str) -> Option<(&'s TemplateRoutes<L>, matchit::Params<'s, 'p>)> {
         let matched = self.router.at(path).ok()?;
         let routes = self.templates.get(*matched.value)?;
         Some((routes, matched.params))
@@ -159,11 +139,7 @@ impl<L> Snapshot<L> {
 impl<L> TemplateRoutes<L> {
     /// The endpoint for `method`; a `HEAD` request falls back to the `GET` endpoint.
     pub(crate) fn endpoint_for(&self, method: &str) -> Option<&EndpointRoutes<L>> {
-        self.methods.get(method).or_else(|| {
-            (method == "HEAD")
-                .then(|| self.methods.get("GET"))
-                .flatten()
-        })
+        self.methods.get(method).or_else(|| (method == "HEAD").then(|| self.methods.get("GET")).flatten())
     }
 
     /// The methods known on this template, sorted, with `HEAD` whenever `GET` is there.

@@ -66,9 +66,7 @@ enum Segment<'a> {
 }
 
 fn parse_segment(segment: &str) -> Result<Segment<'_>, String> {
-    let braced = segment
-        .strip_prefix('{')
-        .and_then(|inner| inner.strip_suffix('}'));
+    let braced = segment.strip_prefix('{').and_then(|inner| inner.strip_suffix('}'));
     let Some(inner) = braced else {
         return validate_literal(segment).map(|()| Segment::Literal);
     };
@@ -79,29 +77,17 @@ fn parse_segment(segment: &str) -> Result<Segment<'_>, String> {
     if name.is_empty() {
         return Err(format!("parameter in segment {segment:?} has no name"));
     }
-    if let Some(c) = name
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || *c == '_' || *c == '-'))
-    {
+    if let Some(c) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || *c == '_' || *c == '-')) {
         return Err(format!("{c:?} is not allowed in parameter name {name:?}"));
     }
-    Ok(if is_catch_all {
-        Segment::CatchAll(name)
-    } else {
-        Segment::Param(name)
-    })
+    Ok(if is_catch_all { Segment::CatchAll(name) } else { Segment::Param(name) })
 }
 
 fn validate_literal(segment: &str) -> Result<(), String> {
     if segment.contains(['{', '}']) {
-        return Err(format!(
-            "segment {segment:?}: a parameter must be a whole segment, '{{name}}' or '{{*name}}'"
-        ));
+        return Err(format!("segment {segment:?}: a parameter must be a whole segment, '{{name}}' or '{{*name}}'"));
     }
-    match segment
-        .chars()
-        .find(|c| !c.is_ascii_graphic() || *c == '?' || *c == '#')
-    {
+    match segment.chars().find(|c| !c.is_ascii_graphic() || *c == '?' || *c == '#') {
         Some(c) => Err(format!("{c:?} is not allowed in a path template")),
         None => Ok(()),
     }

@@ -40,25 +40,15 @@ fn hello(service: &str, version: &str, region: &str, endpoints: &[(&str, &str)])
 }
 
 fn register(table: &Table, conn_id: u64, hello: &Hello) -> Arc<Instance<u32>> {
-    table
-        .register(conn_id, hello, conn_id as u32, Instant::now())
-        .expect("registration accepted")
+    table.register(conn_id, hello, conn_id as u32, Instant::now()).expect("registration accepted")
 }
 
 fn chosen(table: &Table, method: &str, path: &str, version: Option<&str>) -> u64 {
-    table
-        .route(method, path, version)
-        .expect("routed")
-        .instance
-        .conn_id
+    table.route(method, path, version).expect("routed").instance.conn_id
 }
 
 fn heartbeat(table: &Table, conn_id: u64, status: HealthStatus, now: Instant) {
-    let hb = Heartbeat {
-        status,
-        in_flight: 0,
-        error_rate: 0.0,
-    };
+    let hb = Heartbeat { status, in_flight: 0, error_rate: 0.0 };
     table.heartbeat(conn_id, &hb, now);
 }
 
@@ -74,11 +64,8 @@ fn spread(table: &Table, path: &str, requests: usize) -> BTreeMap<u64, usize> {
 #[test]
 fn template_params_and_catch_all() {
     let t = table();
-    let endpoints = [
-        ("GET", "/users/{id}/orders/{order}"),
-        ("GET", "/users/me/orders/{order}"),
-        ("GET", "/files/{*rest}"),
-    ];
+    let endpoints =
+        [("GET", "/users/{id}/orders/{order}"), ("GET", "/users/me/orders/{order}"), ("GET", "/files/{*rest}")];
     register(&t, 1, &hello("svc", "1.0.0", "", &endpoints));
 
     let d = t.route("GET", "/users/42/orders/a%20b", None).unwrap();
@@ -95,14 +82,8 @@ fn template_params_and_catch_all() {
     let d = t.route("GET", "/users/x%2Fy/orders/1", None).unwrap();
     assert_eq!(d.params[0], ("id".into(), "x/y".into()));
 
-    assert_eq!(
-        t.route("GET", "/files/", None).unwrap_err(),
-        RouteError::NotFound
-    );
-    assert_eq!(
-        t.route("GET", "/users/42/orders", None).unwrap_err(),
-        RouteError::NotFound
-    );
+    assert_eq!(t.route("GET", "/files/", None).unwrap_err(), RouteError::NotFound);
+    assert_eq!(t.route("GET", "/users/42/orders", None).unwrap_err(), RouteError::NotFound);
     let invalid_utf8 = t.route("GET", "/users/%FF/orders/1", None).unwrap_err();
     assert_eq!(invalid_utf8, RouteError::NotFound);
 }
@@ -119,10 +100,7 @@ fn not_found_versus_method_not_allowed() {
     ];
     register(&t, 1, &hello("svc", "1.0.0", "", &endpoints));
 
-    assert_eq!(
-        t.route("GET", "/nothing", None).unwrap_err(),
-        RouteError::NotFound
-    );
+    assert_eq!(t.route("GET", "/nothing", None).unwrap_err(), RouteError::NotFound);
     let err = t.route("PUT", "/items", None).unwrap_err();
     let allow = vec!["GET".to_owned(), "HEAD".into(), "POST".into()];
     assert_eq!(err, RouteError::MethodNotAllowed { allow });
@@ -139,10 +117,7 @@ fn not_found_versus_method_not_allowed() {
     let allow = vec!["HEAD".to_owned(), "PUT".into()];
     let err = t.route("GET", "/blobs/1", None).unwrap_err();
     assert_eq!(err, RouteError::MethodNotAllowed { allow });
-    assert_eq!(
-        t.route("get", "/items", None).unwrap_err().status_code(),
-        405
-    );
+    assert_eq!(t.route("get", "/items", None).unwrap_err().status_code(), 405);
 }
 
 #[test]
@@ -166,10 +141,7 @@ fn version_is_requested_else_default_else_highest() {
     let RouteError::NoHealthyInstance { detail } = &err else {
         panic!("expected NoHealthyInstance, got {err:?}");
     };
-    assert!(
-        detail.contains("svc") && detail.contains("3.0.0"),
-        "{detail}"
-    );
+    assert!(detail.contains("svc") && detail.contains("3.0.0"), "{detail}");
     assert_eq!(err.status_code(), http::StatusCode::SERVICE_UNAVAILABLE);
 
     for invalid in ["1.0", "v1.0.0", "latest", ""] {
@@ -191,18 +163,12 @@ fn default_version_without_instances_does_not_fall_back() {
     let t = table_with(config);
     register(&t, 1, &hello("svc", "1.0.0", "", &[("GET", "/x")]));
     let err = t.route("GET", "/x", None).unwrap_err();
-    assert!(
-        matches!(err, RouteError::NoHealthyInstance { .. }),
-        "{err:?}"
-    );
+    assert!(matches!(err, RouteError::NoHealthyInstance { .. }), "{err:?}");
 }
 
 #[test]
 fn local_region_is_preferred_after_health() {
-    let config = RoutingConfig {
-        region: "eu".into(),
-        ..RoutingConfig::default()
-    };
+    let config = RoutingConfig { region: "eu".into(), ..RoutingConfig::default() };
     let t = table_with(config);
     let endpoints = [("GET", "/x")];
     register(&t, 1, &hello("svc", "1.0.0", "us", &endpoints));
@@ -273,15 +239,9 @@ fn draining_instances_get_no_new_requests() {
 
     heartbeat(&t, 2, HealthStatus::Draining, Instant::now());
     let err = t.route("GET", "/x", None).unwrap_err();
-    assert!(
-        matches!(err, RouteError::NoHealthyInstance { .. }),
-        "{err:?}"
-    );
+    assert!(matches!(err, RouteError::NoHealthyInstance { .. }), "{err:?}");
     let err = t.route("GET", "/x", Some("1.0.0")).unwrap_err();
-    assert!(
-        matches!(err, RouteError::NoHealthyInstance { .. }),
-        "{err:?}"
-    );
+    assert!(matches!(err, RouteError::NoHealthyInstance { .. }), "{err:?}");
 }
 
 #[test]
@@ -312,12 +272,8 @@ fn sweep_degrades_silent_instances_then_evicts_them() {
     let t0 = Instant::now();
     let secs = |s| t0 + Duration::from_secs(s);
     let endpoints = [("GET", "/x")];
-    let first = t
-        .register(1, &hello("svc", "1.0.0", "", &endpoints), 1, t0)
-        .unwrap();
-    let second = t
-        .register(2, &hello("svc", "1.0.0", "", &endpoints), 2, t0)
-        .unwrap();
+    let first = t.register(1, &hello("svc", "1.0.0", "", &endpoints), 1, t0).unwrap();
+    let second = t.register(2, &hello("svc", "1.0.0", "", &endpoints), 2, t0).unwrap();
 
     heartbeat(&t, 2, HealthStatus::Healthy, secs(10));
     assert_eq!(t.sweep(secs(15)), Vec::<u64>::new());
@@ -336,10 +292,7 @@ fn sweep_degrades_silent_instances_then_evicts_them() {
     assert_eq!(spread(&t, "/x", 4), BTreeMap::from([(1, 4)]));
     assert_eq!(t.sweep(secs(51)), vec![1]);
     let err = t.route("GET", "/x", None).unwrap_err();
-    assert!(
-        matches!(err, RouteError::NoHealthyInstance { .. }),
-        "{err:?}"
-    );
+    assert!(matches!(err, RouteError::NoHealthyInstance { .. }), "{err:?}");
     assert_eq!(t.sweep(secs(100)), Vec::<u64>::new());
 }
 
@@ -392,10 +345,7 @@ fn assert_refused(hello: &Hello, check: impl Fn(&RegistrationError) -> bool) {
     assert!(check(&err), "unexpected error: {err:?}");
     assert!(!err.to_string().is_empty());
     assert_eq!(t.snapshot(), before);
-    assert_eq!(
-        t.route("GET", "/new", None).unwrap_err(),
-        RouteError::NotFound
-    );
+    assert_eq!(t.route("GET", "/new", None).unwrap_err(), RouteError::NotFound);
     assert_eq!(chosen(&t, "GET", "/b", None), 1);
 }
 
@@ -444,24 +394,10 @@ fn templates_matchit_cannot_hold_together_are_refused() {
         matches!(e, RegistrationError::TemplateConflict { template, existing }
             if template == "/a/{y}" && existing == "/a/{x}")
     });
-    let catch_all = hello(
-        "svc2",
-        "1.0.0",
-        "",
-        &[("GET", "/new"), ("GET", "/a/{*rest}")],
-    );
-    assert_refused(&catch_all, |e| {
-        matches!(e, RegistrationError::TemplateConflict { .. })
-    });
-    let within_one = hello(
-        "svc2",
-        "1.0.0",
-        "",
-        &[("GET", "/new"), ("GET", "/c/{p}"), ("PUT", "/c/{q}")],
-    );
-    assert_refused(&within_one, |e| {
-        matches!(e, RegistrationError::TemplateConflict { .. })
-    });
+    let catch_all = hello("svc2", "1.0.0", "", &[("GET", "/new"), ("GET", "/a/{*rest}")]);
+    assert_refused(&catch_all, |e| matches!(e, RegistrationError::TemplateConflict { .. }));
+    let within_one = hello("svc2", "1.0.0", "", &[("GET", "/new"), ("GET", "/c/{p}"), ("PUT", "/c/{q}")]);
+    assert_refused(&within_one, |e| matches!(e, RegistrationError::TemplateConflict { .. }));
 }
 
 #[test]
@@ -471,37 +407,17 @@ fn malformed_declarations_are_refused() {
         matches!(e, RegistrationError::DuplicateEndpoint { method, template }
             if method == "GET" && template == "/new")
     });
-    for template in [
-        "new",
-        "/new/{id",
-        "/new/{a}/{a}",
-        "/new/{*all}/x",
-        "/img{id}.png",
-    ] {
+    for template in ["new", "/new/{id", "/new/{a}/{a}", "/new/{*all}/x", "/img{id}.png"] {
         let bad = hello("svc2", "1.0.0", "", &[("GET", "/new"), ("GET", template)]);
-        assert_refused(
-            &bad,
-            |e| matches!(e, RegistrationError::InvalidTemplate { template: t, .. } if t == template),
-        );
+        assert_refused(&bad, |e| matches!(e, RegistrationError::InvalidTemplate { template: t, .. } if t == template));
     }
     let mut lower_case = hello("svc2", "1.0.0", "", &[("GET", "/new")]);
-    lower_case.endpoints.push(EndpointDescriptor {
-        method: "post".into(),
-        ..endpoint("POST", "/new")
-    });
-    assert_refused(
-        &lower_case,
-        |e| matches!(e, RegistrationError::InvalidMethod { method, .. } if method == "post"),
-    );
+    lower_case.endpoints.push(EndpointDescriptor { method: "post".into(), ..endpoint("POST", "/new") });
+    assert_refused(&lower_case, |e| matches!(e, RegistrationError::InvalidMethod { method, .. } if method == "post"));
     let bad_version = hello("svc2", "1.0", "", &[("GET", "/new")]);
-    assert_refused(
-        &bad_version,
-        |e| matches!(e, RegistrationError::InvalidVersion { value, .. } if value == "1.0"),
-    );
+    assert_refused(&bad_version, |e| matches!(e, RegistrationError::InvalidVersion { value, .. } if value == "1.0"));
     let no_name = hello("", "1.0.0", "", &[("GET", "/new")]);
-    assert_refused(&no_name, |e| {
-        matches!(e, RegistrationError::InvalidIdentity { .. })
-    });
+    assert_refused(&no_name, |e| matches!(e, RegistrationError::InvalidIdentity { .. }));
 }
 
 #[test]
@@ -511,10 +427,7 @@ fn a_connection_registers_once() {
     let again = hello("svc", "1.0.0", "", &[("GET", "/new")]);
     let err = t.register(1, &again, 1, Instant::now()).unwrap_err();
     assert_eq!(err, RegistrationError::AlreadyRegistered { conn_id: 1 });
-    assert_eq!(
-        t.route("GET", "/new", None).unwrap_err(),
-        RouteError::NotFound
-    );
+    assert_eq!(t.route("GET", "/new", None).unwrap_err(), RouteError::NotFound);
 }
 
 #[test]
@@ -524,15 +437,11 @@ fn update_replaces_the_endpoint_list_atomically() {
     let others = [("GET", "/other"), ("GET", "/o/{p}")];
     register(&t, 2, &hello("other", "1.0.0", "", &others));
 
-    t.update_endpoints(1, &[endpoint("GET", "/b"), endpoint("GET", "/c/{id}")])
-        .unwrap();
+    t.update_endpoints(1, &[endpoint("GET", "/b"), endpoint("GET", "/c/{id}")]).unwrap();
     assert_eq!(chosen(&t, "GET", "/c/1", None), 1);
     assert_eq!(chosen(&t, "GET", "/b", None), 1);
     let err = t.route("GET", "/a/1", None).unwrap_err();
-    assert!(
-        matches!(err, RouteError::NoHealthyInstance { .. }),
-        "{err:?}"
-    );
+    assert!(matches!(err, RouteError::NoHealthyInstance { .. }), "{err:?}");
 
     let before = t.snapshot();
     let refused = [
@@ -544,18 +453,14 @@ fn update_replaces_the_endpoint_list_atomically() {
     for endpoints in &refused {
         assert!(t.update_endpoints(1, endpoints).is_err(), "{endpoints:?}");
         assert_eq!(t.snapshot(), before);
-        assert_eq!(
-            t.route("GET", "/d", None).unwrap_err(),
-            RouteError::NotFound
-        );
+        assert_eq!(t.route("GET", "/d", None).unwrap_err(), RouteError::NotFound);
         assert_eq!(chosen(&t, "GET", "/c/1", None), 1);
     }
     let err = t.update_endpoints(7, &[]).unwrap_err();
     assert_eq!(err, RegistrationError::UnknownConnection { conn_id: 7 });
 
     // An instance may rename the parameters of its own template.
-    t.update_endpoints(1, &[endpoint("GET", "/c/{key}")])
-        .unwrap();
+    t.update_endpoints(1, &[endpoint("GET", "/c/{key}")]).unwrap();
     let d = t.route("GET", "/c/1", None).unwrap();
     assert_eq!(d.params, vec![("key".into(), "1".into())]);
 }
@@ -590,20 +495,13 @@ fn effective_timeout_is_capped() {
 #[test]
 fn snapshot_lists_endpoints_with_their_instances() {
     let t = table();
-    let first = register(
-        &t,
-        1,
-        &hello("svc", "1.0.0", "eu", &[("GET", "/x"), ("POST", "/x")]),
-    );
+    let first = register(&t, 1, &hello("svc", "1.0.0", "eu", &[("GET", "/x"), ("POST", "/x")]));
     register(&t, 2, &hello("svc", "1.1.0", "us", &[("GET", "/x")]));
     let _call = first.begin_call();
     heartbeat(&t, 2, HealthStatus::Draining, Instant::now());
 
     let routes = t.snapshot();
-    let keys: Vec<(&str, &str)> = routes
-        .iter()
-        .map(|r| (r.template.as_str(), r.method.as_str()))
-        .collect();
+    let keys: Vec<(&str, &str)> = routes.iter().map(|r| (r.template.as_str(), r.method.as_str())).collect();
     assert_eq!(keys, vec![("/x", "GET"), ("/x", "POST")]);
     let get = &routes[0];
     assert_eq!(get.service, "svc");

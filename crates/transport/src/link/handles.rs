@@ -38,8 +38,7 @@ impl StreamHandle {
 impl Drop for StreamHandle {
     fn drop(&mut self) {
         if !self.done {
-            self.link
-                .cancel_stream(self.id, CancelReason::ClientDisconnected);
+            self.link.cancel_stream(self.id, CancelReason::ClientDisconnected);
         }
     }
 }
@@ -56,12 +55,7 @@ pub struct Responder {
 
 impl Responder {
     pub(super) fn new(link: Link, id: u64, gate: Arc<CreditGate>) -> Self {
-        Responder {
-            link,
-            id,
-            gate,
-            done: false,
-        }
+        Responder { link, id, gate, done: false }
     }
 
     /// The stream's correlation id.
@@ -74,24 +68,16 @@ impl Responder {
     pub async fn send(mut self, head: ResponseHead) -> Result<Option<DataSender>, StreamError> {
         self.done = true;
         let streamed = head.body_mode == BodyMode::Streamed;
-        let payload = head
-            .encode()
-            .map_err(|e| StreamError::Failed(e.to_string()))?;
+        let payload = head.encode().map_err(|e| StreamError::Failed(e.to_string()))?;
         let frame = weir_proto::Frame::new(FrameType::Response, self.id, payload);
         if let Err(err) = self.link.send_data(frame).await {
-            self.link
-                .cancel_stream(self.id, CancelReason::HandlerFailed);
+            self.link.cancel_stream(self.id, CancelReason::HandlerFailed);
             return Err(err);
         }
         if streamed {
             let max = self.link.shared.config.max_frame_payload;
-            let sender = DataSender::new(
-                self.link.clone(),
-                self.id,
-                Arc::clone(&self.gate),
-                FrameType::ResponseStreamData,
-                max,
-            );
+            let sender =
+                DataSender::new(self.link.clone(), self.id, Arc::clone(&self.gate), FrameType::ResponseStreamData, max);
             Ok(Some(sender))
         } else {
             self.link.complete_stream(self.id);
@@ -103,8 +89,7 @@ impl Responder {
 impl Drop for Responder {
     fn drop(&mut self) {
         if !self.done {
-            self.link
-                .cancel_stream(self.id, CancelReason::HandlerFailed);
+            self.link.cancel_stream(self.id, CancelReason::HandlerFailed);
         }
     }
 }

@@ -25,8 +25,8 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 use weir_proto::{
-    BodyMode, Cancel, CancelReason, Credit, EndpointsUpdate, ErrorCode, ErrorMessage, Frame,
-    FrameCodec, FrameType, Heartbeat, Message, RequestHead, ResponseHead,
+    BodyMode, Cancel, CancelReason, Credit, EndpointsUpdate, ErrorCode, ErrorMessage, Frame, FrameCodec, FrameType,
+    Heartbeat, Message, RequestHead, ResponseHead,
 };
 
 mod handles;
@@ -178,8 +178,7 @@ impl StreamTable {
     fn remember_cancelled(&mut self, id: u64) {
         let now = Instant::now();
         if self.cancelled.len() >= 1024 {
-            self.cancelled
-                .retain(|_, at| now.duration_since(*at) < CANCELLED_MEMORY);
+            self.cancelled.retain(|_, at| now.duration_since(*at) < CANCELLED_MEMORY);
         }
         self.cancelled.insert(id, now);
     }
@@ -308,12 +307,7 @@ impl Link {
     /// Sends an Error frame for the connection, then closes it.
     pub fn close_with_error(&self, code: ErrorCode, message: impl Into<String>) {
         let message = message.into();
-        if let Ok(frame) = (ErrorMessage {
-            code,
-            message: message.clone(),
-        })
-        .to_frame(0)
-        {
+        if let Ok(frame) = (ErrorMessage { code, message: message.clone() }).to_frame(0) {
             let _ = self.shared.control_tx.send(frame);
         }
         self.close(message);
@@ -321,43 +315,27 @@ impl Link {
 
     /// Sends a heartbeat (either role).
     pub fn send_heartbeat(&self, heartbeat: &Heartbeat) -> Result<(), StreamError> {
-        self.send_control(
-            heartbeat
-                .to_frame(0)
-                .map_err(|e| StreamError::Failed(e.to_string()))?,
-        )
+        self.send_control(heartbeat.to_frame(0).map_err(|e| StreamError::Failed(e.to_string()))?)
     }
 
     /// Service role: replaces the registered endpoint list.
     pub fn send_endpoints_update(&self, update: &EndpointsUpdate) -> Result<(), StreamError> {
-        self.send_control(
-            update
-                .to_frame(0)
-                .map_err(|e| StreamError::Failed(e.to_string()))?,
-        )
+        self.send_control(update.to_frame(0).map_err(|e| StreamError::Failed(e.to_string()))?)
     }
 
     /// Gateway role: opens a stream and sends the request head. With a `Streamed` head the
     /// body sender starts with `send_window` credit at most (the peer's window caps it).
-    pub async fn call(
-        &self,
-        head: RequestHead,
-        send_window: u32,
-    ) -> Result<OutgoingCall, StreamError> {
+    pub async fn call(&self, head: RequestHead, send_window: u32) -> Result<OutgoingCall, StreamError> {
         debug_assert_eq!(self.role(), Role::Gateway);
         let streamed = head.body_mode == BodyMode::Streamed;
-        let frame_payload = head
-            .encode()
-            .map_err(|e| StreamError::Failed(e.to_string()))?;
+        let frame_payload = head.encode().map_err(|e| StreamError::Failed(e.to_string()))?;
         let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
         let gate = CreditGate::new(u64::from(send_window.min(self.shared.config.send_window)));
         let (tx, rx) = oneshot::channel();
         {
             let mut table = self.table();
             if self.is_closed() {
-                return Err(StreamError::ConnectionLost(
-                    self.close_reason().unwrap_or_default(),
-                ));
+                return Err(StreamError::ConnectionLost(self.close_reason().unwrap_or_default()));
             }
             table.highest_id = id;
             table.entries.insert(
@@ -372,19 +350,10 @@ impl Link {
                 },
             );
         }
-        let handle = StreamHandle {
-            link: self.clone(),
-            id,
-            done: false,
-        };
-        self.send_data(Frame::new(FrameType::Request, id, frame_payload))
-            .await?;
+        let handle = StreamHandle { link: self.clone(), id, done: false };
+        self.send_data(Frame::new(FrameType::Request, id, frame_payload)).await?;
         let body = streamed.then(|| self.data_sender(id, gate));
-        Ok(OutgoingCall {
-            body,
-            response: rx,
-            handle,
-        })
+        Ok(OutgoingCall { body, response: rx, handle })
     }
 
     fn data_sender(&self, id: u64, gate: Arc<CreditGate>) -> DataSender {
@@ -447,9 +416,7 @@ impl Link {
     }
 
     pub(crate) async fn send_data(&self, frame: Frame) -> Result<(), StreamError> {
-        let lost = || {
-            StreamError::ConnectionLost(self.close_reason().unwrap_or_else(|| "link closed".into()))
-        };
+        let lost = || StreamError::ConnectionLost(self.close_reason().unwrap_or_else(|| "link closed".into()));
         if self.is_closed() {
             return Err(lost());
         }
@@ -461,29 +428,18 @@ impl Link {
 
     fn send_control(&self, frame: Frame) -> Result<(), StreamError> {
         if self.is_closed() {
-            return Err(StreamError::ConnectionLost(
-                self.close_reason().unwrap_or_default(),
-            ));
+            return Err(StreamError::ConnectionLost(self.close_reason().unwrap_or_default()));
         }
-        self.shared
-            .control_tx
-            .send(frame)
-            .map_err(|_| StreamError::ConnectionLost("writer stopped".into()))
+        self.shared.control_tx.send(frame).map_err(|_| StreamError::ConnectionLost("writer stopped".into()))
     }
 
     fn table(&self) -> MutexGuard<'_, StreamTable> {
         // The table is only mutated by short, non-panicking sections; a poisoned lock
         // still holds a consistent table.
-        self.shared
-            .streams
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+        self.shared.streams.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn reason_slot(&self) -> MutexGuard<'_, Option<String>> {
-        self.shared
-            .close_reason
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+        self.shared.close_reason.lock().unwrap_or_else(|p| p.into_inner())
     }
 }

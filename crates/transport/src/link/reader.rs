@@ -10,13 +10,12 @@ use futures_util::StreamExt;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use weir_proto::{
-    BodyMode, Cancel, Credit, EndpointsUpdate, ErrorCode, ErrorMessage, Frame, FrameType,
-    Heartbeat, Message, RequestHead, ResponseHead,
+    BodyMode, Cancel, Credit, EndpointsUpdate, ErrorCode, ErrorMessage, Frame, FrameType, Heartbeat, Message,
+    RequestHead, ResponseHead,
 };
 
 use super::{
-    FrameSource, IncomingRequest, IncomingResponse, Link, LinkEvent, Responder, Role, StreamEntry,
-    MAX_CREDIT,
+    FrameSource, IncomingRequest, IncomingResponse, Link, LinkEvent, Responder, Role, StreamEntry, MAX_CREDIT,
 };
 use crate::flow::{CreditGate, DataEvent, DataReceiver, StreamError};
 use crate::ByteStream;
@@ -54,11 +53,7 @@ impl Link {
         }
     }
 
-    fn dispatch(
-        &self,
-        frame: Frame,
-        events: &mpsc::UnboundedSender<LinkEvent>,
-    ) -> Result<(), Violation> {
+    fn dispatch(&self, frame: Frame, events: &mpsc::UnboundedSender<LinkEvent>) -> Result<(), Violation> {
         let id = frame.correlation_id;
         match (self.role(), frame.frame_type) {
             (_, FrameType::Heartbeat) => {
@@ -66,15 +61,14 @@ impl Link {
                 Ok(())
             }
             (Role::Gateway, FrameType::EndpointsUpdate) => {
-                let _ = events.send(LinkEvent::EndpointsUpdate(decode::<EndpointsUpdate>(
-                    frame.payload,
-                )?));
+                let _ = events.send(LinkEvent::EndpointsUpdate(decode::<EndpointsUpdate>(frame.payload)?));
                 Ok(())
             }
             (Role::Service, FrameType::Request) => self.on_request(id, frame.payload, events),
             (Role::Gateway, FrameType::Response) => self.on_response(id, frame.payload),
-            (Role::Service, FrameType::RequestStreamData)
-            | (Role::Gateway, FrameType::ResponseStreamData) => self.on_data(frame),
+            (Role::Service, FrameType::RequestStreamData) | (Role::Gateway, FrameType::ResponseStreamData) => {
+                self.on_data(frame)
+            }
             (_, FrameType::Credit) => self.on_credit(id, decode::<Credit>(frame.payload)?),
             (_, FrameType::Cancel) => {
                 let cancel = decode::<Cancel>(frame.payload)?;
@@ -85,12 +79,7 @@ impl Link {
         }
     }
 
-    fn on_request(
-        &self,
-        id: u64,
-        payload: Bytes,
-        events: &mpsc::UnboundedSender<LinkEvent>,
-    ) -> Result<(), Violation> {
+    fn on_request(&self, id: u64, payload: Bytes, events: &mpsc::UnboundedSender<LinkEvent>) -> Result<(), Violation> {
         let head = decode::<RequestHead>(payload)?;
         let streamed = head.body_mode == BodyMode::Streamed;
         let cancel = CancellationToken::new();
@@ -99,21 +88,14 @@ impl Link {
         {
             let mut table = self.table();
             if id <= table.highest_id {
-                return Err(format!(
-                    "request reuses stream id {id} (highest so far {})",
-                    table.highest_id
-                ));
+                return Err(format!("request reuses stream id {id} (highest so far {})", table.highest_id));
             }
             table.highest_id = id;
             table.entries.insert(
                 id,
                 StreamEntry {
                     incoming: streamed.then_some(tx),
-                    recv_credit: if streamed {
-                        u64::from(self.shared.config.recv_window)
-                    } else {
-                        0
-                    },
+                    recv_credit: if streamed { u64::from(self.shared.config.recv_window) } else { 0 },
                     recv_ended: !streamed,
                     send_gate: Arc::clone(&gate),
                     pending_response: None,
@@ -123,12 +105,7 @@ impl Link {
         }
         let body = streamed.then(|| DataReceiver::new(rx, self.clone(), id));
         let responder = Responder::new(self.clone(), id, gate);
-        let _ = events.send(LinkEvent::Request(IncomingRequest {
-            head,
-            body,
-            cancel,
-            responder,
-        }));
+        let _ = events.send(LinkEvent::Request(IncomingRequest { head, body, cancel, responder }));
         Ok(())
     }
 
@@ -172,15 +149,10 @@ impl Link {
             return Err(format!("stream data after end of stream {id}"));
         }
         let Some(incoming) = &entry.incoming else {
-            return Err(format!(
-                "stream data on stream {id} before its streamed head"
-            ));
+            return Err(format!("stream data on stream {id} before its streamed head"));
         };
         if len > entry.recv_credit {
-            return Err(format!(
-                "stream {id} sent {len} bytes with {} bytes of credit",
-                entry.recv_credit
-            ));
+            return Err(format!("stream {id} sent {len} bytes with {} bytes of credit", entry.recv_credit));
         }
         entry.recv_credit -= len;
         // The receiver may be gone (handler dropped the body); its bytes are simply dropped.

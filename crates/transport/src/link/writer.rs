@@ -29,10 +29,7 @@ impl Link {
                 Some(frame) = data.recv(), if self.is_open() => frame,
                 _ = self.shared.closed.cancelled() => break,
             };
-            if let Err(err) = self
-                .write_batch(&mut sink, first, &mut control, &mut data)
-                .await
-            {
+            if let Err(err) = self.write_batch(&mut sink, first, &mut control, &mut data).await {
                 tracing::debug!(error = %err, "service link write failed");
                 self.close(format!("write failed: {err}"));
                 return;

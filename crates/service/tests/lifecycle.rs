@@ -1,0 +1,208 @@
+//! The life of requests and connections: cancellation, panics, heartbeats, refusal and
+//! reconnection, against a hand-driven gateway side.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{accept, connect, connect_quiet, get, welcome, within};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use weir_proto::{CancelReason, ErrorCode, HealthStatus};
+use weir_service::{Endpoint, HandlerError, RawRequestContext, RawResponse, Service, ServiceError};
+use weir_transport::{accept_hello, memory, StreamError};
+
+/// Sends on drop: tells the test a handler future was dropped (finished or aborted).
+struct DropSignal(mpsc::UnboundedSender<&'static str>);
+
+impl Drop for DropSignal {
+    fn drop(&mut self) {
+        let _ = self.0.send("dropped");
+    }
+}
+
+#[tokio::test]
+async fn gateway_cancel_fires_the_handler_token_at_once() {
+    let (tx, mut signals) = mpsc::unbounded_channel();
+    let service = Service::builder("slow", "1.0.0")
+        .endpoint(Endpoint::get("/slow").raw(move |ctx: RawRequestContext| {
+            let tx = tx.clone();
+            async move {
+                let _ = tx.send("started");
+                ctx.cancel.cancelled().await;
+                let _ = tx.send("cancelled");
+                Ok(RawResponse::text(200, "too late"))
+            }
+        }))
+        .build()
+        .expect("valid service");
+    let (gateway, session) = connect_quiet(&service).await;
+    let call = gateway.call(get("/slow")).await;
+    assert_eq!(within(signals.recv()).await, Some("started"));
+    assert_eq!(session.in_flight(), 1);
+    call.handle.cancel(CancelReason::Timeout);
+    let fired = tokio::time::timeout(Duration::from_millis(100), signals.recv()).await;
+    assert_eq!(fired.expect("token fired within 100 ms"), Some("cancelled"));
+    // The response of a cancelled request is not sent; the gateway already gave up.
+    assert_eq!(
+        within(call.response).await.expect("channel").err(),
+        Some(StreamError::Cancelled(CancelReason::Timeout))
+    );
+}
+
+#[tokio::test]
+async fn handler_ignoring_cancellation_is_aborted_after_the_grace() {
+    let (tx, mut signals) = mpsc::unbounded_channel();
+    let grace = Duration::from_millis(50);
+    let service = Service::builder("stubborn", "1.0.0")
+        .cancel_grace(grace)
+        .endpoint(Endpoint::get("/stubborn").raw(move |_| {
+            let tx = tx.clone();
+            async move {
+                let _guard = DropSignal(tx.clone());
+                let _ = tx.send("started");
+                std::future::pending::<()>().await;
+                Ok(RawResponse::new(200))
+            }
+        }))
+        .build()
+        .expect("valid service");
+    let (gateway, session) = connect_quiet(&service).await;
+    let call = gateway.call(get("/stubborn")).await;
+    assert_eq!(within(signals.recv()).await, Some("started"));
+    let cancelled_at = Instant::now();
+    call.handle.cancel(CancelReason::ClientDisconnected);
+    assert_eq!(within(signals.recv()).await, Some("dropped"));
+    assert!(cancelled_at.elapsed() >= grace - Duration::from_millis(5), "aborted before its grace");
+    // The abort is complete before the request stops counting as in flight.
+    within(async {
+        while session.in_flight() != 0 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn panicking_handler_fails_its_stream_and_the_connection_keeps_serving() {
+    let service = Service::builder("fragile", "1.0.0")
+        .endpoint(Endpoint::get("/panic").raw(|_| async {
+            if true {
+                panic!("handler bug");
+            }
+            Ok(RawResponse::new(200))
+        }))
+        .endpoint(Endpoint::get("/ok").raw(|_| async { Ok(RawResponse::text(200, "fine")) }))
+        .build()
+        .expect("valid service");
+    let (gateway, session) = connect_quiet(&service).await;
+    let call = gateway.call(get("/panic")).await;
+    let outcome = within(call.response).await.expect("channel");
+    assert_eq!(outcome.err(), Some(StreamError::Cancelled(CancelReason::HandlerFailed)));
+    let (head, body) = gateway.exchange(get("/ok")).await;
+    assert_eq!((head.status, &body[..]), (200, &b"fine"[..]));
+    assert!(!session.is_closed());
+}
+
+#[tokio::test]
+async fn set_status_sends_a_heartbeat_at_once() {
+    let service = Service::builder("drainer", "1.0.0").build().expect("valid service");
+    let (mut gateway, session) = connect_quiet(&service).await;
+    session.set_status(HealthStatus::Draining);
+    let heartbeat = gateway.next_heartbeat().await;
+    assert_eq!(heartbeat.status, HealthStatus::Draining);
+    assert_eq!((heartbeat.in_flight, heartbeat.error_rate), (0, 0.0));
+    assert_eq!(session.status(), HealthStatus::Draining);
+}
+
+#[tokio::test]
+async fn periodic_heartbeats_report_status_and_error_rate() {
+    let service = Service::builder("flaky", "1.0.0")
+        .endpoint(Endpoint::get("/fail").raw(|_| async { Err(HandlerError::unavailable("db down")) }))
+        .build()
+        .expect("valid service");
+    let (mut gateway, session) = connect(&service, Duration::from_millis(20)).await;
+    let first = gateway.next_heartbeat().await;
+    assert_eq!((first.status, first.error_rate), (HealthStatus::Healthy, 0.0));
+    let (head, _) = gateway.exchange(get("/fail")).await;
+    assert_eq!(head.status, 503);
+    // The outcome is recorded just after the answer is sent: wait for a heartbeat with it.
+    while gateway.next_heartbeat().await.error_rate != 1.0 {}
+    session.set_status(HealthStatus::Draining);
+    while gateway.next_heartbeat().await.status != HealthStatus::Draining {}
+    let later = gateway.next_heartbeat().await;
+    assert_eq!((later.status, later.error_rate), (HealthStatus::Draining, 1.0));
+}
+
+#[tokio::test]
+async fn refusal_is_reported_with_its_reason() {
+    let service = Service::builder("intruder", "1.0.0").token("wrong").build().expect("valid service");
+    let (mut listener, connector) = memory::listener();
+    let serving = tokio::spawn({
+        let service = service.clone();
+        async move { service.serve_memory(&connector).await }
+    });
+    let io = within(listener.accept()).await.expect("a connection");
+    let pending = within(accept_hello(io, weir_proto::DEFAULT_MAX_FRAME_PAYLOAD, common::WAIT)).await.expect("hello");
+    assert_eq!(pending.hello.token, "wrong");
+    pending.refuse(ErrorCode::Unauthorized, "bad token").await;
+    match within(serving).await.expect("serve task") {
+        Err(ServiceError::Refused { code, message }) => {
+            assert_eq!((code, message.as_str()), (ErrorCode::Unauthorized, "bad token"));
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn run_retries_refusals_and_reconnects_after_the_link_closes() {
+    let service = Service::builder("resilient", "2.0.0")
+        .endpoint(Endpoint::get("/ping").raw(|_| async { Ok(RawResponse::text(200, "pong")) }))
+        .build()
+        .expect("valid service");
+    let (mut listener, connector) = memory::listener();
+    let running = service.run(connector);
+
+    // First attempt refused: retried with backoff.
+    let io = within(listener.accept()).await.expect("first connection");
+    let pending = within(accept_hello(io, weir_proto::DEFAULT_MAX_FRAME_PAYLOAD, common::WAIT)).await.expect("hello");
+    pending.refuse(ErrorCode::RegistrationRefused, "try later").await;
+
+    // Second attempt welcomed.
+    let gateway = accept(&mut listener, &welcome(Duration::from_secs(3600))).await;
+    assert_eq!(gateway.hello.service, "resilient");
+    assert!(within(running.registered()).await);
+    let (head, _) = gateway.exchange(get("/ping")).await;
+    assert_eq!(head.status, 200);
+
+    // The gateway drops the connection: the service dials again with the same identity.
+    gateway.link.close("gateway restarting");
+    within(running.unregistered()).await;
+    let again = accept(&mut listener, &welcome(Duration::from_secs(3600))).await;
+    assert_eq!(again.hello.instance_id, gateway.hello.instance_id);
+    assert!(within(running.registered()).await);
+    let (head, body) = again.exchange(get("/ping")).await;
+    assert_eq!((head.status, &body[..]), (200, &b"pong"[..]));
+
+    // Shutdown closes the connection and stops the loop.
+    running.shutdown();
+    within(again.link.closed()).await;
+    within(running.join()).await;
+}
+
+#[tokio::test]
+async fn run_reports_status_across_reconnects() {
+    let service = Service::builder("steady", "1.0.0").build().expect("valid service");
+    let (mut listener, connector) = memory::listener();
+    let running = service.run(connector);
+    let mut gateway = accept(&mut listener, &welcome(Duration::from_secs(3600))).await;
+    assert!(within(running.registered()).await);
+    running.set_status(HealthStatus::Draining);
+    assert_eq!(gateway.next_heartbeat().await.status, HealthStatus::Draining);
+    gateway.link.close("bye");
+    // The new session announces the status it inherited straight away.
+    let mut again = accept(&mut listener, &welcome(Duration::from_secs(3600))).await;
+    assert_eq!(again.next_heartbeat().await.status, HealthStatus::Draining);
+    running.shutdown();
+    within(running.join()).await;
+}

@@ -1,0 +1,7 @@
+//! The `weir` binary's library half: configuration loading, `weir serve`, and the
+//! embedded demo service, kept in a library so that tests can drive them directly.
+
+pub mod config;
+pub mod demo;
+pub mod logging;
+pub mod serve;

@@ -1,0 +1,149 @@
+//! Bad input is refused with the documented answer and loses nothing else: malformed
+//! client requests get 400; a service that sends a malformed frame, an unknown frame
+//! type, an unparsable template, or claims another service's endpoint is refused with a
+//! logged reason while the gateway keeps serving everyone else.
+
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use reqwest::StatusCode;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_util::codec::Framed;
+use weir_proto::{
+    EndpointDescriptor, ErrorCode, ErrorMessage, FrameCodec, FrameType, Hello, Message, PROTOCOL_VERSION,
+};
+use weir_transport::{dial, HandshakeError, LinkConfig};
+
+use crate::common::*;
+
+async fn raw_http(h: &Harness, request: &[u8]) -> String {
+    let mut socket = TcpStream::connect(h.addr).await.unwrap();
+    socket.write_all(request).await.unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(WAIT, socket.read_to_end(&mut answer)).await.expect("no answer");
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+#[tokio::test]
+async fn malformed_client_requests_get_400() {
+    let h = Harness::with_demo(config()).await;
+    for request in [
+        &b"NOT HTTP AT ALL\r\n\r\n"[..],
+        b"GET /api/hello HTTP/1.1\r\nhost: x\r\nbad header line\r\n\r\n",
+        b"POST /api/echo HTTP/1.1\r\nhost: x\r\ncontent-length: nope\r\n\r\n",
+    ] {
+        let answer = raw_http(&h, request).await;
+        assert!(answer.starts_with("HTTP/1.1 400"), "{request:?} got {answer:?}");
+    }
+    assert_demo_still_serves(&h).await;
+}
+
+#[tokio::test]
+async fn invalid_version_header_gets_400() {
+    let h = Harness::with_demo(config()).await;
+    let response = h.client.get(h.url("/api/hello")).header("x-weir-version", "latest").send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+}
+
+async fn assert_demo_still_serves(h: &Harness) {
+    let response = h.client.get(h.url("/api/hello")).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+}
+
+fn hello(service: &str, endpoints: Vec<EndpointDescriptor>) -> Hello {
+    Hello {
+        protocol_version: PROTOCOL_VERSION,
+        service: service.into(),
+        version: "1.0.0".into(),
+        region: String::new(),
+        instance_id: format!("{service}-1"),
+        initial_window: 65536,
+        token: String::new(),
+        endpoints,
+    }
+}
+
+/// A registered raw service connection sends `bytes`; the gateway must close it with a
+/// ProtocolViolation and keep serving the demo.
+async fn registered_peer_sends(bytes: &[u8]) {
+    let h = Harness::with_demo(config()).await;
+    let io = h.gateway.attach_memory().connect().await.unwrap();
+    let mut framed = Framed::new(io, FrameCodec::default());
+    framed.send(hello("rogue", vec![EndpointDescriptor::new("GET", "/rogue")]).to_frame(0).unwrap()).await.unwrap();
+    let welcome = framed.next().await.unwrap().unwrap();
+    assert_eq!(welcome.frame_type, FrameType::Welcome);
+    framed.get_mut().write_all(bytes).await.unwrap();
+    let error = loop {
+        let frame = tokio::time::timeout(WAIT, framed.next()).await.unwrap().expect("closed without an Error").unwrap();
+        if frame.frame_type == FrameType::Error {
+            break ErrorMessage::decode(frame.payload).unwrap();
+        }
+    };
+    assert_eq!(error.code, ErrorCode::ProtocolViolation);
+    assert!(tokio::time::timeout(WAIT, framed.next()).await.unwrap().is_none(), "connection stayed open");
+    assert_demo_still_serves(&h).await;
+    let gone = h.client.get(h.url("/rogue")).send().await.unwrap();
+    assert_eq!(gone.status(), StatusCode::SERVICE_UNAVAILABLE);
+}
+
+#[tokio::test]
+async fn malformed_frame_closes_only_that_service() {
+    // A Heartbeat whose status byte is 9: a frame of a known type with a bad payload.
+    registered_peer_sends(&[0, 0, 0, 19, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 9, 0, 0, 0, 0, 0, 0, 0, 0]).await;
+}
+
+#[tokio::test]
+async fn unknown_frame_type_closes_only_that_service() {
+    registered_peer_sends(&[0, 0, 0, 10, 77, 0, 0, 0, 0, 0, 0, 0, 0, 0]).await;
+}
+
+async fn refused(h: &Harness, hello: Hello) -> (ErrorCode, String) {
+    let io = h.gateway.attach_memory().connect().await.unwrap();
+    match dial(io, &hello, LinkConfig::default(), Duration::from_secs(5)).await {
+        Err(HandshakeError::Refused { code, message }) => (code, message),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn unparsable_template_is_refused_and_nothing_is_registered() {
+    let h = Harness::with_demo(config()).await;
+    let endpoints = vec![EndpointDescriptor::new("GET", "/fine"), EndpointDescriptor::new("GET", "/broken/{id")];
+    let (code, message) = refused(&h, hello("broken", endpoints)).await;
+    assert_eq!(code, ErrorCode::RegistrationRefused);
+    assert!(message.contains("/broken/{id"), "{message}");
+    assert_eq!(h.client.get(h.url("/fine")).send().await.unwrap().status(), StatusCode::NOT_FOUND);
+    assert_demo_still_serves(&h).await;
+}
+
+#[tokio::test]
+async fn claiming_another_services_endpoint_is_refused() {
+    let h = Harness::with_demo(config()).await;
+    let mut hijack = EndpointDescriptor::new("GET", "/api/hello");
+    hijack.supports_streaming = true;
+    let (code, message) = refused(&h, hello("hijacker", vec![hijack])).await;
+    assert_eq!(code, ErrorCode::RegistrationRefused);
+    assert!(message.contains("demo"), "{message}");
+    assert_demo_still_serves(&h).await;
+}
+
+#[tokio::test]
+async fn unsupported_protocol_version_is_refused() {
+    let h = Harness::with_demo(config()).await;
+    let mut old = hello("future", vec![EndpointDescriptor::new("GET", "/future")]);
+    old.protocol_version = 99;
+    let (code, _) = refused(&h, old).await;
+    assert_eq!(code, ErrorCode::RegistrationRefused);
+    assert_demo_still_serves(&h).await;
+}
+
+#[tokio::test]
+async fn garbage_instead_of_hello_is_dropped() {
+    let h = Harness::with_demo(config()).await;
+    let mut io = h.gateway.attach_memory().connect().await.unwrap();
+    io.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(WAIT, io.read_to_end(&mut rest)).await.expect("connection stayed open");
+    assert_demo_still_serves(&h).await;
+}
