@@ -88,10 +88,16 @@ impl PayloadBudget {
         self.limits
     }
 
-    /// Opens an empty reservation for request traffic on `connection`.
+    /// Opens an empty reservation for request traffic on `connection`, held to the
+    /// budget's per-call limit.
     pub fn open(self: &Arc<Self>, connection: u64) -> Reservation {
+        self.open_with_call_limit(connection, self.limits.max_request_bytes_per_call)
+    }
+
+    /// Like [`PayloadBudget::open`] with another per-call limit (a mount's override).
+    pub fn open_with_call_limit(self: &Arc<Self>, connection: u64, per_call: u64) -> Reservation {
         self.lock().reservations += 1;
-        Reservation { budget: Arc::clone(self), connection, bytes: 0 }
+        Reservation { budget: Arc::clone(self), connection, bytes: 0, per_call }
     }
 
     /// Current counters.
@@ -129,10 +135,10 @@ impl PayloadBudget {
         self.counters.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn grow(&self, connection: u64, held: u64, bytes: u64) -> Result<(), BudgetExceeded> {
+    fn grow(&self, connection: u64, held: u64, bytes: u64, per_call: u64) -> Result<(), BudgetExceeded> {
         let mut c = self.lock();
         let conn = c.per_connection.get(&connection).copied().unwrap_or(0);
-        if held.saturating_add(bytes) > self.limits.max_request_bytes_per_call {
+        if held.saturating_add(bytes) > per_call {
             return Err(BudgetExceeded::PerCall);
         }
         if conn.saturating_add(bytes) > self.limits.max_request_bytes_per_connection {
@@ -167,12 +173,14 @@ pub struct Reservation {
     budget: Arc<PayloadBudget>,
     connection: u64,
     bytes: u64,
+    /// This request's per-call limit.
+    per_call: u64,
 }
 
 impl Reservation {
     /// Reserves `bytes` more, or nothing if any limit would be crossed.
     pub fn try_grow(&mut self, bytes: u64) -> Result<(), BudgetExceeded> {
-        self.budget.grow(self.connection, self.bytes, bytes)?;
+        self.budget.grow(self.connection, self.bytes, bytes, self.per_call)?;
         self.bytes += bytes;
         Ok(())
     }

@@ -6,10 +6,13 @@
 //! every field here.
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::budget::PayloadLimits;
+use crate::mount::MountConfig;
 
 /// Everything the gateway needs to run.
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -17,6 +20,9 @@ pub struct GatewayConfig {
     pub server: ServerConfig,
     pub routing: RoutingConfig,
     pub limits: LimitsConfig,
+    pub services: ServicesConfig,
+    /// `[[mount]]` entries; none means one implicit business mount at `/`.
+    pub mounts: Vec<MountConfig>,
 }
 
 /// `[server]`: the client-facing HTTP listener.
@@ -101,6 +107,73 @@ impl Default for LimitsConfig {
             max_upload_size: 100 * 1024 * 1024,
             chunk_size: 64 * 1024,
             stream_window: weir_proto::DEFAULT_STREAM_WINDOW,
+        }
+    }
+}
+
+/// `[services]`: where services dial in, and who may register what.
+///
+/// Authentication applies to network connections (TCP, TLS) only: a service embedded in
+/// the gateway's process over the in-memory transport is trusted as the gateway's own
+/// code. With no `credentials` at all, network services are accepted without a token
+/// (the gateway logs a warning at start-up).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServicesConfig {
+    /// Address the service listener (TCP, or TLS with `tls`) listens on.
+    pub listen: SocketAddr,
+    /// Longest time from accepting a service connection to its Hello, TLS handshake
+    /// included; a slower peer is dropped.
+    pub handshake_timeout: Duration,
+    /// TLS for the service listener; `None` is plain TCP.
+    pub tls: Option<ServicesTlsConfig>,
+    /// Who may register, with what proof, under which paths.
+    pub credentials: Vec<ServiceCredential>,
+}
+
+/// `[services.tls]`: the listener's certificate and, for mutual TLS, the client CA.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServicesTlsConfig {
+    /// PEM file with the gateway's certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// PEM file with the certificate's private key.
+    pub key: PathBuf,
+    /// PEM file with the CA(s) that sign service certificates. When set, every service
+    /// must present a certificate signed by one (mutual TLS), and its identity (subject
+    /// common name, else first DNS name) can stand in for a token.
+    pub client_ca: Option<PathBuf>,
+}
+
+/// `[[services.credentials]]`: one way for one service to prove who it is.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ServiceCredential {
+    /// The service name the Hello must claim.
+    pub service: String,
+    /// The shared secret the Hello must carry; `None`: only an mTLS identity equal to
+    /// `service` proves it. Never logged.
+    pub token: Option<String>,
+    /// Path prefixes the service may register endpoints under, segment by segment:
+    /// `/api` allows `/api` and `/api/x`, not `/apix`; `/` allows everything.
+    pub prefixes: Vec<String>,
+}
+
+impl fmt::Debug for ServiceCredential {
+    /// The token is redacted: configs end up in logs.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServiceCredential")
+            .field("service", &self.service)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("prefixes", &self.prefixes)
+            .finish()
+    }
+}
+
+impl Default for ServicesConfig {
+    fn default() -> Self {
+        ServicesConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 7070)),
+            handshake_timeout: Duration::from_secs(10),
+            tls: None,
+            credentials: Vec::new(),
         }
     }
 }

@@ -33,9 +33,12 @@ use tokio::task::JoinHandle;
 use weir_proto::{BodyMode, CancelReason, Headers, RequestHead};
 use weir_transport::{DataSender, IncomingResponse, Link, OutgoingCall, StreamError};
 
+use crate::auth::Identity;
 use crate::body::GatewayBody;
 use crate::budget::{BudgetExceeded, Reservation};
 use crate::error::GatewayError;
+use crate::mount::Mount;
+use crate::pipeline::Admitted;
 use crate::routing::{InFlightGuard, RouteError, RoutingDecision};
 use crate::server::Gateway;
 
@@ -51,17 +54,24 @@ const HOP_BY_HOP: [&str; 8] = [
     "transfer-encoding",
 ];
 
+/// Headers a client may not set: the gateway states the caller's identity in them.
+const IDENTITY_PREFIX: &str = "x-weir-";
+/// The authenticated subject, forwarded to the service.
+pub const SUBJECT_HEADER: &str = "x-weir-subject";
+/// The authenticated claims as a JSON object of type → value, forwarded to the service.
+pub const CLAIMS_HEADER: &str = "x-weir-claims";
+
 /// Answers one client request by way of a service.
 pub(crate) async fn dispatch(
     gateway: &Gateway,
+    admitted: Admitted,
     request: Request<Incoming>,
-    client: SocketAddr,
 ) -> Result<Response<GatewayBody>, GatewayError> {
-    let decision = route(gateway, &request)?;
+    let Admitted { decision, client, mount, identity } = admitted;
     let in_flight = decision.instance.begin_call();
-    let plan = admit(gateway, &decision, &request)?;
+    let plan = admit(gateway, &mount, &decision, &request)?;
     let (parts, body) = request.into_parts();
-    let head = request_head(&parts, &decision, client, plan.mode);
+    let head = request_head(&parts, &decision, client, &identity, plan.mode);
     let target = Target { link: &decision.instance.link, conn_id: decision.instance.conn_id };
     let forwarded = match plan.mode {
         BodyMode::Buffered => forward_buffered(gateway, target, head, body, &plan).await?,
@@ -71,8 +81,8 @@ pub(crate) async fn dispatch(
     respond(response, in_flight)
 }
 
-/// Phase 1: the routing decision.
-fn route(gateway: &Gateway, request: &Request<Incoming>) -> Result<RoutingDecision<Link>, GatewayError> {
+/// The routing decision (a phase of its own, run by the pipeline before dispatch).
+pub(crate) fn route(gateway: &Gateway, request: &Request<Incoming>) -> Result<RoutingDecision<Link>, GatewayError> {
     let version = match request.headers().get(&gateway.config().routing.version_header) {
         None => None,
         Some(value) => {
@@ -113,17 +123,24 @@ struct BodyPlan {
     max_total: u64,
     /// Declared length, if any.
     length: Option<u64>,
+    /// In-flight bytes allowed for this request (the mount's override or `[limits]`).
+    per_call: u64,
+    /// Largest body chunk forwarded as one frame.
+    chunk_size: usize,
 }
 
 /// Phase 2: the body policy, before any body byte is read.
 fn admit(
     gateway: &Gateway,
+    mount: &Mount,
     decision: &RoutingDecision<Link>,
     request: &Request<Incoming>,
 ) -> Result<BodyPlan, GatewayError> {
-    let limits = &gateway.config().limits;
-    let per_call = limits.payload.max_request_bytes_per_call;
-    let max_total = decision.endpoint.max_body_bytes.map_or(limits.max_upload_size, |m| m.min(limits.max_upload_size));
+    let settings = &mount.config.settings;
+    let per_call =
+        settings.max_request_bytes_per_call.unwrap_or(gateway.config().limits.payload.max_request_bytes_per_call);
+    let max_total =
+        decision.endpoint.max_body_bytes.map_or(settings.max_upload_size, |m| m.min(settings.max_upload_size));
     let length = declared_length(request)?;
     if let Some(n) = length.filter(|n| *n > max_total) {
         return Err(GatewayError::PayloadTooLarge(format!("body of {n} bytes exceeds the limit of {max_total}")));
@@ -131,13 +148,12 @@ fn admit(
     let streaming = decision.endpoint.supports_streaming && length.is_none_or(|n| n > per_call);
     if !streaming {
         if let Some(n) = length.filter(|n| *n > per_call) {
-            return Err(GatewayError::PayloadTooLarge(format!(
-                "buffered body of {n} bytes exceeds the per-call limit of {per_call}"
-            )));
+            let detail = format!("buffered body of {n} bytes exceeds the per-call limit of {per_call}");
+            return Err(GatewayError::PayloadTooLarge(detail));
         }
     }
     let mode = if streaming { BodyMode::Streamed } else { BodyMode::Buffered };
-    Ok(BodyPlan { mode, max_total, length })
+    Ok(BodyPlan { mode, max_total, length, per_call, chunk_size: settings.chunk_size })
 }
 
 fn declared_length(request: &Request<Incoming>) -> Result<Option<u64>, GatewayError> {
@@ -172,8 +188,8 @@ async fn forward_buffered(
     mut body: Incoming,
     plan: &BodyPlan,
 ) -> Result<Forwarded, GatewayError> {
-    let mut reservation = gateway.budget().open(target.conn_id);
-    let per_call = gateway.budget().limits().max_request_bytes_per_call;
+    let per_call = plan.per_call;
+    let mut reservation = gateway.budget().open_with_call_limit(target.conn_id, per_call);
     let read_timeout = gateway.config().server.read_timeout;
     let mut buffer = BytesMut::with_capacity(plan.length.unwrap_or(0).min(per_call) as usize);
     while let Some(chunk) = next_chunk(&mut body, read_timeout).await? {
@@ -198,15 +214,10 @@ async fn forward_streamed(
     body: Incoming,
     plan: &BodyPlan,
 ) -> Result<Forwarded, GatewayError> {
-    let limits = &gateway.config().limits;
-    let window = limits
-        .payload
-        .max_request_bytes_per_call
-        .min(u64::from(limits.stream_window))
-        .min(plan.length.unwrap_or(u64::MAX))
-        .max(1);
-    let mut reservation = gateway.budget().open(target.conn_id);
-    reservation.try_grow(window).map_err(|e| budget_error(e, limits.payload.max_request_bytes_per_call))?;
+    let stream_window = u64::from(gateway.config().limits.stream_window);
+    let window = plan.per_call.min(stream_window).min(plan.length.unwrap_or(u64::MAX)).max(1);
+    let mut reservation = gateway.budget().open_with_call_limit(target.conn_id, plan.per_call);
+    reservation.try_grow(window).map_err(|e| budget_error(e, plan.per_call))?;
     // The window fits in u32: it is at most `stream_window`.
     let window = u32::try_from(window).unwrap_or(u32::MAX);
     let mut call = target.link.call(head, window).await.map_err(upstream_error)?;
@@ -217,7 +228,7 @@ async fn forward_streamed(
         reservation,
         max_total: plan.max_total,
         read_timeout: gateway.config().server.read_timeout,
-        chunk_size: limits.chunk_size,
+        chunk_size: plan.chunk_size,
     };
     Ok(Forwarded { call, pump: Some(tokio::spawn(pump.run(body))), held: None })
 }
@@ -372,16 +383,23 @@ fn request_head(
     parts: &http::request::Parts,
     decision: &RoutingDecision<Link>,
     client: SocketAddr,
+    identity: &Identity,
     mode: BodyMode,
 ) -> RequestHead {
     let mut headers: Headers = parts
         .headers
         .iter()
-        .filter(|(name, _)| !is_hop_by_hop(name.as_str()))
+        .filter(|(name, _)| !is_hop_by_hop(name.as_str()) && !name.as_str().starts_with(IDENTITY_PREFIX))
         .map(|(name, value)| (name.as_str().to_owned(), Bytes::copy_from_slice(value.as_bytes())))
         .collect();
     headers.push(("x-forwarded-for".to_owned(), Bytes::from(client.ip().to_string())));
     headers.push(("x-forwarded-proto".to_owned(), Bytes::from_static(b"http")));
+    if let Some(subject) = &identity.subject {
+        headers.push((SUBJECT_HEADER.to_owned(), Bytes::from(subject.clone())));
+        let claims: serde_json::Map<String, serde_json::Value> =
+            identity.claims.iter().map(|(t, v)| (t.clone(), serde_json::Value::String(v.clone()))).collect();
+        headers.push((CLAIMS_HEADER.to_owned(), Bytes::from(serde_json::Value::Object(claims).to_string())));
+    }
     RequestHead {
         method: parts.method.as_str().to_owned(),
         path: parts.uri.path().to_owned(),

@@ -32,6 +32,14 @@ pub enum GatewayError {
     UpstreamFailed(String),
     #[error("gateway is shutting down")]
     ShuttingDown,
+    #[error("authentication required: {0}")]
+    Unauthorized(String),
+    #[error("forbidden: {0}")]
+    Forbidden(String),
+    #[error("unsupported media type: {0}")]
+    UnsupportedMediaType(String),
+    #[error("rate limit exceeded")]
+    TooManyRequests { retry_after_secs: u64 },
 }
 
 impl GatewayError {
@@ -48,6 +56,10 @@ impl GatewayError {
             }
             GatewayError::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             GatewayError::UpstreamFailed(_) => StatusCode::BAD_GATEWAY,
+            GatewayError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            GatewayError::Forbidden(_) => StatusCode::FORBIDDEN,
+            GatewayError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            GatewayError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -64,11 +76,15 @@ impl GatewayError {
             GatewayError::UpstreamTimeout(_) => "upstream_timeout",
             GatewayError::UpstreamFailed(_) => "upstream_failed",
             GatewayError::ShuttingDown => "shutting_down",
+            GatewayError::Unauthorized(_) => "unauthorized",
+            GatewayError::Forbidden(_) => "forbidden",
+            GatewayError::UnsupportedMediaType(_) => "unsupported_media_type",
+            GatewayError::TooManyRequests { .. } => "too_many_requests",
         }
     }
 
     /// Every code, for metrics.
-    pub const CODES: [&'static str; 10] = [
+    pub const CODES: [&'static str; 14] = [
         "not_found",
         "method_not_allowed",
         "bad_request",
@@ -79,6 +95,10 @@ impl GatewayError {
         "upstream_timeout",
         "upstream_failed",
         "shutting_down",
+        "unauthorized",
+        "forbidden",
+        "unsupported_media_type",
+        "too_many_requests",
     ];
 
     /// Whether the client connection should be closed after this answer (the request
@@ -102,6 +122,12 @@ impl GatewayError {
             }
             GatewayError::NoHealthyInstance(_) | GatewayError::Overloaded(_) | GatewayError::ShuttingDown => {
                 headers.insert(RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            GatewayError::TooManyRequests { retry_after_secs } => {
+                headers.insert(RETRY_AFTER, HeaderValue::from(*retry_after_secs));
+            }
+            GatewayError::Unauthorized(_) => {
+                headers.insert(http::header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             }
             _ => {}
         }

@@ -24,8 +24,8 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::body::GatewayBody;
-use crate::dispatch::dispatch;
 use crate::error::GatewayError;
+use crate::pipeline;
 use crate::server::Gateway;
 
 /// Which surface a listener serves.
@@ -104,7 +104,7 @@ async fn handle(
     gateway.metrics().request();
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
-    match dispatch(&gateway, request, client).await {
+    match pipeline::handle(&gateway, request, client).await {
         Ok(response) => Ok(response),
         Err(err) => {
             gateway.metrics().error(&err);

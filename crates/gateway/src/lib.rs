@@ -4,8 +4,11 @@
 //! Modules by concern: [`front`] (HTTP listener and admin surface), [`dispatch`] (one
 //! request's phases), [`routing`] (table and instance choice), [`budget`] (payload
 //! reservations), [`server`] (shared state and service connections), [`body`] (response
-//! bodies relayed from services), [`error`] (the one status-code mapping), [`metrics`].
+//! bodies relayed from services), [`error`] (the one status-code mapping), [`metrics`],
+//! [`service_auth`] (which services may register which paths) and the service listener
+//! for TCP and TLS ([`Gateway::serve_services`]).
 
+pub mod auth;
 pub mod body;
 pub mod budget;
 pub mod config;
@@ -13,8 +16,15 @@ mod dispatch;
 pub mod error;
 pub mod front;
 pub mod metrics;
+pub mod mount;
+mod pipeline;
+pub mod ratelimit;
 pub mod routing;
 pub mod server;
+pub mod service_auth;
+mod service_listener;
+pub mod static_files;
+mod websocket;
 
 pub use config::GatewayConfig;
 pub use server::Gateway;

@@ -1,8 +1,9 @@
 //! The gateway: shared state, and the service side of it (services dialling in).
 //!
 //! [`Gateway`] owns the routing table, the payload budget, the metrics and the live
-//! service links. A service connection's life: Hello read (bounded in time) → Welcome →
-//! registration in the routing table (refused: Error frame and close, logged) → its
+//! service links. A service connection's life: Hello read (bounded in time) →
+//! authentication and path authorisation ([`crate::service_auth`]; refused: Error frame
+//! and close, logged) → registration in the routing table (refused likewise) → Welcome → its
 //! events (heartbeats, endpoint updates) until the link closes → removal from the table
 //! at once. A sweeper closes links whose heartbeats stopped (evicted) and sends the
 //! gateway's own heartbeats so services can tell a dead gateway from a quiet one.
@@ -10,7 +11,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -18,13 +19,14 @@ use weir_proto::{ErrorCode, HealthStatus, Heartbeat, Message, Welcome, PROTOCOL_
 use weir_transport::memory::{self, MemoryConnector};
 use weir_transport::{accept_hello, ByteStream, Link, LinkConfig, LinkEvent};
 
+use crate::auth::Authenticator;
 use crate::budget::PayloadBudget;
 use crate::config::GatewayConfig;
 use crate::metrics::Metrics;
+use crate::mount::{Mount, MountTable};
+use crate::ratelimit::RateLimits;
 use crate::routing::RoutingTable;
-
-/// How long a service has to send its Hello after connecting.
-const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+use crate::service_auth::{Grant, ServiceAuth, ServicePeer};
 
 /// The running gateway's shared state.
 pub struct Gateway {
@@ -36,18 +38,32 @@ pub struct Gateway {
     links: Mutex<HashMap<u64, Link>>,
     /// Connection ids are never reused, so a stale id can never name a new connection.
     next_conn_id: AtomicU64,
+    mounts: MountTable,
+    /// One authenticator per mount prefix (business mounts use theirs).
+    authenticators: HashMap<String, Authenticator>,
+    rate_limits: RateLimits,
+    /// Checks service Hellos against `[services]` credentials.
+    service_auth: ServiceAuth,
 }
 
 impl Gateway {
     /// A gateway with `config`; nothing runs until a front or a service is attached.
     pub fn new(config: GatewayConfig) -> Arc<Self> {
         let server = &config.server;
+        let mounts = MountTable::new(&config);
+        let authenticators =
+            mounts.iter().map(|m| (m.config.prefix.clone(), Authenticator::new(&m.config.auth))).collect();
+        let rate_limits = RateLimits::new(&mounts);
         Arc::new(Gateway {
+            mounts,
+            authenticators,
+            rate_limits,
             routing: RoutingTable::new(config.routing.clone(), server.default_timeout, server.max_timeout),
             budget: PayloadBudget::new(config.limits.payload),
             metrics: Metrics::default(),
             links: Mutex::new(HashMap::new()),
             next_conn_id: AtomicU64::new(1),
+            service_auth: ServiceAuth::new(&config.services),
             config,
         })
     }
@@ -67,9 +83,30 @@ impl Gateway {
         &self.budget
     }
 
+    /// The mounts, longest prefix first.
+    pub fn mounts(&self) -> &MountTable {
+        &self.mounts
+    }
+
+    /// The authenticator of `mount`.
+    pub fn authenticator(&self, mount: &Mount) -> &Authenticator {
+        // Built for every mount in `new`, from the same table: the lookup cannot miss.
+        &self.authenticators[&mount.config.prefix]
+    }
+
+    /// Request rate limits of every mount.
+    pub fn rate_limits(&self) -> &RateLimits {
+        &self.rate_limits
+    }
+
     /// Request and error counters.
     pub fn metrics(&self) -> &Metrics {
         &self.metrics
+    }
+
+    /// The service credentials in force.
+    pub fn service_auth(&self) -> &ServiceAuth {
+        &self.service_auth
     }
 
     /// Live service connections.
@@ -83,20 +120,26 @@ impl Gateway {
         let gateway = Arc::clone(self);
         tokio::spawn(async move {
             while let Some(io) = listener.accept().await {
-                tokio::spawn(Arc::clone(&gateway).accept_service(io, "in-memory".to_owned()));
+                tokio::spawn(Arc::clone(&gateway).accept_service(io, ServicePeer::embedded()));
             }
         });
         connector
     }
 
-    /// Runs one service connection from its Hello to its close.
-    pub async fn accept_service<T: ByteStream>(self: Arc<Self>, io: T, peer: String) {
-        let pending = match accept_hello(io, weir_proto::DEFAULT_MAX_FRAME_PAYLOAD, HELLO_TIMEOUT).await {
+    /// Runs one service connection from its Hello to its close. `peer` says how far the
+    /// transport vouches for it (see [`crate::service_auth`]).
+    pub async fn accept_service<T: ByteStream>(self: Arc<Self>, io: T, peer: ServicePeer) {
+        let timeout = self.config.services.handshake_timeout;
+        let pending = match accept_hello(io, weir_proto::DEFAULT_MAX_FRAME_PAYLOAD, timeout).await {
             Ok(pending) => pending,
             Err(err) => {
                 tracing::warn!(%peer, error = %err, "service connection refused during handshake");
                 return;
             }
+        };
+        let grant = match self.admit(&pending.hello, &peer) {
+            Ok(grant) => grant,
+            Err((code, reason)) => return pending.refuse(code, &reason).await,
         };
         let hello = pending.hello.clone();
         let welcome = Welcome {
@@ -121,15 +164,37 @@ impl Gateway {
         }
         self.lock_links().insert(conn_id, link.clone());
         tracing::info!(%peer, conn_id, service = %hello.service, version = %hello.version, instance = %hello.instance_id, endpoints = hello.endpoints.len(), "service registered");
-        self.follow_link(conn_id, &link, events).await;
+        self.follow_link(conn_id, &link, events, (&hello.service, &grant)).await;
         self.routing.remove(conn_id);
         self.lock_links().remove(&conn_id);
         let reason = link.close_reason().unwrap_or_default();
         tracing::info!(%peer, conn_id, service = %hello.service, instance = %hello.instance_id, %reason, "service disconnected");
     }
 
-    /// Applies a registered link's events until it closes.
-    async fn follow_link(&self, conn_id: u64, link: &Link, mut events: mpsc::UnboundedReceiver<LinkEvent>) {
+    /// Authenticates `hello` and checks its paths; a refusal is logged here and returned
+    /// as the Error to send. Tokens are never logged.
+    fn admit(&self, hello: &weir_proto::Hello, peer: &ServicePeer) -> Result<Grant, (ErrorCode, String)> {
+        let (service, instance) = (&hello.service, &hello.instance_id);
+        let grant = self.service_auth.authenticate(hello, &peer.trust).map_err(|err| {
+            tracing::warn!(%peer, %service, %instance, reason = %err, "service connection refused: unauthorized");
+            (ErrorCode::Unauthorized, err.to_string())
+        })?;
+        grant.check(service, &hello.endpoints).map_err(|err| {
+            tracing::warn!(%peer, %service, %instance, reason = %err, "service registration refused");
+            (ErrorCode::RegistrationRefused, err.to_string())
+        })?;
+        Ok(grant)
+    }
+
+    /// Applies a registered link's events until it closes. Endpoint updates must stay
+    /// within the service's `grant`, like the Hello's endpoints.
+    async fn follow_link(
+        &self,
+        conn_id: u64,
+        link: &Link,
+        mut events: mpsc::UnboundedReceiver<LinkEvent>,
+        (service, grant): (&str, &Grant),
+    ) {
         loop {
             let event = tokio::select! {
                 event = events.recv() => event,
@@ -139,7 +204,11 @@ impl Gateway {
                 None => return,
                 Some(LinkEvent::Heartbeat(heartbeat)) => self.routing.heartbeat(conn_id, &heartbeat, Instant::now()),
                 Some(LinkEvent::EndpointsUpdate(update)) => {
-                    if let Err(err) = self.routing.update_endpoints(conn_id, &update.endpoints) {
+                    let allowed = grant.check(service, &update.endpoints).map_err(|e| e.to_string());
+                    let applied = allowed.and_then(|()| {
+                        self.routing.update_endpoints(conn_id, &update.endpoints).map_err(|e| e.to_string())
+                    });
+                    if let Err(err) = applied {
                         tracing::warn!(conn_id, reason = %err, "endpoints update refused; the previous endpoints stay");
                     }
                 }
@@ -170,6 +239,7 @@ impl Gateway {
 
     /// One sweep: evict services silent past `evict_after`, heartbeat the others.
     pub fn sweep_once(&self, now: Instant) {
+        self.rate_limits.forget_idle();
         for conn_id in self.routing.sweep(now) {
             if let Some(link) = self.lock_links().remove(&conn_id) {
                 tracing::warn!(conn_id, "evicting a service that stopped sending heartbeats");

@@ -41,6 +41,26 @@ const BACKOFF_RESET_AFTER: Duration = Duration::from_secs(10);
 /// Implemented for [`MemoryConnector`] and for every closure
 /// `Fn() -> impl Future<Output = io::Result<impl ByteStream>>`, e.g.
 /// `|| tokio::net::TcpStream::connect("127.0.0.1:7000")`.
+///
+/// ```no_run
+/// use weir_service::{Dialer, Service};
+///
+/// /// A dialer as a type, e.g. to carry TLS settings.
+/// struct Tcp(std::net::SocketAddr);
+///
+/// impl Dialer for Tcp {
+///     type Io = tokio::net::TcpStream;
+///
+///     async fn dial(&self) -> std::io::Result<tokio::net::TcpStream> {
+///         tokio::net::TcpStream::connect(self.0).await
+///     }
+/// }
+///
+/// # async fn demo(service: Service) {
+/// let by_closure = service.run(|| tokio::net::TcpStream::connect("127.0.0.1:7000"));
+/// let by_type = service.run(Tcp(([127, 0, 0, 1], 7000).into()));
+/// # }
+/// ```
 pub trait Dialer: Send + Sync + 'static {
     /// The byte stream a successful dial yields.
     type Io: ByteStream;

@@ -96,9 +96,12 @@ impl Service {
         &self.inner.hello
     }
 
-    /// The handler for a request the gateway matched to `(method, template)`.
+    /// The handler for a request the gateway matched to `(method, template)`. As at the
+    /// gateway, a `HEAD` request without a `HEAD` endpoint is served by the `GET` one (its
+    /// context says `HEAD`, and the gateway sends no body to the client).
     pub(crate) fn handler_for(&self, method: &str, template: &str) -> Option<Handler> {
-        self.inner.handlers.get(&(method.to_owned(), template.to_owned())).cloned()
+        let find = |method: &str| self.inner.handlers.get(&(method.to_owned(), template.to_owned())).cloned();
+        find(method).or_else(|| if method == "HEAD" { find("GET") } else { None })
     }
 }
 

@@ -268,6 +268,9 @@ async fn handler_errors_become_json_bodies() {
     let (head, body) = gateway.exchange(request("DELETE", "/locked", "", "/locked", &[], b"")).await;
     assert_eq!(head.status, 409);
     assert_eq!(json_body(&body), json!({"error": "conflict", "detail": "the item is locked"}));
+    // HEAD falls back to GET, as at the gateway; other methods do not.
+    let (head, _) = gateway.exchange(request("HEAD", "/locked", "", "/locked", &[], b"")).await;
+    assert_eq!(head.status, 404);
     // A template the service never declared (a gateway bug) is answered 404, not a hang.
     let (head, _) = gateway.exchange(common::get("/nowhere")).await;
     assert_eq!(head.status, 404);
@@ -293,6 +296,8 @@ async fn raw_context_exposes_headers_query_and_params() {
     head.headers.push(("X-Trace-Id".to_owned(), Bytes::from_static(b"abc")));
     let (response, body) = gateway.exchange(head).await;
     assert_eq!(response.status, 201);
+    let (head_response, _) = gateway.exchange(request("HEAD", "/echo/x", "", "/echo/{*rest}", &[], b"")).await;
+    assert_eq!(head_response.status, 201, "HEAD is served by the GET handler");
     assert_eq!(
         json_body(&body),
         json!({"rest": "a/b", "trace": "abc", "query": [["x", "1 2"]], "template": "/echo/{*rest}", "cancelled": false})

@@ -206,3 +206,43 @@ async fn run_reports_status_across_reconnects() {
     running.shutdown();
     within(running.join()).await;
 }
+
+#[tokio::test]
+async fn hello_carries_identity_settings_and_endpoint_options() {
+    let service = Service::builder("catalog", "3.1.4")
+        .region("eu-west")
+        .instance_id("catalog-a")
+        .token("s3cret")
+        .stream_window(64 * 1024)
+        .endpoint(
+            Endpoint::post("/upload/{name}")
+                .streaming()
+                .timeout(Duration::from_secs(30))
+                .require_claim("role", Some("uploader"))
+                .require_claim("tenant", None)
+                .content_type("application/octet-stream")
+                .max_body_bytes(1 << 30)
+                .raw(|_| async { Ok(RawResponse::new(204)) }),
+        )
+        .endpoint(Endpoint::get("/feed").websocket().raw(|_| async { Ok(RawResponse::new(101)) }))
+        .build()
+        .expect("valid service");
+    let (gateway, _session) = connect_quiet(&service).await;
+    let hello = &gateway.hello;
+    assert_eq!(
+        (hello.service.as_str(), hello.version.as_str(), hello.region.as_str()),
+        ("catalog", "3.1.4", "eu-west")
+    );
+    assert_eq!((hello.instance_id.as_str(), hello.token.as_str()), ("catalog-a", "s3cret"));
+    assert_eq!(hello.initial_window, 64 * 1024);
+    let upload = &hello.endpoints[0];
+    assert_eq!((upload.method.as_str(), upload.path.as_str()), ("POST", "/upload/{name}"));
+    assert!(upload.supports_streaming);
+    assert_eq!(upload.timeout, Some(Duration::from_secs(30)));
+    assert_eq!(upload.requiring_claims.len(), 2);
+    assert_eq!(upload.requiring_claims[0].value.as_deref(), Some("uploader"));
+    assert_eq!(upload.requiring_claims[1].value, None);
+    assert_eq!(upload.content_types, ["application/octet-stream"]);
+    assert_eq!(upload.max_body_bytes, Some(1 << 30));
+    assert_eq!(hello.endpoints[1].kind, weir_proto::EndpointKind::WebSocket);
+}

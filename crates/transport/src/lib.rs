@@ -7,13 +7,17 @@
 //! Both the gateway and the service SDK run the same `Link`, each in its [`Role`].
 //!
 //! Every transport is only a way to get a [`ByteStream`]: [`memory`] is the in-memory
-//! transport; TCP and TLS hand their sockets to the same code, which is what lets one
-//! conformance suite test every transport unchanged.
+//! transport, [`tcp`] and [`tls`] hand their sockets to the same code, which is what lets
+//! one conformance suite test every transport unchanged. The link records when the peer
+//! last sent a frame ([`Link::last_received`]) so that either side can tell a silent,
+//! half-open connection from a quiet one.
 
 pub mod flow;
 pub mod handshake;
 pub mod link;
 pub mod memory;
+pub mod tcp;
+pub mod tls;
 
 pub use flow::{DataReceiver, DataSender, StreamError};
 pub use handshake::{accept_hello, dial, HandshakeError, PendingService};

@@ -248,3 +248,25 @@ async fn reused_stream_id_closes_the_service_side() {
 }
 
 use futures_util::StreamExt;
+
+#[tokio::test]
+async fn a_cancel_right_after_the_request_never_overtakes_its_head() {
+    let (gateway, _service, mut events) = pair(1024, 1024).await;
+    for _ in 0..50 {
+        let call = gateway.call(request(BodyMode::Buffered), 1024).await.unwrap();
+        call.handle.cancel(CancelReason::ClientDisconnected);
+    }
+    let mut call = gateway.call(request(BodyMode::Buffered), 1024).await.unwrap();
+    loop {
+        let incoming = next_request(&mut events).await;
+        if incoming.responder.id() != call.handle.id() {
+            continue;
+        }
+        incoming.responder.send(response(BodyMode::Buffered, b"alive")).await.unwrap();
+        break;
+    }
+    let answer = tokio::time::timeout(WAIT, &mut call.response).await.unwrap().unwrap().unwrap();
+    assert_eq!(&answer.head.body[..], b"alive");
+    call.handle.complete();
+    assert!(!gateway.is_closed());
+}

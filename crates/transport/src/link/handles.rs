@@ -66,14 +66,13 @@ impl Responder {
     /// Sends the response head. With a `Streamed` head, returns the body sender; the
     /// stream ends when it finishes. A buffered head ends the stream at once.
     pub async fn send(mut self, head: ResponseHead) -> Result<Option<DataSender>, StreamError> {
-        self.done = true;
         let streamed = head.body_mode == BodyMode::Streamed;
+        // Until the head is queued, dropping `self` (encode error, send error, or this
+        // future dropped) cancels the stream, so the gateway never waits for nothing.
         let payload = head.encode().map_err(|e| StreamError::Failed(e.to_string()))?;
         let frame = weir_proto::Frame::new(FrameType::Response, self.id, payload);
-        if let Err(err) = self.link.send_data(frame).await {
-            self.link.cancel_stream(self.id, CancelReason::HandlerFailed);
-            return Err(err);
-        }
+        self.link.send_data(frame).await?;
+        self.done = true;
         if streamed {
             let max = self.link.shared.config.max_frame_payload;
             let sender =

@@ -209,6 +209,36 @@ struct Shared {
     /// Whether the data queue may be written. A gateway link starts held so that no
     /// request can overtake the Welcome: the owner registers the service, then opens.
     open: AtomicBool,
+    /// When the link started; `last_received_ms` counts from it.
+    started: Instant,
+    /// Milliseconds from `started` to the last frame read, for liveness checks.
+    last_received_ms: AtomicU64,
+    /// Heartbeats read from the peer: liveness is judged only against a peer that sends them.
+    peer_heartbeats: AtomicU64,
+}
+
+/// A stream whose head is not queued yet; dropped armed, it forgets the stream.
+struct UnsentStream<'a> {
+    link: &'a Link,
+    id: u64,
+    armed: bool,
+}
+
+impl UnsentStream<'_> {
+    fn disarm(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for UnsentStream<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            let entry = self.link.table().entries.remove(&self.id);
+            if let Some(entry) = entry {
+                entry.fail(StreamError::Closed);
+            }
+        }
+    }
 }
 
 /// A handle on one multiplexed connection; cheap to clone.
@@ -243,6 +273,9 @@ impl Link {
                 close_reason: Mutex::new(None),
                 next_id: AtomicU64::new(1),
                 open: AtomicBool::new(open),
+                started: Instant::now(),
+                last_received_ms: AtomicU64::new(0),
+                peer_heartbeats: AtomicU64::new(0),
             }),
         };
         let (sink, source) = framed.split();
@@ -280,6 +313,25 @@ impl Link {
     /// Why the link closed, once it has.
     pub fn close_reason(&self) -> Option<String> {
         self.reason_slot().clone()
+    }
+
+    /// When the last frame arrived from the peer (the link's start if none has).
+    pub fn last_received(&self) -> Instant {
+        self.shared.started + Duration::from_millis(self.shared.last_received_ms.load(Ordering::Relaxed))
+    }
+
+    /// How many heartbeats the peer has sent on this link.
+    pub fn peer_heartbeats(&self) -> u64 {
+        self.shared.peer_heartbeats.load(Ordering::Relaxed)
+    }
+
+    /// Reader side: a frame arrived now.
+    fn note_received(&self, frame_type: FrameType) {
+        let ms = u64::try_from(self.shared.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.shared.last_received_ms.store(ms, Ordering::Relaxed);
+        if frame_type == FrameType::Heartbeat {
+            self.shared.peer_heartbeats.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// Streams currently open.
@@ -350,8 +402,12 @@ impl Link {
                 },
             );
         }
-        let handle = StreamHandle { link: self.clone(), id, done: false };
+        // Until the head is queued the peer knows nothing of the stream: forget it
+        // silently if queueing fails or this future is dropped, never send a Cancel.
+        let unsent = UnsentStream { link: self, id, armed: true };
         self.send_data(Frame::new(FrameType::Request, id, frame_payload)).await?;
+        unsent.disarm();
+        let handle = StreamHandle { link: self.clone(), id, done: false };
         let body = streamed.then(|| self.data_sender(id, gate));
         Ok(OutgoingCall { body, response: rx, handle })
     }

@@ -43,7 +43,10 @@ impl Link {
                     return;
                 }
                 Some(Err(err)) => Err(format!("unreadable frame: {err}")),
-                Some(Ok(frame)) => self.dispatch(frame, &events),
+                Some(Ok(frame)) => {
+                    self.note_received(frame.frame_type);
+                    self.dispatch(frame, &events)
+                }
             };
             if let Err(violation) = outcome {
                 tracing::warn!(role = ?self.role(), reason = %violation, "closing service link: protocol violation");

@@ -1,13 +1,16 @@
 //! The writer task: the only code that writes to the connection.
 //!
-//! Control frames go first so that credit and cancels are never stuck behind bulk data.
+//! Control frames go first so that credit and cancels are never stuck behind bulk data,
+//! with one exception that keeps each stream's frames in order: before a Cancel or Error
+//! for a stream, every data frame already queued is written, so a stream's end can never
+//! overtake its own head.
 //! The data queue is not served while the link is held (see [`Link::open_with`]); the
 //! frame that opens it is a control frame, so the loop always wakes to see it open.
 //! Frames are fed in batches and flushed once per batch.
 
 use futures_util::SinkExt;
 use tokio::sync::mpsc;
-use weir_proto::Frame;
+use weir_proto::{Frame, FrameType};
 
 use super::{FrameSink, Link};
 use crate::ByteStream;
@@ -51,10 +54,13 @@ impl Link {
         control: &mut mpsc::UnboundedReceiver<Frame>,
         data: &mut mpsc::Receiver<Frame>,
     ) -> Result<(), weir_proto::ProtoError> {
-        sink.feed(first).await?;
+        self.feed(sink, first, data).await?;
         for _ in 1..BATCH {
             let next = match control.try_recv() {
-                Ok(frame) => frame,
+                Ok(frame) => {
+                    self.feed(sink, frame, data).await?;
+                    continue;
+                }
                 Err(_) if !self.is_open() => break,
                 Err(_) => match data.try_recv() {
                     Ok(frame) => frame,
@@ -64,5 +70,21 @@ impl Link {
             sink.feed(next).await?;
         }
         sink.flush().await
+    }
+
+    /// Feeds `frame`; a stream-ending control frame first lets queued data through.
+    async fn feed<T: ByteStream>(
+        &self,
+        sink: &mut FrameSink<T>,
+        frame: Frame,
+        data: &mut mpsc::Receiver<Frame>,
+    ) -> Result<(), weir_proto::ProtoError> {
+        let ends_stream = matches!(frame.frame_type, FrameType::Cancel | FrameType::Error) && frame.correlation_id != 0;
+        if ends_stream && self.is_open() {
+            while let Ok(queued) = data.try_recv() {
+                sink.feed(queued).await?;
+            }
+        }
+        sink.feed(frame).await
     }
 }
