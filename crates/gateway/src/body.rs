@@ -5,14 +5,20 @@
 //! slow client slows the service, and at most one window is buffered), reaching the
 //! explicit end completes the stream, and dropping it early (client gone) cancels it.
 
+use std::future::Future;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
+use tokio::time::Sleep;
+use weir_proto::CancelReason;
 use weir_transport::{DataReceiver, StreamError, StreamHandle};
 
 use crate::routing::InFlightGuard;
+use crate::shaper::Shaper;
 
 /// hyper's view of a response body from the gateway.
 #[derive(Debug)]
@@ -36,6 +42,19 @@ struct Relay {
     in_flight: Option<InFlightGuard<weir_transport::Link>>,
     /// From the service's `Content-Length`, if it sent one.
     length: Option<u64>,
+    /// Streaming mounts: paces chunks to the bandwidth limit.
+    shaper: Option<Arc<Shaper>>,
+    /// A chunk waiting for its turn under the shaper.
+    delayed: Option<(Bytes, Pin<Box<Sleep>>)>,
+    /// The whole download must be done by then (`download_timeout`).
+    deadline: Pin<Box<Sleep>>,
+}
+
+/// Bounds on a relayed download.
+#[derive(Debug)]
+pub(crate) struct RelayLimits {
+    pub shaper: Option<Arc<Shaper>>,
+    pub download_timeout: Duration,
 }
 
 impl GatewayBody {
@@ -55,8 +74,18 @@ impl GatewayBody {
         handle: StreamHandle,
         in_flight: InFlightGuard<weir_transport::Link>,
         length: Option<u64>,
+        limits: RelayLimits,
     ) -> Self {
-        GatewayBody { kind: Kind::Relay(Relay { data, handle: Some(handle), in_flight: Some(in_flight), length }) }
+        let relay = Relay {
+            data,
+            handle: Some(handle),
+            in_flight: Some(in_flight),
+            length,
+            shaper: limits.shaper,
+            delayed: None,
+            deadline: Box::pin(tokio::time::sleep(limits.download_timeout)),
+        };
+        GatewayBody { kind: Kind::Relay(relay) }
     }
 }
 
@@ -92,27 +121,48 @@ impl Relay {
         if self.handle.is_none() {
             return Poll::Ready(None);
         }
+        if self.deadline.as_mut().poll(cx).is_ready() {
+            tracing::info!("download timeout: closing the response");
+            self.finish(Some(CancelReason::Timeout));
+            return Poll::Ready(Some(Err(StreamError::Cancelled(CancelReason::Timeout))));
+        }
+        if let Some((_, wait)) = &mut self.delayed {
+            ready!(wait.as_mut().poll(cx));
+            let chunk = self.delayed.take().map(|(chunk, _)| chunk).unwrap_or_default();
+            return Poll::Ready(Some(Ok(Frame::data(chunk))));
+        }
         match self.data.poll_chunk(cx) {
             Poll::Pending => Poll::Pending,
-            Poll::Ready(Some(Ok(chunk))) => Poll::Ready(Some(Ok(Frame::data(chunk)))),
+            Poll::Ready(Some(Ok(chunk))) => self.pace(chunk, cx),
             Poll::Ready(None) => {
-                self.finish(true);
+                self.finish(None);
                 Poll::Ready(None)
             }
             Poll::Ready(Some(Err(err))) => {
                 tracing::warn!(error = %err, "service response body failed mid-stream");
-                self.finish(false);
+                self.finish(Some(CancelReason::HandlerFailed));
                 Poll::Ready(Some(Err(err)))
             }
         }
     }
 
-    fn finish(&mut self, complete: bool) {
+    /// Hands `chunk` on now, or parks it until the shaper's schedule allows.
+    fn pace(&mut self, chunk: Bytes, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, StreamError>>> {
+        let Some(shaper) = &self.shaper else { return Poll::Ready(Some(Ok(Frame::data(chunk)))) };
+        let at = shaper.schedule(chunk.len());
+        if at <= tokio::time::Instant::now() {
+            return Poll::Ready(Some(Ok(Frame::data(chunk))));
+        }
+        self.delayed = Some((chunk, Box::pin(tokio::time::sleep_until(at))));
+        self.poll_chunk(cx)
+    }
+
+    /// Ends the relay: completed (`None`) or cancelled with a reason.
+    fn finish(&mut self, cancel: Option<CancelReason>) {
         if let Some(handle) = self.handle.take() {
-            if complete {
-                handle.complete();
-            } else {
-                handle.cancel(weir_proto::CancelReason::HandlerFailed);
+            match cancel {
+                None => handle.complete(),
+                Some(reason) => handle.cancel(reason),
             }
         }
         self.in_flight = None;

@@ -42,6 +42,16 @@ pub struct ServerConfig {
     pub read_timeout: Duration,
     /// Address of the admin surface (budget, routes, metrics); `None` disables it.
     pub admin_listen: Option<SocketAddr>,
+    /// Longest a write to a client may stall (it stopped reading); then it is closed.
+    pub send_timeout: Duration,
+    /// Open client connections per IP address; more are answered 503 and closed.
+    pub max_connections_per_ip: u32,
+    /// Slowest request body accepted after `data_rate_grace`, in bytes per second (408).
+    pub min_request_data_rate: u64,
+    /// Slowest response reading accepted after `data_rate_grace`, in bytes per second.
+    pub min_response_data_rate: u64,
+    /// How long a transfer may run below the minimum data rates before they apply.
+    pub data_rate_grace: Duration,
 }
 
 /// `[routing]`: how instances are chosen and how health follows heartbeats.
@@ -83,6 +93,11 @@ impl Default for ServerConfig {
             header_timeout: Duration::from_secs(10),
             read_timeout: Duration::from_secs(30),
             admin_listen: None,
+            send_timeout: Duration::from_secs(30),
+            max_connections_per_ip: 100,
+            min_request_data_rate: 240,
+            min_response_data_rate: 240,
+            data_rate_grace: Duration::from_secs(5),
         }
     }
 }

@@ -27,18 +27,18 @@ use bytes::{Bytes, BytesMut};
 use http::header::{HeaderName, HeaderValue, CONTENT_LENGTH};
 use http::{HeaderMap, Request, Response, StatusCode};
 use http_body::Body as _;
-use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use tokio::task::JoinHandle;
 use weir_proto::{BodyMode, CancelReason, Headers, RequestHead};
 use weir_transport::{DataSender, IncomingResponse, Link, OutgoingCall, StreamError};
 
 use crate::auth::Identity;
-use crate::body::GatewayBody;
+use crate::body::{GatewayBody, RelayLimits};
 use crate::budget::{BudgetExceeded, Reservation};
 use crate::error::GatewayError;
 use crate::mount::Mount;
 use crate::pipeline::Admitted;
+use crate::request_body::{ClientBody, ReadPolicy};
 use crate::routing::{InFlightGuard, RouteError, RoutingDecision};
 use crate::server::Gateway;
 
@@ -67,10 +67,11 @@ pub(crate) async fn dispatch(
     admitted: Admitted,
     request: Request<Incoming>,
 ) -> Result<Response<GatewayBody>, GatewayError> {
-    let Admitted { decision, client, mount, identity } = admitted;
+    let Admitted { decision, client, mount, identity, shaper } = admitted;
     let in_flight = decision.instance.begin_call();
     let plan = admit(gateway, &mount, &decision, &request)?;
     let (parts, body) = request.into_parts();
+    let body = ClientBody::new(body, read_policy(gateway, &mount, shaper.clone()));
     let head = request_head(&parts, &decision, client, &identity, plan.mode);
     let target = Target { link: &decision.instance.link, conn_id: decision.instance.conn_id };
     let forwarded = match plan.mode {
@@ -78,7 +79,8 @@ pub(crate) async fn dispatch(
         BodyMode::Streamed => forward_streamed(gateway, target, head, body, &plan).await?,
     };
     let response = await_response(forwarded, decision.effective_timeout).await?;
-    respond(response, in_flight)
+    let limits = RelayLimits { shaper, download_timeout: mount.config.settings.download_timeout };
+    respond(response, in_flight, limits)
 }
 
 /// The routing decision (a phase of its own, run by the pipeline before dispatch).
@@ -97,6 +99,18 @@ pub(crate) fn route(gateway: &Gateway, request: &Request<Incoming>) -> Result<Ro
             GatewayError::BadRequest(format!("version {value:?} is not a semantic version"))
         }
     })
+}
+
+/// The slow-sender bounds for this request's body.
+fn read_policy(gateway: &Gateway, mount: &Mount, shaper: Option<std::sync::Arc<crate::shaper::Shaper>>) -> ReadPolicy {
+    let server = &gateway.config().server;
+    ReadPolicy {
+        read_timeout: server.read_timeout,
+        upload_timeout: mount.config.settings.upload_timeout,
+        min_rate: server.min_request_data_rate,
+        grace: server.data_rate_grace,
+        shaper,
+    }
 }
 
 /// The service connection a request goes to.
@@ -185,14 +199,13 @@ async fn forward_buffered(
     gateway: &Gateway,
     target: Target<'_>,
     mut head: RequestHead,
-    mut body: Incoming,
+    mut body: ClientBody,
     plan: &BodyPlan,
 ) -> Result<Forwarded, GatewayError> {
     let per_call = plan.per_call;
     let mut reservation = gateway.budget().open_with_call_limit(target.conn_id, per_call);
-    let read_timeout = gateway.config().server.read_timeout;
     let mut buffer = BytesMut::with_capacity(plan.length.unwrap_or(0).min(per_call) as usize);
-    while let Some(chunk) = next_chunk(&mut body, read_timeout).await? {
+    while let Some(chunk) = body.next().await? {
         if buffer.len() as u64 + chunk.len() as u64 > plan.max_total {
             return Err(GatewayError::PayloadTooLarge(format!("body exceeds the limit of {} bytes", plan.max_total)));
         }
@@ -211,7 +224,7 @@ async fn forward_streamed(
     gateway: &Gateway,
     target: Target<'_>,
     head: RequestHead,
-    body: Incoming,
+    body: ClientBody,
     plan: &BodyPlan,
 ) -> Result<Forwarded, GatewayError> {
     let stream_window = u64::from(gateway.config().limits.stream_window);
@@ -223,13 +236,7 @@ async fn forward_streamed(
     let mut call = target.link.call(head, window).await.map_err(upstream_error)?;
     let sender =
         call.body.take().ok_or_else(|| GatewayError::UpstreamFailed("streamed call without a body sender".into()))?;
-    let pump = Pump {
-        sender,
-        reservation,
-        max_total: plan.max_total,
-        read_timeout: gateway.config().server.read_timeout,
-        chunk_size: plan.chunk_size,
-    };
+    let pump = Pump { sender, reservation, max_total: plan.max_total, chunk_size: plan.chunk_size };
     Ok(Forwarded { call, pump: Some(tokio::spawn(pump.run(body))), held: None })
 }
 
@@ -239,15 +246,14 @@ struct Pump {
     /// Held for the pump's life: the window it reserved at admission.
     reservation: Reservation,
     max_total: u64,
-    read_timeout: Duration,
     chunk_size: usize,
 }
 
 impl Pump {
-    async fn run(mut self, mut body: Incoming) -> Result<(), GatewayError> {
+    async fn run(mut self, mut body: ClientBody) -> Result<(), GatewayError> {
         let mut total: u64 = 0;
         loop {
-            let chunk = match next_chunk(&mut body, self.read_timeout).await {
+            let chunk = match body.next().await {
                 Ok(Some(chunk)) => chunk,
                 Ok(None) => {
                     let _ = self.sender.finish().await;
@@ -285,23 +291,6 @@ impl Pump {
         tracing::info!(reason = ?reason, error = %err, "request body stream aborted");
         self.sender.abort(reason);
         err
-    }
-}
-
-/// The next body chunk, waiting at most `read_timeout` for it (408 after).
-async fn next_chunk(body: &mut Incoming, read_timeout: Duration) -> Result<Option<Bytes>, GatewayError> {
-    loop {
-        let frame = match tokio::time::timeout(read_timeout, body.frame()).await {
-            Err(_) => return Err(GatewayError::RequestTimeout(format!("no body bytes for {read_timeout:?}"))),
-            Ok(None) => return Ok(None),
-            Ok(Some(Err(err))) => return Err(GatewayError::BadRequest(format!("reading the body failed: {err}"))),
-            Ok(Some(Ok(frame))) => frame,
-        };
-        if let Ok(data) = frame.into_data() {
-            if !data.is_empty() {
-                return Ok(Some(data));
-            }
-        }
     }
 }
 
@@ -350,6 +339,7 @@ async fn pump_failure(pump: Option<&mut JoinHandle<Result<(), GatewayError>>>) -
 fn respond(
     (response, call): (IncomingResponse, OutgoingCall),
     in_flight: InFlightGuard<Link>,
+    limits: RelayLimits,
 ) -> Result<Response<GatewayBody>, GatewayError> {
     let status = StatusCode::from_u16(response.head.status)
         .map_err(|_| GatewayError::UpstreamFailed(format!("invalid status {}", response.head.status)))?;
@@ -361,7 +351,7 @@ fn respond(
             call.handle.complete();
             GatewayBody::full(response.head.body)
         }
-        Some(data) => GatewayBody::relay(data, call.handle, in_flight, length),
+        Some(data) => GatewayBody::relay(data, call.handle, in_flight, length, limits),
     };
     let mut out = Response::new(body);
     *out.status_mut() = status;

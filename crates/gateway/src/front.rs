@@ -20,12 +20,15 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
 use crate::body::GatewayBody;
+use crate::client_io::{ClientIo, IoCounters, SendLimits};
 use crate::error::GatewayError;
-use crate::pipeline;
+use crate::limiter::KeyedLimiter;
+use crate::pipeline::{self, ClientConn};
 use crate::server::Gateway;
 
 /// Which surface a listener serves.
@@ -46,6 +49,7 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let graceful = GracefulShutdown::new();
     let builder = connection_builder(&gateway);
+    let per_ip = KeyedLimiter::new(gateway.config().server.max_connections_per_ip);
     loop {
         let (stream, client) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -59,15 +63,27 @@ pub async fn serve(
             },
             _ = shutdown.cancelled() => break,
         };
+        let Some(permit) = per_ip.try_acquire(client.ip()) else {
+            gateway.metrics().error(&GatewayError::Overloaded(String::new()));
+            tracing::info!(%client, "connection refused: too many connections from this address");
+            tokio::spawn(refuse_connection(stream));
+            continue;
+        };
         let _ = stream.set_nodelay(true);
-        let gateway = Arc::clone(&gateway);
-        let service = service_fn(move |request| handle(Arc::clone(&gateway), request, client, surface));
-        let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
+        let (io, socket, counters) = ClientIo::new(stream, send_limits(&gateway));
+        let conn = Arc::new(ClientConn::new(client));
+        let gateway_for_service = Arc::clone(&gateway);
+        let service =
+            service_fn(move |request| handle(Arc::clone(&gateway_for_service), request, Arc::clone(&conn), surface));
+        let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service).into_owned();
         let watched = graceful.watch(connection);
         tokio::spawn(async move {
-            if let Err(err) = watched.await {
+            let result = watched.await;
+            if let Err(err) = result {
+                answer_head_timeout(&*err, &socket, &counters);
                 tracing::debug!(%client, error = %err, "client connection ended with an error");
             }
+            drop(permit);
         });
     }
     drop(listener);
@@ -76,6 +92,47 @@ pub async fn serve(
         tracing::warn!(?grace, "grace period over; abandoning the requests still in flight");
     }
     Ok(())
+}
+
+fn send_limits(gateway: &Gateway) -> SendLimits {
+    let server = &gateway.config().server;
+    SendLimits {
+        send_timeout: server.send_timeout,
+        min_rate: server.min_response_data_rate,
+        grace: server.data_rate_grace,
+    }
+}
+
+/// A connection over the per-IP limit gets a 503 it can read, then is closed.
+async fn refuse_connection(mut stream: tokio::net::TcpStream) {
+    let body = r#"{"error":"overloaded","detail":"too many connections from this address"}"#;
+    let response = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(response.as_bytes())).await;
+    let _ = stream.shutdown().await;
+}
+
+/// hyper closes a connection whose request head did not arrive in time without a word;
+/// when a request had begun, the client still gets its 408 (best effort, never blocking).
+fn answer_head_timeout(
+    err: &(dyn std::error::Error + Send + Sync + 'static),
+    socket: &TcpStream,
+    counters: &IoCounters,
+) {
+    let timed_out = err.downcast_ref::<hyper::Error>().is_some_and(|e| e.is_timeout());
+    if !timed_out || !counters.request_in_progress() {
+        return;
+    }
+    let body = r#"{"error":"request_timeout","detail":"request head not received in time"}"#;
+    let response = format!(
+        "HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = socket.try_write(response.as_bytes());
+    let _ = socket2::SockRef::from(socket).shutdown(std::net::Shutdown::Write);
+    tracing::info!("request head timed out: answered 408");
 }
 
 fn connection_builder(gateway: &Gateway) -> auto::Builder<TokioExecutor> {
@@ -92,9 +149,10 @@ fn connection_builder(gateway: &Gateway) -> auto::Builder<TokioExecutor> {
 async fn handle(
     gateway: Arc<Gateway>,
     request: Request<Incoming>,
-    client: SocketAddr,
+    conn: Arc<ClientConn>,
     surface: Surface,
 ) -> Result<Response<GatewayBody>, Infallible> {
+    let client = conn.addr;
     if request.uri().path() == "/healthz" {
         return Ok(json(StatusCode::OK, r#"{"status":"ok"}"#.into()));
     }
@@ -104,7 +162,7 @@ async fn handle(
     gateway.metrics().request();
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
-    match pipeline::handle(&gateway, request, client).await {
+    match pipeline::handle(&gateway, request, &conn).await {
         Ok(response) => Ok(response),
         Err(err) => {
             gateway.metrics().error(&err);

@@ -11,18 +11,22 @@
 pub mod auth;
 pub mod body;
 pub mod budget;
+pub mod client_io;
 pub mod config;
 mod dispatch;
 pub mod error;
 pub mod front;
+pub mod limiter;
 pub mod metrics;
 pub mod mount;
 mod pipeline;
 pub mod ratelimit;
+mod request_body;
 pub mod routing;
 pub mod server;
 pub mod service_auth;
 mod service_listener;
+pub mod shaper;
 pub mod static_files;
 mod websocket;
 

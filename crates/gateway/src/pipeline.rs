@@ -9,8 +9,9 @@
 //!
 //! Each phase returns a typed [`GatewayError`] that `error` maps to a status code.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use http::{Request, Response};
 use hyper::body::Incoming;
@@ -24,6 +25,29 @@ use crate::error::GatewayError;
 use crate::mount::{Mount, Profile};
 use crate::routing::RoutingDecision;
 use crate::server::Gateway;
+use crate::shaper::Shaper;
+
+/// One client connection, as every request on it sees it.
+#[derive(Debug)]
+pub(crate) struct ClientConn {
+    pub addr: SocketAddr,
+    /// Bandwidth shapers of this connection, one per mount that limits bandwidth.
+    shapers: Mutex<HashMap<String, Arc<Shaper>>>,
+}
+
+impl ClientConn {
+    pub(crate) fn new(addr: SocketAddr) -> Self {
+        ClientConn { addr, shapers: Mutex::new(HashMap::new()) }
+    }
+
+    /// The shaper this connection uses on `mount`, if the mount limits bandwidth.
+    fn shaper(&self, mount: &Mount) -> Option<Arc<Shaper>> {
+        let rate = mount.config.settings.rate_limit_bandwidth?;
+        // A poisoned map of shapers is still a valid map.
+        let mut shapers = self.shapers.lock().unwrap_or_else(|p| p.into_inner());
+        Some(Arc::clone(shapers.entry(mount.config.prefix.clone()).or_insert_with(|| Arc::new(Shaper::new(rate)))))
+    }
+}
 
 /// What the phases before dispatch established about a request.
 #[derive(Debug)]
@@ -32,19 +56,21 @@ pub(crate) struct Admitted {
     pub decision: RoutingDecision<Link>,
     pub identity: Identity,
     pub client: SocketAddr,
+    /// Streaming mounts with a bandwidth limit: the connection's shaper.
+    pub shaper: Option<Arc<Shaper>>,
 }
 
 /// Runs every phase for one request.
 pub(crate) async fn handle(
     gateway: &Gateway,
     request: Request<Incoming>,
-    client: SocketAddr,
+    conn: &ClientConn,
 ) -> Result<Response<GatewayBody>, GatewayError> {
     let mount = Arc::clone(gateway.mounts().select(request.uri().path()).ok_or(GatewayError::NotFound)?);
     let admitted = match mount.config.profile {
         Profile::Static => return crate::static_files::serve(&mount, &request).await,
-        Profile::Business => business(gateway, mount, &request, client)?,
-        Profile::Streaming => streaming(gateway, mount, &request, client)?,
+        Profile::Business => business(gateway, mount, &request, conn.addr)?,
+        Profile::Streaming => streaming(gateway, mount, &request, conn)?,
     };
     if admitted.decision.endpoint.kind == EndpointKind::WebSocket {
         return crate::websocket::relay(gateway, admitted, request).await;
@@ -63,7 +89,7 @@ fn business(
     let decision = route(gateway, request)?;
     crate::auth::validate(&decision.endpoint, &identity, request)?;
     gateway.rate_limits().check_request(&mount, &identity, client)?;
-    Ok(Admitted { mount, decision, identity, client })
+    Ok(Admitted { mount, decision, identity, client, shaper: None })
 }
 
 /// Streaming profile: route only; its limits act on the connection and the body.
@@ -71,8 +97,9 @@ fn streaming(
     gateway: &Gateway,
     mount: Arc<Mount>,
     request: &Request<Incoming>,
-    client: SocketAddr,
+    conn: &ClientConn,
 ) -> Result<Admitted, GatewayError> {
     let decision = route(gateway, request)?;
-    Ok(Admitted { mount, decision, identity: Identity::anonymous(), client })
+    let shaper = conn.shaper(&mount);
+    Ok(Admitted { mount, decision, identity: Identity::anonymous(), client: conn.addr, shaper })
 }

@@ -13,8 +13,11 @@
 //!   `typed.rs`); failures are [`HandlerError`]s answered as JSON (`error.rs`);
 //! - running: [`Service::serve`] runs one connection ([`ServiceSession`], `runtime.rs`),
 //!   each request in its own task (`exchange.rs`), with heartbeats reporting status,
-//!   load and error rate (`health.rs`); [`Service::run`] keeps reconnecting with backoff
-//!   ([`RunHandle`], `reconnect.rs`).
+//!   load and error rate (`health.rs`), and a watchdog closes a connection whose gateway
+//!   fell silent (`liveness.rs`); [`Service::run`] keeps reconnecting with backoff
+//!   ([`RunHandle`], `reconnect.rs`) through any [`Dialer`]: in-memory, [`TcpDialer`] or
+//!   [`TlsDialer`] (`dial.rs`); [`Service::run_all`] stays registered with several
+//!   gateway replicas.
 //!
 //! # Cancellation
 //!
@@ -85,11 +88,13 @@
 #![warn(missing_docs)]
 
 mod context;
+mod dial;
 mod endpoint;
 mod error;
 mod exchange;
 mod file;
 mod health;
+mod liveness;
 mod reconnect;
 mod response;
 mod runtime;
@@ -104,9 +109,11 @@ pub use health::ERROR_WINDOW;
 pub use reconnect::{Dialer, RunHandle};
 pub use response::{BodyStream, BoxError, RawResponse, ResponseBody};
 pub use runtime::{ServiceSession, HANDSHAKE_TIMEOUT};
-pub use service::{Service, ServiceBuilder, DEFAULT_CANCEL_GRACE};
+pub use service::{Service, ServiceBuilder, DEFAULT_CANCEL_GRACE, DEFAULT_HEARTBEAT_MISS_COUNT};
 pub use typed::{TypedRequest, DEFAULT_TYPED_BODY_LIMIT};
 
 pub use bytes::Bytes;
 pub use tokio_util::sync::CancellationToken;
 pub use weir_proto::{ClaimRequirement, EndpointDescriptor, EndpointKind, Headers, HealthStatus, Welcome};
+pub use weir_transport::tcp::TcpDialer;
+pub use weir_transport::tls::TlsDialer;

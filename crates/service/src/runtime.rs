@@ -56,6 +56,7 @@ impl Service {
         );
         let session_loop = SessionLoop { service: self.clone(), link: link.clone(), health: Arc::clone(&health) };
         tokio::spawn(session_loop.run(events, welcome.heartbeat_interval));
+        tokio::spawn(crate::liveness::watch(link.clone(), welcome.heartbeat_interval, self.inner.heartbeat_miss_count));
         Ok(ServiceSession { link, welcome, health })
     }
 }

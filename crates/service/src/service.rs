@@ -24,6 +24,9 @@ use crate::error::ServiceError;
 /// Default grace a cancelled handler gets to return before its task is aborted.
 pub const DEFAULT_CANCEL_GRACE: Duration = Duration::from_secs(1);
 
+/// Default number of silent heartbeat intervals after which a gateway is taken for dead.
+pub const DEFAULT_HEARTBEAT_MISS_COUNT: u32 = 3;
+
 /// A built service: identity, endpoints and handlers. Cheap to clone.
 #[derive(Clone)]
 pub struct Service {
@@ -36,6 +39,8 @@ pub(crate) struct ServiceInner {
     /// template it matched.
     handlers: HashMap<(String, String), Handler>,
     pub(crate) cancel_grace: Duration,
+    /// Heartbeat intervals of silence from the gateway after which the link is closed.
+    pub(crate) heartbeat_miss_count: u32,
 }
 
 impl fmt::Debug for Service {
@@ -62,6 +67,7 @@ impl Service {
             token: String::new(),
             stream_window: weir_proto::DEFAULT_STREAM_WINDOW,
             cancel_grace: DEFAULT_CANCEL_GRACE,
+            heartbeat_miss_count: DEFAULT_HEARTBEAT_MISS_COUNT,
             endpoints: Vec::new(),
         }
     }
@@ -115,6 +121,7 @@ pub struct ServiceBuilder {
     token: String,
     stream_window: u32,
     cancel_grace: Duration,
+    heartbeat_miss_count: u32,
     endpoints: Vec<Endpoint>,
 }
 
@@ -161,6 +168,15 @@ impl ServiceBuilder {
         self
     }
 
+    /// After how many heartbeat intervals without any frame from the gateway the
+    /// connection is taken for dead: closed (requests in flight are cancelled) and, under
+    /// [`Service::run`], dialled again (default 3; 0 never gives up on a gateway). See
+    /// `liveness.rs`: only a gateway that has sent a heartbeat is judged.
+    pub fn heartbeat_miss_count(mut self, intervals: u32) -> Self {
+        self.heartbeat_miss_count = intervals;
+        self
+    }
+
     /// Adds an endpoint.
     pub fn endpoint(mut self, endpoint: Endpoint) -> Self {
         self.endpoints.push(endpoint);
@@ -193,7 +209,14 @@ impl ServiceBuilder {
             token: self.token,
             endpoints: descriptors,
         };
-        Ok(Service { inner: Arc::new(ServiceInner { hello, handlers, cancel_grace: self.cancel_grace }) })
+        Ok(Service {
+            inner: Arc::new(ServiceInner {
+                hello,
+                handlers,
+                cancel_grace: self.cancel_grace,
+                heartbeat_miss_count: self.heartbeat_miss_count,
+            }),
+        })
     }
 
     fn check_identity(&self) -> Result<(), ServiceError> {

@@ -14,10 +14,13 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::net::SocketAddr;
 use std::ops::Range;
+use std::path::PathBuf;
 use std::time::Duration;
 
-use toml_edit::{ImDocument, Item, TableLike};
-use weir_gateway::config::{GatewayConfig, LimitsConfig, RoutingConfig, ServerConfig};
+use toml_edit::{ImDocument, Item, TableLike, Value};
+use weir_gateway::config::{
+    GatewayConfig, LimitsConfig, RoutingConfig, ServerConfig, ServiceCredential, ServicesConfig, ServicesTlsConfig,
+};
 
 const KIB: u64 = 1024;
 const MIB: u64 = 1024 * KIB;
@@ -89,6 +92,7 @@ pub fn load_config(text: &str) -> Result<GatewayConfig, ConfigErrors> {
     root.section("server", |s| read_server(s, &mut config.server));
     root.section("routing", |s| read_routing(s, &mut config.routing));
     root.section("limits", |s| read_limits(s, &mut config.limits));
+    root.section("services", |s| read_services(s, &mut config.services));
     root.finish();
     check_relations(&mut reader, &config);
     reader.finish(config)
@@ -124,6 +128,42 @@ fn read_limits(s: &mut Section<'_, '_>, c: &mut LimitsConfig) {
     s.value("max_upload_size", &mut c.max_upload_size, size(1, u64::MAX));
     s.value("chunk_size", &mut c.chunk_size, size(1, MAX_CHUNK));
     s.value("stream_window", &mut c.stream_window, size(KIB, GIB));
+}
+
+/// `[services]`: one line per key, then `[services.tls]` and `[[services.credentials]]`.
+fn read_services(s: &mut Section<'_, '_>, c: &mut ServicesConfig) {
+    s.value("listen", &mut c.listen, socket_addr);
+    s.value("handshake_timeout", &mut c.handshake_timeout, duration);
+    s.section("tls", |t| {
+        if t.present() {
+            c.tls = read_services_tls(t);
+        }
+    });
+    let mutual_tls = c.tls.as_ref().is_some_and(|tls| tls.client_ca.is_some());
+    s.tables("credentials", &mut c.credentials, |e| read_credential(e, mutual_tls));
+}
+
+/// `[services.tls]`: `cert` and `key` are required once the table is there.
+fn read_services_tls(s: &mut Section<'_, '_>) -> Option<ServicesTlsConfig> {
+    let cert = s.required("cert", file_path);
+    let key = s.required("key", file_path);
+    let mut client_ca = None;
+    s.value("client_ca", &mut client_ca, |item| file_path(item).map(Some));
+    Some(ServicesTlsConfig { cert: cert?, key: key?, client_ca })
+}
+
+/// One `[[services.credentials]]` entry. Without a token only an mTLS identity can prove
+/// the service, so a token is required unless `services.tls.client_ca` is set.
+fn read_credential(s: &mut Section<'_, '_>, mutual_tls: bool) -> Option<ServiceCredential> {
+    let service = s.required("service", non_empty_string);
+    let mut token = None;
+    s.value("token", &mut token, |item| non_empty_string(item).map(Some));
+    let prefixes = s.required("prefixes", path_prefixes);
+    if token.is_none() && !mutual_tls && !s.reader.rejected.contains(&s.key_path("token")) {
+        s.missing("token", "required unless services.tls.client_ca is set (only mutual TLS can stand in for it)");
+        return None;
+    }
+    Some(ServiceCredential { service: service?, token, prefixes: prefixes? })
 }
 
 /// Rules relating two keys; each is reported on whichever of its keys the file sets.
@@ -296,6 +336,57 @@ impl<'r, 'a> Section<'r, 'a> {
         *slot = map;
     }
 
+    /// Whether the table is in the file (and is a table).
+    fn present(&self) -> bool {
+        self.table.is_some()
+    }
+
+    /// Reports that required `key` is missing, at the table's line.
+    fn missing(&mut self, key: &str, message: &str) {
+        let path = self.key_path(key);
+        let line = self.line;
+        self.reader.reject(&path, line, format!("missing: {message}"));
+    }
+
+    /// Reads required `key` with `parse`; `None` (reported) if absent or rejected.
+    fn required<T>(&mut self, key: &'static str, parse: impl Fn(&Item) -> Result<T, String>) -> Option<T> {
+        let Some((path, line, item)) = self.take(key) else {
+            self.missing(key, "this key is required");
+            return None;
+        };
+        parse(item).map_err(|message| self.reader.reject(&path, line, message)).ok()
+    }
+
+    /// Reads `key` as an array of tables (`[[a.b]]` blocks, or an array of inline
+    /// tables), each read by `read` as section `key[i]` whose untaken keys are reported.
+    /// Entries `read` refuses (`None`, already reported) are left out of `slot`.
+    fn tables<T>(
+        &mut self,
+        key: &'static str,
+        slot: &mut Vec<T>,
+        mut read: impl FnMut(&mut Section<'_, 'a>) -> Option<T>,
+    ) {
+        let Some((path, line, item)) = self.take(key) else {
+            return;
+        };
+        let tables: Vec<(&'a dyn TableLike, Option<Range<usize>>)> = match item {
+            Item::ArrayOfTables(array) => array.iter().map(|t| (t as &dyn TableLike, t.span())).collect(),
+            Item::Value(Value::Array(array)) if array.iter().all(Value::is_inline_table) => {
+                array.iter().filter_map(|v| v.as_inline_table().map(|t| (t as &dyn TableLike, t.span()))).collect()
+            }
+            _ => return self.reader.reject(&path, line, expected("an array of tables", item)),
+        };
+        let mut entries = Vec::with_capacity(tables.len());
+        for (i, (table, span)) in tables.into_iter().enumerate() {
+            let line = self.reader.line_of(span).unwrap_or(line);
+            let path = format!("{path}[{i}]");
+            let mut child = Section { reader: &mut *self.reader, path, table: Some(table), line, taken: Vec::new() };
+            entries.extend(read(&mut child));
+            child.finish();
+        }
+        *slot = entries;
+    }
+
     /// Reads sub-table `key` with `read`, then reports the keys `read` did not take.
     fn section(&mut self, key: &'static str, read: impl FnOnce(&mut Section<'_, 'a>)) {
         let (path, line, table) = match self.take(key) {
@@ -355,6 +446,43 @@ fn expected(what: &str, item: &Item) -> String {
 
 fn string(item: &Item) -> Result<String, String> {
     item.as_str().map(str::to_owned).ok_or_else(|| expected("a string", item))
+}
+
+fn non_empty_string(item: &Item) -> Result<String, String> {
+    let text = string(item)?;
+    if text.is_empty() {
+        return Err("must not be empty".to_owned());
+    }
+    Ok(text)
+}
+
+/// A file path, relative to the working directory unless absolute.
+fn file_path(item: &Item) -> Result<PathBuf, String> {
+    let text = item.as_str().ok_or_else(|| expected("a file path string", item))?;
+    if text.is_empty() {
+        return Err("must not be empty".to_owned());
+    }
+    Ok(PathBuf::from(text))
+}
+
+/// A non-empty array of literal path prefixes, each starting with `/`.
+fn path_prefixes(item: &Item) -> Result<Vec<String>, String> {
+    let array = item.as_array().ok_or_else(|| expected("an array of path prefixes such as [\"/api\"]", item))?;
+    if array.is_empty() {
+        return Err("must list at least one prefix (\"/\" allows every path)".to_owned());
+    }
+    let mut prefixes = Vec::with_capacity(array.len());
+    for value in array.iter() {
+        let prefix = value.as_str().ok_or_else(|| format!("expected prefix strings, found {}", value.type_name()))?;
+        if !prefix.starts_with('/') {
+            return Err(format!("prefix `{prefix}` must start with `/`"));
+        }
+        if let Some(bad) = prefix.chars().find(|c| "{}?#".contains(*c) || c.is_whitespace()) {
+            return Err(format!("prefix `{prefix}` must be a literal path ({bad:?} is not allowed)"));
+        }
+        prefixes.push(prefix.to_owned());
+    }
+    Ok(prefixes)
 }
 
 fn socket_addr(item: &Item) -> Result<SocketAddr, String> {
@@ -929,5 +1057,113 @@ evict_after = \"5s\"
         assert_eq!(show_duration(&Duration::from_micros(250)), "250us");
         assert_eq!(edit_distance("listn", "listen"), 1);
         assert_eq!(edit_distance("", "abc"), 3);
+    }
+
+    fn services(body: &str) -> ServicesConfig {
+        load_config(body).unwrap_or_else(|e| panic!("invalid:\n{e}")).services
+    }
+
+    #[test]
+    fn services_keys_tls_and_credentials_are_read() {
+        let text = "\
+[services]
+listen = \"0.0.0.0:7443\"
+handshake_timeout = \"3s\"
+
+[services.tls]
+cert = \"gw.pem\"
+key = \"/etc/weir/gw.key\"
+client_ca = \"ca.pem\"
+
+[[services.credentials]]
+service = \"billing\"
+token = \"s3cret\"
+prefixes = [\"/billing\", \"/invoices/\"]
+
+[[services.credentials]]
+service = \"search\"
+prefixes = [\"/\"]
+";
+        let c = services(text);
+        assert_eq!(c.listen, "0.0.0.0:7443".parse::<SocketAddr>().unwrap());
+        assert_eq!(c.handshake_timeout, Duration::from_secs(3));
+        let tls = c.tls.expect("tls");
+        assert_eq!((tls.cert.to_str(), tls.key.to_str()), (Some("gw.pem"), Some("/etc/weir/gw.key")));
+        assert_eq!(tls.client_ca, Some(PathBuf::from("ca.pem")));
+        assert_eq!(c.credentials.len(), 2);
+        assert_eq!(c.credentials[0].service, "billing");
+        assert_eq!(c.credentials[0].token.as_deref(), Some("s3cret"));
+        assert_eq!(c.credentials[0].prefixes, ["/billing", "/invoices/"]);
+        assert_eq!((c.credentials[1].token.as_ref(), c.credentials[1].prefixes.as_slice()), (None, &["/".to_owned()][..]));
+    }
+
+    #[test]
+    fn services_default_to_plain_tcp_on_7070_without_credentials() {
+        let c = services("[services]\n");
+        assert_eq!(c, ServicesConfig::default());
+        assert_eq!(c.listen, "127.0.0.1:7070".parse::<SocketAddr>().unwrap());
+        assert_eq!((c.tls, c.credentials.len()), (None, 0));
+        let inline = "[services]\ncredentials = [{ service = \"a\", token = \"t\", prefixes = [\"/a\"] }]\n";
+        assert_eq!(services(inline).credentials[0].prefixes, ["/a"]);
+    }
+
+    #[test]
+    fn services_tls_needs_a_cert_and_a_key() {
+        let errors = load_config("[services.tls]\nclient_ca = \"ca.pem\"\n").unwrap_err().errors;
+        let got: Vec<_> = errors.iter().map(|e| (e.line, e.key.as_str())).collect();
+        assert_eq!(got, [(1, "services.tls.cert"), (1, "services.tls.key")]);
+        assert!(errors[0].message.starts_with("missing"), "{}", errors[0].message);
+        let e = only_error("[services.tls]\ncert = \"\"\nkey = \"k.pem\"\n");
+        assert_eq!((e.line, e.key.as_str(), e.message.as_str()), (2, "services.tls.cert", "must not be empty"));
+    }
+
+    #[test]
+    fn bad_credentials_are_reported_per_entry_and_key() {
+        let cases = [
+            ("prefixes = [\"/a\"]", "services.credentials[0].service", "missing"),
+            ("service = \"a\"\ntoken = \"t\"", "services.credentials[0].prefixes", "missing"),
+            ("service = \"\"\ntoken = \"t\"\nprefixes = [\"/a\"]", "services.credentials[0].service", "must not be empty"),
+            ("service = \"a\"\ntoken = \"\"\nprefixes = [\"/a\"]", "services.credentials[0].token", "must not be empty"),
+            ("service = \"a\"\ntoken = 5\nprefixes = [\"/a\"]", "services.credentials[0].token", "expected a string"),
+            ("service = \"a\"\ntoken = \"t\"\nprefixes = []", "services.credentials[0].prefixes", "at least one prefix"),
+            ("service = \"a\"\ntoken = \"t\"\nprefixes = [\"api\"]", "services.credentials[0].prefixes", "must start with `/`"),
+            ("service = \"a\"\ntoken = \"t\"\nprefixes = [\"/a/{id}\"]", "services.credentials[0].prefixes", "literal path"),
+            ("service = \"a\"\ntoken = \"t\"\nprefixes = \"/a\"", "services.credentials[0].prefixes", "expected an array"),
+            ("service = \"a\"\ntoken = \"t\"\nprefixes = [\"/a\"]\nprefix = 1", "services.credentials[0].prefix", "unknown key"),
+            ("service = \"a\"\nprefixes = [\"/a\"]", "services.credentials[0].token", "unless services.tls.client_ca"),
+        ];
+        for (entry, key, reason) in cases {
+            let e = only_error(&format!("[[services.credentials]]\n{entry}\n"));
+            assert_eq!(e.key, key, "{entry}");
+            assert!(e.message.contains(reason), "{entry}: {}", e.message);
+        }
+        let e = only_error("[services]\ncredentials = 5\n");
+        assert_eq!((e.line, e.key.as_str()), (2, "services.credentials"));
+        assert!(e.message.contains("expected an array of tables"), "{}", e.message);
+    }
+
+    #[test]
+    fn each_credential_entry_is_numbered_and_found_on_its_line() {
+        let text = "[[services.credentials]]\nservice = \"a\"\ntoken = \"t\"\nprefixes = [\"/a\"]\n\n\
+                    [[services.credentials]]\nservice = \"b\"\ntoken = \"t\"\nprefixes = [\"b\"]\n";
+        let e = only_error(text);
+        assert_eq!((e.line, e.key.as_str()), (9, "services.credentials[1].prefixes"));
+        let missing = only_error("[[services.credentials]]\nservice = \"a\"\ntoken = \"t\"\n");
+        assert_eq!(missing.line, 1, "{missing}");
+    }
+
+    #[test]
+    fn a_token_without_client_ca_is_only_optional_with_mutual_tls() {
+        let text = "[services.tls]\ncert = \"c\"\nkey = \"k\"\nclient_ca = \"ca\"\n\
+                    [[services.credentials]]\nservice = \"a\"\nprefixes = [\"/a\"]\n";
+        assert_eq!(services(text).credentials[0].token, None);
+    }
+
+    #[test]
+    fn tokens_never_appear_in_errors_or_debug_output() {
+        let text = "[[services.credentials]]\nservice = \"a\"\ntoken = \"hunter2\"\nprefixes = [\"bad\"]\n";
+        assert!(!load_config(text).unwrap_err().to_string().contains("hunter2"));
+        let ok = "[[services.credentials]]\nservice = \"a\"\ntoken = \"hunter2\"\nprefixes = [\"/a\"]\n";
+        assert!(!format!("{:?}", load_config(ok).unwrap()).contains("hunter2"));
     }
 }

@@ -1,0 +1,202 @@
+//! The client connection's byte stream, with the protections that only the socket can
+//! see: a write that stalls longer than `send_timeout` (the client stopped reading) and
+//! a client that reads slower than `min_response_data_rate` once `data_rate_grace` has
+//! passed (a trickling reader) both fail the connection's I/O, so hyper drops it and the
+//! response's stream is cancelled.
+//!
+//! It also counts bytes read and written, which tells the front whether a connection
+//! that timed out in its request head had started a request (answer 408) or was idle
+//! (close quietly). The socket is shared (`Arc<TcpStream>`, readiness-based I/O) so
+//! that the front can still write that 408 after hyper has given up on the connection.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::time::{Instant, Sleep};
+
+/// Byte counts shared between the I/O and the front.
+#[derive(Debug, Default)]
+pub struct IoCounters {
+    read: AtomicU64,
+    written: AtomicU64,
+    /// `read` as it was at the last write: reads since then are a request in progress.
+    read_at_last_write: AtomicU64,
+}
+
+impl IoCounters {
+    /// Whether bytes of a new request arrived since the last response bytes went out.
+    pub fn request_in_progress(&self) -> bool {
+        self.read.load(Ordering::Relaxed) > self.read_at_last_write.load(Ordering::Relaxed)
+    }
+
+    /// Total bytes written to the client.
+    pub fn written(&self) -> u64 {
+        self.written.load(Ordering::Relaxed)
+    }
+}
+
+/// Limits on how slowly a client may take its responses.
+#[derive(Debug, Clone, Copy)]
+pub struct SendLimits {
+    pub send_timeout: Duration,
+    pub min_rate: u64,
+    pub grace: Duration,
+}
+
+/// A period in which the client is the bottleneck (writes keep hitting a full socket).
+#[derive(Debug)]
+struct SlowWindow {
+    since: Instant,
+    bytes: u64,
+    last_blocked: Instant,
+}
+
+/// A blocked write's deadline.
+#[derive(Debug)]
+struct Stall {
+    deadline: Pin<Box<Sleep>>,
+}
+
+/// The client's socket as hyper sees it.
+#[derive(Debug)]
+pub struct ClientIo {
+    stream: Arc<TcpStream>,
+    counters: Arc<IoCounters>,
+    limits: SendLimits,
+    stall: Option<Stall>,
+    window: Option<SlowWindow>,
+}
+
+/// A window ends when the socket has not been full for this long.
+const CALM: Duration = Duration::from_secs(1);
+
+impl ClientIo {
+    /// Wraps `stream`; returns the I/O and what the front keeps of it.
+    pub fn new(stream: TcpStream, limits: SendLimits) -> (ClientIo, Arc<TcpStream>, Arc<IoCounters>) {
+        let stream = Arc::new(stream);
+        let counters = Arc::new(IoCounters::default());
+        let io = ClientIo {
+            stream: Arc::clone(&stream),
+            counters: Arc::clone(&counters),
+            limits,
+            stall: None,
+            window: None,
+        };
+        (io, stream, counters)
+    }
+
+    fn wrote(&mut self, n: usize) {
+        self.stall = None;
+        let c = &self.counters;
+        c.written.fetch_add(n as u64, Ordering::Relaxed);
+        c.read_at_last_write.store(c.read.load(Ordering::Relaxed), Ordering::Relaxed);
+        if let Some(window) = &mut self.window {
+            if window.last_blocked.elapsed() > CALM {
+                self.window = None;
+            } else {
+                window.bytes += n as u64;
+            }
+        }
+    }
+
+    /// The socket is full: check the stall deadline and the minimum rate.
+    fn blocked(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        let now = Instant::now();
+        let limits = self.limits;
+        let window = self.window.get_or_insert(SlowWindow { since: now, bytes: 0, last_blocked: now });
+        window.last_blocked = now;
+        let elapsed = now.duration_since(window.since);
+        if elapsed > limits.grace && (window.bytes as f64) < limits.min_rate as f64 * elapsed.as_secs_f64() {
+            let detail = format!("client read {} bytes in {elapsed:?}, under the minimum rate", window.bytes);
+            return Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, detail)));
+        }
+        let stall =
+            self.stall.get_or_insert_with(|| Stall { deadline: Box::pin(tokio::time::sleep(limits.send_timeout)) });
+        if stall.deadline.as_mut().poll(cx).is_ready() {
+            let detail = format!("client stopped reading for {:?}", limits.send_timeout);
+            return Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, detail)));
+        }
+        Poll::Pending
+    }
+}
+
+impl AsyncRead for ClientIo {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        loop {
+            ready!(this.stream.poll_read_ready(cx))?;
+            match this.stream.try_read(buf.initialize_unfilled()) {
+                Ok(n) => {
+                    buf.advance(n);
+                    this.counters.read.fetch_add(n as u64, Ordering::Relaxed);
+                    return Poll::Ready(Ok(()));
+                }
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(err) => return Poll::Ready(Err(err)),
+            }
+        }
+    }
+}
+
+impl AsyncWrite for ClientIo {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        loop {
+            match this.stream.poll_write_ready(cx) {
+                Poll::Pending => return this.blocked(cx),
+                Poll::Ready(Err(err)) => return Poll::Ready(Err(err)),
+                Poll::Ready(Ok(())) => {}
+            }
+            match this.stream.try_write(buf) {
+                Ok(n) => {
+                    this.wrote(n);
+                    return Poll::Ready(Ok(n));
+                }
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(err) => return Poll::Ready(Err(err)),
+            }
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        loop {
+            match this.stream.poll_write_ready(cx) {
+                Poll::Pending => return this.blocked(cx),
+                Poll::Ready(Err(err)) => return Poll::Ready(Err(err)),
+                Poll::Ready(Ok(())) => {}
+            }
+            match this.stream.try_write_vectored(bufs) {
+                Ok(n) => {
+                    this.wrote(n);
+                    return Poll::Ready(Ok(n));
+                }
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(err) => return Poll::Ready(Err(err)),
+            }
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(socket2::SockRef::from(&*self.stream).shutdown(std::net::Shutdown::Write))
+    }
+}
