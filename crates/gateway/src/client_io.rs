@@ -61,6 +61,8 @@ struct SlowWindow {
 /// A blocked write's deadline.
 #[derive(Debug)]
 struct Stall {
+    since: Instant,
+    /// Wakes the writer to re-check both bounds.
     deadline: Pin<Box<Sleep>>,
 }
 
@@ -117,11 +119,21 @@ impl ClientIo {
             let detail = format!("client read {} bytes in {elapsed:?}, under the minimum rate", window.bytes);
             return Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, detail)));
         }
-        let stall =
-            self.stall.get_or_insert_with(|| Stall { deadline: Box::pin(tokio::time::sleep(limits.send_timeout)) });
-        if stall.deadline.as_mut().poll(cx).is_ready() {
+        let rate_floor = Duration::from_secs_f64(window.bytes as f64 / limits.min_rate.max(1) as f64);
+        let rate_due = window.since + limits.grace.max(rate_floor) + Duration::from_millis(1);
+        let stall = self
+            .stall
+            .get_or_insert_with(|| Stall { since: now, deadline: Box::pin(tokio::time::sleep(limits.send_timeout)) });
+        if now.duration_since(stall.since) >= limits.send_timeout {
             let detail = format!("client stopped reading for {:?}", limits.send_timeout);
             return Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, detail)));
+        }
+        // Wake again when either bound would be crossed if nothing moves meanwhile: the
+        // socket may stay unwritable for long (Linux wakes a writer only once a third of
+        // its send buffer is free), and the checks above only run when polled.
+        stall.deadline.as_mut().reset((stall.since + limits.send_timeout).min(rate_due));
+        if stall.deadline.as_mut().poll(cx).is_ready() {
+            cx.waker().wake_by_ref();
         }
         Poll::Pending
     }

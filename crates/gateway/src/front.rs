@@ -77,7 +77,15 @@ pub async fn serve(
             service_fn(move |request| handle(Arc::clone(&gateway_for_service), request, Arc::clone(&conn), surface));
         let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service).into_owned();
         let watched = graceful.watch(connection);
+        let first_byte_timeout = gateway.config().server.header_timeout;
         tokio::spawn(async move {
+            // hyper's head timer starts once it parses; before the first byte (while the
+            // protocol is being detected) nothing bounds an idle connection but this.
+            let mut first = [0u8; 1];
+            if !matches!(tokio::time::timeout(first_byte_timeout, socket.peek(&mut first)).await, Ok(Ok(1..))) {
+                tracing::debug!(%client, "closing a connection that sent nothing");
+                return;
+            }
             let result = watched.await;
             if let Err(err) = result {
                 answer_head_timeout(&*err, &socket, &counters);

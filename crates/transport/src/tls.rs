@@ -26,11 +26,12 @@ use std::time::Duration;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::ServerName;
-use rustls::{ClientConfig, RootCertStore, ServerConfig};
+use rustls::RootCertStore;
 use thiserror::Error;
 use tokio::net::TcpStream;
 
 pub use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+pub use rustls::{ClientConfig, ServerConfig};
 pub use tokio_rustls::client::TlsStream as ClientTlsStream;
 pub use tokio_rustls::server::TlsStream as ServerTlsStream;
 pub use tokio_rustls::{TlsAcceptor, TlsConnector};

@@ -700,6 +700,14 @@ mod tests {
         assert_eq!(c.limits.max_upload_size, 5 * GIB);
         assert_eq!(c.limits.chunk_size, 128 * 1024);
         assert_eq!(c.limits.stream_window, 512 * 1024);
+        let services = &c.services;
+        assert_eq!(services.listen, "0.0.0.0:7443".parse::<SocketAddr>().unwrap());
+        assert_eq!(services.handshake_timeout, Duration::from_secs(5));
+        let tls = services.tls.as_ref().expect("tls");
+        assert_eq!(tls.client_ca, Some(PathBuf::from("/etc/weir/services-ca.pem")));
+        assert_eq!(services.credentials.len(), 2);
+        assert_eq!(services.credentials[0].prefixes, ["/billing", "/invoices"]);
+        assert_eq!(services.credentials[1].token, None);
     }
 
     #[test]
@@ -1094,7 +1102,10 @@ prefixes = [\"/\"]
         assert_eq!(c.credentials[0].service, "billing");
         assert_eq!(c.credentials[0].token.as_deref(), Some("s3cret"));
         assert_eq!(c.credentials[0].prefixes, ["/billing", "/invoices/"]);
-        assert_eq!((c.credentials[1].token.as_ref(), c.credentials[1].prefixes.as_slice()), (None, &["/".to_owned()][..]));
+        assert_eq!(
+            (c.credentials[1].token.as_ref(), c.credentials[1].prefixes.as_slice()),
+            (None, &["/".to_owned()][..])
+        );
     }
 
     #[test]
@@ -1120,16 +1131,44 @@ prefixes = [\"/\"]
     #[test]
     fn bad_credentials_are_reported_per_entry_and_key() {
         let cases = [
-            ("prefixes = [\"/a\"]", "services.credentials[0].service", "missing"),
+            ("token = \"t\"\nprefixes = [\"/a\"]", "services.credentials[0].service", "missing"),
             ("service = \"a\"\ntoken = \"t\"", "services.credentials[0].prefixes", "missing"),
-            ("service = \"\"\ntoken = \"t\"\nprefixes = [\"/a\"]", "services.credentials[0].service", "must not be empty"),
-            ("service = \"a\"\ntoken = \"\"\nprefixes = [\"/a\"]", "services.credentials[0].token", "must not be empty"),
+            (
+                "service = \"\"\ntoken = \"t\"\nprefixes = [\"/a\"]",
+                "services.credentials[0].service",
+                "must not be empty",
+            ),
+            (
+                "service = \"a\"\ntoken = \"\"\nprefixes = [\"/a\"]",
+                "services.credentials[0].token",
+                "must not be empty",
+            ),
             ("service = \"a\"\ntoken = 5\nprefixes = [\"/a\"]", "services.credentials[0].token", "expected a string"),
-            ("service = \"a\"\ntoken = \"t\"\nprefixes = []", "services.credentials[0].prefixes", "at least one prefix"),
-            ("service = \"a\"\ntoken = \"t\"\nprefixes = [\"api\"]", "services.credentials[0].prefixes", "must start with `/`"),
-            ("service = \"a\"\ntoken = \"t\"\nprefixes = [\"/a/{id}\"]", "services.credentials[0].prefixes", "literal path"),
-            ("service = \"a\"\ntoken = \"t\"\nprefixes = \"/a\"", "services.credentials[0].prefixes", "expected an array"),
-            ("service = \"a\"\ntoken = \"t\"\nprefixes = [\"/a\"]\nprefix = 1", "services.credentials[0].prefix", "unknown key"),
+            (
+                "service = \"a\"\ntoken = \"t\"\nprefixes = []",
+                "services.credentials[0].prefixes",
+                "at least one prefix",
+            ),
+            (
+                "service = \"a\"\ntoken = \"t\"\nprefixes = [\"api\"]",
+                "services.credentials[0].prefixes",
+                "must start with `/`",
+            ),
+            (
+                "service = \"a\"\ntoken = \"t\"\nprefixes = [\"/a/{id}\"]",
+                "services.credentials[0].prefixes",
+                "literal path",
+            ),
+            (
+                "service = \"a\"\ntoken = \"t\"\nprefixes = \"/a\"",
+                "services.credentials[0].prefixes",
+                "expected an array",
+            ),
+            (
+                "service = \"a\"\ntoken = \"t\"\nprefixes = [\"/a\"]\nprefix = 1",
+                "services.credentials[0].prefix",
+                "unknown key",
+            ),
             ("service = \"a\"\nprefixes = [\"/a\"]", "services.credentials[0].token", "unless services.tls.client_ca"),
         ];
         for (entry, key, reason) in cases {

@@ -9,7 +9,8 @@
 //! | `POST /stream/upload` | reads a streamed body; `{"bytes": N, "sha256": "<hex>"}` |
 //! | `GET /stream/download?bytes=N` | N bytes, byte i = i % 256, with `Content-Length` |
 //!
-//! `weir serve` attaches it over the in-memory transport unless `--no-demo` is given.
+//! `weir serve` attaches it over the in-memory transport unless `--no-demo` is given;
+//! `weir demo-service --connect ADDR` runs it in its own process over TCP or TLS.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,7 +19,9 @@ use bytes::Bytes;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use weir_gateway::Gateway;
-use weir_service::{Endpoint, HandlerError, RawRequestContext, RawResponse, RunHandle, Service, TypedRequest};
+use weir_service::{
+    Endpoint, HandlerError, RawRequestContext, RawResponse, RunHandle, Service, ServiceBuilder, TypedRequest,
+};
 
 /// Longest `/api/slow` sleep the demo declares before the gateway answers 504.
 pub const SLOW_TIMEOUT: Duration = Duration::from_secs(5);
@@ -27,6 +30,14 @@ const DOWNLOAD_CHUNK: usize = 64 * 1024;
 
 /// The demo service, ready to serve on any transport.
 pub fn service() -> Service {
+    builder()
+        .build()
+        // The demo's declarations are fixed and valid; a failure here is a bug in this file.
+        .expect("the demo service declaration is valid")
+}
+
+/// The demo's declaration, for settings a deployment adds (a token, the region).
+pub fn builder() -> ServiceBuilder {
     Service::builder("demo", env!("CARGO_PKG_VERSION"))
         .endpoint(Endpoint::get("/api/hello").raw(hello))
         .endpoint(Endpoint::post("/api/echo").raw(echo))
@@ -34,9 +45,6 @@ pub fn service() -> Service {
         .endpoint(Endpoint::get("/api/slow").timeout(SLOW_TIMEOUT).typed(slow))
         .endpoint(Endpoint::post("/stream/upload").streaming().raw(upload))
         .endpoint(Endpoint::get("/stream/download").raw(download))
-        .build()
-        // The demo's declarations are fixed and valid; a failure here is a bug in this file.
-        .expect("the demo service declaration is valid")
 }
 
 /// Attaches the demo to `gateway` over the in-memory transport; it re-registers if the

@@ -3,5 +3,6 @@
 
 pub mod config;
 pub mod demo;
+pub mod demo_service;
 pub mod logging;
 pub mod serve;

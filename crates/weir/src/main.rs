@@ -1,5 +1,6 @@
 //! The `weir` command: `serve` runs the gateway (with the embedded demo service unless
-//! `--no-demo`), `check-config` validates a configuration file and prints every error.
+//! `--no-demo`), `demo-service` runs the demo service in its own process against a
+//! gateway, `check-config` validates a configuration file and prints every error.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -25,9 +26,33 @@ enum Command {
         /// Address for client HTTP traffic, overriding `server.listen`.
         #[arg(long)]
         listen: Option<SocketAddr>,
+        /// Address services dial in on, overriding `services.listen`.
+        #[arg(long)]
+        services_listen: Option<SocketAddr>,
         /// Do not attach the embedded demo service.
         #[arg(long)]
         no_demo: bool,
+    },
+    /// Run the demo service in its own process, dialling a gateway over TCP or TLS.
+    DemoService {
+        /// The gateway's service listener, HOST:PORT.
+        #[arg(long, value_name = "ADDR")]
+        connect: String,
+        /// Token proving the service's identity (`[[services.credentials]]`).
+        #[arg(long)]
+        token: Option<String>,
+        /// CA certificate(s) to trust, PEM; selects TLS.
+        #[arg(long, value_name = "FILE")]
+        tls_ca: Option<PathBuf>,
+        /// Client certificate chain for mutual TLS, PEM.
+        #[arg(long, value_name = "FILE", requires_all = ["tls_ca", "tls_key"])]
+        tls_cert: Option<PathBuf>,
+        /// Private key of the client certificate, PEM.
+        #[arg(long, value_name = "FILE", requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
+        /// Name the gateway's certificate must carry (default: the host of --connect).
+        #[arg(long, value_name = "NAME", requires = "tls_ca")]
+        tls_server_name: Option<String>,
     },
     /// Validate a configuration file; prints every error with its key and line.
     CheckConfig {
@@ -40,9 +65,14 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     weir::logging::init();
     match cli.command {
-        Command::Serve { config, listen, no_demo } => {
-            let options = weir::serve::ServeOptions { config, listen, demo: !no_demo };
+        Command::Serve { config, listen, services_listen, no_demo } => {
+            let options = weir::serve::ServeOptions { config, listen, services_listen, demo: !no_demo };
             weir::serve::run(options)
+        }
+        Command::DemoService { connect, token, tls_ca, tls_cert, tls_key, tls_server_name } => {
+            let options =
+                weir::demo_service::DemoServiceOptions { connect, token, tls_ca, tls_cert, tls_key, tls_server_name };
+            weir::demo_service::run(options)
         }
         Command::CheckConfig { file } => weir::serve::check_config(&file),
     }

@@ -3,7 +3,9 @@
 //! shut down gracefully on SIGINT or SIGTERM.
 //!
 //! When the front is listening, one line goes to stdout: `weir listening on http://ADDR`
-//! (with the real port when `:0` was asked for), so scripts and tests can find it.
+//! (with the real port when `:0` was asked for), so scripts and tests can find it; then
+//! `weir services on tcp://ADDR` (or `tls://ADDR`) for the service listener
+//! (`[services]`), which services in other processes dial.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -12,8 +14,10 @@ use std::sync::Arc;
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use weir_gateway::config::{ServicesConfig, ServicesTlsConfig};
 use weir_gateway::front::{self, Surface};
 use weir_gateway::{Gateway, GatewayConfig};
+use weir_transport::tls::{self, TlsAcceptor, TlsError};
 
 use crate::config::load_config;
 
@@ -22,6 +26,8 @@ use crate::config::load_config;
 pub struct ServeOptions {
     pub config: Option<PathBuf>,
     pub listen: Option<SocketAddr>,
+    /// Overrides `services.listen`.
+    pub services_listen: Option<SocketAddr>,
     pub demo: bool,
 }
 
@@ -59,6 +65,9 @@ pub fn run(options: ServeOptions) -> ExitCode {
     if let Some(listen) = options.listen {
         config.server.listen = listen;
     }
+    if let Some(listen) = options.services_listen {
+        config.services.listen = listen;
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(err) => {
@@ -81,6 +90,7 @@ async fn serve(config: GatewayConfig, demo: bool) -> std::io::Result<()> {
         Some(addr) => Some(TcpListener::bind(addr).await?),
         None => None,
     };
+    let (services, tls) = bind_services(&config.services).await?;
     let gateway = Gateway::new(config);
     let sweeper = gateway.spawn_health_sweeper();
     let demo_handle = demo.then(|| crate::demo::attach(&gateway));
@@ -90,12 +100,19 @@ async fn serve(config: GatewayConfig, demo: bool) -> std::io::Result<()> {
     if let Some(admin) = &admin {
         println!("weir admin on http://{}", admin.local_addr()?);
     }
+    let scheme = if tls.is_some() { "tls" } else { "tcp" };
+    println!("weir services on {scheme}://{}", services.local_addr()?);
+    let services_task = {
+        let (gateway, shutdown) = (Arc::clone(&gateway), shutdown.clone());
+        tokio::spawn(async move { gateway.serve_services(services, tls, shutdown).await })
+    };
     let admin_task =
         admin.map(|l| tokio::spawn(front::serve(Arc::clone(&gateway), l, Surface::Admin, shutdown.clone())));
     front::serve(Arc::clone(&gateway), listener, Surface::Public, shutdown).await?;
     if let Some(task) = admin_task {
         let _ = task.await;
     }
+    let _ = services_task.await;
     if let Some(handle) = demo_handle {
         handle.shutdown();
     }
@@ -105,7 +122,29 @@ async fn serve(config: GatewayConfig, demo: bool) -> std::io::Result<()> {
     Ok(())
 }
 
-async fn wait_for_signal(shutdown: CancellationToken) {
+/// Binds the service listener and loads its TLS files; errors name the key at fault.
+async fn bind_services(config: &ServicesConfig) -> std::io::Result<(TcpListener, Option<TlsAcceptor>)> {
+    let tls = match &config.tls {
+        None => None,
+        Some(files) => Some(load_tls(files).map_err(|e| std::io::Error::other(format!("services.tls: {e}")))?),
+    };
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| std::io::Error::new(e.kind(), format!("services.listen {}: {e}", config.listen)))?;
+    Ok((listener, tls))
+}
+
+fn load_tls(files: &ServicesTlsConfig) -> Result<TlsAcceptor, TlsError> {
+    let identity = tls::Identity::from_files(&files.cert, &files.key)?;
+    let client_ca = match &files.client_ca {
+        Some(path) => Some(tls::read_certificates(path, "client CA")?),
+        None => None,
+    };
+    Ok(TlsAcceptor::from(tls::server_config(identity, client_ca)?))
+}
+
+/// Resolves on SIGINT or SIGTERM, cancelling `shutdown`.
+pub(crate) async fn wait_for_signal(shutdown: CancellationToken) {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {

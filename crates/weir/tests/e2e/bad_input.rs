@@ -17,6 +17,15 @@ use weir_transport::{dial, HandshakeError, LinkConfig};
 
 use crate::common::*;
 
+conformance! {
+    malformed_frame_closes_only_that_service,
+    unknown_frame_type_closes_only_that_service,
+    unparsable_template_is_refused_and_nothing_is_registered,
+    claiming_another_services_endpoint_is_refused,
+    unsupported_protocol_version_is_refused,
+    garbage_instead_of_hello_is_dropped,
+}
+
 async fn raw_http(h: &Harness, request: &[u8]) -> String {
     let mut socket = TcpStream::connect(h.addr).await.unwrap();
     socket.write_all(request).await.unwrap();
@@ -66,9 +75,9 @@ fn hello(service: &str, endpoints: Vec<EndpointDescriptor>) -> Hello {
 
 /// A registered raw service connection sends `bytes`; the gateway must close it with a
 /// ProtocolViolation and keep serving the demo.
-async fn registered_peer_sends(bytes: &[u8]) {
-    let h = Harness::with_demo(config()).await;
-    let io = h.gateway.attach_memory().connect().await.unwrap();
+async fn registered_peer_sends(bytes: &[u8], transport: Transport) {
+    let h = Harness::with_demo_on(config(), transport).await;
+    let io = h.dial().await;
     let mut framed = Framed::new(io, FrameCodec::default());
     framed.send(hello("rogue", vec![EndpointDescriptor::new("GET", "/rogue")]).to_frame(0).unwrap()).await.unwrap();
     let welcome = framed.next().await.unwrap().unwrap();
@@ -87,28 +96,25 @@ async fn registered_peer_sends(bytes: &[u8]) {
     assert_eq!(gone.status(), StatusCode::SERVICE_UNAVAILABLE);
 }
 
-#[tokio::test]
-async fn malformed_frame_closes_only_that_service() {
+async fn malformed_frame_closes_only_that_service(transport: Transport) {
     // A Heartbeat whose status byte is 9: a frame of a known type with a bad payload.
-    registered_peer_sends(&[0, 0, 0, 19, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 9, 0, 0, 0, 0, 0, 0, 0, 0]).await;
+    registered_peer_sends(&[0, 0, 0, 19, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 9, 0, 0, 0, 0, 0, 0, 0, 0], transport).await;
 }
 
-#[tokio::test]
-async fn unknown_frame_type_closes_only_that_service() {
-    registered_peer_sends(&[0, 0, 0, 10, 77, 0, 0, 0, 0, 0, 0, 0, 0, 0]).await;
+async fn unknown_frame_type_closes_only_that_service(transport: Transport) {
+    registered_peer_sends(&[0, 0, 0, 10, 77, 0, 0, 0, 0, 0, 0, 0, 0, 0], transport).await;
 }
 
 async fn refused(h: &Harness, hello: Hello) -> (ErrorCode, String) {
-    let io = h.gateway.attach_memory().connect().await.unwrap();
+    let io = h.dial().await;
     match dial(io, &hello, LinkConfig::default(), Duration::from_secs(5)).await {
         Err(HandshakeError::Refused { code, message }) => (code, message),
         other => panic!("expected a refusal, got {other:?}"),
     }
 }
 
-#[tokio::test]
-async fn unparsable_template_is_refused_and_nothing_is_registered() {
-    let h = Harness::with_demo(config()).await;
+async fn unparsable_template_is_refused_and_nothing_is_registered(transport: Transport) {
+    let h = Harness::with_demo_on(config(), transport).await;
     let endpoints = vec![EndpointDescriptor::new("GET", "/fine"), EndpointDescriptor::new("GET", "/broken/{id")];
     let (code, message) = refused(&h, hello("broken", endpoints)).await;
     assert_eq!(code, ErrorCode::RegistrationRefused);
@@ -117,9 +123,8 @@ async fn unparsable_template_is_refused_and_nothing_is_registered() {
     assert_demo_still_serves(&h).await;
 }
 
-#[tokio::test]
-async fn claiming_another_services_endpoint_is_refused() {
-    let h = Harness::with_demo(config()).await;
+async fn claiming_another_services_endpoint_is_refused(transport: Transport) {
+    let h = Harness::with_demo_on(config(), transport).await;
     let mut hijack = EndpointDescriptor::new("GET", "/api/hello");
     hijack.supports_streaming = true;
     let (code, message) = refused(&h, hello("hijacker", vec![hijack])).await;
@@ -128,9 +133,8 @@ async fn claiming_another_services_endpoint_is_refused() {
     assert_demo_still_serves(&h).await;
 }
 
-#[tokio::test]
-async fn unsupported_protocol_version_is_refused() {
-    let h = Harness::with_demo(config()).await;
+async fn unsupported_protocol_version_is_refused(transport: Transport) {
+    let h = Harness::with_demo_on(config(), transport).await;
     let mut old = hello("future", vec![EndpointDescriptor::new("GET", "/future")]);
     old.protocol_version = 99;
     let (code, _) = refused(&h, old).await;
@@ -138,10 +142,9 @@ async fn unsupported_protocol_version_is_refused() {
     assert_demo_still_serves(&h).await;
 }
 
-#[tokio::test]
-async fn garbage_instead_of_hello_is_dropped() {
-    let h = Harness::with_demo(config()).await;
-    let mut io = h.gateway.attach_memory().connect().await.unwrap();
+async fn garbage_instead_of_hello_is_dropped(transport: Transport) {
+    let h = Harness::with_demo_on(config(), transport).await;
+    let mut io = h.dial().await;
     io.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
     let mut rest = Vec::new();
     let _ = tokio::time::timeout(WAIT, io.read_to_end(&mut rest)).await.expect("connection stayed open");

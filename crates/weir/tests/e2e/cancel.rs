@@ -11,6 +11,12 @@ use weir_service::{Endpoint, HandlerError, RawRequestContext, RawResponse, Servi
 
 use crate::common::*;
 
+conformance! {
+    http1_client_disconnect_cancels_the_handler_within_100ms,
+    h2_stream_reset_cancels_the_handler,
+    timeout_answers_504_and_cancels_the_handler,
+}
+
 /// What the waiting handler reports.
 #[derive(Debug)]
 enum Seen {
@@ -41,9 +47,8 @@ async fn next(rx: &mut mpsc::UnboundedReceiver<Seen>) -> Seen {
     tokio::time::timeout(WAIT, rx.recv()).await.expect("handler said nothing").expect("handler gone")
 }
 
-#[tokio::test]
-async fn http1_client_disconnect_cancels_the_handler_within_100ms() {
-    let mut h = Harness::start(config()).await;
+async fn http1_client_disconnect_cancels_the_handler_within_100ms(transport: Transport) {
+    let mut h = Harness::start_on(config(), transport).await;
     let (service, mut seen) = waiting_service(None);
     h.attach(service).await;
     let mut socket = TcpStream::connect(h.addr).await.unwrap();
@@ -57,9 +62,8 @@ async fn http1_client_disconnect_cancels_the_handler_within_100ms() {
     h.assert_budget_released().await;
 }
 
-#[tokio::test]
-async fn h2_stream_reset_cancels_the_handler() {
-    let mut h = Harness::start(config()).await;
+async fn h2_stream_reset_cancels_the_handler(transport: Transport) {
+    let mut h = Harness::start_on(config(), transport).await;
     let (service, mut seen) = waiting_service(None);
     h.attach(service).await;
     let client = reqwest::Client::builder().http2_prior_knowledge().build().unwrap();
@@ -71,9 +75,8 @@ async fn h2_stream_reset_cancels_the_handler() {
     assert!(at.duration_since(dropped_at) < Duration::from_millis(100));
 }
 
-#[tokio::test]
-async fn timeout_answers_504_and_cancels_the_handler() {
-    let mut h = Harness::start(config()).await;
+async fn timeout_answers_504_and_cancels_the_handler(transport: Transport) {
+    let mut h = Harness::start_on(config(), transport).await;
     let (service, mut seen) = waiting_service(Some(Duration::from_millis(100)));
     h.attach(service).await;
     let response = h.client.get(h.url("/wait")).send().await.unwrap();

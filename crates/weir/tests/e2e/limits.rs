@@ -18,6 +18,16 @@ use weir_service::{Endpoint, HandlerError, RawRequestContext, RawResponse, Servi
 
 use crate::common::*;
 
+conformance! {
+    streaming_upload_larger_than_the_per_call_limit_succeeds,
+    buffered_body_over_the_per_call_limit_is_413_and_the_handler_never_runs,
+    aggregate_budget_refuses_new_streams_with_503,
+    per_connection_budget_refuses_new_streams_with_503,
+    upload_over_max_upload_size_is_413_known_or_mid_stream,
+    body_that_stops_arriving_gets_408,
+    client_vanishing_mid_upload_cancels_the_handler_and_releases_everything,
+}
+
 const KIB: u64 = 1024;
 
 fn small_limits() -> GatewayConfig {
@@ -57,10 +67,9 @@ fn chunked(total: usize, chunk: usize) -> reqwest::Body {
     reqwest::Body::wrap_stream(futures_util::stream::iter(chunks))
 }
 
-#[tokio::test]
-async fn streaming_upload_larger_than_the_per_call_limit_succeeds() {
+async fn streaming_upload_larger_than_the_per_call_limit_succeeds(transport: Transport) {
     let calls = Arc::new(AtomicUsize::new(0));
-    let mut h = Harness::start(small_limits()).await;
+    let mut h = Harness::start_on(small_limits(), transport).await;
     h.attach(counting_service(Arc::clone(&calls))).await;
     let size = 4 * 1024 * 1024;
     for body in [reqwest::Body::from(vec![1u8; size]), chunked(size, 10_000)] {
@@ -72,10 +81,9 @@ async fn streaming_upload_larger_than_the_per_call_limit_succeeds() {
     h.assert_budget_released().await;
 }
 
-#[tokio::test]
-async fn buffered_body_over_the_per_call_limit_is_413_and_the_handler_never_runs() {
+async fn buffered_body_over_the_per_call_limit_is_413_and_the_handler_never_runs(transport: Transport) {
     let calls = Arc::new(AtomicUsize::new(0));
-    let mut h = Harness::start(small_limits()).await;
+    let mut h = Harness::start_on(small_limits(), transport).await;
     h.attach(counting_service(Arc::clone(&calls))).await;
     let limit = 64 * 1024;
     // Known length: refused before a body byte is read.
@@ -107,10 +115,10 @@ fn gated_service(gate: Arc<Semaphore>, started: mpsc::UnboundedSender<()>) -> Se
     Service::builder("gated", "1.0.0").endpoint(endpoint).build().unwrap()
 }
 
-async fn budget_refuses_at_admission(cfg: GatewayConfig, admitted: usize) {
+async fn budget_refuses_at_admission(cfg: GatewayConfig, admitted: usize, transport: Transport) {
     let gate = Arc::new(Semaphore::new(0));
     let (started_tx, mut started) = mpsc::unbounded_channel();
-    let mut h = Harness::start(cfg).await;
+    let mut h = Harness::start_on(cfg, transport).await;
     h.attach(gated_service(Arc::clone(&gate), started_tx)).await;
     let mut uploads = Vec::new();
     for _ in 0..admitted {
@@ -130,26 +138,23 @@ async fn budget_refuses_at_admission(cfg: GatewayConfig, admitted: usize) {
     h.assert_budget_released().await;
 }
 
-#[tokio::test]
-async fn aggregate_budget_refuses_new_streams_with_503() {
+async fn aggregate_budget_refuses_new_streams_with_503(transport: Transport) {
     let mut cfg = small_limits();
     cfg.limits.payload.max_aggregate_inflight_bytes = 128 * KIB;
-    budget_refuses_at_admission(cfg, 2).await;
+    budget_refuses_at_admission(cfg, 2, transport).await;
 }
 
-#[tokio::test]
-async fn per_connection_budget_refuses_new_streams_with_503() {
+async fn per_connection_budget_refuses_new_streams_with_503(transport: Transport) {
     let mut cfg = small_limits();
     cfg.limits.payload.max_request_bytes_per_connection = 192 * KIB;
-    budget_refuses_at_admission(cfg, 3).await;
+    budget_refuses_at_admission(cfg, 3, transport).await;
 }
 
-#[tokio::test]
-async fn upload_over_max_upload_size_is_413_known_or_mid_stream() {
+async fn upload_over_max_upload_size_is_413_known_or_mid_stream(transport: Transport) {
     let calls = Arc::new(AtomicUsize::new(0));
     let mut cfg = small_limits();
     cfg.limits.max_upload_size = 1024 * 1024;
-    let mut h = Harness::start(cfg).await;
+    let mut h = Harness::start_on(cfg, transport).await;
     h.attach(counting_service(Arc::clone(&calls))).await;
     let known = h.client.post(h.url("/streamed")).body(vec![0u8; 1024 * 1024 + 1]).send().await.unwrap();
     assert_eq!(known.status(), StatusCode::PAYLOAD_TOO_LARGE);
@@ -165,12 +170,11 @@ async fn upload_over_max_upload_size_is_413_known_or_mid_stream() {
     h.assert_budget_released().await;
 }
 
-#[tokio::test]
-async fn body_that_stops_arriving_gets_408() {
+async fn body_that_stops_arriving_gets_408(transport: Transport) {
     let mut cfg = small_limits();
     cfg.server.read_timeout = Duration::from_millis(200);
     let calls = Arc::new(AtomicUsize::new(0));
-    let mut h = Harness::start(cfg).await;
+    let mut h = Harness::start_on(cfg, transport).await;
     h.attach(counting_service(Arc::clone(&calls))).await;
     for path in ["/buffered", "/streamed"] {
         let mut socket = TcpStream::connect(h.addr).await.unwrap();
@@ -184,8 +188,7 @@ async fn body_that_stops_arriving_gets_408() {
     h.assert_budget_released().await;
 }
 
-#[tokio::test]
-async fn client_vanishing_mid_upload_cancels_the_handler_and_releases_everything() {
+async fn client_vanishing_mid_upload_cancels_the_handler_and_releases_everything(transport: Transport) {
     let (tx, mut cancelled) = mpsc::unbounded_channel();
     let endpoint = Endpoint::post("/sink").streaming().raw(move |mut ctx: RawRequestContext| {
         let tx = tx.clone();
@@ -202,7 +205,7 @@ async fn client_vanishing_mid_upload_cancels_the_handler_and_releases_everything
             Ok::<_, HandlerError>(RawResponse::new(200))
         }
     });
-    let mut h = Harness::start(small_limits()).await;
+    let mut h = Harness::start_on(small_limits(), transport).await;
     h.attach(Service::builder("sink", "1.0.0").endpoint(endpoint).build().unwrap()).await;
     let mut socket = TcpStream::connect(h.addr).await.unwrap();
     socket.write_all(b"POST /sink HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n").await.unwrap();

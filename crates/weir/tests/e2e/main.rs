@@ -9,5 +9,6 @@ mod common;
 mod bad_input;
 mod cancel;
 mod limits;
+mod protections;
 mod routing;
 mod streaming;

@@ -12,9 +12,22 @@ use weir_service::{Endpoint, HandlerError, RawRequestContext, RawResponse, Servi
 
 use crate::common::*;
 
-#[tokio::test]
-async fn demo_endpoints_answer_over_http1() {
-    let h = Harness::with_demo(config()).await;
+conformance! {
+    demo_endpoints_answer_over_http1,
+    demo_answers_over_h2c_prior_knowledge,
+    unknown_path_is_404_and_wrong_method_is_405_with_allow,
+    slow_demo_call_past_its_five_second_timeout_is_504,
+    effective_timeout_is_capped_by_the_gateway_maximum,
+    version_header_default_version_and_highest_version_select_instances,
+    equal_instances_share_requests_round_robin,
+    draining_instance_gets_no_new_requests,
+    silent_service_is_evicted_and_its_endpoint_answers_503,
+    disconnected_service_leaves_at_once_and_answers_503_with_retry_after,
+    head_is_served_by_get,
+}
+
+async fn demo_endpoints_answer_over_http1(transport: Transport) {
+    let h = Harness::with_demo_on(config(), transport).await;
     let hello = h.client.get(h.url("/api/hello")).send().await.unwrap();
     assert_eq!(hello.status(), StatusCode::OK);
     assert_eq!(hello.headers()["content-type"], "application/json");
@@ -34,9 +47,8 @@ async fn demo_endpoints_answer_over_http1() {
     h.assert_budget_released().await;
 }
 
-#[tokio::test]
-async fn demo_answers_over_h2c_prior_knowledge() {
-    let h = Harness::with_demo(config()).await;
+async fn demo_answers_over_h2c_prior_knowledge(transport: Transport) {
+    let h = Harness::with_demo_on(config(), transport).await;
     let client = reqwest::Client::builder().http2_prior_knowledge().build().unwrap();
     let response = client.get(h.url("/api/items/7")).send().await.unwrap();
     assert_eq!(response.version(), reqwest::Version::HTTP_2);
@@ -45,9 +57,8 @@ async fn demo_answers_over_h2c_prior_knowledge() {
     assert_eq!(echo.bytes().await.unwrap().len(), 100_000);
 }
 
-#[tokio::test]
-async fn unknown_path_is_404_and_wrong_method_is_405_with_allow() {
-    let h = Harness::with_demo(config()).await;
+async fn unknown_path_is_404_and_wrong_method_is_405_with_allow(transport: Transport) {
+    let h = Harness::with_demo_on(config(), transport).await;
     let missing = h.client.get(h.url("/nope")).send().await.unwrap();
     assert_eq!(missing.status(), StatusCode::NOT_FOUND);
     let body: serde_json::Value = missing.json().await.unwrap();
@@ -58,20 +69,18 @@ async fn unknown_path_is_404_and_wrong_method_is_405_with_allow() {
     assert_eq!(h.gateway.metrics().errors("method_not_allowed"), 1);
 }
 
-#[tokio::test]
-async fn slow_demo_call_past_its_five_second_timeout_is_504() {
-    let h = Harness::with_demo(config()).await;
+async fn slow_demo_call_past_its_five_second_timeout_is_504(transport: Transport) {
+    let h = Harness::with_demo_on(config(), transport).await;
     let started = Instant::now();
     let response = h.client.get(h.url("/api/slow?ms=5300")).send().await.unwrap();
     assert_eq!(response.status(), StatusCode::GATEWAY_TIMEOUT);
     assert!(started.elapsed() < Duration::from_millis(5250), "answered after {:?}", started.elapsed());
 }
 
-#[tokio::test]
-async fn effective_timeout_is_capped_by_the_gateway_maximum() {
+async fn effective_timeout_is_capped_by_the_gateway_maximum(transport: Transport) {
     let mut cfg = config();
     cfg.server.max_timeout = Duration::from_millis(150);
-    let h = Harness::with_demo(cfg).await;
+    let h = Harness::with_demo_on(cfg, transport).await;
     let started = Instant::now();
     let response = h.client.get(h.url("/api/slow?ms=3000")).send().await.unwrap();
     assert_eq!(response.status(), StatusCode::GATEWAY_TIMEOUT);
@@ -100,9 +109,8 @@ async fn get_text(h: &Harness, path: &str, version: Option<&str>) -> (StatusCode
     (response.status(), response.text().await.unwrap())
 }
 
-#[tokio::test]
-async fn version_header_default_version_and_highest_version_select_instances() {
-    let mut h = Harness::start(config()).await;
+async fn version_header_default_version_and_highest_version_select_instances(transport: Transport) {
+    let mut h = Harness::start_on(config(), transport).await;
     h.attach(versioned("1.0.0", "a")).await;
     h.attach(versioned("2.0.0", "b")).await;
     assert_eq!(get_text(&h, "/v", None).await.1, "2.0.0/b");
@@ -112,15 +120,14 @@ async fn version_header_default_version_and_highest_version_select_instances() {
 
     let mut cfg = config();
     cfg.routing.default_versions.insert("versioned".into(), "1.0.0".into());
-    let mut h = Harness::start(cfg).await;
+    let mut h = Harness::start_on(cfg, transport).await;
     h.attach(versioned("1.0.0", "a")).await;
     h.attach(versioned("2.0.0", "b")).await;
     assert_eq!(get_text(&h, "/v", None).await.1, "1.0.0/a");
 }
 
-#[tokio::test]
-async fn equal_instances_share_requests_round_robin() {
-    let mut h = Harness::start(config()).await;
+async fn equal_instances_share_requests_round_robin(transport: Transport) {
+    let mut h = Harness::start_on(config(), transport).await;
     h.attach(versioned("1.0.0", "a")).await;
     h.attach(versioned("1.0.0", "b")).await;
     let mut seen: HashMap<String, usize> = HashMap::new();
@@ -142,9 +149,8 @@ async fn until(mut condition: impl FnMut() -> bool) {
     .expect("condition never held");
 }
 
-#[tokio::test]
-async fn draining_instance_gets_no_new_requests() {
-    let mut h = Harness::start(config()).await;
+async fn draining_instance_gets_no_new_requests(transport: Transport) {
+    let mut h = Harness::start_on(config(), transport).await;
     let a = h.attach(versioned("1.0.0", "a")).await;
     h.attach(versioned("1.0.0", "b")).await;
     a.set_status(HealthStatus::Draining);
@@ -155,9 +161,8 @@ async fn draining_instance_gets_no_new_requests() {
     }
 }
 
-#[tokio::test]
-async fn silent_service_is_evicted_and_its_endpoint_answers_503() {
-    let mut h = Harness::start(config()).await;
+async fn silent_service_is_evicted_and_its_endpoint_answers_503(transport: Transport) {
+    let mut h = Harness::start_on(config(), transport).await;
     let service = h.attach(versioned("1.0.0", "a")).await;
     assert_eq!(get_text(&h, "/v", None).await.0, StatusCode::OK);
     // Pretend the heartbeats stopped: sweep as if `evict_after` had passed.
@@ -168,9 +173,8 @@ async fn silent_service_is_evicted_and_its_endpoint_answers_503() {
     tokio::time::timeout(WAIT, service.unregistered()).await.unwrap();
 }
 
-#[tokio::test]
-async fn disconnected_service_leaves_at_once_and_answers_503_with_retry_after() {
-    let mut h = Harness::start(config()).await;
+async fn disconnected_service_leaves_at_once_and_answers_503_with_retry_after(transport: Transport) {
+    let mut h = Harness::start_on(config(), transport).await;
     let service = h.attach(versioned("1.0.0", "a")).await;
     service.shutdown();
     let gateway = h.gateway.clone();
@@ -181,9 +185,8 @@ async fn disconnected_service_leaves_at_once_and_answers_503_with_retry_after() 
     assert_eq!(response.json::<serde_json::Value>().await.unwrap()["error"], "no_healthy_instance");
 }
 
-#[tokio::test]
-async fn head_is_served_by_get() {
-    let h = Harness::with_demo(GatewayConfig::default()).await;
+async fn head_is_served_by_get(transport: Transport) {
+    let h = Harness::with_demo_on(GatewayConfig::default(), transport).await;
     let response = h.client.head(h.url("/api/hello")).send().await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);
 }

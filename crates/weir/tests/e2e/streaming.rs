@@ -15,6 +15,14 @@ use weir_service::{Endpoint, HandlerError, RawRequestContext, RawResponse, Servi
 
 use crate::common::*;
 
+conformance! {
+    one_gib_upload_arrives_whole,
+    one_gib_download_arrives_whole,
+    generated_streaming_response_reaches_the_client_in_order,
+    file_response_carries_length_disposition_and_type,
+    a_handler_that_does_not_read_holds_the_client_at_one_window,
+}
+
 const GIB: u64 = 1024 * 1024 * 1024;
 
 /// A deterministic pseudo-random body of `total` bytes in 1 MiB chunks, and its sha256.
@@ -31,11 +39,10 @@ fn body_and_digest(total: u64) -> (reqwest::Body, String) {
     (reqwest::Body::wrap_stream(stream), digest)
 }
 
-#[tokio::test]
-async fn one_gib_upload_arrives_whole() {
+async fn one_gib_upload_arrives_whole(transport: Transport) {
     let mut cfg = config();
     cfg.limits.max_upload_size = 2 * GIB;
-    let h = Harness::with_demo(cfg).await;
+    let h = Harness::with_demo_on(cfg, transport).await;
     let (body, digest) = body_and_digest(GIB);
     let response = h.client.post(h.url("/stream/upload")).body(body).send().await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);
@@ -45,9 +52,8 @@ async fn one_gib_upload_arrives_whole() {
     h.assert_budget_released().await;
 }
 
-#[tokio::test]
-async fn one_gib_download_arrives_whole() {
-    let h = Harness::with_demo(config()).await;
+async fn one_gib_download_arrives_whole(transport: Transport) {
+    let h = Harness::with_demo_on(config(), transport).await;
     let response = h.client.get(h.url(&format!("/stream/download?bytes={GIB}"))).send().await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(response.content_length(), Some(GIB));
@@ -72,14 +78,13 @@ async fn one_gib_download_arrives_whole() {
     assert_eq!(hasher.finalize(), reference.finalize());
 }
 
-#[tokio::test]
-async fn generated_streaming_response_reaches_the_client_in_order() {
+async fn generated_streaming_response_reaches_the_client_in_order(transport: Transport) {
     let endpoint = Endpoint::get("/report").raw(|_ctx: RawRequestContext| async {
         let lines =
             futures_util::stream::iter((0..1000).map(|i| Ok::<_, std::io::Error>(Bytes::from(format!("Line {i}\n")))));
         Ok::<_, HandlerError>(RawResponse::stream(200, "text/plain", lines))
     });
-    let mut h = Harness::start(config()).await;
+    let mut h = Harness::start_on(config(), transport).await;
     h.attach(Service::builder("report", "1.0.0").endpoint(endpoint).build().unwrap()).await;
     let response = h.client.get(h.url("/report")).send().await.unwrap();
     assert_eq!(response.headers()["content-type"], "text/plain");
@@ -88,8 +93,7 @@ async fn generated_streaming_response_reaches_the_client_in_order() {
     assert_eq!(text, expected);
 }
 
-#[tokio::test]
-async fn file_response_carries_length_disposition_and_type() {
+async fn file_response_carries_length_disposition_and_type(transport: Transport) {
     let path = std::env::temp_dir().join(format!("weir-e2e-{}.csv", std::process::id()));
     let content: Vec<u8> = (0..300_000u32).map(|i| b"abc,123\n"[(i % 8) as usize]).collect();
     std::fs::write(&path, &content).unwrap();
@@ -98,7 +102,7 @@ async fn file_response_carries_length_disposition_and_type() {
         let file = file.clone();
         async move { RawResponse::file(&file, Some("report.csv")).await }
     });
-    let mut h = Harness::start(config()).await;
+    let mut h = Harness::start_on(config(), transport).await;
     h.attach(Service::builder("files", "1.0.0").endpoint(endpoint).build().unwrap()).await;
     let response = h.client.get(h.url("/export")).send().await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);
@@ -109,8 +113,7 @@ async fn file_response_carries_length_disposition_and_type() {
     std::fs::remove_file(&path).unwrap();
 }
 
-#[tokio::test]
-async fn a_handler_that_does_not_read_holds_the_client_at_one_window() {
+async fn a_handler_that_does_not_read_holds_the_client_at_one_window(transport: Transport) {
     let gate = Arc::new(Semaphore::new(0));
     let (started_tx, mut started) = mpsc::unbounded_channel();
     let held = Arc::clone(&gate);
@@ -127,7 +130,7 @@ async fn a_handler_that_does_not_read_holds_the_client_at_one_window() {
             Ok::<_, HandlerError>(RawResponse::text(200, n.to_string()))
         }
     });
-    let mut h = Harness::start(config()).await;
+    let mut h = Harness::start_on(config(), transport).await;
     h.attach(Service::builder("lazy", "1.0.0").endpoint(endpoint).build().unwrap()).await;
     let (sent_tx, mut sent) = mpsc::unbounded_channel::<usize>();
     let chunks = futures_util::stream::iter(0..256).then(move |i| {
