@@ -7,6 +7,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
@@ -14,9 +15,11 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use tokio::time::Sleep;
+use tokio_util::sync::WaitForCancellationFutureOwned;
 use weir_proto::CancelReason;
 use weir_transport::{DataReceiver, StreamError, StreamHandle};
 
+use crate::registry::Registered;
 use crate::routing::InFlightGuard;
 use crate::shaper::Shaper;
 
@@ -48,6 +51,9 @@ struct Relay {
     delayed: Option<(Bytes, Pin<Box<Sleep>>)>,
     /// The whole download must be done by then (`download_timeout`).
     deadline: Pin<Box<Sleep>>,
+    /// The registry entry: counts bytes out; an operator's cancel ends the body.
+    registered: Option<Registered>,
+    operator_cancel: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
 }
 
 /// Bounds on a relayed download.
@@ -55,6 +61,8 @@ struct Relay {
 pub(crate) struct RelayLimits {
     pub shaper: Option<Arc<Shaper>>,
     pub download_timeout: Duration,
+    /// Business mounts: the registry entry, kept until the body is done.
+    pub registered: Option<Registered>,
 }
 
 impl GatewayBody {
@@ -84,6 +92,8 @@ impl GatewayBody {
             shaper: limits.shaper,
             delayed: None,
             deadline: Box::pin(tokio::time::sleep(limits.download_timeout)),
+            operator_cancel: limits.registered.as_ref().map(|r| Box::pin(r.cancel.clone().cancelled_owned())),
+            registered: limits.registered,
         };
         GatewayBody { kind: Kind::Relay(relay) }
     }
@@ -126,6 +136,10 @@ impl Relay {
             self.finish(Some(CancelReason::Timeout));
             return Poll::Ready(Some(Err(StreamError::Cancelled(CancelReason::Timeout))));
         }
+        if self.operator_cancel.as_mut().is_some_and(|c| c.as_mut().poll(cx).is_ready()) {
+            self.finish(Some(CancelReason::Administrative));
+            return Poll::Ready(Some(Err(StreamError::Cancelled(CancelReason::Administrative))));
+        }
         if let Some((_, wait)) = &mut self.delayed {
             ready!(wait.as_mut().poll(cx));
             let chunk = self.delayed.take().map(|(chunk, _)| chunk).unwrap_or_default();
@@ -133,7 +147,12 @@ impl Relay {
         }
         match self.data.poll_chunk(cx) {
             Poll::Pending => Poll::Pending,
-            Poll::Ready(Some(Ok(chunk))) => self.pace(chunk, cx),
+            Poll::Ready(Some(Ok(chunk))) => {
+                if let Some(registered) = &self.registered {
+                    registered.traffic.bytes_out.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                }
+                self.pace(chunk, cx)
+            }
             Poll::Ready(None) => {
                 self.finish(None);
                 Poll::Ready(None)
@@ -166,5 +185,7 @@ impl Relay {
             }
         }
         self.in_flight = None;
+        self.registered = None;
+        self.operator_cancel = None;
     }
 }

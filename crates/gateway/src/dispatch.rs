@@ -21,6 +21,7 @@
 //! cancels it unless completed, so a dropped request future (client gone) sends Cancel.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -29,6 +30,7 @@ use http::{HeaderMap, Request, Response, StatusCode};
 use http_body::Body as _;
 use hyper::body::Incoming;
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 use weir_proto::{BodyMode, CancelReason, Headers, RequestHead};
 use weir_transport::{DataSender, IncomingResponse, Link, OutgoingCall, StreamError};
 
@@ -38,9 +40,11 @@ use crate::budget::{BudgetExceeded, Reservation};
 use crate::error::GatewayError;
 use crate::mount::Mount;
 use crate::pipeline::Admitted;
+use crate::registry::Traffic;
 use crate::request_body::{ClientBody, ReadPolicy};
 use crate::routing::{InFlightGuard, RouteError, RoutingDecision};
 use crate::server::Gateway;
+use crate::shaper::Shaper;
 
 /// Headers that describe one hop, never forwarded (RFC 9110 §7.6.1).
 const HOP_BY_HOP: [&str; 8] = [
@@ -67,19 +71,21 @@ pub(crate) async fn dispatch(
     admitted: Admitted,
     request: Request<Incoming>,
 ) -> Result<Response<GatewayBody>, GatewayError> {
-    let Admitted { decision, client, mount, identity, shaper } = admitted;
+    let Admitted { decision, client, mount, identity, shaper, registered } = admitted;
     let in_flight = decision.instance.begin_call();
     let plan = admit(gateway, &mount, &decision, &request)?;
     let (parts, body) = request.into_parts();
-    let body = ClientBody::new(body, read_policy(gateway, &mount, shaper.clone()));
+    let traffic = registered.as_ref().map(|r| Arc::clone(&r.traffic));
+    let body = ClientBody::new(body, read_policy(gateway, &mount, shaper.clone(), traffic));
     let head = request_head(&parts, &decision, client, &identity, plan.mode);
     let target = Target { link: &decision.instance.link, conn_id: decision.instance.conn_id };
     let forwarded = match plan.mode {
         BodyMode::Buffered => forward_buffered(gateway, target, head, body, &plan).await?,
         BodyMode::Streamed => forward_streamed(gateway, target, head, body, &plan).await?,
     };
-    let response = await_response(forwarded, decision.effective_timeout).await?;
-    let limits = RelayLimits { shaper, download_timeout: mount.config.settings.download_timeout };
+    let operator = registered.as_ref().map(|r| r.cancel.clone());
+    let response = await_response(forwarded, decision.effective_timeout, operator).await?;
+    let limits = RelayLimits { shaper, download_timeout: mount.config.settings.download_timeout, registered };
     respond(response, in_flight, limits)
 }
 
@@ -102,7 +108,12 @@ pub(crate) fn route(gateway: &Gateway, request: &Request<Incoming>) -> Result<Ro
 }
 
 /// The slow-sender bounds for this request's body.
-fn read_policy(gateway: &Gateway, mount: &Mount, shaper: Option<std::sync::Arc<crate::shaper::Shaper>>) -> ReadPolicy {
+fn read_policy(
+    gateway: &Gateway,
+    mount: &Mount,
+    shaper: Option<Arc<Shaper>>,
+    traffic: Option<Arc<Traffic>>,
+) -> ReadPolicy {
     let server = &gateway.config().server;
     ReadPolicy {
         read_timeout: server.read_timeout,
@@ -110,6 +121,7 @@ fn read_policy(gateway: &Gateway, mount: &Mount, shaper: Option<std::sync::Arc<c
         min_rate: server.min_request_data_rate,
         grace: server.data_rate_grace,
         shaper,
+        traffic,
     }
 }
 
@@ -298,11 +310,22 @@ impl Pump {
 async fn await_response(
     forwarded: Forwarded,
     timeout: Duration,
+    operator: Option<CancellationToken>,
 ) -> Result<(IncomingResponse, OutgoingCall), GatewayError> {
     let Forwarded { mut call, mut pump, held } = forwarded;
+    let operator_cancel = async {
+        match &operator {
+            Some(token) => token.cancelled().await,
+            None => std::future::pending().await,
+        }
+    };
     let outcome = tokio::select! {
         outcome = tokio::time::timeout(timeout, &mut call.response) => outcome,
         err = pump_failure(pump.as_mut()) => return Err(err),
+        _ = operator_cancel => {
+            call.handle.cancel(CancelReason::Administrative);
+            return Err(GatewayError::CancelledByOperator);
+        }
     };
     drop(held);
     match outcome {

@@ -40,6 +40,8 @@ pub enum GatewayError {
     UnsupportedMediaType(String),
     #[error("rate limit exceeded")]
     TooManyRequests { retry_after_secs: u64 },
+    #[error("request cancelled by an operator")]
+    CancelledByOperator,
 }
 
 impl GatewayError {
@@ -60,6 +62,7 @@ impl GatewayError {
             GatewayError::Forbidden(_) => StatusCode::FORBIDDEN,
             GatewayError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             GatewayError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
+            GatewayError::CancelledByOperator => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -80,11 +83,12 @@ impl GatewayError {
             GatewayError::Forbidden(_) => "forbidden",
             GatewayError::UnsupportedMediaType(_) => "unsupported_media_type",
             GatewayError::TooManyRequests { .. } => "too_many_requests",
+            GatewayError::CancelledByOperator => "cancelled",
         }
     }
 
     /// Every code, for metrics.
-    pub const CODES: [&'static str; 14] = [
+    pub const CODES: [&'static str; 15] = [
         "not_found",
         "method_not_allowed",
         "bad_request",
@@ -99,6 +103,7 @@ impl GatewayError {
         "forbidden",
         "unsupported_media_type",
         "too_many_requests",
+        "cancelled",
     ];
 
     /// Whether the client connection should be closed after this answer (the request

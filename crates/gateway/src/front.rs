@@ -3,7 +3,8 @@
 //! every other request to [`crate::dispatch`], and turns its errors into responses.
 //!
 //! The same front serves the admin surface on its own listener: `/healthz`, `/budget`
-//! (the payload budget's counters), `/routes` (the routing table) and `/metrics`.
+//! (the payload budget's counters), `/routes` (the routing table), `/requests` (business
+//! requests in flight; `DELETE /requests/{id}` cancels one) and `/metrics`.
 //! Shutdown: stop accepting, let in-flight requests finish within the grace period,
 //! then return; the caller closes service links after.
 
@@ -190,16 +191,37 @@ fn log_error(err: &GatewayError, method: &Method, path: &str, client: SocketAddr
 }
 
 fn admin(gateway: &Gateway, request: &Request<Incoming>) -> Response<GatewayBody> {
+    let path = request.uri().path();
+    if let Some(id) = path.strip_prefix("/requests/") {
+        return cancel_request(gateway, request.method(), id);
+    }
     if request.method() != Method::GET {
         return GatewayError::MethodNotAllowed { allow: vec!["GET".into()] }.into_response();
     }
-    match request.uri().path() {
+    match path {
         "/budget" => json(StatusCode::OK, serde_json::to_string(&gateway.budget().counters()).unwrap_or_default()),
         "/routes" => json(StatusCode::OK, serde_json::to_string(&gateway.routing().snapshot()).unwrap_or_default()),
+        "/requests" => json(StatusCode::OK, serde_json::to_string(&gateway.registry().list()).unwrap_or_default()),
         "/metrics" => {
             let text = gateway.metrics().render(&gateway.budget().counters(), gateway.service_connections());
             let mut response = Response::new(GatewayBody::full(Bytes::from(text)));
             response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
+            response
+        }
+        _ => GatewayError::NotFound.into_response(),
+    }
+}
+
+/// `DELETE /requests/{id}`: cancels a registered request (204), or 404.
+fn cancel_request(gateway: &Gateway, method: &Method, id: &str) -> Response<GatewayBody> {
+    if method != Method::DELETE {
+        return GatewayError::MethodNotAllowed { allow: vec!["DELETE".into()] }.into_response();
+    }
+    match id.parse::<u64>() {
+        Ok(id) if gateway.registry().cancel(id) => {
+            tracing::info!(id, "request cancelled from the admin endpoint");
+            let mut response = Response::new(GatewayBody::empty());
+            *response.status_mut() = StatusCode::NO_CONTENT;
             response
         }
         _ => GatewayError::NotFound.into_response(),

@@ -21,6 +21,7 @@ pub mod metrics;
 pub mod mount;
 mod pipeline;
 pub mod ratelimit;
+pub mod registry;
 mod request_body;
 pub mod routing;
 pub mod server;

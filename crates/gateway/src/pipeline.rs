@@ -2,8 +2,8 @@
 //!
 //! 1. **mount** — the longest matching prefix picks the mount and its profile;
 //! 2. profile phases — **static**: serve a file, done. **business**: *authenticate* →
-//!    *route* → *validate* (claims, content type, declared body size) → *register* (the
-//!    request registry) → *rate limit*. **streaming**: *route* (connection and bandwidth
+//!    *route* → *validate* (claims, content type, declared body size) → *rate limit* →
+//!    *register* (the request registry, which can list and cancel it). **streaming**: *route* (connection and bandwidth
 //!    limits act on the connection and body, see `dispatch`);
 //! 3. **dispatch** — to a service over its link (`dispatch`), or the WebSocket relay.
 //!
@@ -23,6 +23,7 @@ use crate::body::GatewayBody;
 use crate::dispatch::{dispatch, route};
 use crate::error::GatewayError;
 use crate::mount::{Mount, Profile};
+use crate::registry::Registered;
 use crate::routing::RoutingDecision;
 use crate::server::Gateway;
 use crate::shaper::Shaper;
@@ -58,6 +59,8 @@ pub(crate) struct Admitted {
     pub client: SocketAddr,
     /// Streaming mounts with a bandwidth limit: the connection's shaper.
     pub shaper: Option<Arc<Shaper>>,
+    /// Business mounts: the request's entry in the request registry.
+    pub registered: Option<Registered>,
 }
 
 /// Runs every phase for one request.
@@ -89,7 +92,9 @@ fn business(
     let decision = route(gateway, request)?;
     crate::auth::validate(&decision.endpoint, &identity, request)?;
     gateway.rate_limits().check_request(&mount, &identity, client)?;
-    Ok(Admitted { mount, decision, identity, client, shaper: None })
+    let path = request.uri().path();
+    let registered = gateway.registry().begin(request.method().as_str(), path, &decision.template, client);
+    Ok(Admitted { mount, decision, identity, client, shaper: None, registered: Some(registered) })
 }
 
 /// Streaming profile: route only; its limits act on the connection and the body.
@@ -101,5 +106,5 @@ fn streaming(
 ) -> Result<Admitted, GatewayError> {
     let decision = route(gateway, request)?;
     let shaper = conn.shaper(&mount);
-    Ok(Admitted { mount, decision, identity: Identity::anonymous(), client: conn.addr, shaper })
+    Ok(Admitted { mount, decision, identity: Identity::anonymous(), client: conn.addr, shaper, registered: None })
 }

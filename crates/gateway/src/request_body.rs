@@ -6,6 +6,7 @@
 //! minimum average rate once `data_rate_grace` has passed (`min_request_data_rate`, as
 //! Kestrel's MinRequestBodyDataRate). A streaming mount's bandwidth limit shapes reading.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,6 +16,7 @@ use hyper::body::Incoming;
 use tokio::time::Instant;
 
 use crate::error::GatewayError;
+use crate::registry::Traffic;
 use crate::shaper::Shaper;
 
 /// The bounds a body is read under.
@@ -25,6 +27,8 @@ pub(crate) struct ReadPolicy {
     pub min_rate: u64,
     pub grace: Duration,
     pub shaper: Option<Arc<Shaper>>,
+    /// Business mounts: the registry's byte counters.
+    pub traffic: Option<Arc<Traffic>>,
 }
 
 /// A request body being read.
@@ -55,6 +59,9 @@ impl ClientBody {
                 continue;
             }
             self.received += data.len() as u64;
+            if let Some(traffic) = &self.policy.traffic {
+                traffic.bytes_in.fetch_add(data.len() as u64, Ordering::Relaxed);
+            }
             self.check_rate()?;
             if let Some(shaper) = &self.policy.shaper {
                 shaper.throttle(data.len()).await;

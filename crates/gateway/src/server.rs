@@ -25,6 +25,7 @@ use crate::config::GatewayConfig;
 use crate::metrics::Metrics;
 use crate::mount::{Mount, MountTable};
 use crate::ratelimit::RateLimits;
+use crate::registry::RequestRegistry;
 use crate::routing::RoutingTable;
 use crate::service_auth::{Grant, ServiceAuth, ServicePeer};
 
@@ -42,6 +43,8 @@ pub struct Gateway {
     /// One authenticator per mount prefix (business mounts use theirs).
     authenticators: HashMap<String, Authenticator>,
     rate_limits: RateLimits,
+    /// Business requests in flight, for the admin surface.
+    registry: Arc<RequestRegistry>,
     /// Checks service Hellos against `[services]` credentials.
     service_auth: ServiceAuth,
 }
@@ -58,6 +61,7 @@ impl Gateway {
             mounts,
             authenticators,
             rate_limits,
+            registry: Arc::new(RequestRegistry::default()),
             routing: RoutingTable::new(config.routing.clone(), server.default_timeout, server.max_timeout),
             budget: PayloadBudget::new(config.limits.payload),
             metrics: Metrics::default(),
@@ -92,6 +96,11 @@ impl Gateway {
     pub fn authenticator(&self, mount: &Mount) -> &Authenticator {
         // Built for every mount in `new`, from the same table: the lookup cannot miss.
         &self.authenticators[&mount.config.prefix]
+    }
+
+    /// Business requests in flight.
+    pub fn registry(&self) -> &Arc<RequestRegistry> {
+        &self.registry
     }
 
     /// Request rate limits of every mount.

@@ -1,6 +1,7 @@
 //! Black-box tests of the gateway over real HTTP on an ephemeral port, with services
-//! attached over the in-memory transport: the embedded demo, or test services whose
-//! handlers count their invocations and report cancellation.
+//! attached over the in-memory transport, TCP or TLS (the conformance suite runs each
+//! transport-relevant test on all three, see `common.rs`): the embedded demo, or test
+//! services whose handlers count their invocations and report cancellation.
 //!
 //! One test binary with a module per concern, so the suite links once.
 
@@ -8,7 +9,12 @@ mod common;
 
 mod bad_input;
 mod cancel;
+mod cli;
 mod limits;
+mod liveness;
 mod protections;
+mod registry;
 mod routing;
+mod service_auth;
 mod streaming;
+mod wire_faults;
