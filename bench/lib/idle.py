@@ -3,7 +3,9 @@
 
 Used by bench/run for idle_1k and idle_10k. Steps:
   1. read the resident set (VmRSS) of the measured process: the baseline;
-  2. open N connections (a bounded number at a time), send one `GET PATH` on each and
+  2. open N connections (a bounded number at a time) from PER_SOURCE connections per
+     loopback source address (127.0.1.1, 127.0.1.2, ...: like many clients, and under a
+     per-IP connection limit), send one `GET PATH` on each and
      read its whole response, so that each is an established, used, idle keep-alive
      connection (the proxies have also set up their upstream side once);
   3. wait SETTLE seconds, read VmRSS again, check how many connections are still open;
@@ -41,10 +43,15 @@ async def read_response(reader: asyncio.StreamReader) -> int:
     return status
 
 
-async def open_one(host, port, request, limiter, held, failures):
+def source_address(index: int, per_source: int) -> str:
+    n = index // per_source + 1
+    return f"127.0.{1 + n // 250}.{1 + n % 250}"
+
+
+async def open_one(host, port, source, request, limiter, held, failures):
     async with limiter:
         try:
-            reader, writer = await asyncio.open_connection(host, port)
+            reader, writer = await asyncio.open_connection(host, port, local_addr=(source, 0))
             writer.write(request)
             status = await asyncio.wait_for(read_response(reader), 30)
             if status != 200:
@@ -63,6 +70,7 @@ async def main() -> None:
     parser.add_argument("--pid", type=int, required=True, help="process whose RSS is measured")
     parser.add_argument("--settle", type=float, default=2.0)
     parser.add_argument("--parallel", type=int, default=256, help="connections being opened at once")
+    parser.add_argument("--per-source", type=int, default=50, help="connections per source address")
     args = parser.parse_args()
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -76,7 +84,10 @@ async def main() -> None:
     limiter = asyncio.Semaphore(args.parallel)
     started = time.monotonic()
     await asyncio.gather(
-        *(open_one(args.host, args.port, request, limiter, held, failures) for _ in range(args.connections))
+        *(
+            open_one(args.host, args.port, source_address(i, args.per_source), request, limiter, held, failures)
+            for i in range(args.connections)
+        )
     )
     open_seconds = time.monotonic() - started
     await asyncio.sleep(args.settle)

@@ -1,5 +1,5 @@
-//! The response body the gateway gives hyper: either bytes it already has, or a service's
-//! streamed body relayed chunk by chunk.
+//! The response body the gateway gives hyper: bytes it already has, a service's streamed
+//! body relayed chunk by chunk, or a static file read chunk by chunk ([`FileBody`]).
 //!
 //! A relayed body owns its stream: taking a chunk grants the service credit for it (so a
 //! slow client slows the service, and at most one window is buffered), reaching the
@@ -19,6 +19,7 @@ use tokio_util::sync::WaitForCancellationFutureOwned;
 use weir_proto::CancelReason;
 use weir_transport::{DataReceiver, StreamError, StreamHandle};
 
+use crate::file_body::FileBody;
 use crate::registry::Registered;
 use crate::routing::InFlightGuard;
 use crate::shaper::Shaper;
@@ -33,6 +34,7 @@ pub struct GatewayBody {
 enum Kind {
     Full(Option<Bytes>),
     Relay(Relay),
+    File(FileBody),
 }
 
 /// A streamed service response on its way to the client.
@@ -76,6 +78,11 @@ impl GatewayBody {
         GatewayBody { kind: Kind::Full(None) }
     }
 
+    /// A static file's bytes, read as they are sent.
+    pub(crate) fn file(file: FileBody) -> Self {
+        GatewayBody { kind: Kind::File(file) }
+    }
+
     /// A relayed service body.
     pub(crate) fn relay(
         data: DataReceiver,
@@ -107,6 +114,7 @@ impl Body for GatewayBody {
         match &mut self.get_mut().kind {
             Kind::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
             Kind::Relay(relay) => relay.poll_chunk(cx),
+            Kind::File(file) => file.poll_chunk(cx).map(|chunk| chunk.map(|c| c.map(Frame::data))),
         }
     }
 
@@ -114,6 +122,7 @@ impl Body for GatewayBody {
         match &self.kind {
             Kind::Full(bytes) => bytes.is_none(),
             Kind::Relay(relay) => relay.handle.is_none(),
+            Kind::File(file) => file.remaining() == 0,
         }
     }
 
@@ -122,6 +131,7 @@ impl Body for GatewayBody {
             Kind::Full(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
             Kind::Relay(Relay { length: Some(n), .. }) => SizeHint::with_exact(*n),
             Kind::Relay(_) => SizeHint::default(),
+            Kind::File(file) => SizeHint::with_exact(file.remaining()),
         }
     }
 }

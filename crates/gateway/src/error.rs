@@ -42,6 +42,10 @@ pub enum GatewayError {
     TooManyRequests { retry_after_secs: u64 },
     #[error("request cancelled by an operator")]
     CancelledByOperator,
+    #[error("a precondition of the request does not hold")]
+    PreconditionFailed,
+    #[error("no requested range overlaps the {length} bytes of the file")]
+    RangeNotSatisfiable { length: u64 },
 }
 
 impl GatewayError {
@@ -63,6 +67,8 @@ impl GatewayError {
             GatewayError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             GatewayError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             GatewayError::CancelledByOperator => StatusCode::SERVICE_UNAVAILABLE,
+            GatewayError::PreconditionFailed => StatusCode::PRECONDITION_FAILED,
+            GatewayError::RangeNotSatisfiable { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
         }
     }
 
@@ -84,11 +90,13 @@ impl GatewayError {
             GatewayError::UnsupportedMediaType(_) => "unsupported_media_type",
             GatewayError::TooManyRequests { .. } => "too_many_requests",
             GatewayError::CancelledByOperator => "cancelled",
+            GatewayError::PreconditionFailed => "precondition_failed",
+            GatewayError::RangeNotSatisfiable { .. } => "range_not_satisfiable",
         }
     }
 
     /// Every code, for metrics.
-    pub const CODES: [&'static str; 15] = [
+    pub const CODES: [&'static str; 17] = [
         "not_found",
         "method_not_allowed",
         "bad_request",
@@ -104,6 +112,8 @@ impl GatewayError {
         "unsupported_media_type",
         "too_many_requests",
         "cancelled",
+        "precondition_failed",
+        "range_not_satisfiable",
     ];
 
     /// Whether the client connection should be closed after this answer (the request
@@ -133,6 +143,12 @@ impl GatewayError {
             }
             GatewayError::Unauthorized(_) => {
                 headers.insert(http::header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            GatewayError::RangeNotSatisfiable { length } => {
+                let value = weir_proto::http_file::unsatisfied_content_range(*length);
+                if let Ok(value) = HeaderValue::from_str(&value) {
+                    headers.insert(http::header::CONTENT_RANGE, value);
+                }
             }
             _ => {}
         }

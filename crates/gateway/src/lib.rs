@@ -5,8 +5,8 @@
 //! request's phases), [`routing`] (table and instance choice), [`budget`] (payload
 //! reservations), [`server`] (shared state and service connections), [`body`] (response
 //! bodies relayed from services), [`error`] (the one status-code mapping), [`metrics`],
-//! [`service_auth`] (which services may register which paths) and the service listener
-//! for TCP and TLS ([`Gateway::serve_services`]).
+//! [`service_auth`] (which services may register which paths), [`static_files`] (the
+//! static profile) and the service listener for TCP and TLS ([`Gateway::serve_services`]).
 
 pub mod auth;
 pub mod body;
@@ -15,6 +15,7 @@ pub mod client_io;
 pub mod config;
 mod dispatch;
 pub mod error;
+mod file_body;
 pub mod front;
 pub mod limiter;
 pub mod metrics;

@@ -6,6 +6,10 @@
 //! The byte layout is specified in `docs/protocol.md`, which is the contract another
 //! language would implement; this crate is its reference implementation.
 //!
+//! [`http_file`] is the one piece that is not about frames: the pure HTTP logic of file
+//! responses (validators, conditional requests, byte ranges), shared by the gateway's
+//! static profile and the SDK's file responses so that both answer alike.
+//!
 //! Invariants: decoding never panics on any input (a proptest and a fuzz target check
 //! it); every decode error is a typed [`ProtoError`]; encoding a value and decoding the
 //! bytes gives the value back.
@@ -13,6 +17,7 @@
 pub mod codec;
 pub mod error;
 pub mod frame;
+pub mod http_file;
 pub mod messages;
 mod wire;
 

@@ -18,6 +18,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use toml_edit::{ImDocument, Item, TableLike, Value};
+
+mod mounts;
 use weir_gateway::config::{
     GatewayConfig, LimitsConfig, RoutingConfig, ServerConfig, ServiceCredential, ServicesConfig, ServicesTlsConfig,
 };
@@ -93,6 +95,8 @@ pub fn load_config(text: &str) -> Result<GatewayConfig, ConfigErrors> {
     root.section("routing", |s| read_routing(s, &mut config.routing));
     root.section("limits", |s| read_limits(s, &mut config.limits));
     root.section("services", |s| read_services(s, &mut config.services));
+    let mut prefixes = Vec::new();
+    root.tables("mount", &mut config.mounts, |s| mounts::read_mount(s, &mut prefixes));
     root.finish();
     check_relations(&mut reader, &config);
     reader.finish(config)
@@ -107,6 +111,11 @@ fn read_server(s: &mut Section<'_, '_>, c: &mut ServerConfig) {
     s.value("header_timeout", &mut c.header_timeout, duration);
     s.value("read_timeout", &mut c.read_timeout, duration);
     s.value("admin_listen", &mut c.admin_listen, |item| socket_addr(item).map(Some));
+    s.value("send_timeout", &mut c.send_timeout, duration);
+    s.value("max_connections_per_ip", &mut c.max_connections_per_ip, mounts::count);
+    s.value("min_request_data_rate", &mut c.min_request_data_rate, size(1, u64::MAX));
+    s.value("min_response_data_rate", &mut c.min_response_data_rate, size(1, u64::MAX));
+    s.value("data_rate_grace", &mut c.data_rate_grace, duration);
 }
 
 /// `[routing]`: one line per key.

@@ -81,7 +81,8 @@ fn write(dir: &Path, name: &str, text: &str) -> String {
 /// `weir serve` with `config`, on ephemeral ports; returns it, its HTTP address and the
 /// service listener's `scheme://addr`.
 async fn serve(config: &str) -> (Proc, String, String) {
-    let args = ["serve", "--no-demo", "--config", config, "--listen", "127.0.0.1:0", "--services-listen", "127.0.0.1:0"];
+    let args =
+        ["serve", "--no-demo", "--config", config, "--listen", "127.0.0.1:0", "--services-listen", "127.0.0.1:0"];
     let mut gateway = Proc::spawn(&args);
     let http = gateway.line("weir listening on ").await;
     let services = gateway.line("weir services on ").await;
@@ -129,7 +130,8 @@ async fn demo_service_dials_weir_serve_over_mutual_tls() {
     let (gateway, http, services) = serve(&config).await;
     let addr = services.strip_prefix("tls://").expect("a TLS listener").to_owned();
     let (client_cert, client_key) = (write(&dir, "demo.pem", &client_cert), write(&dir, "demo.key", &client_key));
-    let args = ["demo-service", "--connect", &addr, "--tls-ca", &ca, "--tls-cert", &client_cert, "--tls-key", &client_key];
+    let args =
+        ["demo-service", "--connect", &addr, "--tls-ca", &ca, "--tls-cert", &client_cert, "--tls-key", &client_key];
     let mut demo = Proc::spawn(&args);
     assert_eq!(demo.line("weir demo-service registered with ").await, services);
     demo_answers(&http).await;

@@ -276,14 +276,14 @@ impl Harness {
 
     /// Attaches `service` over the harness transport and waits until it is registered.
     pub async fn attach(&mut self, service: Service) -> RunHandle {
-        let dialer = self.dialer(&service.name().to_owned());
+        let dialer = self.dialer(service.name());
         self.run_registered(service, dialer).await
     }
 
     /// Attaches `service` through a [`Wire`] that can freeze its connection (a silent,
     /// half-open peer) and reports the gateway's heartbeats.
     pub async fn attach_tapped(&mut self, service: Service) -> (RunHandle, Wire) {
-        let mut dialer = self.dialer(&service.name().to_owned());
+        let mut dialer = self.dialer(service.name());
         let wire = Wire::new(self.shutdown.clone());
         dialer.tap = Some(wire.clone());
         (self.run_registered(service, dialer).await, wire)

@@ -92,6 +92,7 @@ async fn silent_half_open_service_is_evicted_with_502_and_its_handler_cancelled(
     let request = tokio::spawn(h.client.get(h.url("/hold")).send());
     assert_eq!(next(&mut seen).await, Seen::Started("a"));
     let mut registration = running.registration();
+    registration.borrow_and_update();
     wire.freeze();
     // Gateway side: heartbeats stop arriving, the service is evicted, its request fails.
     let response = tokio::time::timeout(WAIT, request).await.expect("no answer").unwrap().unwrap();
@@ -99,8 +100,9 @@ async fn silent_half_open_service_is_evicted_with_502_and_its_handler_cancelled(
     assert_eq!(response.json::<serde_json::Value>().await.unwrap()["error"], "upstream_failed");
     // Service side: the gateway fell silent, so the link was closed and the handler cancelled.
     assert_eq!(next(&mut seen).await, Seen::Cancelled("a"));
-    // ... and the service dialled again, over a fresh connection, and serves.
-    tokio::time::timeout(WAIT, registration.wait_for(|r| !*r)).await.unwrap().unwrap();
+    // ... and the service dialled again, over a fresh connection, and serves. (The new
+    // registration may come before or after the 502: wait for any change, then for it.)
+    tokio::time::timeout(WAIT, registration.changed()).await.unwrap().unwrap();
     tokio::time::timeout(WAIT, registration.wait_for(|r| *r)).await.unwrap().unwrap();
     assert_eq!(get(&h, "/ok").await, (StatusCode::OK, "a".to_owned()));
     h.assert_budget_released().await;
@@ -112,8 +114,9 @@ async fn service_registers_again_after_the_service_listener_restarts(transport: 
     let running = h.attach(held_service("a", seen_tx, None)).await;
     assert_eq!(get(&h, "/ok").await.0, StatusCode::OK);
     let mut registration = running.registration();
+    registration.borrow_and_update();
     h.restart_services().await;
-    tokio::time::timeout(WAIT, registration.wait_for(|r| !*r)).await.unwrap().unwrap();
+    tokio::time::timeout(WAIT, registration.changed()).await.unwrap().unwrap();
     tokio::time::timeout(WAIT, registration.wait_for(|r| *r)).await.unwrap().unwrap();
     assert_eq!(get(&h, "/ok").await, (StatusCode::OK, "a".to_owned()));
     assert_eq!(h.gateway.service_connections(), 1);

@@ -30,7 +30,7 @@ fn guarded() -> GatewayConfig {
 fn billing(token: &str, paths: &[&str]) -> Service {
     let mut builder = Service::builder("billing", "1.0.0").token(token);
     for path in paths {
-        builder = builder.endpoint(Endpoint::get(*path).raw(|_| async { Ok(RawResponse::text(200, "billed")) }));
+        builder = builder.endpoint(Endpoint::get(path).raw(|_| async { Ok(RawResponse::text(200, "billed")) }));
     }
     builder.build().unwrap()
 }
@@ -56,10 +56,11 @@ async fn refusal(h: &Harness, service: &Service) -> (ErrorCode, String) {
 async fn wrong_or_missing_token_is_closed_with_unauthorized(transport: Transport) {
     let mut h = Harness::start_on(guarded(), transport).await;
     demo_with_token(&mut h).await;
-    for token in ["wrong", "", "demo-token"] {
+    for token in ["n0t-it", "", "demo-token"] {
         let (code, message) = refusal(&h, &billing(token, &["/billing/x"])).await;
         assert_eq!(code, ErrorCode::Unauthorized, "token {token:?}");
-        assert!(message.contains("billing") && !message.contains(token), "{message}");
+        assert!(message.contains("billing"), "{message}");
+        assert!(token.is_empty() || !message.contains(token), "the token leaked: {message}");
     }
     let stranger = Service::builder("stranger", "1.0.0").token("billing-token").build().unwrap();
     let (code, message) = refusal(&h, &stranger).await;
@@ -93,7 +94,7 @@ fn hello(service: &str, token: &str, paths: &[&str]) -> Hello {
         instance_id: format!("{service}-raw"),
         initial_window: 65536,
         token: token.into(),
-        endpoints: paths.iter().map(|p| EndpointDescriptor::new("GET", *p)).collect(),
+        endpoints: paths.iter().map(|p| EndpointDescriptor::new("GET", p)).collect(),
     }
 }
 
@@ -103,7 +104,7 @@ async fn endpoints_update_outside_the_prefixes_is_refused(transport: Transport) 
     let hello = hello("billing", "billing-token", &["/billing/a"]);
     let (link, _events, _) = dial(io, &hello, LinkConfig::default(), WAIT).await.unwrap();
     let update = |paths: &[&str]| EndpointsUpdate {
-        endpoints: paths.iter().map(|p| EndpointDescriptor::new("GET", *p)).collect(),
+        endpoints: paths.iter().map(|p| EndpointDescriptor::new("GET", p)).collect(),
     };
     link.send_endpoints_update(&update(&["/billing/a", "/admin"])).unwrap();
     link.send_endpoints_update(&update(&["/billing/a", "/billing/b"])).unwrap();

@@ -13,8 +13,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_util::codec::Framed;
 use weir_proto::{
-    BodyMode, EndpointDescriptor, ErrorCode, ErrorMessage, Frame, FrameCodec, FrameType, Hello, Message,
-    ResponseHead, PROTOCOL_VERSION,
+    BodyMode, EndpointDescriptor, ErrorCode, ErrorMessage, Frame, FrameCodec, FrameType, Hello, Message, ResponseHead,
+    PROTOCOL_VERSION,
 };
 use weir_transport::tls::{self, TlsDialer};
 use weir_transport::ByteStream;
