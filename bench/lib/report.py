@@ -99,6 +99,12 @@ def markdown(results, title, notes, machine_text):
     systems += sorted({r["system"] for r in results} - set(SYSTEMS))
     by = {(r["scenario"], r["system"]): r for r in results}
     lines = [f"# {title}", "", f"Machine: {machine_text}", ""]
+    busy = [r["busy_before_pct"] for r in results if "busy_before_pct" in r]
+    if busy:
+        notes = notes + [
+            f"Other work on the machine just before the measurements (bench/run waits for it to drop "
+            f"under 10%, for a while): median {statistics.median(busy):.0f}%, max {max(busy):.0f}% of both cores."
+        ]
     lines += [f"- {note}" for note in notes]
     if notes:
         lines.append("")

@@ -60,9 +60,11 @@ const HOP_BY_HOP: [&str; 8] = [
 
 /// Headers a client may not set: the gateway states the caller's identity in them.
 const IDENTITY_PREFIX: &str = "x-weir-";
-/// The authenticated subject, forwarded to the service.
+/// The authenticated subject, forwarded to the service (absent for anonymous callers).
 pub const SUBJECT_HEADER: &str = "x-weir-subject";
-/// The authenticated claims as a JSON object of type → value, forwarded to the service.
+/// The authenticated claims, forwarded to the service with the subject: a JSON array of
+/// `{"type": .., "value": ..}` objects, so that a type may repeat (`docs/protocol.md`,
+/// "Identity headers").
 pub const CLAIMS_HEADER: &str = "x-weir-claims";
 
 /// Answers one client request by way of a service.
@@ -358,8 +360,8 @@ async fn pump_failure(pump: Option<&mut JoinHandle<Result<(), GatewayError>>>) -
     }
 }
 
-/// Phase 5: the client's response.
-fn respond(
+/// Phase 5: the client's response (also the WebSocket relay's answer to a refused upgrade).
+pub(crate) fn respond(
     (response, call): (IncomingResponse, OutgoingCall),
     in_flight: InFlightGuard<Link>,
     limits: RelayLimits,
@@ -390,9 +392,10 @@ fn is_hop_by_hop(name: &str) -> bool {
     HOP_BY_HOP.iter().any(|h| name.eq_ignore_ascii_case(h))
 }
 
-/// The head sent to the service: the client's request minus hop-by-hop headers, plus
-/// `x-forwarded-for` and `x-forwarded-proto`.
-fn request_head(
+/// The head sent to the service: the client's request minus hop-by-hop headers and any
+/// client-sent `x-weir-*` header, plus `x-forwarded-for`, `x-forwarded-proto` and, for
+/// an authenticated caller, the identity headers. Shared with the WebSocket relay.
+pub(crate) fn request_head(
     parts: &http::request::Parts,
     decision: &RoutingDecision<Link>,
     client: SocketAddr,
@@ -409,9 +412,9 @@ fn request_head(
     headers.push(("x-forwarded-proto".to_owned(), Bytes::from_static(b"http")));
     if let Some(subject) = &identity.subject {
         headers.push((SUBJECT_HEADER.to_owned(), Bytes::from(subject.clone())));
-        let claims: serde_json::Map<String, serde_json::Value> =
-            identity.claims.iter().map(|(t, v)| (t.clone(), serde_json::Value::String(v.clone()))).collect();
-        headers.push((CLAIMS_HEADER.to_owned(), Bytes::from(serde_json::Value::Object(claims).to_string())));
+        let claims: Vec<serde_json::Value> =
+            identity.claims.iter().map(|(t, v)| serde_json::json!({ "type": t, "value": v })).collect();
+        headers.push((CLAIMS_HEADER.to_owned(), Bytes::from(serde_json::Value::Array(claims).to_string())));
     }
     RequestHead {
         method: parts.method.as_str().to_owned(),

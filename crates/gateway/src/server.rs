@@ -13,13 +13,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
+use thiserror::Error;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use weir_proto::{ErrorCode, HealthStatus, Heartbeat, Message, Welcome, PROTOCOL_VERSION};
 use weir_transport::memory::{self, MemoryConnector};
 use weir_transport::{accept_hello, ByteStream, Link, LinkConfig, LinkEvent};
 
-use crate::auth::Authenticator;
+use crate::auth::{AuthSetupError, Authenticator};
 use crate::budget::PayloadBudget;
 use crate::config::GatewayConfig;
 use crate::metrics::Metrics;
@@ -28,6 +29,19 @@ use crate::ratelimit::RateLimits;
 use crate::registry::RequestRegistry;
 use crate::routing::RoutingTable;
 use crate::service_auth::{Grant, ServiceAuth, ServicePeer};
+use crate::websocket::WsConnections;
+
+/// Why a gateway could not be built from its configuration.
+#[derive(Debug, Error)]
+pub enum GatewayStartError {
+    /// A mount's authentication could not be set up.
+    #[error("mount {prefix:?}: {source}")]
+    Auth {
+        prefix: String,
+        #[source]
+        source: AuthSetupError,
+    },
+}
 
 /// The running gateway's shared state.
 pub struct Gateway {
@@ -43,6 +57,8 @@ pub struct Gateway {
     /// One authenticator per mount prefix (business mounts use theirs).
     authenticators: HashMap<String, Authenticator>,
     rate_limits: RateLimits,
+    /// Open WebSockets per mount and user (`ws_max_connections_per_user`).
+    ws_connections: WsConnections,
     /// Business requests in flight, for the admin surface.
     registry: Arc<RequestRegistry>,
     /// Checks service Hellos against `[services]` credentials.
@@ -51,16 +67,27 @@ pub struct Gateway {
 
 impl Gateway {
     /// A gateway with `config`; nothing runs until a front or a service is attached.
-    pub fn new(config: GatewayConfig) -> Arc<Self> {
+    /// Fails when a mount's authentication cannot be set up (an unreadable RS256 key).
+    pub fn new(config: GatewayConfig) -> Result<Arc<Self>, GatewayStartError> {
         let server = &config.server;
         let mounts = MountTable::new(&config);
-        let authenticators =
-            mounts.iter().map(|m| (m.config.prefix.clone(), Authenticator::new(&m.config.auth))).collect();
+        let authenticators = mounts
+            .iter()
+            .map(|m| {
+                let prefix = m.config.prefix.clone();
+                match Authenticator::new(&m.config.auth) {
+                    Ok(authenticator) => Ok((prefix, authenticator)),
+                    Err(source) => Err(GatewayStartError::Auth { prefix, source }),
+                }
+            })
+            .collect::<Result<_, _>>()?;
         let rate_limits = RateLimits::new(&mounts);
-        Arc::new(Gateway {
+        let ws_connections = WsConnections::new(&mounts);
+        Ok(Arc::new(Gateway {
             mounts,
             authenticators,
             rate_limits,
+            ws_connections,
             registry: Arc::new(RequestRegistry::default()),
             routing: RoutingTable::new(config.routing.clone(), server.default_timeout, server.max_timeout),
             budget: PayloadBudget::new(config.limits.payload),
@@ -69,7 +96,7 @@ impl Gateway {
             next_conn_id: AtomicU64::new(1),
             service_auth: ServiceAuth::new(&config.services),
             config,
-        })
+        }))
     }
 
     /// The configuration it runs with.
@@ -106,6 +133,16 @@ impl Gateway {
     /// Request rate limits of every mount.
     pub fn rate_limits(&self) -> &RateLimits {
         &self.rate_limits
+    }
+
+    /// Open WebSockets per mount and user.
+    pub(crate) fn ws_connections(&self) -> &WsConnections {
+        &self.ws_connections
+    }
+
+    /// Open WebSockets of `user` (subject or client IP) on the mount with `prefix`.
+    pub fn open_websockets(&self, prefix: &str, user: &str) -> u32 {
+        self.ws_connections.count(prefix, user)
     }
 
     /// Request and error counters.

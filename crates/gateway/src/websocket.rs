@@ -1,19 +1,252 @@
 //! WebSockets through the gateway: the gateway terminates the client's WebSocket and
-//! relays its messages to the service as stream data.
+//! relays its messages to the service as stream data (`docs/protocol.md`, "WebSocket
+//! streams"). Called by the pipeline when the routed endpoint's kind is WebSocket.
+//!
+//! This module owns the opening: the upgrade is checked (GET over HTTP/1.1 with
+//! `Upgrade: websocket`, `Connection: upgrade`, `Sec-WebSocket-Version: 13` and a key;
+//! anything else is 400), the user's slot is taken (at most `ws_max_connections_per_user`
+//! open WebSockets per mount and user, the user being the authenticated subject or else
+//! the client IP; over it: **503 with `Retry-After`**, like every other connection limit
+//! in DESIGN.md), the stream's window is reserved in the payload budget (503 if it does
+//! not fit), the stream is opened with a `Streamed` request head, and the service's
+//! answer is awaited within the endpoint's effective timeout (504 and Cancel(Timeout)
+//! after it). A 101 with a streamed body accepts: the client gets its 101 and
+//! [`session`] relays messages until either side ends. Any other answer is relayed to
+//! the client as an ordinary response.
+//!
+//! Invariant: the slot, the reservation, the instance's in-flight count and the stream
+//! are values owned by whoever runs the WebSocket at each moment (this function, then
+//! the session task), so every exit path, including a client that never completes the
+//! upgrade, releases them; the stream is cancelled unless it completed.
 
-use http::{Request, Response};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::header::{HeaderValue, CONNECTION, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_PROTOCOL};
+use http::header::{SEC_WEBSOCKET_VERSION, UPGRADE};
+use http::{HeaderMap, Method, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
+use tokio_util::sync::CancellationToken;
+use weir_proto::{BodyMode, CancelReason, Headers};
+use weir_transport::{DataReceiver, IncomingResponse, OutgoingCall};
 
-use crate::body::GatewayBody;
+use crate::body::{GatewayBody, RelayLimits};
+use crate::budget::Reservation;
+use crate::dispatch::{request_head, respond};
 use crate::error::GatewayError;
+use crate::limiter::{KeyedLimiter, Permit};
+use crate::mount::{Mount, MountTable};
 use crate::pipeline::Admitted;
 use crate::server::Gateway;
 
+mod session;
+
+use session::{Session, SessionLimits};
+
+/// Open WebSockets per mount and user: one [`KeyedLimiter`] per mount prefix.
+#[derive(Debug)]
+pub(crate) struct WsConnections {
+    limiters: HashMap<String, Arc<KeyedLimiter<String>>>,
+}
+
+impl WsConnections {
+    /// A limiter for every mount, with its `ws_max_connections_per_user`.
+    pub(crate) fn new(mounts: &MountTable) -> Self {
+        let limiters = mounts
+            .iter()
+            .map(|m| (m.config.prefix.clone(), KeyedLimiter::new(m.config.settings.ws_max_connections_per_user)))
+            .collect();
+        WsConnections { limiters }
+    }
+
+    /// A slot for `user` on `mount`, or 503 when the user already has the maximum.
+    fn acquire(&self, mount: &Mount, user: String) -> Result<Permit<String>, GatewayError> {
+        let max = mount.config.settings.ws_max_connections_per_user;
+        self.limiters
+            .get(&mount.config.prefix)
+            .and_then(|limiter| limiter.try_acquire(user))
+            .ok_or_else(|| GatewayError::Overloaded(format!("this user already has {max} open WebSockets here")))
+    }
+
+    /// Open WebSockets of `user` on the mount with `prefix`.
+    pub(crate) fn count(&self, prefix: &str, user: &str) -> u32 {
+        self.limiters.get(prefix).map_or(0, |limiter| limiter.count(&user.to_owned()))
+    }
+}
+
 /// Upgrades the request and relays messages both ways.
 pub(crate) async fn relay(
-    _gateway: &Gateway,
-    _admitted: Admitted,
-    _request: Request<Incoming>,
+    gateway: &Gateway,
+    admitted: Admitted,
+    mut request: Request<Incoming>,
 ) -> Result<Response<GatewayBody>, GatewayError> {
-    Err(GatewayError::BadRequest("WebSocket endpoints are not relayed yet".into()))
+    let key = check_upgrade(&request)?;
+    let user = admitted.identity.subject.clone().unwrap_or_else(|| admitted.client.ip().to_string());
+    let permit = gateway.ws_connections().acquire(&admitted.mount, user)?;
+    let in_flight = admitted.decision.instance.begin_call();
+    let (reservation, window) = reserve_window(gateway, &admitted)?;
+    let on_upgrade = hyper::upgrade::on(&mut request);
+    let (parts, _) = request.into_parts();
+    let Admitted { mount, decision, identity, client, shaper, registered } = admitted;
+    let head = request_head(&parts, &decision, client, &identity, BodyMode::Streamed);
+    let mut call = decision.instance.link.call(head, window).await.map_err(upstream)?;
+    let sender = call.body.take().ok_or_else(|| upstream_msg("streamed call without a body sender"))?;
+    let operator = registered.as_ref().map(|r| r.cancel.clone());
+    let (response, call) = await_answer(call, decision.effective_timeout, operator).await?;
+    let settings = &mount.config.settings;
+    let (receiver, headers) = match classify(response)? {
+        Answer::Accepted { messages, headers } => (messages, headers),
+        Answer::Refused(response) => {
+            // Refused: end our direction, then answer the client as for any request.
+            let _ = sender.finish().await;
+            let limits = RelayLimits { shaper, download_timeout: settings.download_timeout, registered };
+            return respond((response, call), in_flight, limits);
+        }
+    };
+    let protocol = subprotocol(&headers);
+    let limits = SessionLimits::new(settings);
+    let handle = call.handle;
+    let session = Session {
+        sender,
+        receiver,
+        handle,
+        limits,
+        registered,
+        _permit: permit,
+        _reservation: reservation,
+        _in_flight: in_flight,
+    };
+    tokio::spawn(session.run(on_upgrade));
+    Ok(switching_protocols(&key, protocol))
+}
+
+/// The client's `Sec-WebSocket-Key` if the request is a valid upgrade, else 400.
+fn check_upgrade(request: &Request<Incoming>) -> Result<String, GatewayError> {
+    let bad = |detail: &str| Err(GatewayError::BadRequest(format!("invalid WebSocket upgrade: {detail}")));
+    let headers = request.headers();
+    if request.method() != Method::GET {
+        return bad("the method must be GET");
+    }
+    if request.version() != Version::HTTP_11 {
+        return bad("WebSockets are served over HTTP/1.1");
+    }
+    if !has_token(headers, &UPGRADE, "websocket") {
+        return bad("missing `Upgrade: websocket`");
+    }
+    if !has_token(headers, &CONNECTION, "upgrade") {
+        return bad("missing `Connection: upgrade`");
+    }
+    if headers.get(SEC_WEBSOCKET_VERSION).map(HeaderValue::as_bytes) != Some(b"13") {
+        return bad("`Sec-WebSocket-Version` must be 13");
+    }
+    match headers.get(SEC_WEBSOCKET_KEY).and_then(|v| v.to_str().ok()) {
+        Some(key) if is_websocket_key(key) => Ok(key.to_owned()),
+        _ => bad("`Sec-WebSocket-Key` must be 16 bytes in base64"),
+    }
+}
+
+/// Whether a comma-separated header of `name` lists `token` (case-insensitive).
+fn has_token(headers: &HeaderMap, name: &http::header::HeaderName, token: &str) -> bool {
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+/// A base64 encoding of 16 bytes: 22 base64 characters and `==`.
+fn is_websocket_key(key: &str) -> bool {
+    let is_b64 = |c: u8| c.is_ascii_alphanumeric() || c == b'+' || c == b'/';
+    key.len() == 24 && key.ends_with("==") && key.as_bytes()[..22].iter().all(|&c| is_b64(c))
+}
+
+/// Reserves the stream's window in the budget (the bytes queued towards the service).
+fn reserve_window(gateway: &Gateway, admitted: &Admitted) -> Result<(Reservation, u32), GatewayError> {
+    let limits = &gateway.config().limits;
+    let per_call =
+        admitted.mount.config.settings.max_request_bytes_per_call.unwrap_or(limits.payload.max_request_bytes_per_call);
+    let window = per_call.min(u64::from(limits.stream_window)).max(1);
+    let mut reservation = gateway.budget().open_with_call_limit(admitted.decision.instance.conn_id, per_call);
+    reservation.try_grow(window).map_err(|e| GatewayError::Overloaded(e.to_string()))?;
+    // At most `stream_window`, a u32.
+    Ok((reservation, u32::try_from(window).unwrap_or(u32::MAX)))
+}
+
+/// The service's answer within `timeout` (504 and Cancel(Timeout) after it).
+async fn await_answer(
+    mut call: OutgoingCall,
+    timeout: Duration,
+    operator: Option<CancellationToken>,
+) -> Result<(IncomingResponse, OutgoingCall), GatewayError> {
+    let operator_cancel = async {
+        match &operator {
+            Some(token) => token.cancelled().await,
+            None => std::future::pending().await,
+        }
+    };
+    let outcome = tokio::select! {
+        outcome = tokio::time::timeout(timeout, &mut call.response) => outcome,
+        () = operator_cancel => {
+            call.handle.cancel(CancelReason::Administrative);
+            return Err(GatewayError::CancelledByOperator);
+        }
+    };
+    match outcome {
+        Err(_) => {
+            call.handle.cancel(CancelReason::Timeout);
+            Err(GatewayError::UpstreamTimeout(timeout))
+        }
+        Ok(Err(_)) => Err(upstream_msg("stream closed without a response")),
+        Ok(Ok(Err(err))) => Err(upstream(err)),
+        Ok(Ok(Ok(response))) => Ok((response, call)),
+    }
+}
+
+/// The service's answer: accepted (101 with a streamed body), or refused with a final
+/// status; anything else is 502.
+enum Answer {
+    Accepted { messages: DataReceiver, headers: Headers },
+    Refused(IncomingResponse),
+}
+
+fn classify(response: IncomingResponse) -> Result<Answer, GatewayError> {
+    match (response.head.status, response.body) {
+        (101, Some(messages)) => Ok(Answer::Accepted { messages, headers: response.head.headers }),
+        (101, None) => Err(upstream_msg("101 without a streamed body")),
+        (100..=199, _) => Err(upstream_msg("an informational status instead of 101")),
+        (_, body) => Ok(Answer::Refused(IncomingResponse { head: response.head, body })),
+    }
+}
+
+/// The subprotocol the service chose, if valid as a header value.
+fn subprotocol(headers: &Headers) -> Option<HeaderValue> {
+    let (_, value) = headers.iter().find(|(name, _)| name.eq_ignore_ascii_case(SEC_WEBSOCKET_PROTOCOL.as_str()))?;
+    HeaderValue::from_bytes(value).ok()
+}
+
+/// The client's 101.
+fn switching_protocols(key: &str, protocol: Option<HeaderValue>) -> Response<GatewayBody> {
+    let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+    let mut response = Response::new(GatewayBody::empty());
+    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let headers = response.headers_mut();
+    headers.insert(UPGRADE, HeaderValue::from_static("websocket"));
+    headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+    if let Ok(accept) = HeaderValue::from_str(&accept) {
+        headers.insert(SEC_WEBSOCKET_ACCEPT, accept);
+    }
+    if let Some(protocol) = protocol {
+        headers.insert(SEC_WEBSOCKET_PROTOCOL, protocol);
+    }
+    response
+}
+
+fn upstream(err: weir_transport::StreamError) -> GatewayError {
+    GatewayError::UpstreamFailed(err.to_string())
+}
+
+fn upstream_msg(detail: &str) -> GatewayError {
+    GatewayError::UpstreamFailed(format!("WebSocket: the service answered {detail}"))
 }

@@ -10,6 +10,9 @@
 //! responses (validators, conditional requests, byte ranges), shared by the gateway's
 //! static profile and the SDK's file responses so that both answer alike.
 //!
+//! [`websocket`] is the message framing inside a WebSocket stream's data (kind, length,
+//! payload), with an incremental decoder shared by the gateway's relay and the SDK.
+//!
 //! Invariants: decoding never panics on any input (a proptest and a fuzz target check
 //! it); every decode error is a typed [`ProtoError`]; encoding a value and decoding the
 //! bytes gives the value back.
@@ -19,6 +22,7 @@ pub mod error;
 pub mod frame;
 pub mod http_file;
 pub mod messages;
+pub mod websocket;
 mod wire;
 
 pub use codec::FrameCodec;

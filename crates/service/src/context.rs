@@ -77,6 +77,40 @@ impl RawRequestContext {
     pub fn is_cancelled(&self) -> bool {
         self.cancel.is_cancelled()
     }
+
+    /// The caller's authenticated subject (`x-weir-subject`); `None` for an anonymous
+    /// caller. Trustworthy only behind a weir gateway, which removes any `x-weir-*`
+    /// header a client sends and states the identity it verified.
+    pub fn subject(&self) -> Option<&str> {
+        subject_of(&self.headers)
+    }
+
+    /// The caller's claims as (type, value) pairs (`x-weir-claims`), in the gateway's
+    /// order; a type may repeat. Empty for an anonymous caller or a malformed header.
+    pub fn claims(&self) -> Vec<(String, String)> {
+        claims_of(&self.headers)
+    }
+}
+
+/// The identity headers the gateway sets (`docs/protocol.md`, "Identity headers").
+pub(crate) const SUBJECT_HEADER: &str = "x-weir-subject";
+pub(crate) const CLAIMS_HEADER: &str = "x-weir-claims";
+
+pub(crate) fn subject_of(headers: &Headers) -> Option<&str> {
+    find_header(headers, SUBJECT_HEADER).and_then(|v| std::str::from_utf8(v).ok())
+}
+
+pub(crate) fn claims_of(headers: &Headers) -> Vec<(String, String)> {
+    #[derive(serde::Deserialize)]
+    struct Claim {
+        #[serde(rename = "type")]
+        claim_type: String,
+        value: String,
+    }
+    let Some(json) = find_header(headers, CLAIMS_HEADER) else { return Vec::new() };
+    serde_json::from_slice::<Vec<Claim>>(json)
+        .map(|claims| claims.into_iter().map(|c| (c.claim_type, c.value)).collect())
+        .unwrap_or_default()
 }
 
 pub(crate) fn find_param<'a>(params: &'a [(String, String)], name: &str) -> Option<&'a str> {
@@ -211,6 +245,20 @@ mod tests {
                 ("flag".to_owned(), String::new()),
             ]
         );
+    }
+
+    #[test]
+    fn identity_headers_give_subject_and_repeated_claims() {
+        let claims = r#"[{"type":"roles","value":"admin"},{"type":"roles","value":"ops"}]"#;
+        let headers = vec![
+            ("x-weir-subject".to_owned(), Bytes::from_static(b"alice")),
+            ("x-weir-claims".to_owned(), Bytes::from(claims)),
+        ];
+        assert_eq!(subject_of(&headers), Some("alice"));
+        let expected = [("roles", "admin"), ("roles", "ops")].map(|(t, v)| (t.to_owned(), v.to_owned()));
+        assert_eq!(claims_of(&headers), expected);
+        assert_eq!(subject_of(&Vec::new()), None);
+        assert!(claims_of(&vec![("x-weir-claims".to_owned(), Bytes::from_static(b"{"))]).is_empty());
     }
 
     #[test]

@@ -2,9 +2,10 @@
 //! handler that answers it.
 //!
 //! [`Endpoint::get`] and friends start an [`EndpointBuilder`] that sets the descriptor's
-//! options; [`EndpointBuilder::raw`] or [`EndpointBuilder::typed`] finish it with a
-//! handler. Every handler is stored in one shape, [`Handler`]: typed handlers are raw
-//! handlers wrapped by `typed.rs`. Declarations are checked when the service is built
+//! options; [`EndpointBuilder::raw`], [`EndpointBuilder::typed`] or
+//! [`EndpointBuilder::websocket_handler`] finish it with a handler. Every handler is
+//! stored as a [`Handler`]: HTTP handlers in one shape (typed handlers are raw handlers
+//! wrapped by `typed.rs`), WebSocket handlers in another (`websocket.rs`). Declarations are checked when the service is built
 //! (`service.rs`), not here, so building an endpoint cannot fail.
 
 use std::fmt;
@@ -21,12 +22,20 @@ use crate::context::RawRequestContext;
 use crate::error::HandlerError;
 use crate::response::RawResponse;
 use crate::typed::{typed_handler, TypedRequest};
+use crate::websocket::{WebSocketContext, WsHandler, DEFAULT_WS_MAX_MESSAGE};
 
 /// What every handler returns once boxed.
 pub(crate) type HandlerFuture = BoxFuture<'static, Result<RawResponse, HandlerError>>;
 
-/// A handler in the one shape the runtime calls.
-pub(crate) type Handler = Arc<dyn Fn(RawRequestContext) -> HandlerFuture + Send + Sync + 'static>;
+/// An HTTP handler in the one shape the runtime calls.
+pub(crate) type HttpHandler = Arc<dyn Fn(RawRequestContext) -> HandlerFuture + Send + Sync + 'static>;
+
+/// What answers an endpoint: an HTTP handler, or a WebSocket handler.
+#[derive(Clone)]
+pub(crate) enum Handler {
+    Http(HttpHandler),
+    WebSocket(WsHandler),
+}
 
 /// One endpoint: its descriptor and its handler.
 #[derive(Clone)]
@@ -82,10 +91,10 @@ impl Endpoint {
     }
 }
 
-/// An endpoint being declared; finish it with [`EndpointBuilder::raw`] or
-/// [`EndpointBuilder::typed`].
+/// An endpoint being declared; finish it with [`EndpointBuilder::raw`],
+/// [`EndpointBuilder::typed`] or [`EndpointBuilder::websocket_handler`].
 #[derive(Debug, Clone)]
-#[must_use = "an endpoint builder does nothing until finished with .raw() or .typed()"]
+#[must_use = "an endpoint builder does nothing until finished with .raw(), .typed() or .websocket_handler()"]
 pub struct EndpointBuilder {
     descriptor: EndpointDescriptor,
 }
@@ -126,10 +135,23 @@ impl EndpointBuilder {
         self
     }
 
-    /// Marks the endpoint as a WebSocket endpoint (the gateway terminates the WebSocket).
-    pub fn websocket(mut self) -> Self {
+    /// Finishes as a WebSocket endpoint (the gateway terminates the client's WebSocket
+    /// and relays its messages): `handler` runs once per WebSocket with a
+    /// [`WebSocketContext`]; see the `websocket` module. Its incoming messages may be up
+    /// to [`EndpointBuilder::max_body_bytes`] long (default
+    /// [`DEFAULT_WS_MAX_MESSAGE`](crate::DEFAULT_WS_MAX_MESSAGE)).
+    pub fn websocket_handler<F, Fut>(mut self, handler: F) -> Endpoint
+    where
+        F: Fn(WebSocketContext) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), HandlerError>> + Send + 'static,
+    {
         self.descriptor.kind = EndpointKind::WebSocket;
-        self
+        let max_message = self
+            .descriptor
+            .max_body_bytes
+            .map_or(DEFAULT_WS_MAX_MESSAGE, |max| usize::try_from(max).unwrap_or(usize::MAX));
+        let run = Arc::new(move |ctx| Box::pin(handler(ctx)) as BoxFuture<'static, _>);
+        Endpoint { descriptor: self.descriptor, handler: Handler::WebSocket(WsHandler { max_message, run }) }
     }
 
     /// Finishes with a raw handler: it gets the whole [`RawRequestContext`], reads the
@@ -139,8 +161,8 @@ impl EndpointBuilder {
         F: Fn(RawRequestContext) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<RawResponse, HandlerError>> + Send + 'static,
     {
-        let handler: Handler = Arc::new(move |ctx| Box::pin(handler(ctx)));
-        Endpoint { descriptor: self.descriptor, handler }
+        let handler: HttpHandler = Arc::new(move |ctx| Box::pin(handler(ctx)));
+        Endpoint { descriptor: self.descriptor, handler: Handler::Http(handler) }
     }
 
     /// Finishes with a typed handler: the body is parsed from JSON into `B` and the
@@ -153,7 +175,7 @@ impl EndpointBuilder {
         Fut: Future<Output = Result<T, HandlerError>> + Send + 'static,
     {
         let handler = typed_handler(&self.descriptor, handler);
-        Endpoint { descriptor: self.descriptor, handler }
+        Endpoint { descriptor: self.descriptor, handler: Handler::Http(handler) }
     }
 
     /// The descriptor as declared so far.

@@ -40,7 +40,7 @@ use weir_proto::{BodyMode, CancelReason, ResponseHead};
 use weir_transport::{DataSender, IncomingRequest, Responder};
 
 use crate::context::RawRequestContext;
-use crate::endpoint::Handler;
+use crate::endpoint::{Handler, HttpHandler};
 use crate::error::HandlerError;
 use crate::health::{Health, InFlight};
 use crate::response::{BodyStream, RawResponse, ResponseBody};
@@ -53,7 +53,7 @@ pub const STREAM_CHUNK: usize = 64 * 1024;
 
 /// How one exchange ended, for the error rate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Outcome {
+pub(crate) enum Outcome {
     /// The response was sent in full with this status.
     Answered(u16),
     /// The handler or its body stream failed after answering started.
@@ -79,10 +79,18 @@ pub(crate) fn spawn(service: &Service, health: &Arc<Health>, request: IncomingRe
     let handler = service
         .handler_for(&head.method, &head.template)
         .unwrap_or_else(|| unknown_endpoint(&head.method, &head.template));
-    let ctx = RawRequestContext::new(head, body, cancel.clone());
     // Counted from now, so a heartbeat sent right after already sees the request.
     let in_flight = health.enter();
-    let work = tokio::spawn(exchange(handler, ctx, responder, cancel.clone()).instrument(span.clone()));
+    let work = match handler {
+        Handler::Http(handler) => {
+            let ctx = RawRequestContext::new(head, body, cancel.clone());
+            tokio::spawn(exchange(handler, ctx, responder, cancel.clone()).instrument(span.clone()))
+        }
+        Handler::WebSocket(handler) => {
+            let ws = crate::websocket::exchange(handler, head, body, responder, cancel.clone());
+            tokio::spawn(ws.instrument(span.clone()))
+        }
+    };
     let grace = service.inner.cancel_grace;
     tokio::spawn(supervise(work, cancel, grace, in_flight).instrument(span));
 }
@@ -90,7 +98,7 @@ pub(crate) fn spawn(service: &Service, health: &Arc<Health>, request: IncomingRe
 /// A handler for a template this service never declared (a gateway bug): 404.
 fn unknown_endpoint(method: &str, template: &str) -> Handler {
     tracing::warn!(%method, %template, "request for an endpoint this service does not declare");
-    Arc::new(|_| Box::pin(async { Err(HandlerError::not_found("no such endpoint on this service")) }))
+    Handler::Http(Arc::new(|_| Box::pin(async { Err(HandlerError::not_found("no such endpoint on this service")) })))
 }
 
 /// Waits for the work task; on cancellation, gives it `grace` and then aborts it.
@@ -128,7 +136,7 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> &str {
 
 /// The work task: runs the handler, then sends its response unless cancelled.
 async fn exchange(
-    handler: Handler,
+    handler: HttpHandler,
     ctx: RawRequestContext,
     responder: Responder,
     cancel: CancellationToken,

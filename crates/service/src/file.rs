@@ -1,7 +1,12 @@
 //! File downloads (seed 000's `FileResponse`): [`RawResponse::file`] answers a file read
-//! asynchronously in 64 KiB chunks, with `Content-Length` from its metadata, a
-//! `Content-Type` guessed from its extension and, when a download name is given, a
-//! `Content-Disposition: attachment` header escaped as RFC 6266 asks.
+//! asynchronously in 64 KiB chunks with `Content-Length`, a `Content-Type` guessed from
+//! its extension, `Content-Disposition` (an `attachment` under the download name when one
+//! is given, else `inline` under the file's own name, escaped as RFC 6266 asks),
+//! `Last-Modified` and a strong `ETag`. [`RawResponse::file_for`] also honours the
+//! request's conditional and range headers: 304, 412, a single byte range as 206, 416
+//! with `Content-Range: bytes */len`, several ranges as the full 200; it announces
+//! `Accept-Ranges: bytes`. The header logic is [`weir_proto::http_file`], the same the
+//! gateway's static profile uses, so a file answers alike from either.
 //!
 //! Invariant: the body never exceeds the announced length. A file that grows while it
 //! is sent is cut at its original length; one that shrinks aborts the response (the
@@ -13,8 +18,11 @@ use std::path::Path;
 use bytes::{Bytes, BytesMut};
 use futures_util::{Stream, StreamExt};
 use tokio::fs::File;
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
+use weir_proto::http_file::{self, Answer, ByteRange, Conditions, Disposition, Validators};
+use weir_proto::Headers;
 
+use crate::context::find_header;
 use crate::error::HandlerError;
 use crate::response::{BoxError, RawResponse, ResponseBody};
 
@@ -22,35 +30,122 @@ use crate::response::{BoxError, RawResponse, ResponseBody};
 pub(crate) const FILE_CHUNK: usize = 64 * 1024;
 
 impl RawResponse {
-    /// A 200 response streaming the file at `path`.
+    /// A 200 response streaming the whole file at `path`, whatever the request asked.
     ///
     /// `download_name`, when given, is sent as
     /// `content-disposition: attachment; filename="..."` (plus `filename*=` in UTF-8 when
-    /// it is not plain ASCII). The content type is guessed from the path's extension, else
-    /// from the download name's, else `application/octet-stream`.
+    /// it is not plain ASCII); without it, the header is `inline` with the file's own
+    /// name. The content type is guessed from the path's extension, else from the
+    /// download name's, else `application/octet-stream`.
     ///
     /// A missing path (or a directory) is a 404 [`HandlerError`]; any other I/O failure
     /// is a 500. Neither reveals the path to the client.
     pub async fn file(path: impl AsRef<Path>, download_name: Option<&str>) -> Result<RawResponse, HandlerError> {
-        let path = path.as_ref();
+        let opened = OpenedFile::open(path.as_ref(), download_name).await?;
+        Ok(opened.send(None))
+    }
+
+    /// The answer to a GET (or HEAD) for the file at `path`, given the request's headers
+    /// (`ctx.headers`): [`RawResponse::file`]'s headers plus `accept-ranges: bytes`, and
+    /// `If-Match`, `If-Unmodified-Since` (412), `If-None-Match`, `If-Modified-Since`
+    /// (304, no body), `Range` with `If-Range` (206 for one range, 416 when none is
+    /// satisfiable, the whole file for several) evaluated as RFC 9110 orders them.
+    ///
+    /// ```no_run
+    /// # use weir_service::{RawRequestContext, RawResponse, HandlerError};
+    /// async fn report(ctx: RawRequestContext) -> Result<RawResponse, HandlerError> {
+    ///     RawResponse::file_for(&ctx.headers, "/var/reports/latest.pdf", Some("report.pdf")).await
+    /// }
+    /// ```
+    pub async fn file_for(
+        request_headers: &Headers,
+        path: impl AsRef<Path>,
+        download_name: Option<&str>,
+    ) -> Result<RawResponse, HandlerError> {
+        let mut opened = OpenedFile::open(path.as_ref(), download_name).await?;
+        let conditions = Conditions::from_lookup(|name| find_header(request_headers, name));
+        let response = match http_file::evaluate(&conditions, &opened.validators, opened.len) {
+            Answer::NotModified => with_validators(RawResponse::new(304), &opened.validators),
+            Answer::PreconditionFailed => {
+                HandlerError::new(412, "precondition_failed", "a precondition of the request does not hold")
+                    .into_response()
+            }
+            Answer::RangeNotSatisfiable => {
+                HandlerError::new(416, "range_not_satisfiable", "no requested range overlaps the file")
+                    .into_response()
+                    .header("content-range", http_file::unsatisfied_content_range(opened.len))
+            }
+            Answer::Full => opened.send(None),
+            Answer::Partial(range) => {
+                opened.file.seek(io::SeekFrom::Start(range.start)).await?;
+                opened.send(Some(range))
+            }
+        };
+        Ok(response.header("accept-ranges", "bytes"))
+    }
+}
+
+/// An open regular file with what its headers need.
+struct OpenedFile {
+    file: File,
+    len: u64,
+    validators: Validators,
+    content_type: String,
+    disposition: Option<String>,
+}
+
+impl OpenedFile {
+    async fn open(path: &Path, download_name: Option<&str>) -> Result<OpenedFile, HandlerError> {
         let file = File::open(path).await.map_err(open_error)?;
         let metadata = file.metadata().await?;
         if !metadata.is_file() {
             return Err(HandlerError::not_found("no such file"));
         }
-        let len = metadata.len();
         let mime = mime_guess::from_path(path)
             .first()
             .or_else(|| download_name.and_then(|name| mime_guess::from_path(name).first()))
             .unwrap_or(mime_guess::mime::APPLICATION_OCTET_STREAM);
-        let mut response =
-            RawResponse::new(200).header("content-type", mime.essence_str()).header("content-length", len.to_string());
-        if let Some(name) = download_name {
-            response = response.header("content-disposition", content_disposition(name));
+        let disposition = match download_name {
+            Some(name) => Some(http_file::content_disposition(Disposition::Attachment, name)),
+            None => path
+                .file_name()
+                .map(|name| http_file::content_disposition(Disposition::Inline, &name.to_string_lossy())),
+        };
+        Ok(OpenedFile {
+            file,
+            len: metadata.len(),
+            validators: Validators::new(metadata.len(), metadata.modified().ok()),
+            content_type: mime.essence_str().to_owned(),
+            disposition,
+        })
+    }
+
+    /// A 200 with the whole file, or a 206 with `range` (the file already positioned at
+    /// its start).
+    fn send(self, range: Option<ByteRange>) -> RawResponse {
+        let (status, len) = range.map_or((200, self.len), |r| (206, r.len()));
+        let mut response = RawResponse::new(status)
+            .header("content-type", &self.content_type)
+            .header("content-length", len.to_string());
+        if let Some(range) = range {
+            response = response.header("content-range", range.content_range(self.len));
         }
-        let chunks = file_chunks(file, len).map(|chunk| chunk.map_err(BoxError::from));
+        response = with_validators(response, &self.validators);
+        if let Some(disposition) = &self.disposition {
+            response = response.header("content-disposition", disposition);
+        }
+        let chunks = file_chunks(self.file, len).map(|chunk| chunk.map_err(BoxError::from));
         response.body = ResponseBody::Stream(Box::pin(chunks));
-        Ok(response)
+        response
+    }
+}
+
+/// Adds `etag` and, when the file has one, `last-modified`.
+fn with_validators(response: RawResponse, validators: &Validators) -> RawResponse {
+    let response = response.header("etag", &validators.etag);
+    match validators.last_modified_header() {
+        Some(date) => response.header("last-modified", date),
+        None => response,
     }
 }
 
@@ -82,74 +177,119 @@ fn file_chunks(file: File, len: u64) -> impl Stream<Item = io::Result<Bytes>> + 
     })
 }
 
-/// `attachment; filename="..."` for `name`, as RFC 6266 section 4.3 recommends: the
-/// quoted `filename` is an ASCII fallback (quotes and backslashes escaped, control and
-/// non-ASCII characters replaced by `_`), and a name that is not plain ASCII also gets
-/// `filename*=UTF-8''...` (RFC 8187 percent-encoding), which user agents prefer.
-pub(crate) fn content_disposition(name: &str) -> String {
-    let mut value = String::from("attachment; filename=\"");
-    for c in name.chars() {
-        match c {
-            '"' | '\\' => {
-                value.push('\\');
-                value.push(c);
-            }
-            ' '..='~' => value.push(c),
-            _ => value.push('_'),
-        }
-    }
-    value.push('"');
-    let plain = name.chars().all(|c| matches!(c, ' '..='~'));
-    if !plain {
-        value.push_str("; filename*=UTF-8''");
-        value.push_str(&rfc8187_encode(name));
-    }
-    value
-}
-
-/// Percent-encodes every byte that is not an RFC 8187 `attr-char`.
-fn rfc8187_encode(name: &str) -> String {
-    const HEX: &[u8; 16] = b"0123456789ABCDEF";
-    let mut out = String::with_capacity(name.len() * 3);
-    for &b in name.as_bytes() {
-        if b.is_ascii_alphanumeric() || b"!#$&+-.^_`|~".contains(&b) {
-            out.push(char::from(b));
-        } else {
-            out.push('%');
-            out.push(char::from(HEX[usize::from(b >> 4)]));
-            out.push(char::from(HEX[usize::from(b & 0x0f)]));
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
-    use super::content_disposition;
+    use std::path::PathBuf;
 
-    #[test]
-    fn plain_ascii_name_is_quoted() {
-        assert_eq!(content_disposition("report 2024.pdf"), "attachment; filename=\"report 2024.pdf\"");
+    use bytes::Bytes;
+    use futures_util::StreamExt;
+
+    use super::*;
+
+    /// A temporary file, removed when dropped.
+    struct TempFile(PathBuf);
+
+    impl TempFile {
+        fn new(name: &str, contents: &[u8]) -> TempFile {
+            let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+            let path = std::env::temp_dir().join(format!("weir-file-{}-{nanos}-{name}", std::process::id()));
+            std::fs::write(&path, contents).expect("temp file written");
+            TempFile(path)
+        }
     }
 
-    #[test]
-    fn quotes_and_backslashes_are_escaped() {
-        assert_eq!(content_disposition("a\"b\\c.txt"), "attachment; filename=\"a\\\"b\\\\c.txt\"");
+    impl Drop for TempFile {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
     }
 
-    #[test]
-    fn control_characters_cannot_inject_headers() {
-        assert_eq!(
-            content_disposition("a\r\nb.txt"),
-            "attachment; filename=\"a__b.txt\"; filename*=UTF-8''a%0D%0Ab.txt"
-        );
+    fn header<'a>(response: &'a RawResponse, name: &str) -> Option<&'a str> {
+        response.header_value(name).map(|v| std::str::from_utf8(v).expect("ASCII header"))
     }
 
-    #[test]
-    fn non_ascii_name_gets_filename_star() {
-        assert_eq!(
-            content_disposition("résumé €.pdf"),
-            "attachment; filename=\"r_sum_ _.pdf\"; filename*=UTF-8''r%C3%A9sum%C3%A9%20%E2%82%AC.pdf"
-        );
+    async fn body(response: RawResponse) -> Vec<u8> {
+        match response.body {
+            ResponseBody::Empty => Vec::new(),
+            ResponseBody::Full(bytes) => bytes.to_vec(),
+            ResponseBody::Stream(mut stream) => {
+                let mut out = Vec::new();
+                while let Some(chunk) = stream.next().await {
+                    out.extend_from_slice(&chunk.expect("chunk read"));
+                }
+                out
+            }
+        }
+    }
+
+    fn request(headers: &[(&str, &str)]) -> Headers {
+        headers.iter().map(|(n, v)| ((*n).to_owned(), Bytes::copy_from_slice(v.as_bytes()))).collect()
+    }
+
+    fn contents() -> Vec<u8> {
+        (0..200_000u32).map(|i| (i % 251) as u8).collect()
+    }
+
+    #[tokio::test]
+    async fn whole_file_carries_length_validators_and_disposition() {
+        let file = TempFile::new("data.bin", &contents());
+        let response = RawResponse::file(&file.0, None).await.expect("served");
+        assert_eq!(response.status, 200);
+        assert_eq!(header(&response, "content-length"), Some("200000"));
+        assert!(header(&response, "etag").is_some_and(|t| t.starts_with('"') && t.ends_with('"')));
+        assert!(header(&response, "last-modified").is_some_and(|d| d.ends_with(" GMT")));
+        let name = file.0.file_name().expect("a name").to_string_lossy().into_owned();
+        assert_eq!(header(&response, "content-disposition"), Some(format!("inline; filename=\"{name}\"").as_str()));
+        assert_eq!(header(&response, "accept-ranges"), None, "file() ignores ranges, so it does not offer them");
+        assert_eq!(body(response).await, contents());
+    }
+
+    #[tokio::test]
+    async fn ranges_are_served_from_the_right_offset() {
+        let file = TempFile::new("r.bin", &contents());
+        let data = contents();
+        for (range, start, end) in
+            [("bytes=0-99", 0, 99), ("bytes=150000-", 150_000, 199_999), ("bytes=-70000", 130_000, 199_999)]
+        {
+            let response =
+                RawResponse::file_for(&request(&[("Range", range)]), &file.0, Some("r.bin")).await.expect("served");
+            assert_eq!(response.status, 206, "{range}");
+            assert_eq!(header(&response, "content-range"), Some(format!("bytes {start}-{end}/200000").as_str()));
+            assert_eq!(header(&response, "content-length"), Some((end - start + 1).to_string().as_str()));
+            assert_eq!(header(&response, "accept-ranges"), Some("bytes"));
+            assert_eq!(body(response).await, &data[start..=end]);
+        }
+        let response =
+            RawResponse::file_for(&request(&[("range", "bytes=0-1,5-6")]), &file.0, None).await.expect("served");
+        assert_eq!(response.status, 200, "several ranges: the whole file");
+        assert_eq!(body(response).await.len(), data.len());
+    }
+
+    #[tokio::test]
+    async fn unsatisfiable_range_is_416_with_the_length() {
+        let file = TempFile::new("u.bin", &contents());
+        let response =
+            RawResponse::file_for(&request(&[("range", "bytes=300000-")]), &file.0, None).await.expect("served");
+        assert_eq!(response.status, 416);
+        assert_eq!(header(&response, "content-range"), Some("bytes */200000"));
+    }
+
+    #[tokio::test]
+    async fn current_validators_give_304_without_a_body() {
+        let file = TempFile::new("c.bin", &contents());
+        let first = RawResponse::file(&file.0, None).await.expect("served");
+        let etag = header(&first, "etag").expect("an etag").to_owned();
+        let date = header(&first, "last-modified").expect("a date").to_owned();
+        for conditions in [vec![("If-None-Match", etag.as_str())], vec![("if-modified-since", date.as_str())]] {
+            let response = RawResponse::file_for(&request(&conditions), &file.0, None).await.expect("served");
+            assert_eq!(response.status, 304);
+            assert_eq!(header(&response, "etag"), Some(etag.as_str()));
+            assert!(body(response).await.is_empty());
+        }
+        let stale =
+            RawResponse::file_for(&request(&[("if-none-match", "\"old\"")]), &file.0, None).await.expect("served");
+        assert_eq!(stale.status, 200);
+        let failed = RawResponse::file_for(&request(&[("if-match", "\"old\"")]), &file.0, None).await.expect("served");
+        assert_eq!(failed.status, 412);
     }
 }

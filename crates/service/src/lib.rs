@@ -11,6 +11,8 @@
 //!   stream, or a file); typed handlers get a [`TypedRequest`] with a JSON body parsed
 //!   by serde and answer any `Serialize` value (`context.rs`, `response.rs`, `file.rs`,
 //!   `typed.rs`); failures are [`HandlerError`]s answered as JSON (`error.rs`);
+//!   WebSocket handlers get a [`WebSocketContext`] with incoming messages and a
+//!   [`WsSender`] for outgoing ones (`websocket.rs`);
 //! - running: [`Service::serve`] runs one connection ([`ServiceSession`], `runtime.rs`),
 //!   each request in its own task (`exchange.rs`), with heartbeats reporting status,
 //!   load and error rate (`health.rs`), and a watchdog closes a connection whose gateway
@@ -100,6 +102,7 @@ mod response;
 mod runtime;
 mod service;
 mod typed;
+mod websocket;
 
 pub use context::{RawRequestContext, RequestBody};
 pub use endpoint::{Endpoint, EndpointBuilder};
@@ -111,6 +114,7 @@ pub use response::{BodyStream, BoxError, RawResponse, ResponseBody};
 pub use runtime::{ServiceSession, HANDSHAKE_TIMEOUT};
 pub use service::{Service, ServiceBuilder, DEFAULT_CANCEL_GRACE, DEFAULT_HEARTBEAT_MISS_COUNT};
 pub use typed::{TypedRequest, DEFAULT_TYPED_BODY_LIMIT};
+pub use websocket::{WebSocketContext, WsError, WsIncoming, WsMessage, WsSender, DEFAULT_WS_MAX_MESSAGE};
 
 pub use bytes::Bytes;
 pub use tokio_util::sync::CancellationToken;

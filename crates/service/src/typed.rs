@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use weir_proto::{EndpointDescriptor, Headers};
 
 use crate::context::{find_header, find_param, parse_query, RawRequestContext};
-use crate::endpoint::Handler;
+use crate::endpoint::HttpHandler;
 use crate::error::HandlerError;
 use crate::response::RawResponse;
 
@@ -96,8 +96,8 @@ fn body_limit(descriptor: &EndpointDescriptor) -> usize {
     descriptor.max_body_bytes.map_or(DEFAULT_TYPED_BODY_LIMIT, |max| usize::try_from(max).unwrap_or(usize::MAX))
 }
 
-/// Wraps a typed handler into the raw [`Handler`] shape.
-pub(crate) fn typed_handler<B, T, F, Fut>(descriptor: &EndpointDescriptor, handler: F) -> Handler
+/// Wraps a typed handler into the raw [`HttpHandler`] shape.
+pub(crate) fn typed_handler<B, T, F, Fut>(descriptor: &EndpointDescriptor, handler: F) -> HttpHandler
 where
     B: DeserializeOwned + Send + 'static,
     T: Serialize + 'static,

@@ -224,7 +224,7 @@ async fn hello_carries_identity_settings_and_endpoint_options() {
                 .max_body_bytes(1 << 30)
                 .raw(|_| async { Ok(RawResponse::new(204)) }),
         )
-        .endpoint(Endpoint::get("/feed").websocket().raw(|_| async { Ok(RawResponse::new(101)) }))
+        .endpoint(Endpoint::get("/feed").websocket_handler(|_ws| async { Ok(()) }))
         .build()
         .expect("valid service");
     let (gateway, _session) = connect_quiet(&service).await;

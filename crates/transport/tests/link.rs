@@ -270,3 +270,21 @@ async fn a_cancel_right_after_the_request_never_overtakes_its_head() {
     call.handle.complete();
     assert!(!gateway.is_closed());
 }
+
+#[tokio::test]
+async fn the_link_records_when_the_peer_last_spoke_and_its_heartbeats() {
+    let (gateway, service, _events) = pair(64 * 1024, 64 * 1024).await;
+    let before = service.last_received();
+    assert_eq!(service.peer_heartbeats(), 0);
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let heartbeat = Heartbeat { status: HealthStatus::Healthy, in_flight: 0, error_rate: 0.0 };
+    gateway.send_heartbeat(&heartbeat).unwrap();
+    tokio::time::timeout(WAIT, async {
+        while service.peer_heartbeats() == 0 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the heartbeat never arrived");
+    assert!(service.last_received() > before);
+}

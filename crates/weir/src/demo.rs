@@ -8,6 +8,10 @@
 //! | `GET /api/slow?ms=N` | 200 after N ms, stopping early when cancelled; 5 s timeout |
 //! | `POST /stream/upload` | reads a streamed body; `{"bytes": N, "sha256": "<hex>"}` |
 //! | `GET /stream/download?bytes=N` | N bytes, byte i = i % 256, with `Content-Length` |
+//! | `GET /stream/echo` (WebSocket) | echoes each text or binary message |
+//! | `GET /stream/telemetry` (WebSocket) | fire-and-forget in: counts messages, answers nothing |
+//! | `GET /stream/telemetry/stats?at_least=N` | `{"messages": N}` counted so far; with `at_least`, waits (up to 5 s) until that many have arrived |
+//! | `GET /stream/notifications` (WebSocket) | pushes `{"seq": n}` every second until the client goes |
 //!
 //! `weir serve` attaches it over the in-memory transport unless `--no-demo` is given;
 //! `weir demo-service --connect ADDR` runs it in its own process over TCP or TLS.
@@ -18,15 +22,21 @@ use std::time::Duration;
 use bytes::Bytes;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
+use tokio::sync::watch;
 use weir_gateway::Gateway;
 use weir_service::{
     Endpoint, HandlerError, RawRequestContext, RawResponse, RunHandle, Service, ServiceBuilder, TypedRequest,
+    WebSocketContext, WsMessage,
 };
 
 /// Longest `/api/slow` sleep the demo declares before the gateway answers 504.
 pub const SLOW_TIMEOUT: Duration = Duration::from_secs(5);
 /// Size of the chunks `/stream/download` produces.
 const DOWNLOAD_CHUNK: usize = 64 * 1024;
+/// Period of `/stream/notifications` events.
+pub const NOTIFICATION_PERIOD: Duration = Duration::from_secs(1);
+/// Longest `/stream/telemetry/stats?at_least=N` waits.
+const STATS_WAIT: Duration = Duration::from_secs(5);
 
 /// The demo service, ready to serve on any transport.
 pub fn service() -> Service {
@@ -38,6 +48,9 @@ pub fn service() -> Service {
 
 /// The demo's declaration, for settings a deployment adds (a token, the region).
 pub fn builder() -> ServiceBuilder {
+    // Telemetry messages received by this service instance, shared by its two endpoints.
+    let received = Arc::new(watch::Sender::new(0u64));
+    let counter = Arc::clone(&received);
     Service::builder("demo", env!("CARGO_PKG_VERSION"))
         .endpoint(Endpoint::get("/api/hello").raw(hello))
         .endpoint(Endpoint::post("/api/echo").raw(echo))
@@ -45,6 +58,14 @@ pub fn builder() -> ServiceBuilder {
         .endpoint(Endpoint::get("/api/slow").timeout(SLOW_TIMEOUT).typed(slow))
         .endpoint(Endpoint::post("/stream/upload").streaming().raw(upload))
         .endpoint(Endpoint::get("/stream/download").raw(download))
+        .endpoint(Endpoint::get("/stream/echo").websocket_handler(ws_echo))
+        .endpoint(Endpoint::get("/stream/telemetry").websocket_handler(move |ws| telemetry(ws, Arc::clone(&counter))))
+        .endpoint(
+            Endpoint::get("/stream/telemetry/stats")
+                .timeout(STATS_WAIT * 2)
+                .raw(move |ctx| telemetry_stats(ctx, received.subscribe())),
+        )
+        .endpoint(Endpoint::get("/stream/notifications").websocket_handler(notifications))
 }
 
 /// Attaches the demo to `gateway` over the in-memory transport; it re-registers if the
@@ -118,4 +139,70 @@ async fn download(ctx: RawRequestContext) -> Result<RawResponse, HandlerError> {
         }
     });
     Ok(RawResponse::stream(200, "application/octet-stream", chunks).header("content-length", total.to_string()))
+}
+
+/// `/stream/echo`: each text or binary message back; the SDK answers the close.
+async fn ws_echo(mut ws: WebSocketContext) -> Result<(), HandlerError> {
+    while let Some(message) = ws.incoming.next().await {
+        match message? {
+            WsMessage::Close { .. } => break,
+            data => ws.outgoing.send(data).await?,
+        }
+    }
+    Ok(())
+}
+
+/// `/stream/telemetry`: counts what arrives and answers nothing (seed 000's
+/// fire-and-forget telemetry).
+async fn telemetry(mut ws: WebSocketContext, received: Arc<watch::Sender<u64>>) -> Result<(), HandlerError> {
+    while let Some(message) = ws.incoming.next().await {
+        match message? {
+            WsMessage::Close { .. } => break,
+            _ => received.send_modify(|n| *n += 1),
+        }
+    }
+    Ok(())
+}
+
+#[derive(Debug, Deserialize)]
+struct StatsQuery {
+    at_least: Option<u64>,
+}
+
+/// `/stream/telemetry/stats`: the count, once it reaches `at_least` (or after
+/// [`STATS_WAIT`], whatever it is then).
+async fn telemetry_stats(
+    ctx: RawRequestContext,
+    mut received: watch::Receiver<u64>,
+) -> Result<RawResponse, HandlerError> {
+    let query: StatsQuery = serde_urlencoded::from_str(&ctx.query)
+        .map_err(|e| HandlerError::bad_request(format!("expected ?at_least=N: {e}")))?;
+    let at_least = query.at_least.unwrap_or(0);
+    tokio::select! {
+        _ = tokio::time::timeout(STATS_WAIT, received.wait_for(|n| *n >= at_least)) => {}
+        () = ctx.cancel.cancelled() => return Err(HandlerError::unavailable("cancelled")),
+    }
+    let messages = *received.borrow();
+    Ok(RawResponse::json(200, &serde_json::json!({ "messages": messages })))
+}
+
+/// `/stream/notifications`: `{"seq": n}` every [`NOTIFICATION_PERIOD`] (seed 000's
+/// fire-and-forget notifications), until the client closes or goes.
+async fn notifications(mut ws: WebSocketContext) -> Result<(), HandlerError> {
+    let start = tokio::time::Instant::now() + NOTIFICATION_PERIOD;
+    let mut ticker = tokio::time::interval_at(start, NOTIFICATION_PERIOD);
+    let mut seq: u64 = 0;
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {
+                seq += 1;
+                ws.outgoing.text(serde_json::json!({ "seq": seq }).to_string()).await?;
+            }
+            message = ws.incoming.next() => match message {
+                // Whatever the client says is ignored; its close or its going ends the feed.
+                Some(Ok(WsMessage::Text(_) | WsMessage::Binary(_))) => {}
+                _ => return Ok(()),
+            },
+        }
+    }
 }

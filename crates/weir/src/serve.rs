@@ -91,7 +91,7 @@ async fn serve(config: GatewayConfig, demo: bool) -> std::io::Result<()> {
         None => None,
     };
     let (services, tls) = bind_services(&config.services).await?;
-    let gateway = Gateway::new(config);
+    let gateway = Gateway::new(config).map_err(std::io::Error::other)?;
     let sweeper = gateway.spawn_health_sweeper();
     let demo_handle = demo.then(|| crate::demo::attach(&gateway));
     let shutdown = CancellationToken::new();

@@ -196,7 +196,7 @@ impl Harness {
     async fn launch(config: GatewayConfig, transport: Transport, mutual_tls: bool) -> Harness {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let gateway = Gateway::new(config);
+        let gateway = Gateway::new(config).expect("valid test gateway");
         let shutdown = CancellationToken::new();
         tokio::spawn(front::serve(Arc::clone(&gateway), listener, Surface::Public, shutdown.clone()));
         let client = reqwest::Client::builder().pool_max_idle_per_host(0).build().unwrap();

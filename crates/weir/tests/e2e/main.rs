@@ -16,5 +16,7 @@ mod protections;
 mod registry;
 mod routing;
 mod service_auth;
+mod static_files;
 mod streaming;
+mod websocket;
 mod wire_faults;
