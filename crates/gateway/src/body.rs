@@ -1,5 +1,5 @@
 //! The response body the gateway gives hyper: bytes it already has, a service's streamed
-//! body relayed chunk by chunk, or a static file read chunk by chunk ([`FileBody`]).
+//! body relayed chunk by chunk, or a static file read chunk by chunk (`file_body.rs`).
 //!
 //! A relayed body owns its stream: taking a chunk grants the service credit for it (so a
 //! slow client slows the service, and at most one window is buffered), reaching the

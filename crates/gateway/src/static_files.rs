@@ -25,7 +25,7 @@
 //! - **Conditional requests and ranges** follow [`weir_proto::http_file`], shared with the
 //!   SDK: 304, 412, a single range as 206, 416 with `Content-Range: bytes */len`, several
 //!   ranges as the full 200.
-//! - **Body**: read with async reads in `chunk_size` pieces ([`FileBody`]); never the
+//! - **Body**: read with async reads in `chunk_size` pieces (`file_body.rs`); never the
 //!   whole file in memory. Bandwidth and timeouts are applied elsewhere, not here.
 
 use std::path::{Component, Path, PathBuf};

@@ -94,6 +94,10 @@ async fn serve(config: GatewayConfig, demo: bool) -> std::io::Result<()> {
     let gateway = Gateway::new(config).map_err(std::io::Error::other)?;
     let sweeper = gateway.spawn_health_sweeper();
     let demo_handle = demo.then(|| crate::demo::attach(&gateway));
+    if let Some(handle) = &demo_handle {
+        // So that the first request after "listening" finds the demo's routes.
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), handle.registered()).await;
+    }
     let shutdown = CancellationToken::new();
     tokio::spawn(wait_for_signal(shutdown.clone()));
     println!("weir listening on http://{}", listener.local_addr()?);

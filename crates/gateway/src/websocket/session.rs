@@ -42,6 +42,8 @@ use crate::routing::InFlightGuard;
 
 /// How long each side gets to finish closing once the session has decided to end.
 pub(crate) const CLOSE_GRACE: Duration = Duration::from_secs(5);
+/// Silence after which a drained client is taken to have nothing more to send.
+const DRAIN_QUIET: Duration = Duration::from_millis(250);
 /// Longest close reason a client frame can carry (125-byte control payload − the code).
 const MAX_CLOSE_REASON: usize = 123;
 /// tungstenite's read buffer per connection (its default, 128 KiB, is a lot per socket).
@@ -357,32 +359,38 @@ async fn send_message(sender: &mut DataSender, message: &WsMessage) -> Result<()
 async fn close_client(mut to_client: SplitSink<Ws, Message>, mut from_client: SplitStream<Ws>, close: ClientClose) {
     let closing = async {
         match close {
-            ClientClose::Abandon => return,
-            ClientClose::Acknowledge => {
-                let _ = to_client.close().await;
-            }
+            ClientClose::Abandon => {}
+            // Flushes the reply tungstenite queued when the client's close arrived.
+            ClientClose::Acknowledge => drop(to_client.close().await),
             ClientClose::Send(frame) => {
                 if to_client.send(Message::Close(frame)).await.is_err() {
                     return;
                 }
-                // The client's close reply (or its going away) ends this.
-                while let Some(Ok(_)) = from_client.next().await {}
+                let mut replied = false;
+                while let Some(Ok(message)) = from_client.next().await {
+                    replied |= message.is_close();
+                }
+                // No reply: the client's reading broke (an oversized or invalid frame) and
+                // it may still be sending. Draining keeps unread bytes from turning the
+                // close into a reset that could destroy the close frame in flight.
+                if !replied {
+                    if let Ok(ws) = from_client.reunite(to_client) {
+                        drain(ws).await;
+                    }
+                }
             }
-        }
-        if let Ok(ws) = from_client.reunite(to_client) {
-            drain(ws).await;
         }
     };
     let _ = tokio::time::timeout(CLOSE_GRACE, closing).await;
 }
 
-/// Ends our side of the TCP connection and reads until the client closes its side, so
-/// the close frame is not lost to a reset (unread bytes at close make TCP send one).
+/// Ends our side of the TCP connection and reads what the client still sends, until it
+/// closes its side or falls silent for [`DRAIN_QUIET`].
 async fn drain(mut ws: Ws) {
     let io = ws.get_mut();
     let _ = io.shutdown().await;
     let mut sink = [0u8; 4096];
-    while let Ok(1..) = io.read(&mut sink).await {}
+    while let Ok(Ok(1..)) = tokio::time::timeout(DRAIN_QUIET, io.read(&mut sink)).await {}
 }
 
 /// Tells the service, bounded by [`CLOSE_GRACE`]: the stream completes when the

@@ -139,3 +139,53 @@ async fn demo_service_dials_weir_serve_over_mutual_tls() {
     assert!(gateway.terminate().await.success());
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+#[tokio::test]
+async fn serve_with_the_embedded_demo_answers_at_once_and_drains_on_sigterm() {
+    let args = ["serve", "--listen", "127.0.0.1:0", "--services-listen", "127.0.0.1:0"];
+    let mut gateway = Proc::spawn(&args);
+    let http = gateway.line("weir listening on ").await;
+    assert_eq!(reqwest::get(format!("{http}/healthz")).await.unwrap().status(), StatusCode::OK);
+    demo_answers(&http).await;
+    // A request in flight when SIGTERM arrives still completes, then weir exits 0.
+    let slow = tokio::spawn(reqwest::get(format!("{http}/api/slow?ms=700")));
+    // A request sent after it has been answered, so the slow one is in flight by now.
+    demo_answers(&http).await;
+    assert!(gateway.terminate().await.success());
+    let slow = slow.await.unwrap().unwrap();
+    assert_eq!(slow.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn serve_without_the_demo_has_no_demo_routes() {
+    let args = ["serve", "--no-demo", "--listen", "127.0.0.1:0", "--services-listen", "127.0.0.1:0"];
+    let mut gateway = Proc::spawn(&args);
+    let http = gateway.line("weir listening on ").await;
+    assert_eq!(reqwest::get(format!("{http}/api/hello")).await.unwrap().status(), StatusCode::NOT_FOUND);
+    assert!(gateway.terminate().await.success());
+}
+
+#[tokio::test]
+async fn check_config_prints_every_error_with_key_and_line_and_exits_1() {
+    let dir = scratch("check");
+    let bad = write(
+        &dir,
+        "bad.toml",
+        "[server]\nlisten = \"nowhere\"\nheader_timeout = \"5 parsecs\"\n\n[limits]\nchunk_size = 0\nmystery = 1\n",
+    );
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_weir")).args(["check-config", &bad]).output().unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    for expected in [
+        "line 2: server.listen",
+        "line 3: server.header_timeout",
+        "line 6: limits.chunk_size",
+        "line 7: limits.mystery",
+    ] {
+        assert!(stderr.contains(expected), "missing {expected:?} in {stderr}");
+    }
+    let good = write(&dir, "good.toml", "[server]\nlisten = \"127.0.0.1:0\"\n");
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_weir")).args(["check-config", &good]).output().unwrap();
+    assert!(output.status.success());
+    std::fs::remove_dir_all(dir).unwrap();
+}

@@ -5,11 +5,15 @@
 //! idle timeout (close 1000 "Idle timeout"), messages per second (close 1008) and
 //! connections per user (503 before the upgrade). Also: a bad upgrade is 400, a client
 //! that vanishes cancels the service's handler, a lost service link closes the client
-//! with 1011, and after every test the payload budget is idle again.
+//! with 1011, and after every test the payload budget is idle again. A hand-driven
+//! service checks the wire format byte for byte (messages split across frames, the
+//! close and END_STREAM), a refusal relayed as an ordinary response, and a malformed
+//! service message (1011 to the client, Cancel to the service).
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use reqwest::StatusCode;
 use tokio::net::{TcpSocket, TcpStream};
@@ -18,9 +22,15 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tokio_util::codec::Framed;
 use weir_gateway::mount::{AuthConfig, MountConfig, MountSettings, Profile, Rate};
 use weir_gateway::GatewayConfig;
+use weir_proto::{
+    BodyMode, Cancel, CancelReason, EndpointDescriptor, EndpointKind, Frame, FrameCodec, FrameType, Hello,
+    Message as _, RequestHead, ResponseHead, PROTOCOL_VERSION,
+};
 use weir_service::{Endpoint, HandlerError, Service, WebSocketContext, WsMessage};
+use weir_transport::ByteStream;
 
 use crate::common::*;
 
@@ -76,11 +86,17 @@ fn assert_close(frame: &CloseFrame, code: u16, reason: &str) {
     assert_eq!((u16::from(frame.code), frame.reason.as_str()), (code, reason));
 }
 
+/// Expects the gateway's close frame with `code` and `reason`, then (the client having
+/// replied, as reading does) the end of the connection.
+async fn closed_with(ws: &mut Client, code: u16, reason: &str) {
+    assert_close(&close_frame(ws).await, code, reason);
+    assert!(next(ws).await.is_none(), "the connection ends after the close handshake");
+}
+
 /// Closes normally and waits for the gateway's reply and the end of the connection.
 async fn close_normally(mut ws: Client) {
     ws.send(Message::Close(Some(CloseFrame { code: CloseCode::Normal, reason: "done".into() }))).await.unwrap();
-    assert_close(&close_frame(&mut ws).await, 1000, "done");
-    assert!(next(&mut ws).await.is_none(), "the connection ends after the close handshake");
+    closed_with(&mut ws, 1000, "done").await;
 }
 
 async fn echo_relays_text_binary_and_large_messages(transport: Transport) {
@@ -113,6 +129,7 @@ async fn telemetry_counts_every_message_and_answers_nothing() {
     // Nothing came back: the first thing the client reads is the reply to its close.
     ws.send(Message::Close(None)).await.unwrap();
     assert!(matches!(next(&mut ws).await, Some(Ok(Message::Close(_)))));
+    assert!(next(&mut ws).await.is_none());
     h.assert_budget_released().await;
 }
 
@@ -150,8 +167,7 @@ async fn a_service_that_closes_first_closes_the_client_with_its_code(transport: 
     h.attach(Service::builder("closer", "1.0.0").endpoint(closer).build().unwrap()).await;
     let mut ws = connect(&h, "/ws/closer").await;
     ws.send(Message::text("bye?")).await.unwrap();
-    assert_close(&close_frame(&mut ws).await, 4000, "done here");
-    assert!(next(&mut ws).await.is_none());
+    closed_with(&mut ws, 4000, "done here").await;
     h.assert_budget_released().await;
 }
 
@@ -162,7 +178,7 @@ async fn a_message_over_the_limit_closes_with_1009() {
     ws.send(Message::binary(vec![7u8; 1024])).await.unwrap();
     assert_eq!(next(&mut ws).await.unwrap().unwrap(), Message::binary(vec![7u8; 1024]));
     ws.send(Message::binary(vec![7u8; 1025])).await.unwrap();
-    assert_close(&close_frame(&mut ws).await, 1009, "Message too big");
+    closed_with(&mut ws, 1009, "Message too big").await;
     h.assert_budget_released().await;
     assert_eq!(h.gateway.open_websockets("/stream", "127.0.0.1"), 0);
 }
@@ -180,7 +196,7 @@ async fn a_silent_client_is_closed_with_1000_idle_timeout() {
     }
     // ...silence closes it.
     let silent_since = Instant::now();
-    assert_close(&close_frame(&mut ws).await, 1000, "Idle timeout");
+    closed_with(&mut ws, 1000, "Idle timeout").await;
     assert!(silent_since.elapsed() >= idle);
     h.assert_budget_released().await;
 }
@@ -194,7 +210,7 @@ async fn messages_over_the_rate_limit_close_with_1008() {
         ws.feed(Message::text(format!("burst {i}"))).await.unwrap();
     }
     ws.flush().await.unwrap();
-    assert_close(&close_frame(&mut ws).await, 1008, "Message rate limit exceeded");
+    closed_with(&mut ws, 1008, "Message rate limit exceeded").await;
     h.assert_budget_released().await;
 }
 
@@ -301,7 +317,135 @@ async fn a_lost_service_link_closes_the_client_with_1011() {
     let mut ws = connect(&h, "/ws/hold").await;
     assert_eq!(seen(&mut rx).await, Seen::Started);
     h.gateway.close_services("test: service link lost");
-    let frame = close_frame(&mut ws).await;
-    assert_eq!(u16::from(frame.code), 1011);
+    closed_with(&mut ws, 1011, "Service unavailable").await;
+    h.assert_budget_released().await;
+}
+
+// ---------------------------------------------------------------------------------------
+// The wire format, against a hand-driven service
+// ---------------------------------------------------------------------------------------
+
+type Wire = Framed<Box<dyn ByteStream>, FrameCodec>;
+
+/// A service driven frame by frame, registering the WebSocket endpoint `GET /ws/raw`.
+async fn raw_service(h: &Harness) -> Wire {
+    let mut endpoint = EndpointDescriptor::new("GET", "/ws/raw");
+    endpoint.kind = EndpointKind::WebSocket;
+    let hello = Hello {
+        protocol_version: PROTOCOL_VERSION,
+        service: "raw".into(),
+        version: "1.0.0".into(),
+        region: String::new(),
+        instance_id: "raw-1".into(),
+        initial_window: 65536,
+        token: String::new(),
+        endpoints: vec![endpoint],
+    };
+    let mut wire = Framed::new(h.dial().await, FrameCodec::default());
+    wire.send(hello.to_frame(0).unwrap()).await.unwrap();
+    assert_eq!(next_frame(&mut wire).await.frame_type, FrameType::Welcome);
+    wire
+}
+
+/// The next frame that is neither a heartbeat nor a credit grant.
+async fn next_frame(wire: &mut Wire) -> Frame {
+    loop {
+        let frame = tokio::time::timeout(WAIT, wire.next()).await.unwrap().expect("closed").unwrap();
+        if !matches!(frame.frame_type, FrameType::Heartbeat | FrameType::Credit) {
+            return frame;
+        }
+    }
+}
+
+/// Request stream data up to and including the frame that completes `expected` bytes.
+async fn request_bytes(wire: &mut Wire, id: u64, expected: usize) -> (Vec<u8>, bool) {
+    let (mut bytes, mut ended) = (Vec::new(), false);
+    while bytes.len() < expected {
+        let frame = next_frame(wire).await;
+        assert_eq!((frame.frame_type, frame.correlation_id), (FrameType::RequestStreamData, id));
+        bytes.extend_from_slice(&frame.payload);
+        ended = frame.is_end_stream();
+    }
+    (bytes, ended)
+}
+
+/// Starts a client's upgrade to `/ws/raw`; returns it and the stream id the service sees.
+async fn upgrade_to_raw(h: &Harness, wire: &mut Wire) -> (tokio::task::JoinHandle<Result<Client, WsError>>, u64) {
+    let url = format!("ws://{}/ws/raw", h.addr);
+    let client = tokio::spawn(async move { tokio_tungstenite::connect_async(url).await.map(|(ws, _)| ws) });
+    let request = next_frame(wire).await;
+    assert_eq!(request.frame_type, FrameType::Request);
+    let head = RequestHead::decode(request.payload).unwrap();
+    assert_eq!((head.method.as_str(), head.body_mode), ("GET", BodyMode::Streamed));
+    (client, request.correlation_id)
+}
+
+fn response_frame(id: u64, status: u16, mode: BodyMode, body: &'static [u8]) -> Frame {
+    let head = ResponseHead { status, headers: vec![], body_mode: mode, body: Bytes::from_static(body) };
+    head.to_frame(id).unwrap()
+}
+
+fn response_data(id: u64, bytes: &[u8], end: bool) -> Frame {
+    Frame::data(FrameType::ResponseStreamData, id, Bytes::copy_from_slice(bytes), end)
+}
+
+#[tokio::test]
+async fn messages_travel_as_kind_length_payload_across_frames() {
+    let h = Harness::start(config()).await;
+    let mut wire = raw_service(&h).await;
+    let (client, id) = upgrade_to_raw(&h, &mut wire).await;
+    wire.send(response_frame(id, 101, BodyMode::Streamed, b"")).await.unwrap();
+    let mut ws = tokio::time::timeout(WAIT, client).await.unwrap().unwrap().expect("upgraded");
+    // Text "hi" = 01 | 00 00 00 02 | 68 69, split across two frames.
+    wire.send(response_data(id, &[0x01, 0x00, 0x00], false)).await.unwrap();
+    wire.send(response_data(id, &[0x00, 0x02, b'h', b'i'], false)).await.unwrap();
+    assert_eq!(next(&mut ws).await.unwrap().unwrap(), Message::text("hi"));
+    ws.send(Message::binary(vec![9u8, 8])).await.unwrap();
+    assert_eq!(request_bytes(&mut wire, id, 7).await, (vec![0x02, 0, 0, 0, 2, 9, 8], false));
+    // The client's close: 08 | 00 00 00 06 | 03 e8 "done", then END_STREAM.
+    ws.send(Message::Close(Some(CloseFrame { code: CloseCode::Normal, reason: "done".into() }))).await.unwrap();
+    let (close, mut ended) = request_bytes(&mut wire, id, 11).await;
+    assert_eq!(close, [&[0x08, 0, 0, 0, 6, 0x03, 0xe8][..], b"done"].concat());
+    while !ended {
+        ended = next_frame(&mut wire).await.is_end_stream();
+    }
+    // The service answers with its own close and END_STREAM; the stream completes.
+    wire.send(response_data(id, &[0x08, 0, 0, 0, 2, 0x03, 0xe8], true)).await.unwrap();
+    assert_close(&close_frame(&mut ws).await, 1000, "done");
+    h.assert_budget_released().await;
+}
+
+#[tokio::test]
+async fn a_refusal_is_relayed_as_an_ordinary_response() {
+    let h = Harness::start(config()).await;
+    let mut wire = raw_service(&h).await;
+    let (client, id) = upgrade_to_raw(&h, &mut wire).await;
+    wire.send(response_frame(id, 403, BodyMode::Buffered, b"no")).await.unwrap();
+    match tokio::time::timeout(WAIT, client).await.unwrap().unwrap() {
+        Err(WsError::Http(response)) => {
+            assert_eq!(response.status(), StatusCode::FORBIDDEN);
+            assert_eq!(response.body().as_deref(), Some(&b"no"[..]));
+        }
+        other => panic!("expected the 403, got {other:?}"),
+    }
+    // The gateway ends its direction without a message.
+    let end = next_frame(&mut wire).await;
+    assert_eq!((end.frame_type, end.correlation_id), (FrameType::RequestStreamData, id));
+    assert!(end.is_end_stream() && end.payload.is_empty());
+    h.assert_budget_released().await;
+}
+
+#[tokio::test]
+async fn a_malformed_service_message_closes_the_client_with_1011_and_cancels() {
+    let h = Harness::start(config()).await;
+    let mut wire = raw_service(&h).await;
+    let (client, id) = upgrade_to_raw(&h, &mut wire).await;
+    wire.send(response_frame(id, 101, BodyMode::Streamed, b"")).await.unwrap();
+    let mut ws = tokio::time::timeout(WAIT, client).await.unwrap().unwrap().expect("upgraded");
+    wire.send(response_data(id, &[0x03, 0, 0, 0, 0], false)).await.unwrap();
+    closed_with(&mut ws, 1011, "Service unavailable").await;
+    let cancel = next_frame(&mut wire).await;
+    assert_eq!((cancel.frame_type, cancel.correlation_id), (FrameType::Cancel, id));
+    assert_eq!(Cancel::decode(cancel.payload).unwrap().reason, CancelReason::HandlerFailed);
     h.assert_budget_released().await;
 }
