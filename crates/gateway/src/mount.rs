@@ -56,8 +56,8 @@ pub enum AuthConfig {
     Jwt(JwtConfig),
 }
 
-/// One accepted API key and who it stands for.
-#[derive(Debug, Clone, PartialEq)]
+/// One accepted API key and who it stands for. `Debug` never shows the key.
+#[derive(Clone, PartialEq)]
 pub struct ApiKey {
     pub key: String,
     pub subject: String,
@@ -75,13 +75,34 @@ pub struct JwtConfig {
     pub audience: Option<String>,
 }
 
-/// A JWT algorithm with its key.
-#[derive(Debug, Clone, PartialEq)]
+/// A JWT algorithm with its key. `Debug` never shows the secret.
+#[derive(Clone, PartialEq)]
 pub enum JwtAlgorithm {
     /// Shared secret.
     Hs256 { secret: String },
     /// Public key in a PEM file.
     Rs256 { public_key_file: PathBuf },
+}
+
+impl std::fmt::Debug for ApiKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiKey")
+            .field("key", &"<redacted>")
+            .field("subject", &self.subject)
+            .field("claims", &self.claims)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for JwtAlgorithm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            JwtAlgorithm::Hs256 { .. } => f.debug_struct("Hs256").field("secret", &"<redacted>").finish(),
+            JwtAlgorithm::Rs256 { public_key_file } => {
+                f.debug_struct("Rs256").field("public_key_file", public_key_file).finish()
+            }
+        }
+    }
 }
 
 /// Seed 000's StreamingApp settings, under the seed's names and with its defaults.

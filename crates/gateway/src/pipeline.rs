@@ -22,7 +22,7 @@ use crate::auth::Identity;
 use crate::body::GatewayBody;
 use crate::dispatch::{dispatch, route};
 use crate::error::GatewayError;
-use crate::mount::{Mount, Profile};
+use crate::mount::{AuthConfig, Mount, Profile};
 use crate::registry::Registered;
 use crate::routing::RoutingDecision;
 use crate::server::Gateway;
@@ -75,10 +75,21 @@ pub(crate) async fn handle(
         Profile::Business => business(gateway, mount, &request, conn.addr)?,
         Profile::Streaming => streaming(gateway, mount, &request, conn)?,
     };
+    let mut request = request;
+    strip_api_key(&admitted.mount, request.headers_mut());
     if admitted.decision.endpoint.kind == EndpointKind::WebSocket {
         return crate::websocket::relay(gateway, admitted, request).await;
     }
     dispatch(gateway, admitted, request).await
+}
+
+/// An API key proves who the caller is to the gateway; services get the identity
+/// headers instead, never the key itself.
+fn strip_api_key(mount: &Mount, headers: &mut http::HeaderMap) {
+    if matches!(mount.config.auth, AuthConfig::ApiKeys(_)) {
+        headers.remove(http::header::AUTHORIZATION);
+        headers.remove(crate::auth::API_KEY_HEADER);
+    }
 }
 
 /// Business profile: authenticate → route → validate → rate limit.

@@ -91,7 +91,8 @@ pub(crate) async fn relay(
     let Admitted { mount, decision, identity, client, shaper, registered } = admitted;
     let head = request_head(&parts, &decision, client, &identity, BodyMode::Streamed);
     let mut call = decision.instance.link.call(head, window).await.map_err(upstream)?;
-    let sender = call.body.take().ok_or_else(|| upstream_msg("streamed call without a body sender"))?;
+    let sender =
+        call.body.take().ok_or_else(|| GatewayError::UpstreamFailed("streamed call without a body sender".into()))?;
     let operator = registered.as_ref().map(|r| r.cancel.clone());
     let (response, call) = await_answer(call, decision.effective_timeout, operator).await?;
     let settings = &mount.config.settings;
@@ -198,7 +199,7 @@ async fn await_answer(
             call.handle.cancel(CancelReason::Timeout);
             Err(GatewayError::UpstreamTimeout(timeout))
         }
-        Ok(Err(_)) => Err(upstream_msg("stream closed without a response")),
+        Ok(Err(_)) => Err(GatewayError::UpstreamFailed("stream closed without a response".into())),
         Ok(Ok(Err(err))) => Err(upstream(err)),
         Ok(Ok(Ok(response))) => Ok((response, call)),
     }
@@ -249,4 +250,32 @@ fn upstream(err: weir_transport::StreamError) -> GatewayError {
 
 fn upstream_msg(detail: &str) -> GatewayError {
     GatewayError::UpstreamFailed(format!("WebSocket: the service answered {detail}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_16_bytes_of_base64() {
+        assert!(is_websocket_key("dGhlIHNhbXBsZSBub25jZQ=="));
+        assert!(!is_websocket_key("dGhlIHNhbXBsZSBub25jZQ"));
+        assert!(!is_websocket_key("dGhlIHNhbXBsZSBub25j!Q=="));
+        assert!(!is_websocket_key("dGhlIHNhbXBsZSBub25jZQ==AA"));
+    }
+
+    #[test]
+    fn header_tokens_are_found_in_lists_case_insensitively() {
+        let mut headers = HeaderMap::new();
+        headers.append(CONNECTION, HeaderValue::from_static("keep-alive, Upgrade"));
+        assert!(has_token(&headers, &CONNECTION, "upgrade"));
+        assert!(!has_token(&headers, &UPGRADE, "websocket"));
+    }
+
+    #[test]
+    fn the_accept_key_is_rfc_6455s() {
+        let response = switching_protocols("dGhlIHNhbXBsZSBub25jZQ==", None);
+        assert_eq!(response.status(), StatusCode::SWITCHING_PROTOCOLS);
+        assert_eq!(response.headers()[SEC_WEBSOCKET_ACCEPT], "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+    }
 }

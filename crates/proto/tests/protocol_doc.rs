@@ -4,7 +4,8 @@
 //! it as a full frame with [`FrameCodec`], and compares it with the block, then decodes the
 //! block and compares it with the value. The set of examples in the document must equal
 //! the set here, and every hex block in the document must be such an example, so the
-//! specification and the code cannot drift apart unnoticed.
+//! specification and the code cannot drift apart unnoticed. WebSocket examples are stream
+//! data frames whose payload is one message of [`weir_proto::websocket`].
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
@@ -12,6 +13,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use tokio_util::codec::{Decoder, Encoder};
+use weir_proto::websocket::{WsDecoder, WsMessage};
 use weir_proto::{
     BodyMode, Cancel, CancelReason, Credit, EndpointDescriptor, ErrorCode, ErrorMessage, Frame, FrameCodec, FrameType,
     HealthStatus, Heartbeat, Hello, Message, RequestHead, ResponseHead, Welcome, PROTOCOL_VERSION,
@@ -46,6 +48,24 @@ where
 
 fn stream_data(frame: Frame) -> Example {
     Example { frame, decodes_back: Box::new(|_| Ok(())) }
+}
+
+/// A stream data frame carrying one WebSocket message, which its payload decodes back to.
+fn websocket(frame_type: FrameType, id: u64, message: WsMessage, end: bool) -> Example {
+    let bytes = message.encode().expect("example message encodes");
+    Example {
+        frame: Frame::data(frame_type, id, bytes, end),
+        decodes_back: Box::new(move |payload| {
+            let mut decoder = WsDecoder::new(1024);
+            decoder.push(&payload);
+            let back = decoder.next_message().map_err(|e| e.to_string())?;
+            decoder.finish().map_err(|e| e.to_string())?;
+            match back {
+                Some(back) if back == message => Ok(()),
+                other => Err(format!("decoded {other:?}, expected {message:?}")),
+            }
+        }),
+    }
 }
 
 fn text_plain() -> Vec<(String, Bytes)> {
@@ -120,6 +140,8 @@ fn examples() -> BTreeMap<&'static str, Example> {
     );
     all.insert("credit", message(2, Credit { increment: 64 * 1024 }));
     all.insert("cancel", message(3, Cancel { reason: CancelReason::Timeout }));
+    all.insert("websocket-text", websocket(FrameType::ResponseStreamData, 4, WsMessage::Text("hi".into()), false));
+    all.insert("websocket-close", websocket(FrameType::RequestStreamData, 4, WsMessage::close(1000, "done"), true));
     all.insert(
         "error",
         message(0, ErrorMessage { code: ErrorCode::RegistrationRefused, message: "GET /api/hello is taken".into() }),

@@ -196,7 +196,7 @@ async fn upstream(
     limits: &SessionLimits,
     count: impl Fn(usize),
 ) -> ClientEnd {
-    let mut deadline = Instant::now() + limits.idle;
+    let mut deadline = idle_deadline(limits.idle);
     loop {
         let next = tokio::select! {
             next = from_client.next() => next,
@@ -223,8 +223,14 @@ async fn upstream(
             // session, so this loop just stops reading.
             return std::future::pending().await;
         }
-        deadline = Instant::now() + limits.idle;
+        deadline = idle_deadline(limits.idle);
     }
+}
+
+/// When the client, silent from now on, is idle; an absurdly long timeout never fires.
+fn idle_deadline(idle: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(idle).unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 24 * 3600))
 }
 
 /// What a read error from the client means.
@@ -418,5 +424,34 @@ async fn close_service(sender: DataSender, mut receiver: DataReceiver, handle: S
     match ended {
         Ok(()) => handle.complete(),
         Err(_) => handle.cancel(CancelReason::Timeout),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn code_and_reason(frame: Option<CloseFrame>) -> Option<(u16, String)> {
+        frame.map(|f| (u16::from(f.code), f.reason.as_str().to_owned()))
+    }
+
+    #[test]
+    fn close_frames_carry_only_what_a_client_may_receive() {
+        assert_eq!(code_and_reason(close_frame(4000, "bye")), Some((4000, "bye".into())));
+        assert_eq!(close_frame(ws::CLOSE_NO_STATUS, "ignored"), None);
+        assert_eq!(code_and_reason(close_frame(1006, "")), Some((1011, String::new())));
+        assert_eq!(code_and_reason(close_frame(2000, "")), Some((1011, String::new())));
+        // 62 two-byte characters: cut at 61 of them (122 bytes), never inside one.
+        let long = "é".repeat(62);
+        let (_, reason) = code_and_reason(close_frame(1000, &long)).unwrap();
+        assert_eq!(reason, "é".repeat(61));
+    }
+
+    #[test]
+    fn an_oversized_client_message_is_1009_and_a_vanished_client_is_gone() {
+        let too_long = WsError::Capacity(CapacityError::MessageTooLong { size: 2, max_size: 1 });
+        assert!(matches!(client_error(too_long), ClientEnd::Refused(1009, "Message too big")));
+        let reset = WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake);
+        assert!(matches!(client_error(reset), ClientEnd::Gone(_)));
     }
 }

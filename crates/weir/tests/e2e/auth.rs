@@ -75,7 +75,11 @@ fn whoami_service(calls: Arc<AtomicUsize>) -> Service {
                 .map(|(name, value)| json!([name, String::from_utf8_lossy(value)]))
                 .collect();
             let claims: Vec<_> = ctx.claims().into_iter().map(|(t, v)| json!([t, v])).collect();
-            RawResponse::json(200, &json!({ "subject": ctx.subject(), "claims": claims, "x-weir": forwarded }))
+            let credentials = ctx.header("x-api-key").is_some() || ctx.header("authorization").is_some();
+            RawResponse::json(
+                200,
+                &json!({ "subject": ctx.subject(), "claims": claims, "x-weir": forwarded, "saw_credentials": credentials }),
+            )
         });
         let admin = counted(&calls, |_| RawResponse::text(200, "welcome"));
         let orders = counted(&calls, |_| RawResponse::text(200, "ordered"));
@@ -156,8 +160,10 @@ async fn api_keys_401_without_or_with_a_wrong_key_and_forward_the_identity() {
     let header = alice["x-weir"].as_array().unwrap().iter().find(|h| h[0] == "x-weir-claims").unwrap();
     assert_eq!(serde_json::from_str::<Value>(header[1].as_str().unwrap()).unwrap(), raw_claims);
 
+    assert_eq!(alice["saw_credentials"], false, "the API key reached the service");
     let bob = ok_json(h.client.get(&whoami).bearer_auth("bob-key")).await;
     assert_eq!(bob["subject"], "bob");
+    assert_eq!(bob["saw_credentials"], false, "the API key reached the service");
     assert_eq!(calls.load(Ordering::SeqCst), 2);
 }
 
