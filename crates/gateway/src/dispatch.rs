@@ -73,7 +73,7 @@ pub(crate) async fn dispatch(
     admitted: Admitted,
     request: Request<Incoming>,
 ) -> Result<Response<GatewayBody>, GatewayError> {
-    let Admitted { decision, client, mount, identity, shaper, registered } = admitted;
+    let Admitted { decision, client, mount, identity, shaper, registered, conn: _ } = admitted;
     let in_flight = decision.instance.begin_call();
     let plan = admit(gateway, &mount, &decision, &request)?;
     let (parts, body) = request.into_parts();

@@ -72,7 +72,7 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let (io, socket, counters) = ClientIo::new(stream, send_limits(&gateway));
-        let conn = Arc::new(ClientConn::new(client));
+        let conn = Arc::new(ClientConn::new(client, permit));
         let gateway_for_service = Arc::clone(&gateway);
         let service =
             service_fn(move |request| handle(Arc::clone(&gateway_for_service), request, Arc::clone(&conn), surface));
@@ -92,7 +92,6 @@ pub async fn serve(
                 answer_head_timeout(&*err, &socket, &counters);
                 tracing::debug!(%client, error = %err, "client connection ended with an error");
             }
-            drop(permit);
         });
     }
     drop(listener);

@@ -10,6 +10,7 @@
 //! Each phase returns a typed [`GatewayError`] that `error` maps to a status code.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
@@ -22,6 +23,7 @@ use crate::auth::Identity;
 use crate::body::GatewayBody;
 use crate::dispatch::{dispatch, route};
 use crate::error::GatewayError;
+use crate::limiter::Permit;
 use crate::mount::{AuthConfig, Mount, Profile};
 use crate::registry::Registered;
 use crate::routing::RoutingDecision;
@@ -32,13 +34,16 @@ use crate::shaper::Shaper;
 #[derive(Debug)]
 pub(crate) struct ClientConn {
     pub addr: SocketAddr,
+    /// This connection's slot under `max_connections_per_ip`; an upgraded WebSocket keeps
+    /// the connection (and so the slot) alive after hyper lets go of it.
+    _ip_slot: Permit<IpAddr>,
     /// Bandwidth shapers of this connection, one per mount that limits bandwidth.
     shapers: Mutex<HashMap<String, Arc<Shaper>>>,
 }
 
 impl ClientConn {
-    pub(crate) fn new(addr: SocketAddr) -> Self {
-        ClientConn { addr, shapers: Mutex::new(HashMap::new()) }
+    pub(crate) fn new(addr: SocketAddr, ip_slot: Permit<IpAddr>) -> Self {
+        ClientConn { addr, _ip_slot: ip_slot, shapers: Mutex::new(HashMap::new()) }
     }
 
     /// The shaper this connection uses on `mount`, if the mount limits bandwidth.
@@ -61,18 +66,20 @@ pub(crate) struct Admitted {
     pub shaper: Option<Arc<Shaper>>,
     /// Business mounts: the request's entry in the request registry.
     pub registered: Option<Registered>,
+    /// The client connection, kept by whatever outlives the request (a WebSocket).
+    pub conn: Arc<ClientConn>,
 }
 
 /// Runs every phase for one request.
 pub(crate) async fn handle(
     gateway: &Gateway,
     request: Request<Incoming>,
-    conn: &ClientConn,
+    conn: &Arc<ClientConn>,
 ) -> Result<Response<GatewayBody>, GatewayError> {
     let mount = Arc::clone(gateway.mounts().select(request.uri().path()).ok_or(GatewayError::NotFound)?);
     let admitted = match mount.config.profile {
         Profile::Static => return crate::static_files::serve(&mount, &request).await,
-        Profile::Business => business(gateway, mount, &request, conn.addr)?,
+        Profile::Business => business(gateway, mount, &request, conn)?,
         Profile::Streaming => streaming(gateway, mount, &request, conn)?,
     };
     let mut request = request;
@@ -97,15 +104,17 @@ fn business(
     gateway: &Gateway,
     mount: Arc<Mount>,
     request: &Request<Incoming>,
-    client: SocketAddr,
+    conn: &Arc<ClientConn>,
 ) -> Result<Admitted, GatewayError> {
+    let client = conn.addr;
     let identity = gateway.authenticator(&mount).authenticate(request.headers())?;
     let decision = route(gateway, request)?;
     crate::auth::validate(&decision.endpoint, &identity, request)?;
     gateway.rate_limits().check_request(&mount, &identity, client)?;
     let path = request.uri().path();
     let registered = gateway.registry().begin(request.method().as_str(), path, &decision.template, client);
-    Ok(Admitted { mount, decision, identity, client, shaper: None, registered: Some(registered) })
+    let conn = Arc::clone(conn);
+    Ok(Admitted { mount, decision, identity, client, shaper: None, registered: Some(registered), conn })
 }
 
 /// Streaming profile: route only; its limits act on the connection and the body.
@@ -113,9 +122,10 @@ fn streaming(
     gateway: &Gateway,
     mount: Arc<Mount>,
     request: &Request<Incoming>,
-    conn: &ClientConn,
+    conn: &Arc<ClientConn>,
 ) -> Result<Admitted, GatewayError> {
     let decision = route(gateway, request)?;
     let shaper = conn.shaper(&mount);
-    Ok(Admitted { mount, decision, identity: Identity::anonymous(), client: conn.addr, shaper, registered: None })
+    let (client, conn) = (conn.addr, Arc::clone(conn));
+    Ok(Admitted { mount, decision, identity: Identity::anonymous(), client, shaper, registered: None, conn })
 }

@@ -88,7 +88,7 @@ pub(crate) async fn relay(
     let (reservation, window) = reserve_window(gateway, &admitted)?;
     let on_upgrade = hyper::upgrade::on(&mut request);
     let (parts, _) = request.into_parts();
-    let Admitted { mount, decision, identity, client, shaper, registered } = admitted;
+    let Admitted { mount, decision, identity, client, shaper, registered, conn } = admitted;
     let head = request_head(&parts, &decision, client, &identity, BodyMode::Streamed);
     let mut call = decision.instance.link.call(head, window).await.map_err(upstream)?;
     let sender =
@@ -115,6 +115,7 @@ pub(crate) async fn relay(
         limits,
         registered,
         _permit: permit,
+        _conn: conn,
         _reservation: reservation,
         _in_flight: in_flight,
     };

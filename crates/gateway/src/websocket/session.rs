@@ -80,6 +80,8 @@ pub(crate) struct Session {
     pub registered: Option<Registered>,
     /// Held for their drops: the user's slot, the budget window, the in-flight count.
     pub _permit: Permit<String>,
+    /// The client connection: keeps its per-IP slot for the life of the WebSocket.
+    pub _conn: std::sync::Arc<crate::pipeline::ClientConn>,
     pub _reservation: Reservation,
     pub _in_flight: InFlightGuard<Link>,
 }

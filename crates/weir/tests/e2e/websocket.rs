@@ -449,3 +449,16 @@ async fn a_malformed_service_message_closes_the_client_with_1011_and_cancels() {
     assert_eq!(Cancel::decode(cancel.payload).unwrap().reason, CancelReason::HandlerFailed);
     h.assert_budget_released().await;
 }
+
+#[tokio::test]
+async fn open_websockets_count_against_the_per_ip_connection_limit() {
+    let mut cfg = config();
+    cfg.server.max_connections_per_ip = 2;
+    let h = Harness::with_demo(cfg).await;
+    let _first = connect(&h, "/stream/echo").await;
+    let _second = connect(&h, "/stream/echo").await;
+    let mut third = tokio::net::TcpStream::connect(h.addr).await.unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(WAIT, tokio::io::AsyncReadExt::read_to_end(&mut third, &mut answer)).await.unwrap();
+    assert!(String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 503"), "{}", String::from_utf8_lossy(&answer));
+}
