@@ -139,6 +139,32 @@ impl ClientIo {
     }
 }
 
+impl ClientIo {
+    /// One write attempt with `write`, waiting for writability; a full socket goes
+    /// through [`ClientIo::blocked`] for the stall and rate checks.
+    fn poll_write_with(
+        &mut self,
+        cx: &mut Context<'_>,
+        write: impl Fn(&TcpStream) -> io::Result<usize>,
+    ) -> Poll<io::Result<usize>> {
+        loop {
+            match self.stream.poll_write_ready(cx) {
+                Poll::Pending => return self.blocked(cx),
+                Poll::Ready(Err(err)) => return Poll::Ready(Err(err)),
+                Poll::Ready(Ok(())) => {}
+            }
+            match write(&self.stream) {
+                Ok(n) => {
+                    self.wrote(n);
+                    return Poll::Ready(Ok(n));
+                }
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(err) => return Poll::Ready(Err(err)),
+            }
+        }
+    }
+}
+
 impl AsyncRead for ClientIo {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
@@ -159,22 +185,7 @@ impl AsyncRead for ClientIo {
 
 impl AsyncWrite for ClientIo {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        loop {
-            match this.stream.poll_write_ready(cx) {
-                Poll::Pending => return this.blocked(cx),
-                Poll::Ready(Err(err)) => return Poll::Ready(Err(err)),
-                Poll::Ready(Ok(())) => {}
-            }
-            match this.stream.try_write(buf) {
-                Ok(n) => {
-                    this.wrote(n);
-                    return Poll::Ready(Ok(n));
-                }
-                Err(err) if err.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(err) => return Poll::Ready(Err(err)),
-            }
-        }
+        self.get_mut().poll_write_with(cx, |stream| stream.try_write(buf))
     }
 
     fn poll_write_vectored(
@@ -182,22 +193,7 @@ impl AsyncWrite for ClientIo {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        loop {
-            match this.stream.poll_write_ready(cx) {
-                Poll::Pending => return this.blocked(cx),
-                Poll::Ready(Err(err)) => return Poll::Ready(Err(err)),
-                Poll::Ready(Ok(())) => {}
-            }
-            match this.stream.try_write_vectored(bufs) {
-                Ok(n) => {
-                    this.wrote(n);
-                    return Poll::Ready(Ok(n));
-                }
-                Err(err) if err.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(err) => return Poll::Ready(Err(err)),
-            }
-        }
+        self.get_mut().poll_write_with(cx, |stream| stream.try_write_vectored(bufs))
     }
 
     fn is_write_vectored(&self) -> bool {

@@ -136,12 +136,12 @@ struct Target<'a> {
 }
 
 /// A request handed to a service, awaiting its response.
-struct Forwarded {
-    call: OutgoingCall,
+pub(crate) struct Forwarded {
+    pub call: OutgoingCall,
     /// Streaming: the task copying the client's body; it reports 408/413 failures.
-    pump: Option<JoinHandle<Result<(), GatewayError>>>,
+    pub pump: Option<JoinHandle<Result<(), GatewayError>>>,
     /// Buffered: the body's bytes, held until the response shows the service has them.
-    held: Option<Reservation>,
+    pub held: Option<Reservation>,
 }
 
 /// What admission decided about a request body.
@@ -308,8 +308,9 @@ impl Pump {
     }
 }
 
-/// Phase 4: the response head, the pump's failure, or the timeout, whichever first.
-async fn await_response(
+/// Phase 4: the response head, the pump's failure, the timeout (504, Cancel(Timeout))
+/// or an operator's cancel, whichever first. Shared with the WebSocket relay.
+pub(crate) async fn await_response(
     forwarded: Forwarded,
     timeout: Duration,
     operator: Option<CancellationToken>,

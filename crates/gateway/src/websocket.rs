@@ -21,19 +21,17 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use http::header::{HeaderValue, CONNECTION, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_PROTOCOL};
 use http::header::{SEC_WEBSOCKET_VERSION, UPGRADE};
 use http::{HeaderMap, Method, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
-use tokio_util::sync::CancellationToken;
-use weir_proto::{BodyMode, CancelReason, Headers};
-use weir_transport::{DataReceiver, IncomingResponse, OutgoingCall};
+use weir_proto::{BodyMode, Headers};
+use weir_transport::{DataReceiver, IncomingResponse};
 
 use crate::body::{GatewayBody, RelayLimits};
 use crate::budget::Reservation;
-use crate::dispatch::{request_head, respond};
+use crate::dispatch::{await_response, request_head, respond, Forwarded};
 use crate::error::GatewayError;
 use crate::limiter::{KeyedLimiter, Permit};
 use crate::mount::{Mount, MountTable};
@@ -94,7 +92,8 @@ pub(crate) async fn relay(
     let sender =
         call.body.take().ok_or_else(|| GatewayError::UpstreamFailed("streamed call without a body sender".into()))?;
     let operator = registered.as_ref().map(|r| r.cancel.clone());
-    let (response, call) = await_answer(call, decision.effective_timeout, operator).await?;
+    let forwarded = Forwarded { call, pump: None, held: None };
+    let (response, call) = await_response(forwarded, decision.effective_timeout, operator).await?;
     let settings = &mount.config.settings;
     let (receiver, headers) = match classify(response)? {
         Answer::Accepted { messages, headers } => (messages, headers),
@@ -174,36 +173,6 @@ fn reserve_window(gateway: &Gateway, admitted: &Admitted) -> Result<(Reservation
     reservation.try_grow(window).map_err(|e| GatewayError::Overloaded(e.to_string()))?;
     // At most `stream_window`, a u32.
     Ok((reservation, u32::try_from(window).unwrap_or(u32::MAX)))
-}
-
-/// The service's answer within `timeout` (504 and Cancel(Timeout) after it).
-async fn await_answer(
-    mut call: OutgoingCall,
-    timeout: Duration,
-    operator: Option<CancellationToken>,
-) -> Result<(IncomingResponse, OutgoingCall), GatewayError> {
-    let operator_cancel = async {
-        match &operator {
-            Some(token) => token.cancelled().await,
-            None => std::future::pending().await,
-        }
-    };
-    let outcome = tokio::select! {
-        outcome = tokio::time::timeout(timeout, &mut call.response) => outcome,
-        () = operator_cancel => {
-            call.handle.cancel(CancelReason::Administrative);
-            return Err(GatewayError::CancelledByOperator);
-        }
-    };
-    match outcome {
-        Err(_) => {
-            call.handle.cancel(CancelReason::Timeout);
-            Err(GatewayError::UpstreamTimeout(timeout))
-        }
-        Ok(Err(_)) => Err(GatewayError::UpstreamFailed("stream closed without a response".into())),
-        Ok(Ok(Err(err))) => Err(upstream(err)),
-        Ok(Ok(Ok(response))) => Ok((response, call)),
-    }
 }
 
 /// The service's answer: accepted (101 with a streamed body), or refused with a final
