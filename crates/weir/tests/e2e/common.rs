@@ -452,3 +452,15 @@ pub fn with_credential(
     });
     config
 }
+
+/// Waits for a state change that has no event of its own (a heartbeat applied, a
+/// connection noticed closed), polling briefly; [`WAIT`] bounds it.
+pub async fn until(mut condition: impl FnMut() -> bool) {
+    tokio::time::timeout(WAIT, async {
+        while !condition() {
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
+    })
+    .await
+    .expect("condition never held");
+}

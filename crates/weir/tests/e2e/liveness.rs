@@ -122,17 +122,6 @@ async fn service_registers_again_after_the_service_listener_restarts(transport: 
     assert_eq!(h.gateway.service_connections(), 1);
 }
 
-/// Waits for a routing-table change that has no event of its own (a heartbeat applied).
-async fn until(mut condition: impl FnMut() -> bool) {
-    tokio::time::timeout(WAIT, async {
-        while !condition() {
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
-    })
-    .await
-    .expect("condition never held");
-}
-
 async fn draining_service_finishes_its_in_flight_request_and_gets_no_new_one(transport: Transport) {
     let mut h = Harness::start_on(config(), transport).await;
     let (seen_tx, mut seen) = mpsc::unbounded_channel();

@@ -138,17 +138,6 @@ async fn equal_instances_share_requests_round_robin(transport: Transport) {
     assert_eq!(seen.get("1.0.0/b"), Some(&5), "{seen:?}");
 }
 
-/// Waits for a routing-table change that has no event of its own (a heartbeat applied).
-async fn until(mut condition: impl FnMut() -> bool) {
-    tokio::time::timeout(WAIT, async {
-        while !condition() {
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
-    })
-    .await
-    .expect("condition never held");
-}
-
 async fn draining_instance_gets_no_new_requests(transport: Transport) {
     let mut h = Harness::start_on(config(), transport).await;
     let a = h.attach(versioned("1.0.0", "a")).await;
