@@ -6,14 +6,17 @@
 //!
 //! It also counts bytes read and written, which tells the front whether a connection
 //! that timed out in its request head had started a request (answer 408) or was idle
-//! (close quietly). The socket is shared (`Arc<TcpStream>`, readiness-based I/O) so
-//! that the front can still write that 408 after hyper has given up on the connection.
+//! (close quietly). Reads and writes go through tokio's own `TcpStream` I/O, which reads
+//! into hyper's buffer without zeroing it and skips the read that would only find the
+//! socket empty; so that the front can still write that 408 after hyper has given up on
+//! the connection, a `ClientIo` dropped in the middle of a request head hands its socket
+//! back in [`ConnState`] instead of closing it.
 
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
@@ -21,24 +24,28 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 
-/// Byte counts shared between the I/O and the front.
+/// What the I/O shares with the front: byte counts, and the socket once hyper lets go
+/// of it in the middle of a request head.
 #[derive(Debug, Default)]
-pub struct IoCounters {
+pub struct ConnState {
     read: AtomicU64,
-    written: AtomicU64,
     /// `read` as it was at the last write: reads since then are a request in progress.
     read_at_last_write: AtomicU64,
+    /// Set when the I/O is dropped while a request is in progress: the front may still
+    /// owe the client a 408 on it.
+    unanswered: Mutex<Option<TcpStream>>,
 }
 
-impl IoCounters {
+impl ConnState {
     /// Whether bytes of a new request arrived since the last response bytes went out.
     pub fn request_in_progress(&self) -> bool {
         self.read.load(Ordering::Relaxed) > self.read_at_last_write.load(Ordering::Relaxed)
     }
 
-    /// Total bytes written to the client.
-    pub fn written(&self) -> u64 {
-        self.written.load(Ordering::Relaxed)
+    /// The socket of a connection dropped in the middle of a request, if this one was.
+    pub fn take_unanswered(&self) -> Option<TcpStream> {
+        // A poisoned slot still holds a valid socket (or none).
+        self.unanswered.lock().unwrap_or_else(|p| p.into_inner()).take()
     }
 }
 
@@ -69,8 +76,9 @@ struct Stall {
 /// The client's socket as hyper sees it.
 #[derive(Debug)]
 pub struct ClientIo {
-    stream: Arc<TcpStream>,
-    counters: Arc<IoCounters>,
+    /// Always `Some` until `drop` takes it.
+    stream: Option<TcpStream>,
+    state: Arc<ConnState>,
     limits: SendLimits,
     stall: Option<Stall>,
     window: Option<SlowWindow>,
@@ -81,23 +89,40 @@ const CALM: Duration = Duration::from_secs(1);
 
 impl ClientIo {
     /// Wraps `stream`; returns the I/O and what the front keeps of it.
-    pub fn new(stream: TcpStream, limits: SendLimits) -> (ClientIo, Arc<TcpStream>, Arc<IoCounters>) {
-        let stream = Arc::new(stream);
-        let counters = Arc::new(IoCounters::default());
-        let io = ClientIo {
-            stream: Arc::clone(&stream),
-            counters: Arc::clone(&counters),
-            limits,
-            stall: None,
-            window: None,
-        };
-        (io, stream, counters)
+    pub fn new(stream: TcpStream, limits: SendLimits) -> (ClientIo, Arc<ConnState>) {
+        let state = Arc::new(ConnState::default());
+        let io = ClientIo { stream: Some(stream), state: Arc::clone(&state), limits, stall: None, window: None };
+        (io, state)
+    }
+
+    /// The socket, pinned for tokio's I/O; `None` only after `drop` took it.
+    fn socket(&mut self) -> io::Result<Pin<&mut TcpStream>> {
+        match &mut self.stream {
+            Some(stream) => Ok(Pin::new(stream)),
+            None => Err(io::Error::new(io::ErrorKind::NotConnected, "client socket already released")),
+        }
+    }
+
+    /// One write with `write`; a full socket goes through [`ClientIo::blocked`] for the
+    /// stall and rate checks.
+    fn poll_write_with(
+        &mut self,
+        cx: &mut Context<'_>,
+        write: impl FnOnce(Pin<&mut TcpStream>, &mut Context<'_>) -> Poll<io::Result<usize>>,
+    ) -> Poll<io::Result<usize>> {
+        match write(self.socket()?, cx) {
+            Poll::Pending => self.blocked(cx),
+            Poll::Ready(Ok(n)) => {
+                self.wrote(n);
+                Poll::Ready(Ok(n))
+            }
+            Poll::Ready(Err(err)) => Poll::Ready(Err(err)),
+        }
     }
 
     fn wrote(&mut self, n: usize) {
         self.stall = None;
-        let c = &self.counters;
-        c.written.fetch_add(n as u64, Ordering::Relaxed);
+        let c = &self.state;
         c.read_at_last_write.store(c.read.load(Ordering::Relaxed), Ordering::Relaxed);
         if let Some(window) = &mut self.window {
             if window.last_blocked.elapsed() > CALM {
@@ -139,53 +164,20 @@ impl ClientIo {
     }
 }
 
-impl ClientIo {
-    /// One write attempt with `write`, waiting for writability; a full socket goes
-    /// through [`ClientIo::blocked`] for the stall and rate checks.
-    fn poll_write_with(
-        &mut self,
-        cx: &mut Context<'_>,
-        write: impl Fn(&TcpStream) -> io::Result<usize>,
-    ) -> Poll<io::Result<usize>> {
-        loop {
-            match self.stream.poll_write_ready(cx) {
-                Poll::Pending => return self.blocked(cx),
-                Poll::Ready(Err(err)) => return Poll::Ready(Err(err)),
-                Poll::Ready(Ok(())) => {}
-            }
-            match write(&self.stream) {
-                Ok(n) => {
-                    self.wrote(n);
-                    return Poll::Ready(Ok(n));
-                }
-                Err(err) if err.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(err) => return Poll::Ready(Err(err)),
-            }
-        }
-    }
-}
-
 impl AsyncRead for ClientIo {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        loop {
-            ready!(this.stream.poll_read_ready(cx))?;
-            match this.stream.try_read(buf.initialize_unfilled()) {
-                Ok(n) => {
-                    buf.advance(n);
-                    this.counters.read.fetch_add(n as u64, Ordering::Relaxed);
-                    return Poll::Ready(Ok(()));
-                }
-                Err(err) if err.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(err) => return Poll::Ready(Err(err)),
-            }
-        }
+        let before = buf.filled().len();
+        ready!(this.socket()?.poll_read(cx, buf))?;
+        let n = buf.filled().len() - before;
+        this.state.read.fetch_add(n as u64, Ordering::Relaxed);
+        Poll::Ready(Ok(()))
     }
 }
 
 impl AsyncWrite for ClientIo {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        self.get_mut().poll_write_with(cx, |stream| stream.try_write(buf))
+        self.get_mut().poll_write_with(cx, |stream, cx| stream.poll_write(cx, buf))
     }
 
     fn poll_write_vectored(
@@ -193,7 +185,7 @@ impl AsyncWrite for ClientIo {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        self.get_mut().poll_write_with(cx, |stream| stream.try_write_vectored(bufs))
+        self.get_mut().poll_write_with(cx, |stream, cx| stream.poll_write_vectored(cx, bufs))
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -204,7 +196,16 @@ impl AsyncWrite for ClientIo {
         Poll::Ready(Ok(()))
     }
 
-    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(socket2::SockRef::from(&*self.stream).shutdown(std::net::Shutdown::Write))
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.get_mut().socket()?.poll_shutdown(cx)
+    }
+}
+
+impl Drop for ClientIo {
+    fn drop(&mut self) {
+        if self.state.request_in_progress() {
+            let mut slot = self.state.unanswered.lock().unwrap_or_else(|p| p.into_inner());
+            *slot = self.stream.take();
+        }
     }
 }

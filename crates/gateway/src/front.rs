@@ -20,13 +20,13 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
 use crate::body::GatewayBody;
-use crate::client_io::{ClientIo, IoCounters, SendLimits};
+use crate::client_io::{ClientIo, ConnState, SendLimits};
 use crate::error::GatewayError;
 use crate::limiter::KeyedLimiter;
 use crate::pipeline::{self, ClientConn};
@@ -71,28 +71,15 @@ pub async fn serve(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let (io, socket, counters) = ClientIo::new(stream, send_limits(&gateway));
         let conn = Arc::new(ClientConn::new(client, permit));
-        let gateway_for_service = Arc::clone(&gateway);
-        let service =
-            service_fn(move |request| handle(Arc::clone(&gateway_for_service), request, Arc::clone(&conn), surface));
-        let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service).into_owned();
-        let watched = graceful.watch(connection);
-        let first_byte_timeout = gateway.config().server.header_timeout;
-        tokio::spawn(async move {
-            // hyper's head timer starts once it parses; before the first byte (while the
-            // protocol is being detected) nothing bounds an idle connection but this.
-            let mut first = [0u8; 1];
-            if !matches!(tokio::time::timeout(first_byte_timeout, socket.peek(&mut first)).await, Ok(Ok(1..))) {
-                tracing::debug!(%client, "closing a connection that sent nothing");
-                return;
-            }
-            let result = watched.await;
-            if let Err(err) = result {
-                answer_head_timeout(&*err, &socket, &counters);
-                tracing::debug!(%client, error = %err, "client connection ended with an error");
-            }
-        });
+        tokio::spawn(serve_connection(
+            Arc::clone(&gateway),
+            stream,
+            conn,
+            surface,
+            builder.clone(),
+            graceful.watcher(),
+        ));
     }
     drop(listener);
     let grace = gateway.config().server.shutdown_grace;
@@ -100,6 +87,33 @@ pub async fn serve(
         tracing::warn!(?grace, "grace period over; abandoning the requests still in flight");
     }
     Ok(())
+}
+
+/// One client connection, from its first byte to its close.
+async fn serve_connection(
+    gateway: Arc<Gateway>,
+    stream: TcpStream,
+    conn: Arc<ClientConn>,
+    surface: Surface,
+    builder: auto::Builder<TokioExecutor>,
+    watcher: Watcher,
+) {
+    let client = conn.addr;
+    // hyper's head timer starts once it parses; before the first byte (while the
+    // protocol is being detected) nothing bounds an idle connection but this.
+    let mut first = [0u8; 1];
+    let first_byte_timeout = gateway.config().server.header_timeout;
+    if !matches!(tokio::time::timeout(first_byte_timeout, stream.peek(&mut first)).await, Ok(Ok(1..))) {
+        tracing::debug!(%client, "closing a connection that sent nothing");
+        return;
+    }
+    let (io, state) = ClientIo::new(stream, send_limits(&gateway));
+    let service = service_fn(move |request| handle(Arc::clone(&gateway), request, Arc::clone(&conn), surface));
+    let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+    if let Err(err) = watcher.watch(connection.into_owned()).await {
+        answer_head_timeout(&*err, &state);
+        tracing::debug!(%client, error = %err, "client connection ended with an error");
+    }
 }
 
 fn send_limits(gateway: &Gateway) -> SendLimits {
@@ -124,22 +138,21 @@ async fn refuse_connection(mut stream: tokio::net::TcpStream) {
 
 /// hyper closes a connection whose request head did not arrive in time without a word;
 /// when a request had begun, the client still gets its 408 (best effort, never blocking).
-fn answer_head_timeout(
-    err: &(dyn std::error::Error + Send + Sync + 'static),
-    socket: &TcpStream,
-    counters: &IoCounters,
-) {
+fn answer_head_timeout(err: &(dyn std::error::Error + Send + Sync + 'static), state: &ConnState) {
     let timed_out = err.downcast_ref::<hyper::Error>().is_some_and(|e| e.is_timeout());
-    if !timed_out || !counters.request_in_progress() {
+    if !timed_out {
         return;
     }
+    let Some(socket) = state.take_unanswered() else {
+        return;
+    };
     let body = r#"{"error":"request_timeout","detail":"request head not received in time"}"#;
     let response = format!(
         "HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
         body.len()
     );
     let _ = socket.try_write(response.as_bytes());
-    let _ = socket2::SockRef::from(socket).shutdown(std::net::Shutdown::Write);
+    let _ = socket2::SockRef::from(&socket).shutdown(std::net::Shutdown::Write);
     tracing::info!("request head timed out: answered 408");
 }
 

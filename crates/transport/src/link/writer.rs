@@ -16,7 +16,7 @@ use super::{FrameSink, Link};
 use crate::ByteStream;
 
 /// Frames fed before a flush, so one busy stream cannot delay a flush forever.
-const BATCH: usize = 32;
+const BATCH: usize = 256;
 
 impl Link {
     pub(super) async fn write_loop<T: ByteStream>(
@@ -32,6 +32,9 @@ impl Link {
                 Some(frame) = data.recv(), if self.is_open() => frame,
                 _ = self.shared.closed.cancelled() => break,
             };
+            // Let the tasks already woken queue their frames too, so that one write (and
+            // one wake-up of the peer) carries many requests instead of one each.
+            tokio::task::yield_now().await;
             if let Err(err) = self.write_batch(&mut sink, first, &mut control, &mut data).await {
                 tracing::debug!(error = %err, "service link write failed");
                 self.close(format!("write failed: {err}"));
