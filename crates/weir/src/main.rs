@@ -8,6 +8,12 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+/// mimalloc instead of glibc's malloc: a gateway allocates and frees small objects (header
+/// maps, frames, futures) on every request, and glibc's allocator cost 11% of small-GET
+/// CPU time in the profile (`bench/README.md`, "Profile").
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// weir: an HTTP and WebSocket gateway that microservices dial into.
 #[derive(Debug, Parser)]
 #[command(name = "weir", version, about)]
