@@ -441,11 +441,14 @@ impl Message for EndpointsUpdate {
     }
 }
 
+/// Room reserved for a head's fields besides its body (grown if the headers need more).
+const HEAD_ROOM: usize = 512;
+
 impl Message for RequestHead {
     const FRAME_TYPE: FrameType = FrameType::Request;
 
     fn encode(&self) -> Result<Bytes, ProtoError> {
-        let mut w = Writer::new();
+        let mut w = Writer::with_capacity(HEAD_ROOM + self.body.len());
         w.str("method", &self.method)?;
         w.str("path", &self.path)?;
         w.str("query", &self.query)?;
@@ -482,7 +485,7 @@ impl Message for ResponseHead {
 
     fn encode(&self) -> Result<Bytes, ProtoError> {
         check_status(self.status)?;
-        let mut w = Writer::new();
+        let mut w = Writer::with_capacity(HEAD_ROOM + self.body.len());
         w.u16(self.status);
         write_headers(&mut w, &self.headers)?;
         w.u8(self.body_mode as u8);

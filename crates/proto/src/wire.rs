@@ -113,7 +113,13 @@ pub(crate) struct Writer {
 
 impl Writer {
     pub(crate) fn new() -> Self {
-        Writer { buf: BytesMut::with_capacity(128) }
+        Writer::with_capacity(128)
+    }
+
+    /// A writer for a payload of about `capacity` bytes: a head with an inline body
+    /// reserves room for it at once rather than growing (and copying) step by step.
+    pub(crate) fn with_capacity(capacity: usize) -> Self {
+        Writer { buf: BytesMut::with_capacity(capacity) }
     }
 
     pub(crate) fn u8(&mut self, v: u8) {

@@ -19,16 +19,16 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use futures_util::stream::{SplitSink, SplitStream};
-use futures_util::StreamExt;
+use tokio::io::{ReadHalf, WriteHalf};
 use tokio::sync::{mpsc, oneshot};
-use tokio_util::codec::Framed;
+use tokio_util::codec::{Framed, FramedRead};
 use tokio_util::sync::CancellationToken;
 use weir_proto::{
     BodyMode, Cancel, CancelReason, Credit, EndpointsUpdate, ErrorCode, ErrorMessage, Frame, FrameCodec, FrameType,
     Heartbeat, Message, RequestHead, ResponseHead,
 };
 
+mod frame_writer;
 mod handles;
 mod reader;
 mod writer;
@@ -247,8 +247,8 @@ pub struct Link {
     shared: Arc<Shared>,
 }
 
-type FrameSink<T> = SplitSink<Framed<T, FrameCodec>, Frame>;
-type FrameSource<T> = SplitStream<Framed<T, FrameCodec>>;
+type FrameSink<T> = frame_writer::FrameWriter<WriteHalf<T>>;
+type FrameSource<T> = FramedRead<ReadHalf<T>, FrameCodec>;
 
 impl Link {
     /// Starts the reader and writer tasks on a connection past its Hello. A link started
@@ -278,7 +278,12 @@ impl Link {
                 peer_heartbeats: AtomicU64::new(0),
             }),
         };
-        let (sink, source) = framed.split();
+        let parts = framed.into_parts();
+        let (read_half, write_half) = tokio::io::split(parts.io);
+        let mut source = FramedRead::new(read_half, parts.codec);
+        // Bytes the handshake read past its last frame belong to the first frames here.
+        source.read_buffer_mut().extend_from_slice(&parts.read_buf);
+        let sink = frame_writer::FrameWriter::new(write_half, config.max_frame_payload, parts.write_buf);
         tokio::spawn(link.clone().write_loop(sink, control_rx, data_rx));
         tokio::spawn(link.clone().read_loop(source, events_tx));
         (link, events_rx)

@@ -6,17 +6,20 @@
 //! overtake its own head.
 //! The data queue is not served while the link is held (see [`Link::open_with`]); the
 //! frame that opens it is a control frame, so the loop always wakes to see it open.
-//! Frames are fed in batches and flushed once per batch.
+//! Frames are queued in batches (see [`FrameWriter`](super::frame_writer::FrameWriter)) and flushed once per batch, or
+//! sooner once [`FLUSH_AT`] bytes are queued.
 
-use futures_util::SinkExt;
 use tokio::sync::mpsc;
-use weir_proto::{Frame, FrameType};
+use weir_proto::{Frame, FrameType, ProtoError};
 
 use super::{FrameSink, Link};
 use crate::ByteStream;
 
-/// Frames fed before a flush, so one busy stream cannot delay a flush forever.
+/// Frames queued before a flush, so one busy stream cannot delay a flush forever.
 const BATCH: usize = 256;
+/// Queued bytes that trigger a flush within a batch: large enough for few `writev`
+/// calls, small enough that the peer starts reading early.
+const FLUSH_AT: usize = 256 * 1024;
 
 impl Link {
     pub(super) async fn write_loop<T: ByteStream>(
@@ -43,7 +46,7 @@ impl Link {
         }
         // Closing: deliver any last control frame (an Error telling the peer why).
         while let Ok(frame) = control.try_recv() {
-            if sink.feed(frame).await.is_err() {
+            if sink.push(frame).is_err() {
                 return;
             }
         }
@@ -56,12 +59,12 @@ impl Link {
         first: Frame,
         control: &mut mpsc::UnboundedReceiver<Frame>,
         data: &mut mpsc::Receiver<Frame>,
-    ) -> Result<(), weir_proto::ProtoError> {
-        self.feed(sink, first, data).await?;
+    ) -> Result<(), ProtoError> {
+        self.push(sink, first, data)?;
         for _ in 1..BATCH {
             let next = match control.try_recv() {
                 Ok(frame) => {
-                    self.feed(sink, frame, data).await?;
+                    self.push(sink, frame, data)?;
                     continue;
                 }
                 Err(_) if !self.is_open() => break,
@@ -70,24 +73,27 @@ impl Link {
                     Err(_) => break,
                 },
             };
-            sink.feed(next).await?;
+            sink.push(next)?;
+            if sink.queued() >= FLUSH_AT {
+                sink.flush().await?;
+            }
         }
-        sink.flush().await
+        Ok(sink.flush().await?)
     }
 
-    /// Feeds `frame`; a stream-ending control frame first lets queued data through.
-    async fn feed<T: ByteStream>(
+    /// Queues `frame`; a stream-ending control frame first lets queued data through.
+    fn push<T: ByteStream>(
         &self,
         sink: &mut FrameSink<T>,
         frame: Frame,
         data: &mut mpsc::Receiver<Frame>,
-    ) -> Result<(), weir_proto::ProtoError> {
+    ) -> Result<(), ProtoError> {
         let ends_stream = matches!(frame.frame_type, FrameType::Cancel | FrameType::Error) && frame.correlation_id != 0;
         if ends_stream && self.is_open() {
             while let Ok(queued) = data.try_recv() {
-                sink.feed(queued).await?;
+                sink.push(queued)?;
             }
         }
-        sink.feed(frame).await
+        sink.push(frame)
     }
 }
