@@ -17,6 +17,13 @@ pub const FRAME_HEADER_AFTER_LENGTH: usize = 1 + 1 + 8;
 /// Total header size including the length field.
 pub const FRAME_HEADER_LEN: usize = 4 + FRAME_HEADER_AFTER_LENGTH;
 
+/// Room the decoder asks for beyond a frame whose payload is still arriving, so that one
+/// read can take the rest of it and the start of the next: without it each read was
+/// capped by whatever the last frame's allocation had left, about 24 KiB, and a 64 KiB
+/// body chunk took almost three reads (`bench/README.md`, "Profile"). A payload shares
+/// its read buffer, so it keeps at most its frame and this much more alive.
+const READ_AHEAD: usize = 64 * 1024;
+
 /// Encodes and decodes [`Frame`]s, refusing payloads over `max_payload` bytes.
 #[derive(Debug, Clone, Copy)]
 pub struct FrameCodec {
@@ -65,7 +72,7 @@ impl Decoder for FrameCodec {
         let flags = FrameFlags::from_bits(src[5])?;
         let total = FRAME_HEADER_LEN + payload_len;
         if src.len() < total {
-            src.reserve(total - src.len());
+            src.reserve(total - src.len() + READ_AHEAD);
             return Ok(None);
         }
         src.advance(6);
