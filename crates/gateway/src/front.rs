@@ -49,7 +49,8 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let graceful = GracefulShutdown::new();
-    let builder = connection_builder(&gateway);
+    // Shared: each connection's task would otherwise carry a copy of every setting.
+    let builder = Arc::new(connection_builder(&gateway));
     let per_ip = KeyedLimiter::new(gateway.config().server.max_connections_per_ip);
     loop {
         let (stream, client) = tokio::select! {
@@ -95,7 +96,7 @@ async fn serve_connection(
     stream: TcpStream,
     conn: Arc<ClientConn>,
     surface: Surface,
-    builder: auto::Builder<TokioExecutor>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
     watcher: Watcher,
 ) {
     let client = conn.addr;
@@ -183,7 +184,9 @@ async fn handle(
     gateway.metrics().request();
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
-    match pipeline::handle(&gateway, request, &conn).await {
+    // Boxed: hyper keeps room for this future in every connection, idle or not, so the
+    // pipeline's large state machine is allocated per request instead.
+    match Box::pin(pipeline::handle(&gateway, request, &conn)).await {
         Ok(response) => Ok(response),
         Err(err) => {
             gateway.metrics().error(&err);
