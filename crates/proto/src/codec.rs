@@ -92,18 +92,25 @@ impl Encoder<Frame> for FrameCodec {
 
 /// Appends one frame's bytes to `dst`.
 pub fn encode_frame(frame: &Frame, max_payload: usize, dst: &mut BytesMut) -> Result<(), ProtoError> {
+    dst.reserve(FRAME_HEADER_LEN + frame.payload.len());
+    encode_frame_header(frame, max_payload, dst)?;
+    dst.extend_from_slice(&frame.payload);
+    Ok(())
+}
+
+/// Appends one frame's header (everything but its payload) to `dst`, refusing a payload
+/// over `max_payload` bytes; for writers that send the payload from its own buffer.
+pub fn encode_frame_header(frame: &Frame, max_payload: usize, dst: &mut BytesMut) -> Result<(), ProtoError> {
     let len = frame.payload.len();
     if len > max_payload {
         return Err(ProtoError::FrameTooLarge { len, max: max_payload });
     }
     let length = u32::try_from(FRAME_HEADER_AFTER_LENGTH + len)
         .map_err(|_| ProtoError::FrameTooLarge { len, max: max_payload })?;
-    dst.reserve(FRAME_HEADER_LEN + len);
     dst.put_u32(length);
     dst.put_u8(frame.frame_type as u8);
     dst.put_u8(frame.flags.bits());
     dst.put_u64(frame.correlation_id);
-    dst.extend_from_slice(&frame.payload);
     Ok(())
 }
 

@@ -13,9 +13,9 @@
 use std::collections::VecDeque;
 use std::io::IoSlice;
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
-use weir_proto::codec::{FRAME_HEADER_AFTER_LENGTH, FRAME_HEADER_LEN};
+use weir_proto::codec::{encode_frame_header, FRAME_HEADER_LEN};
 use weir_proto::{Frame, ProtoError};
 
 /// Payloads at least this long are written from their own buffer instead of copied.
@@ -50,19 +50,13 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
     /// Queues one frame; refuses a payload over the maximum, as the peer would.
     pub(super) fn push(&mut self, frame: Frame) -> Result<(), ProtoError> {
         let len = frame.payload.len();
-        let too_large = || ProtoError::FrameTooLarge { len, max: self.max_payload };
-        if len > self.max_payload {
-            return Err(too_large());
-        }
-        let length = u32::try_from(FRAME_HEADER_AFTER_LENGTH + len).map_err(|_| too_large())?;
-        self.pending.reserve(FRAME_HEADER_LEN + if len < COPY_LIMIT { len } else { 0 });
-        self.pending.put_u32(length);
-        self.pending.put_u8(frame.frame_type as u8);
-        self.pending.put_u8(frame.flags.bits());
-        self.pending.put_u64(frame.correlation_id);
-        if len < COPY_LIMIT {
+        let copied = len < COPY_LIMIT;
+        self.pending.reserve(FRAME_HEADER_LEN + if copied { len } else { 0 });
+        encode_frame_header(&frame, self.max_payload, &mut self.pending)?;
+        if copied {
             self.pending.extend_from_slice(&frame.payload);
         } else {
+            // `pending` holds at least this frame's header, so no segment is empty.
             self.segments.push_back(self.pending.split().freeze());
             self.segments.push_back(frame.payload);
         }
@@ -76,9 +70,12 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
             self.segments.push_back(self.pending.split().freeze());
         }
         while !self.segments.is_empty() {
-            let slices: Vec<IoSlice<'_>> =
-                self.segments.iter().filter(|s| !s.is_empty()).take(MAX_SLICES).map(|s| IoSlice::new(s)).collect();
-            let written = self.io.write_vectored(&slices).await?;
+            let mut slices = [IoSlice::new(&[]); MAX_SLICES];
+            let count = self.segments.len().min(MAX_SLICES);
+            for (slice, segment) in slices.iter_mut().zip(&self.segments) {
+                *slice = IoSlice::new(segment);
+            }
+            let written = self.io.write_vectored(&slices[..count]).await?;
             if written == 0 {
                 return Err(std::io::ErrorKind::WriteZero.into());
             }
@@ -90,18 +87,12 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
     /// Drops `written` bytes from the front of `segments`.
     fn consume(&mut self, mut written: usize) {
         self.queued -= written;
-        while written > 0 {
-            let Some(front) = self.segments.front_mut() else {
+        while let Some(front) = self.segments.front_mut() {
+            if written < front.len() {
+                front.advance(written);
                 return;
-            };
-            let step = written.min(front.len());
-            front.advance(step);
-            written -= step;
-            if front.is_empty() {
-                self.segments.pop_front();
             }
-        }
-        while self.segments.front().is_some_and(Bytes::is_empty) {
+            written -= front.len();
             self.segments.pop_front();
         }
     }
