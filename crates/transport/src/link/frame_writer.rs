@@ -188,6 +188,26 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn more_segments_than_one_writev_takes_go_out_in_several() {
+        let chunk = Bytes::from(vec![7u8; COPY_LIMIT]);
+        let frames: Vec<Frame> = (0..MAX_SLICES as u64)
+            .map(|id| Frame::data(FrameType::RequestStreamData, id, chunk.clone(), false))
+            .collect();
+        let mut expected = BytesMut::new();
+        for frame in frames.clone() {
+            FrameCodec::default().encode(frame, &mut expected).unwrap();
+        }
+        // Each frame is two segments (header, payload): twice what one writev is given.
+        let mut writer = FrameWriter::new(Trickle { out: Vec::new(), step: usize::MAX }, 1 << 20, BytesMut::new());
+        for frame in frames {
+            writer.push(frame).unwrap();
+        }
+        writer.flush().await.unwrap();
+        assert_eq!(writer.queued(), 0);
+        assert!(writer.io.out[..] == expected[..]);
+    }
+
+    #[tokio::test]
     async fn an_oversized_payload_is_refused_and_nothing_is_queued() {
         let mut writer = FrameWriter::new(Trickle { out: Vec::new(), step: 10 }, 16, BytesMut::new());
         let frame = Frame::data(FrameType::RequestStreamData, 1, Bytes::from(vec![0; 17]), false);
