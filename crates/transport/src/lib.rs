@@ -16,6 +16,7 @@ pub mod flow;
 pub mod handshake;
 pub mod link;
 pub mod memory;
+mod sync;
 pub mod tcp;
 pub mod tls;
 

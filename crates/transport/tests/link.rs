@@ -178,14 +178,6 @@ async fn violations_close_only_the_offending_link() {
         ("malformed", vec![Frame::new(FrameType::Response, 1, Bytes::from_static(b"\x00"))]),
         ("unexpected", vec![Frame::new(FrameType::Request, 1, request(BodyMode::Buffered).encode().unwrap())]),
         (
-            "which has ended",
-            vec![
-                response(BodyMode::Streamed, b"").to_frame(1).unwrap(),
-                Frame::data(FrameType::ResponseStreamData, 1, Bytes::from_static(b"a"), true),
-                Frame::data(FrameType::ResponseStreamData, 1, Bytes::from_static(b"b"), true),
-            ],
-        ),
-        (
             "credit",
             vec![
                 response(BodyMode::Streamed, b"").to_frame(1).unwrap(),
@@ -217,6 +209,35 @@ async fn violations_close_only_the_offending_link() {
 }
 
 #[tokio::test]
+async fn late_frames_for_ended_streams_are_ignored_however_late() {
+    let (gateway, mut raw) = gateway_with_raw_peer().await;
+    let _welcome = raw.next().await;
+    // Stream 1 completes normally; stream 2 is cancelled by the gateway (a timeout).
+    let mut first = gateway.call(request(BodyMode::Buffered), 1024).await.unwrap();
+    raw.send(response(BodyMode::Buffered, b"one").to_frame(1).unwrap()).await.unwrap();
+    assert!(tokio::time::timeout(WAIT, &mut first.response).await.unwrap().unwrap().is_ok());
+    first.handle.complete();
+    let second = gateway.call(request(BodyMode::Buffered), 1024).await.unwrap();
+    second.handle.cancel(CancelReason::Timeout);
+    // The peer, unaware, answers both again, streams bodies and grants credit.
+    for id in [1, 2] {
+        raw.send(response(BodyMode::Streamed, b"").to_frame(id).unwrap()).await.unwrap();
+        raw.send(Frame::data(FrameType::ResponseStreamData, id, Bytes::from(vec![0; 4096]), false)).await.unwrap();
+        raw.send(Frame::data(FrameType::ResponseStreamData, id, Bytes::new(), true)).await.unwrap();
+        raw.send((Credit { increment: 1 << 20 }).to_frame(id).unwrap()).await.unwrap();
+        raw.send((Cancel { reason: CancelReason::HandlerFailed }).to_frame(id).unwrap()).await.unwrap();
+    }
+    // A third stream still works: nothing above closed the link.
+    let mut third = gateway.call(request(BodyMode::Buffered), 1024).await.unwrap();
+    assert_eq!(third.handle.id(), 3);
+    raw.send(response(BodyMode::Buffered, b"three").to_frame(3).unwrap()).await.unwrap();
+    let answer = tokio::time::timeout(WAIT, &mut third.response).await.unwrap().unwrap().unwrap();
+    assert_eq!(&answer.head.body[..], b"three");
+    third.handle.complete();
+    assert!(!gateway.is_closed(), "{:?}", gateway.close_reason());
+}
+
+#[tokio::test]
 async fn garbage_and_oversized_frames_close_the_link() {
     for (bytes, needle) in [
         (b"GET / HTTP/1.1\r\n\r\n".to_vec(), "exceeds the maximum"),
@@ -234,17 +255,32 @@ async fn garbage_and_oversized_frames_close_the_link() {
 
 #[tokio::test]
 async fn reused_stream_id_closes_the_service_side() {
+    let (service, mut writer, _events) = service_with_raw_gateway().await;
+    writer.send(request(BodyMode::Buffered).to_frame(5).unwrap()).await.unwrap();
+    writer.send(request(BodyMode::Buffered).to_frame(5).unwrap()).await.unwrap();
+    assert_closed_with(&service, "reuses stream id").await;
+}
+
+/// A service link whose peer is a raw frame writer posing as the gateway.
+async fn service_with_raw_gateway() -> (Link, FramedWrite<DuplexStream, FrameCodec>, mpsc::UnboundedReceiver<LinkEvent>)
+{
     let (a, b) = tokio::io::duplex(64 * 1024);
     let h = hello(1024);
     let dialing = tokio::spawn(async move { dial(a, &h, LinkConfig::default(), WAIT).await });
     let mut raw = Framed::new(b, FrameCodec::default());
     let _hello = raw.next().await;
     raw.send(welcome(1024).to_frame(0).unwrap()).await.unwrap();
-    let (service, _events, _) = dialing.await.unwrap().unwrap();
-    let mut writer = FramedWrite::new(raw.into_inner(), FrameCodec::default());
-    writer.send(request(BodyMode::Buffered).to_frame(5).unwrap()).await.unwrap();
-    writer.send(request(BodyMode::Buffered).to_frame(5).unwrap()).await.unwrap();
-    assert_closed_with(&service, "reuses stream id").await;
+    let (service, events, _) = dialing.await.unwrap().unwrap();
+    (service, FramedWrite::new(raw.into_inner(), FrameCodec::default()), events)
+}
+
+#[tokio::test]
+async fn data_after_the_end_of_a_tracked_stream_closes_the_service_side() {
+    let (service, mut writer, _events) = service_with_raw_gateway().await;
+    writer.send(request(BodyMode::Streamed).to_frame(1).unwrap()).await.unwrap();
+    writer.send(Frame::data(FrameType::RequestStreamData, 1, Bytes::from_static(b"a"), true)).await.unwrap();
+    writer.send(Frame::data(FrameType::RequestStreamData, 1, Bytes::from_static(b"b"), true)).await.unwrap();
+    assert_closed_with(&service, "after end of stream").await;
 }
 
 use futures_util::StreamExt;

@@ -8,13 +8,15 @@
 //! data) whose bound is the link's backpressure.
 //!
 //! Stream rules, enforced here for both roles: the gateway opens streams with strictly
-//! increasing ids; data may not exceed granted credit, follow END_STREAM, or arrive for a
-//! stream that never existed or ended normally. Any violation closes the whole link with
-//! an Error frame and a logged reason; other links are untouched. Frames for a stream
-//! that was cancelled recently are ignored, since the peer may not have seen the cancel.
+//! increasing ids and queues each head in id order (see [`streams`]); data may not
+//! exceed granted credit, follow END_STREAM, or arrive for a stream that never existed.
+//! Any violation closes the whole link with an Error frame and
+//! a logged reason; other links are untouched. Frames for a stream that has ended
+//! (completed or cancelled, by either side) are ignored however late they come, since
+//! the peer may have sent them before it saw the end: so a violation is something only a
+//! faulty peer can cause, never a race between two correct ones.
 //! When the link closes, every open stream fails with `ConnectionLost`.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -31,15 +33,18 @@ use weir_proto::{
 mod frame_writer;
 mod handles;
 mod reader;
+mod streams;
 mod writer;
 
 pub use handles::{Responder, StreamHandle};
 
-use crate::flow::{CreditGate, DataEvent, DataReceiver, DataSender, StreamError};
+use crate::flow::{CreditGate, DataReceiver, DataSender, StreamError};
 use crate::ByteStream;
+use streams::{LinkClosed, StreamEntry, StreamTable, Streams};
 
-/// How long a cancelled stream's id is remembered so late frames for it are ignored.
-const CANCELLED_MEMORY: Duration = Duration::from_secs(60);
+/// Why the reader closes a link: a description of the peer's violation.
+type Violation = String;
+
 /// Largest credit a peer may accumulate on one stream (as HTTP/2: 2^31 - 1).
 const MAX_CREDIT: u64 = (1 << 31) - 1;
 
@@ -135,77 +140,15 @@ pub struct OutgoingCall {
 }
 
 #[derive(Debug)]
-struct StreamEntry {
-    /// Where peer data goes; `None` when the body is buffered or has ended.
-    incoming: Option<mpsc::UnboundedSender<DataEvent>>,
-    /// Stream bytes the peer may still send before we grant more.
-    recv_credit: u64,
-    /// The peer has sent END_STREAM.
-    recv_ended: bool,
-    /// Credit for what we send.
-    send_gate: Arc<CreditGate>,
-    /// Gateway role: where the response head goes.
-    pending_response: Option<oneshot::Sender<Result<IncomingResponse, StreamError>>>,
-    /// Service role: fired on cancel.
-    cancel: Option<CancellationToken>,
-}
-
-impl StreamEntry {
-    fn fail(self, error: StreamError) {
-        if let Some(tx) = self.incoming {
-            let _ = tx.send(DataEvent::Reset(error.clone()));
-        }
-        if let Some(tx) = self.pending_response {
-            let _ = tx.send(Err(error.clone()));
-        }
-        if let Some(token) = self.cancel {
-            token.cancel();
-        }
-        self.send_gate.close(error);
-    }
-}
-
-#[derive(Debug, Default)]
-struct StreamTable {
-    entries: HashMap<u64, StreamEntry>,
-    /// Highest id ever opened; ids at or below it that have no entry are closed.
-    highest_id: u64,
-    /// Recently cancelled ids, whose late frames are ignored.
-    cancelled: HashMap<u64, Instant>,
-}
-
-impl StreamTable {
-    fn remember_cancelled(&mut self, id: u64) {
-        let now = Instant::now();
-        if self.cancelled.len() >= 1024 {
-            self.cancelled.retain(|_, at| now.duration_since(*at) < CANCELLED_MEMORY);
-        }
-        self.cancelled.insert(id, now);
-    }
-
-    /// For a frame whose stream has no entry: `Ok` to ignore it, `Err` for a violation.
-    fn closed_stream(&self, id: u64, what: &str) -> Result<(), String> {
-        if self.cancelled.contains_key(&id) {
-            Ok(())
-        } else if id > self.highest_id || id == 0 {
-            Err(format!("{what} for unknown stream {id}"))
-        } else {
-            Err(format!("{what} for stream {id}, which has ended"))
-        }
-    }
-}
-
-#[derive(Debug)]
 struct Shared {
     role: Role,
     config: LinkConfig,
-    streams: Mutex<StreamTable>,
+    streams: Streams,
     control_tx: mpsc::UnboundedSender<Frame>,
     data_tx: mpsc::Sender<Frame>,
     /// Fires once when the link closes, for any reason.
     closed: CancellationToken,
     close_reason: Mutex<Option<String>>,
-    next_id: AtomicU64,
     /// Whether the data queue may be written. A gateway link starts held so that no
     /// request can overtake the Welcome: the owner registers the service, then opens.
     open: AtomicBool,
@@ -215,30 +158,6 @@ struct Shared {
     last_received_ms: AtomicU64,
     /// Heartbeats read from the peer: liveness is judged only against a peer that sends them.
     peer_heartbeats: AtomicU64,
-}
-
-/// A stream whose head is not queued yet; dropped armed, it forgets the stream.
-struct UnsentStream<'a> {
-    link: &'a Link,
-    id: u64,
-    armed: bool,
-}
-
-impl UnsentStream<'_> {
-    fn disarm(mut self) {
-        self.armed = false;
-    }
-}
-
-impl Drop for UnsentStream<'_> {
-    fn drop(&mut self) {
-        if self.armed {
-            let entry = self.link.table().entries.remove(&self.id);
-            if let Some(entry) = entry {
-                entry.fail(StreamError::Closed);
-            }
-        }
-    }
 }
 
 /// A handle on one multiplexed connection; cheap to clone.
@@ -266,12 +185,11 @@ impl Link {
             shared: Arc::new(Shared {
                 role,
                 config,
-                streams: Mutex::new(StreamTable::default()),
+                streams: Streams::default(),
                 control_tx,
                 data_tx,
                 closed: CancellationToken::new(),
                 close_reason: Mutex::new(None),
-                next_id: AtomicU64::new(1),
                 open: AtomicBool::new(open),
                 started: Instant::now(),
                 last_received_ms: AtomicU64::new(0),
@@ -354,7 +272,7 @@ impl Link {
             }
             *slot = Some(reason.clone());
         }
-        let entries: Vec<StreamEntry> = self.table().entries.drain().map(|(_, e)| e).collect();
+        let entries = self.table().close();
         for entry in entries {
             entry.fail(StreamError::ConnectionLost(reason.clone()));
         }
@@ -386,32 +304,22 @@ impl Link {
         debug_assert_eq!(self.role(), Role::Gateway);
         let streamed = head.body_mode == BodyMode::Streamed;
         let frame_payload = head.encode().map_err(|e| StreamError::Failed(e.to_string()))?;
-        let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
+        // Room in the data queue first: the head then goes in without waiting, inside the
+        // table's lock, right as its id is allocated. Dropping this future before that
+        // leaves nothing behind.
+        let permit = tokio::select! {
+            permit = self.shared.data_tx.reserve() => permit.map_err(|_| self.lost())?,
+            _ = self.shared.closed.cancelled() => return Err(self.lost()),
+        };
         let gate = CreditGate::new(u64::from(send_window.min(self.shared.config.send_window)));
         let (tx, rx) = oneshot::channel();
-        {
-            let mut table = self.table();
-            if self.is_closed() {
-                return Err(StreamError::ConnectionLost(self.close_reason().unwrap_or_default()));
-            }
-            table.highest_id = id;
-            table.entries.insert(
-                id,
-                StreamEntry {
-                    incoming: None,
-                    recv_credit: 0,
-                    recv_ended: false,
-                    send_gate: Arc::clone(&gate),
-                    pending_response: Some(tx),
-                    cancel: None,
-                },
-            );
-        }
-        // Until the head is queued the peer knows nothing of the stream: forget it
-        // silently if queueing fails or this future is dropped, never send a Cancel.
-        let unsent = UnsentStream { link: self, id, armed: true };
-        self.send_data(Frame::new(FrameType::Request, id, frame_payload)).await?;
-        unsent.disarm();
+        let id = self
+            .shared
+            .streams
+            .open(StreamEntry::outgoing(Arc::clone(&gate), tx), |id| {
+                permit.send(Frame::new(FrameType::Request, id, frame_payload));
+            })
+            .map_err(|LinkClosed| self.lost())?;
         let handle = StreamHandle { link: self.clone(), id, done: false };
         let body = streamed.then(|| self.data_sender(id, gate));
         Ok(OutgoingCall { body, response: rx, handle })
@@ -424,14 +332,7 @@ impl Link {
 
     /// Cancels a stream (idempotent): tells the peer and fails local waiters.
     pub fn cancel_stream(&self, id: u64, reason: CancelReason) {
-        let entry = {
-            let mut table = self.table();
-            let entry = table.entries.remove(&id);
-            if entry.is_some() {
-                table.remember_cancelled(id);
-            }
-            entry
-        };
+        let entry = self.table().entries.remove(&id);
         if let Some(entry) = entry {
             if let Ok(frame) = (Cancel { reason }).to_frame(id) {
                 let _ = self.send_control(frame);
@@ -447,15 +348,11 @@ impl Link {
         }
     }
 
-    /// Forgets a stream that ended normally. Late peer frames for it are then ignored if
-    /// its request body had not ended (the peer may still be sending), else violations.
+    /// Forgets a stream that ended normally; late peer frames for it are then ignored
+    /// (the peer may still be sending a body nobody reads any more).
     fn complete_stream(&self, id: u64) {
-        let mut table = self.table();
-        if let Some(entry) = table.entries.remove(&id) {
-            let unfinished_input = !entry.recv_ended && entry.incoming.is_some();
-            if unfinished_input {
-                table.remember_cancelled(id);
-            }
+        let entry = self.table().entries.remove(&id);
+        if let Some(entry) = entry {
             entry.send_gate.close(StreamError::Closed);
         }
     }
@@ -477,14 +374,18 @@ impl Link {
     }
 
     pub(crate) async fn send_data(&self, frame: Frame) -> Result<(), StreamError> {
-        let lost = || StreamError::ConnectionLost(self.close_reason().unwrap_or_else(|| "link closed".into()));
         if self.is_closed() {
-            return Err(lost());
+            return Err(self.lost());
         }
         tokio::select! {
-            sent = self.shared.data_tx.send(frame) => sent.map_err(|_| lost()),
-            _ = self.shared.closed.cancelled() => Err(lost()),
+            sent = self.shared.data_tx.send(frame) => sent.map_err(|_| self.lost()),
+            _ = self.shared.closed.cancelled() => Err(self.lost()),
         }
+    }
+
+    /// The error of an operation on a closed link.
+    fn lost(&self) -> StreamError {
+        StreamError::ConnectionLost(self.close_reason().unwrap_or_else(|| "link closed".into()))
     }
 
     fn send_control(&self, frame: Frame) -> Result<(), StreamError> {
@@ -494,10 +395,8 @@ impl Link {
         self.shared.control_tx.send(frame).map_err(|_| StreamError::ConnectionLost("writer stopped".into()))
     }
 
-    fn table(&self) -> MutexGuard<'_, StreamTable> {
-        // The table is only mutated by short, non-panicking sections; a poisoned lock
-        // still holds a consistent table.
-        self.shared.streams.lock().unwrap_or_else(|p| p.into_inner())
+    fn table(&self) -> crate::sync::MutexGuard<'_, StreamTable> {
+        self.shared.streams.lock()
     }
 
     fn reason_slot(&self) -> MutexGuard<'_, Option<String>> {

@@ -14,13 +14,10 @@ use weir_proto::{
     RequestHead, ResponseHead,
 };
 
-use super::{
-    FrameSource, IncomingRequest, IncomingResponse, Link, LinkEvent, Responder, Role, StreamEntry, MAX_CREDIT,
-};
+use super::streams::StreamEntry;
+use super::{FrameSource, IncomingRequest, IncomingResponse, Link, LinkEvent, Responder, Role, Violation, MAX_CREDIT};
 use crate::flow::{CreditGate, DataEvent, DataReceiver, StreamError};
 use crate::ByteStream;
-
-type Violation = String;
 
 fn decode<M: Message>(payload: Bytes) -> Result<M, Violation> {
     M::decode(payload).map_err(|e| format!("malformed {:?} payload: {e}", M::FRAME_TYPE))
@@ -88,23 +85,17 @@ impl Link {
         let cancel = CancellationToken::new();
         let gate = CreditGate::new(u64::from(self.shared.config.send_window));
         let (tx, rx) = mpsc::unbounded_channel();
-        {
-            let mut table = self.table();
-            if id <= table.highest_id {
-                return Err(format!("request reuses stream id {id} (highest so far {})", table.highest_id));
-            }
-            table.highest_id = id;
-            table.entries.insert(
-                id,
-                StreamEntry {
-                    incoming: streamed.then_some(tx),
-                    recv_credit: if streamed { u64::from(self.shared.config.recv_window) } else { 0 },
-                    recv_ended: !streamed,
-                    send_gate: Arc::clone(&gate),
-                    pending_response: None,
-                    cancel: Some(cancel.clone()),
-                },
-            );
+        let entry = StreamEntry {
+            incoming: streamed.then_some(tx),
+            recv_credit: if streamed { u64::from(self.shared.config.recv_window) } else { 0 },
+            recv_ended: !streamed,
+            send_gate: Arc::clone(&gate),
+            pending_response: None,
+            cancel: Some(cancel.clone()),
+        };
+        if !self.table().accept(id, entry)? {
+            // The link closed meanwhile; nobody will answer, so nobody is told.
+            return Ok(());
         }
         let body = streamed.then(|| DataReceiver::new(rx, self.clone(), id));
         let responder = Responder::new(self.clone(), id, gate);
@@ -176,11 +167,7 @@ impl Link {
         // Credit for a stream that has ended is normal: the peer consumed the last bytes
         // after we stopped caring.
         let Some(entry) = table.entries.get(&id) else {
-            return if id == 0 || id > table.highest_id {
-                Err(format!("credit for unknown stream {id}"))
-            } else {
-                Ok(())
-            };
+            return if table.was_opened(id) { Ok(()) } else { Err(format!("credit for unknown stream {id}")) };
         };
         if entry.send_gate.add(u64::from(credit.increment)) > MAX_CREDIT {
             return Err(format!("credit on stream {id} exceeds {MAX_CREDIT} bytes"));
@@ -193,13 +180,8 @@ impl Link {
         let Some(entry) = table.entries.remove(&id) else {
             // Ending a stream that already ended is a normal race (both sides finished or
             // gave up at once); only a stream that never existed is a violation.
-            return if id == 0 || id > table.highest_id {
-                Err(format!("{what} for unknown stream {id}"))
-            } else {
-                Ok(())
-            };
+            return if table.was_opened(id) { Ok(()) } else { Err(format!("{what} for unknown stream {id}")) };
         };
-        table.remember_cancelled(id);
         drop(table);
         entry.fail(error);
         Ok(())
