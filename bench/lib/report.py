@@ -3,10 +3,16 @@
 
   report.py RAW.jsonl OUT.json OUT.md [--title TEXT] [--note TEXT]...
 
-Each raw line has `scenario`, `system`, `round` and some metrics. Rounds of the same
-(scenario, system) are combined by the median of each metric; the output JSON is
-`{"machine": "...", "results": [{"scenario": ..., "system": ..., <metrics>}, ...]}` and the
-Markdown has one row per (scenario, metric): each system's figure and its ratio to nginx.
+Each raw line has `placement` (pinned or unpinned), `scenario`, `system`, `round`, some
+metrics and failure counts. Rounds of the same (placement, scenario, system) are combined:
+metrics by their median, failure counts by their sum. An entry with any failure has
+`valid: false`. The output JSON is `{"machine": "...", "valid": ..., "invalid": [...],
+"results": [{"placement": ..., "scenario": ..., "system": ..., <metrics>, "failures": N,
+"valid": ...}, ...]}` and the Markdown has one table per placement, one row per (scenario,
+metric): each system's figure and its ratio to nginx, or the figure struck out and
+"invalid (N failed)" when a run behind it had failed requests.
+
+Prints one line per invalid entry on stdout and exits with status 3 when there is any.
 """
 
 import argparse
@@ -14,10 +20,28 @@ import json
 import platform
 import statistics
 import subprocess
+import sys
 from collections import OrderedDict
 
 SCENARIOS = ["small_get", "echo_1k", "echo_64k", "stream_upload", "stream_download", "idle_1k", "idle_10k"]
 SYSTEMS = ["weir", "nginx", "haproxy", "upstream"]
+PLACEMENTS = OrderedDict(
+    [
+        ("pinned", "Pinned: one core each (load generator on one core, system under test on the other)"),
+        ("unpinned", "Unpinned: both cores (no pinning, every system and the load generator on all cores)"),
+    ]
+)
+
+# Counts of failed requests and their causes: summed over rounds, never a median. A run's
+# `failures` covers its saturation run (and warm-up), `fixed_failures` its fixed-rate run.
+SUMMED = {
+    "failures", "fixed_failures", "warmup_failures", "fixed_warmup_failures", "requests", "fixed_requests",
+    "non2xx", "fixed_non2xx", "fixed_errors", "connect_errors", "read_errors", "write_errors", "timeouts",
+    "failed", "closed", "curl_exit", "wrk_exit", "idle_script_failed",
+}
+# What a failure count makes invalid: the fixed-rate figures follow fixed_failures, all
+# the others failures.
+FIXED_PREFIX = "fixed_"
 
 # metric -> (label, unit, True when higher is better, decimals)
 METRICS = OrderedDict(
@@ -60,44 +84,125 @@ def combine(raw_lines):
     groups = OrderedDict()
     for line in raw_lines:
         record = json.loads(line)
-        key = (record["scenario"], record["system"])
+        key = (record.get("placement", "pinned"), record["scenario"], record["system"])
         groups.setdefault(key, []).append(record)
+    placements = list(PLACEMENTS) + sorted({p for (p, _, _) in groups} - set(PLACEMENTS))
+    systems = SYSTEMS + sorted({s for (_, _, s) in groups} - set(SYSTEMS))
     results = []
-    for scenario in SCENARIOS:
-        for system in SYSTEMS + sorted({s for (_, s) in groups} - set(SYSTEMS)):
-            records = groups.get((scenario, system))
-            if not records:
-                continue
-            entry = OrderedDict(scenario=scenario, system=system)
-            numeric = OrderedDict()
-            for record in records:
-                for name, value in record.items():
-                    if name in ("scenario", "system", "round"):
-                        continue
-                    if isinstance(value, (int, float)) and not isinstance(value, bool):
-                        numeric.setdefault(name, []).append(value)
-                    elif value is not None:
-                        entry.setdefault(name, value)
-            for name, values in numeric.items():
-                value = statistics.median(values)
-                decimals = METRICS.get(name, (None, None, None, 3))[3]
-                entry[name] = round(value, decimals) if decimals else int(round(value))
-            entry["rounds"] = len({r.get("round") for r in records})
-            results.append(entry)
+    for placement in placements:
+        for scenario in SCENARIOS:
+            for system in systems:
+                records = groups.get((placement, scenario, system))
+                if records:
+                    results.append(combine_one(placement, scenario, system, records))
     return results
 
 
-def cell(value, base, decimals):
-    text = f"{value:,.{decimals}f}" if decimals else f"{int(value):,}"
+def combine_one(placement, scenario, system, records):
+    entry = OrderedDict(placement=placement, scenario=scenario, system=system)
+    numeric = OrderedDict()
+    for record in records:
+        for name, value in record.items():
+            if name in ("placement", "scenario", "system", "round"):
+                continue
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                numeric.setdefault(name, []).append(value)
+            elif value is not None:
+                entry.setdefault(name, value)
+    for name, values in numeric.items():
+        if name in SUMMED:
+            entry[name] = sum(values)
+            continue
+        value = statistics.median(values)
+        decimals = METRICS.get(name, (None, None, None, 3))[3]
+        entry[name] = round(value, decimals) if decimals else int(round(value))
+    entry["rounds"] = len({r.get("round") for r in records})
+    # Total failed requests of every run behind this entry. A run that reported no
+    # failure count at all (an older raw file) counts as checked and clean.
+    fixed = entry.get("fixed_failures", 0)
+    entry["failures"] = entry.get("failures", 0) + fixed
+    entry["valid"] = entry["failures"] == 0
+    return entry
+
+
+def failed_for(entry, metric):
+    """Failed requests behind one figure of an entry."""
+    fixed = entry.get("fixed_failures", 0)
+    return fixed if metric.startswith(FIXED_PREFIX) else entry.get("failures", 0) - fixed
+
+
+def cell(value, base, decimals, failed):
+    if value is None and not failed:
+        return "–"
+    if failed:
+        struck = "" if value is None else f"~~{fmt(value, decimals)}~~ "
+        return f"{struck}**invalid** ({failed:,} failed)"
+    text = fmt(value, decimals)
     if base:
         return f"{text} ({value / base:.2f}×)"
     return text
 
 
+def fmt(value, decimals):
+    return f"{value:,.{decimals}f}" if decimals else f"{int(value):,}"
+
+
+def table(results, placement, systems):
+    by = {(r["scenario"], r["system"]): r for r in results if r["placement"] == placement}
+    lines = ["| scenario | metric | " + " | ".join(systems) + " |", "|---|---|" + "---:|" * len(systems)]
+    for scenario in SCENARIOS:
+        for metric, (label, unit, higher, decimals) in METRICS.items():
+            if metric in QUIET:
+                continue
+            entries = [by.get((scenario, s)) for s in systems]
+            row = [e.get(metric) if e else None for e in entries]
+            row = [v if isinstance(v, (int, float)) and not isinstance(v, bool) else None for v in row]
+            if all(v is None for v in row):
+                continue
+            nginx = by.get((scenario, "nginx"), {})
+            # No ratio to a figure that is itself invalid.
+            base = None if failed_for(nginx, metric) else nginx.get(metric)
+            arrow = "↑" if higher else "↓"
+            name = f"{label} ({unit}) {arrow}" if unit else f"{label} {arrow}"
+            cells = [cell(v, base, decimals, failed_for(e, metric) if e else 0) for v, e in zip(row, entries)]
+            lines.append(f"| {scenario} | {name} | " + " | ".join(cells) + " |")
+    targets = sorted({r["fixed_rate_target"] for r in by.values() if "fixed_rate_target" in r})
+    if targets:
+        lines.append("")
+        rates = " / ".join(f"{t:,}" for t in targets)
+        lines.append(f"Fixed rate for small_get: {rates} requests/s for every system.")
+    return lines
+
+
+def describe_failures(entry):
+    parts = [
+        f"{name.replace('_', ' ')} {entry[name]:,}"
+        for name in (
+            "non2xx", "connect_errors", "read_errors", "write_errors", "timeouts", "warmup_failures",
+            "fixed_non2xx", "fixed_errors", "fixed_warmup_failures", "failed", "closed", "curl_exit",
+            "wrk_exit", "idle_script_failed",
+        )
+        if entry.get(name)
+    ]
+    if entry.get("http_code") not in (None, 200):
+        parts.append(f"HTTP {entry['http_code']}")
+    return ", ".join(parts)
+
+
+def invalid_lines(results):
+    return [
+        f"INVALID {r['placement']} {r['scenario']} {r['system']}: {r['failures']:,} failed"
+        + (f" ({why})" if (why := describe_failures(r)) else "")
+        for r in results
+        if not r["valid"]
+    ]
+
+
 def markdown(results, title, notes, machine_text):
     systems = [s for s in SYSTEMS if any(r["system"] == s for r in results)]
     systems += sorted({r["system"] for r in results} - set(SYSTEMS))
-    by = {(r["scenario"], r["system"]): r for r in results}
+    placements = [p for p in PLACEMENTS if any(r["placement"] == p for r in results)]
+    placements += sorted({r["placement"] for r in results} - set(PLACEMENTS))
     lines = [f"# {title}", "", f"Machine: {machine_text}", ""]
     busy = [r["busy_before_pct"] for r in results if "busy_before_pct" in r]
     if busy:
@@ -108,26 +213,18 @@ def markdown(results, title, notes, machine_text):
     lines += [f"- {note}" for note in notes]
     if notes:
         lines.append("")
-    lines.append("Each cell: the figure, then its ratio to nginx's. ↑ higher is better, ↓ lower is better.")
-    lines.append("")
-    lines.append("| scenario | metric | " + " | ".join(systems) + " |")
-    lines.append("|---|---|" + "---:|" * len(systems))
-    for scenario in SCENARIOS:
-        for metric, (label, unit, higher, decimals) in METRICS.items():
-            if metric in QUIET:
-                continue
-            row = [by.get((scenario, s), {}).get(metric) for s in systems]
-            if all(v is None for v in row):
-                continue
-            base = by.get((scenario, "nginx"), {}).get(metric)
-            arrow = "↑" if higher else "↓"
-            name = f"{label} ({unit}) {arrow}" if unit else f"{label} {arrow}"
-            cells = ["–" if v is None else cell(v, base, decimals) for v in row]
-            lines.append(f"| {scenario} | {name} | " + " | ".join(cells) + " |")
-    extra = [r for r in results if r["scenario"] == "small_get" and "fixed_rate_target" in r]
-    if extra:
+    invalid = invalid_lines(results)
+    if invalid:
+        lines.append(f"**{len(invalid)} invalid row(s)**: figures from runs with failed requests, struck out below.")
         lines.append("")
-        lines.append(f"Fixed rate for small_get: {extra[0]['fixed_rate_target']:,} requests/s for every system.")
+        lines += [f"- {line}" for line in invalid]
+    else:
+        lines.append("Every request of every run succeeded (2xx, no socket error, no timeout).")
+    lines.append("")
+    lines.append("Each cell: the figure, then its ratio to nginx's. ↑ higher is better, ↓ lower is better.")
+    for placement in placements:
+        lines += ["", f"### {PLACEMENTS.get(placement, placement)}", ""]
+        lines += table(results, placement, systems)
     return "\n".join(lines) + "\n"
 
 
@@ -142,11 +239,15 @@ def main() -> None:
     with open(args.raw) as raw:
         results = combine(line for line in raw if line.strip())
     machine_text = machine()
+    invalid = invalid_lines(results)
     with open(args.json_out, "w") as out:
-        json.dump({"machine": machine_text, "results": results}, out, indent=2)
+        json.dump({"machine": machine_text, "valid": not invalid, "invalid": invalid, "results": results}, out, indent=2)
         out.write("\n")
     with open(args.md_out, "w") as out:
         out.write(markdown(results, args.title, args.note, machine_text))
+    if invalid:
+        print("\n".join(invalid))
+        sys.exit(3)
 
 
 if __name__ == "__main__":
