@@ -8,9 +8,9 @@
 //! that timed out in its request head had started a request (answer 408) or was idle
 //! (close quietly). Reads and writes go through tokio's own `TcpStream` I/O, which reads
 //! into hyper's buffer without zeroing it and skips the read that would only find the
-//! socket empty; so that the front can still write that 408 after hyper has given up on
-//! the connection, a `ClientIo` dropped in the middle of a request head hands its socket
-//! back in [`ConnState`] instead of closing it.
+//! socket empty. A dropped `ClientIo` hands its socket back in [`ConnState`] instead of
+//! closing it, so that the front can still write a 408 after hyper has given up on the
+//! connection, and close it gracefully (see `front::close_lingering`).
 
 use std::future::Future;
 use std::io;
@@ -25,15 +25,15 @@ use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 
 /// What the I/O shares with the front: byte counts, and the socket once hyper lets go
-/// of it in the middle of a request head.
+/// of it.
 #[derive(Debug, Default)]
 pub struct ConnState {
     read: AtomicU64,
     /// `read` as it was at the last write: reads since then are a request in progress.
     read_at_last_write: AtomicU64,
-    /// Set when the I/O is dropped while a request is in progress: the front may still
-    /// owe the client a 408 on it.
-    unanswered: Mutex<Option<TcpStream>>,
+    /// Set when the I/O is dropped: the front may still owe the client a 408 on it, and
+    /// closes it.
+    released: Mutex<Option<TcpStream>>,
 }
 
 impl ConnState {
@@ -42,10 +42,11 @@ impl ConnState {
         self.read.load(Ordering::Relaxed) > self.read_at_last_write.load(Ordering::Relaxed)
     }
 
-    /// The socket of a connection dropped in the middle of a request, if this one was.
-    pub fn take_unanswered(&self) -> Option<TcpStream> {
+    /// The socket, once hyper has dropped its I/O (`None` while an upgraded connection
+    /// still uses it, or once taken).
+    pub fn take_socket(&self) -> Option<TcpStream> {
         // A poisoned slot still holds a valid socket (or none).
-        self.unanswered.lock().unwrap_or_else(|p| p.into_inner()).take()
+        self.released.lock().unwrap_or_else(|p| p.into_inner()).take()
     }
 }
 
@@ -203,9 +204,7 @@ impl AsyncWrite for ClientIo {
 
 impl Drop for ClientIo {
     fn drop(&mut self) {
-        if self.state.request_in_progress() {
-            let mut slot = self.state.unanswered.lock().unwrap_or_else(|p| p.into_inner());
-            *slot = self.stream.take();
-        }
+        let mut slot = self.state.released.lock().unwrap_or_else(|p| p.into_inner());
+        *slot = self.stream.take();
     }
 }

@@ -21,12 +21,12 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
 use crate::body::GatewayBody;
-use crate::client_io::{ClientIo, ConnState, SendLimits};
+use crate::client_io::{ClientIo, SendLimits};
 use crate::error::GatewayError;
 use crate::limiter::KeyedLimiter;
 use crate::pipeline::{self, ClientConn};
@@ -111,9 +111,42 @@ async fn serve_connection(
     let (io, state) = ClientIo::new(stream, send_limits(&gateway));
     let service = service_fn(move |request| handle(Arc::clone(&gateway), request, Arc::clone(&conn), surface));
     let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
-    if let Err(err) = watcher.watch(connection.into_owned()).await {
-        answer_head_timeout(&*err, &state);
+    let ended = watcher.watch(connection.into_owned()).await;
+    // Upgraded connections keep their socket in the WebSocket relay, which closes it.
+    let Some(socket) = state.take_socket() else {
+        return;
+    };
+    if let Err(err) = ended {
+        if is_timeout(&*err) && state.request_in_progress() {
+            answer_head_timeout(&socket);
+        }
         tracing::debug!(%client, error = %err, "client connection ended with an error");
+    }
+    close_lingering(socket).await;
+}
+
+/// How long a closing connection keeps reading what its client still sends.
+const LINGER_TIME: Duration = Duration::from_secs(2);
+/// How much of it is read and discarded, at most.
+const LINGER_BYTES: usize = 4 * 1024 * 1024;
+
+/// Closes a connection hyper is done with: stops sending (the client sees the end of the
+/// response), then reads and discards what the client is still sending, for at most
+/// [`LINGER_TIME`] and [`LINGER_BYTES`], before closing. Closing a socket with unread
+/// bytes in it makes the kernel answer with a reset, which can destroy the response just
+/// written: a client still uploading a refused body would see a broken pipe instead of
+/// its 413 or 503. A client that already closed costs one read that finds the end.
+async fn close_lingering(mut socket: TcpStream) {
+    let _ = socket.shutdown().await;
+    let deadline = tokio::time::Instant::now() + LINGER_TIME;
+    // Allocated only here, so an open connection's task does not carry it.
+    let mut discard = vec![0u8; 16 * 1024];
+    let mut discarded = 0;
+    while discarded < LINGER_BYTES {
+        match tokio::time::timeout_at(deadline, socket.read(&mut discard)).await {
+            Ok(Ok(n @ 1..)) => discarded += n,
+            _ => return,
+        }
     }
 }
 
@@ -134,26 +167,22 @@ async fn refuse_connection(mut stream: tokio::net::TcpStream) {
         body.len()
     );
     let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(response.as_bytes())).await;
-    let _ = stream.shutdown().await;
+    close_lingering(stream).await;
+}
+
+fn is_timeout(err: &(dyn std::error::Error + Send + Sync + 'static)) -> bool {
+    err.downcast_ref::<hyper::Error>().is_some_and(|e| e.is_timeout())
 }
 
 /// hyper closes a connection whose request head did not arrive in time without a word;
 /// when a request had begun, the client still gets its 408 (best effort, never blocking).
-fn answer_head_timeout(err: &(dyn std::error::Error + Send + Sync + 'static), state: &ConnState) {
-    let timed_out = err.downcast_ref::<hyper::Error>().is_some_and(|e| e.is_timeout());
-    if !timed_out {
-        return;
-    }
-    let Some(socket) = state.take_unanswered() else {
-        return;
-    };
+fn answer_head_timeout(socket: &TcpStream) {
     let body = r#"{"error":"request_timeout","detail":"request head not received in time"}"#;
     let response = format!(
         "HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
         body.len()
     );
     let _ = socket.try_write(response.as_bytes());
-    let _ = socket2::SockRef::from(&socket).shutdown(std::net::Shutdown::Write);
     tracing::info!("request head timed out: answered 408");
 }
 

@@ -4,7 +4,7 @@
 //!
 //! The conformance suite: a test written once as `async fn name(transport: Transport)`
 //! and listed in [`conformance!`] runs on every transport, as `name::memory`,
-//! `name::tcp`, `name::tls`. A new transport is one `Transport` variant, one arm in
+//! `name::tcp`, `name::tls`, each on a multi-threaded runtime with two workers. A new transport is one `Transport` variant, one arm in
 //! [`Harness::dial`] and one line in `for_each_transport!`. Tests of rules that only
 //! network connections obey (service authentication) use [`over_network!`].
 //!
@@ -66,7 +66,9 @@ macro_rules! transport_test {
         $crate::common::transport_test!(@$filter $kind $name $test $variant);
     };
     (@any $kind:ident $name:ident $test:ident $variant:ident) => {
-        #[tokio::test]
+        // Two workers, as on the smallest machine users run: tasks of one request (the
+        // client, the front, the link's reader and writer, the handler) run in parallel.
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn $test() {
             super::$name($crate::common::Transport::$variant).await
         }

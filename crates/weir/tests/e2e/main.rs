@@ -11,6 +11,7 @@ mod auth;
 mod bad_input;
 mod cancel;
 mod cli;
+mod concurrency;
 mod limits;
 mod liveness;
 mod protections;
