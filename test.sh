@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite: formatting, lints, every crate's tests (unit, black-box, doc),
-# and a brief run of each fuzz target. Installs what it needs itself.
+# the model checks of the link's stream table (loom), a black-box stress run of the
+# release binary under concurrent HTTP/1.1 and HTTP/2 load, and a brief run of each fuzz
+# target. Installs what it needs itself.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -12,4 +14,6 @@ else
   cargo test --workspace --no-fail-fast
 fi
 cargo test --workspace --doc
+cargo test -p weir-transport --features loom --lib model
+tests/stress/run
 fuzz/run.sh "${WEIR_FUZZ_SECONDS:-15}"

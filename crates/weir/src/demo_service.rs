@@ -35,6 +35,8 @@ pub struct DemoServiceOptions {
     pub tls_key: Option<PathBuf>,
     /// Name the gateway's certificate must carry; default: the host of `connect`.
     pub tls_server_name: Option<String>,
+    /// Runtime worker threads; one per core when `None`.
+    pub workers: Option<usize>,
 }
 
 /// Why the demo service could not start.
@@ -68,8 +70,7 @@ fn try_run(options: DemoServiceOptions) -> Result<(), DemoServiceError> {
     }
     let service = builder.build()?;
     let tls = tls_config(&options)?;
-    let runtime =
-        tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(DemoServiceError::Runtime)?;
+    let runtime = crate::runtime::build(options.workers).map_err(DemoServiceError::Runtime)?;
     runtime.block_on(async move {
         match tls {
             None => serve(&service, TcpDialer::new(options.connect.as_str()), "tcp", &options.connect).await,

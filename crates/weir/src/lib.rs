@@ -5,4 +5,5 @@ pub mod config;
 pub mod demo;
 pub mod demo_service;
 pub mod logging;
+pub mod runtime;
 pub mod serve;

@@ -39,6 +39,9 @@ enum Command {
         /// Do not attach the embedded demo service.
         #[arg(long)]
         no_demo: bool,
+        /// Runtime worker threads (default: one per core).
+        #[arg(long, env = "WEIR_WORKERS", value_parser = clap::value_parser!(u16).range(1..=1024))]
+        workers: Option<u16>,
     },
     /// Run the demo service in its own process, dialling a gateway over TCP or TLS.
     DemoService {
@@ -60,6 +63,9 @@ enum Command {
         /// Name the gateway's certificate must carry (default: the host of --connect).
         #[arg(long, value_name = "NAME", requires = "tls_ca")]
         tls_server_name: Option<String>,
+        /// Runtime worker threads (default: one per core).
+        #[arg(long, env = "WEIR_WORKERS", value_parser = clap::value_parser!(u16).range(1..=1024))]
+        workers: Option<u16>,
     },
     /// Validate a configuration file; prints every error with its key and line.
     CheckConfig {
@@ -72,13 +78,22 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     weir::logging::init();
     match cli.command {
-        Command::Serve { config, listen, services_listen, no_demo } => {
-            let options = weir::serve::ServeOptions { config, listen, services_listen, demo: !no_demo };
+        Command::Serve { config, listen, services_listen, no_demo, workers } => {
+            let workers = workers.map(usize::from);
+            let options = weir::serve::ServeOptions { config, listen, services_listen, demo: !no_demo, workers };
             weir::serve::run(options)
         }
-        Command::DemoService { connect, token, tls_ca, tls_cert, tls_key, tls_server_name } => {
-            let options =
-                weir::demo_service::DemoServiceOptions { connect, token, tls_ca, tls_cert, tls_key, tls_server_name };
+        Command::DemoService { connect, token, tls_ca, tls_cert, tls_key, tls_server_name, workers } => {
+            let workers = workers.map(usize::from);
+            let options = weir::demo_service::DemoServiceOptions {
+                connect,
+                token,
+                tls_ca,
+                tls_cert,
+                tls_key,
+                tls_server_name,
+                workers,
+            };
             weir::demo_service::run(options)
         }
         Command::CheckConfig { file } => weir::serve::check_config(&file),

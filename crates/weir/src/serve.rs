@@ -29,6 +29,8 @@ pub struct ServeOptions {
     /// Overrides `services.listen`.
     pub services_listen: Option<SocketAddr>,
     pub demo: bool,
+    /// Runtime worker threads; one per core when `None`.
+    pub workers: Option<usize>,
 }
 
 /// `weir check-config FILE`: prints every error; exit 1 if there is any.
@@ -68,7 +70,7 @@ pub fn run(options: ServeOptions) -> ExitCode {
     if let Some(listen) = options.services_listen {
         config.services.listen = listen;
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match crate::runtime::build(options.workers) {
         Ok(runtime) => runtime,
         Err(err) => {
             eprintln!("cannot start the runtime: {err}");
