@@ -38,6 +38,7 @@ SUMMED = {
     "failures", "fixed_failures", "warmup_failures", "fixed_warmup_failures", "requests", "fixed_requests",
     "non2xx", "fixed_non2xx", "fixed_errors", "connect_errors", "read_errors", "write_errors", "timeouts",
     "failed", "closed", "curl_exit", "wrk_exit", "idle_script_failed",
+    "canary_requests", "canary_non2xx", "canary_errors", "canary_failures", "canary_oha_exit", "fixed_oha_exit",
 }
 # What a failure count makes invalid: the fixed-rate figures follow fixed_failures, all
 # the others failures.
@@ -179,8 +180,9 @@ def describe_failures(entry):
         f"{name.replace('_', ' ')} {entry[name]:,}"
         for name in (
             "non2xx", "connect_errors", "read_errors", "write_errors", "timeouts", "warmup_failures",
-            "fixed_non2xx", "fixed_errors", "fixed_warmup_failures", "failed", "closed", "curl_exit",
-            "wrk_exit", "idle_script_failed",
+            "canary_non2xx", "canary_errors", "canary_oha_exit", "fixed_non2xx", "fixed_errors",
+            "fixed_warmup_failures", "fixed_oha_exit", "failed", "closed", "curl_exit", "wrk_exit",
+            "idle_script_failed",
         )
         if entry.get(name)
     ]
