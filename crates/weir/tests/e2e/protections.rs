@@ -288,3 +288,24 @@ async fn still_serving_while_500_slowloris_connections_are_held() {
     assert!(started.elapsed() < Duration::from_secs(5), "20 requests took {:?}", started.elapsed());
     drop(attackers);
 }
+
+/// A client still sending a body the gateway refused reads the refusal: the gateway
+/// closes such a connection lingering (it reads and discards what keeps arriving), so
+/// the kernel never answers the unread bytes with a reset that would destroy the 413.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_still_sending_a_refused_body_reads_its_413() {
+    let mut cfg = config();
+    cfg.limits.max_upload_size = 1024;
+    let h = Harness::with_demo(cfg).await;
+    let body_len = 2 * 1024 * 1024;
+    let mut socket = TcpStream::connect(h.addr).await.unwrap();
+    let head = format!("POST /api/echo HTTP/1.1\r\nhost: x\r\ncontent-length: {body_len}\r\n\r\n");
+    socket.write_all(head.as_bytes()).await.unwrap();
+    // The whole body, after the gateway has refused it: every write must still succeed.
+    let chunk = vec![b'x'; 64 * 1024];
+    for _ in 0..body_len / chunk.len() {
+        socket.write_all(&chunk).await.expect("the gateway reset a connection it had answered");
+    }
+    let answer = read_all(&mut socket).await;
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+}
