@@ -1,36 +1,22 @@
 //! weir's gateway: the client-facing HTTP front, the routing table built from service
 //! registrations, the payload budget, and dispatch of requests to services as frames.
 //!
-//! Modules by concern: [`front`] (HTTP listener and admin surface), [`dispatch`] (one
-//! request's phases), [`routing`] (table and instance choice), [`budget`] (payload
-//! reservations), [`server`] (shared state and service connections), [`body`] (response
-//! bodies relayed from services), [`error`] (the one status-code mapping), [`metrics`],
-//! [`service_auth`] (which services may register which paths), [`static_files`] (the
-//! static profile) and the service listener for TCP and TLS ([`Gateway::serve_services`]).
+//! Modules by concern: [`downstream`] (HTTP listener and admin surface), [`upstream`] (one
+//! request's exchange with a service), [`routing`] (table and instance choice), [`limits`]
+//! (payload reservations and the other protections), [`services`] (shared state and
+//! service connections), [`response`] (response bodies and the one status-code mapping),
+//! [`static_files`] (the static profile) and the service listener for TCP and TLS
+//! ([`Gateway::serve_services`]).
 
-pub mod auth;
-pub mod body;
-pub mod budget;
-pub mod client_io;
 pub mod config;
-mod dispatch;
-pub mod error;
-mod file_body;
-pub mod front;
-pub mod limiter;
-pub mod metrics;
-pub mod mount;
-mod pipeline;
-pub mod ratelimit;
-pub mod registry;
-mod request_body;
+pub mod downstream;
+pub mod limits;
+pub mod request;
+pub mod response;
 pub mod routing;
-pub mod server;
-pub mod service_auth;
-mod service_listener;
-pub mod shaper;
+pub mod services;
 pub mod static_files;
-mod websocket;
+mod upstream;
 
 pub use config::GatewayConfig;
-pub use server::Gateway;
+pub use services::connection::Gateway;

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use weir_gateway::config::{ServicesConfig, ServicesTlsConfig};
-use weir_gateway::front::{self, Surface};
+use weir_gateway::downstream::{self, Surface};
 use weir_gateway::{Gateway, GatewayConfig};
 use weir_transport::tls::{self, TlsAcceptor, TlsError};
 
@@ -111,8 +111,8 @@ async fn serve(config: GatewayConfig, demo: bool) -> std::io::Result<()> {
         tokio::spawn(async move { gateway.serve_services(services, tls, shutdown).await })
     };
     let admin_task =
-        admin.map(|l| tokio::spawn(front::serve(Arc::clone(&gateway), l, Surface::Admin, shutdown.clone())));
-    front::serve(Arc::clone(&gateway), listener, Surface::Public, shutdown).await?;
+        admin.map(|l| tokio::spawn(downstream::serve(Arc::clone(&gateway), l, Surface::Admin, shutdown.clone())));
+    downstream::serve(Arc::clone(&gateway), listener, Surface::Public, shutdown).await?;
     if let Some(task) = admin_task {
         let _ = task.await;
     }

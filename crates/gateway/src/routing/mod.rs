@@ -82,7 +82,7 @@
 
 mod error;
 mod instance;
-mod registry;
+mod state;
 mod select;
 mod snapshot;
 mod template;
@@ -105,7 +105,7 @@ use crate::config::RoutingConfig;
 pub use error::{RegistrationError, RouteError};
 pub use instance::{InFlightGuard, Instance, InstanceHealth, InstanceIdentity};
 
-use registry::State;
+use state::State;
 use snapshot::{EndpointRoutes, Snapshot};
 
 /// Where one request goes.
@@ -209,8 +209,8 @@ impl<L: Clone + Send + Sync + 'static> RoutingTable<L> {
         link: L,
         now: Instant,
     ) -> Result<Arc<Instance<L>>, RegistrationError> {
-        let identity = registry::identity_from_hello(hello)?;
-        let endpoints = registry::validate_endpoints(&hello.endpoints)?;
+        let identity = state::identity_from_hello(hello)?;
+        let endpoints = state::validate_endpoints(&hello.endpoints)?;
         let mut state = self.lock_state();
         if state.instances.contains_key(&conn_id) {
             return Err(RegistrationError::AlreadyRegistered { conn_id });
@@ -225,7 +225,7 @@ impl<L: Clone + Send + Sync + 'static> RoutingTable<L> {
     /// Replaces the endpoint list of connection `conn_id` atomically; refused, the old list
     /// stays.
     pub fn update_endpoints(&self, conn_id: u64, endpoints: &[EndpointDescriptor]) -> Result<(), RegistrationError> {
-        let endpoints = registry::validate_endpoints(endpoints)?;
+        let endpoints = state::validate_endpoints(endpoints)?;
         let mut state = self.lock_state();
         let identity = match state.instances.get(&conn_id) {
             Some(registration) => registration.instance.identity.clone(),

@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use toml_edit::Item;
-use weir_gateway::mount::{ApiKey, AuthConfig, JwtAlgorithm, JwtConfig, MountConfig, MountSettings, Profile, Rate};
+use weir_gateway::request::mount::{ApiKey, AuthConfig, JwtAlgorithm, JwtConfig, MountConfig, MountSettings, Profile, Rate};
 
 use super::{duration, expected, non_empty_string, size, string, Section, GIB, MAX_CHUNK};
 

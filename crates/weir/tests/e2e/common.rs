@@ -26,7 +26,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::codec::{FramedRead, FramedWrite};
 use tokio_util::sync::CancellationToken;
-use weir_gateway::front::{self, Surface};
+use weir_gateway::downstream::{self, Surface};
 use weir_gateway::{Gateway, GatewayConfig};
 use weir_proto::{FrameCodec, FrameType};
 use weir_service::{Dialer, RunHandle, Service};
@@ -198,7 +198,7 @@ impl Harness {
         let addr = listener.local_addr().unwrap();
         let gateway = Gateway::new(config).expect("valid test gateway");
         let shutdown = CancellationToken::new();
-        tokio::spawn(front::serve(Arc::clone(&gateway), listener, Surface::Public, shutdown.clone()));
+        tokio::spawn(downstream::serve(Arc::clone(&gateway), listener, Surface::Public, shutdown.clone()));
         let client = reqwest::Client::builder().pool_max_idle_per_host(0).build().unwrap();
         let pki = TestPki::new();
         let memory = gateway.attach_memory();

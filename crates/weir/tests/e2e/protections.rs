@@ -14,7 +14,7 @@ use reqwest::StatusCode;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::mpsc;
-use weir_gateway::mount::{AuthConfig, MountConfig, MountSettings, Profile, Rate};
+use weir_gateway::request::mount::{AuthConfig, MountConfig, MountSettings, Profile, Rate};
 use weir_gateway::GatewayConfig;
 use weir_service::{Endpoint, HandlerError, RawRequestContext, RawResponse, Service};
 

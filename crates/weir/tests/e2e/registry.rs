@@ -8,8 +8,8 @@ use reqwest::StatusCode;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use weir_gateway::front::{self, Surface};
-use weir_gateway::mount::{AuthConfig, MountConfig, MountSettings, Profile};
+use weir_gateway::downstream::{self, Surface};
+use weir_gateway::request::mount::{AuthConfig, MountConfig, MountSettings, Profile};
 use weir_gateway::GatewayConfig;
 use weir_service::{Endpoint, HandlerError, RawRequestContext, RawResponse, Service};
 
@@ -36,7 +36,7 @@ async fn an_operator_lists_and_cancels_a_request_in_flight() {
     let admin_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let admin = format!("http://{}", admin_listener.local_addr().unwrap());
     let stop_admin = CancellationToken::new();
-    tokio::spawn(front::serve(Arc::clone(&h.gateway), admin_listener, Surface::Admin, stop_admin.clone()));
+    tokio::spawn(downstream::serve(Arc::clone(&h.gateway), admin_listener, Surface::Admin, stop_admin.clone()));
 
     let request = tokio::spawn(h.client.get(h.url("/jobs/7")).send());
     assert_eq!(tokio::time::timeout(WAIT, seen.recv()).await.unwrap(), Some("started"));

@@ -15,7 +15,7 @@ use reqwest::StatusCode;
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use weir_gateway::mount::{AuthConfig, MountConfig, MountSettings, Profile};
+use weir_gateway::request::mount::{AuthConfig, MountConfig, MountSettings, Profile};
 use weir_gateway::GatewayConfig;
 use weir_service::{Endpoint, RawRequestContext, RawResponse, Service};
 

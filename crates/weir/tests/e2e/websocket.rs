@@ -23,7 +23,7 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use tokio_util::codec::Framed;
-use weir_gateway::mount::{AuthConfig, MountConfig, MountSettings, Profile, Rate};
+use weir_gateway::request::mount::{AuthConfig, MountConfig, MountSettings, Profile, Rate};
 use weir_gateway::GatewayConfig;
 use weir_proto::{
     BodyMode, Cancel, CancelReason, EndpointDescriptor, EndpointKind, Frame, FrameCodec, FrameType, Hello,

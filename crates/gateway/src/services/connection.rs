@@ -2,7 +2,7 @@
 //!
 //! [`Gateway`] owns the routing table, the payload budget, the metrics and the live
 //! service links. A service connection's life: Hello read (bounded in time) →
-//! authentication and path authorisation ([`crate::service_auth`]; refused: Error frame
+//! authentication and path authorisation ([`crate::services::auth`]; refused: Error frame
 //! and close, logged) → registration in the routing table (refused likewise) → Welcome → its
 //! events (heartbeats, endpoint updates) until the link closes → removal from the table
 //! at once. A sweeper closes links whose heartbeats stopped (evicted) and sends the
@@ -20,16 +20,16 @@ use weir_proto::{ErrorCode, HealthStatus, Heartbeat, Message, Welcome, PROTOCOL_
 use weir_transport::memory::{self, MemoryConnector};
 use weir_transport::{accept_hello, ByteStream, Link, LinkConfig, LinkEvent};
 
-use crate::auth::{AuthSetupError, Authenticator};
-use crate::budget::PayloadBudget;
+use crate::request::authenticate::{AuthSetupError, Authenticator};
+use crate::limits::budget::PayloadBudget;
 use crate::config::GatewayConfig;
-use crate::metrics::Metrics;
-use crate::mount::{Mount, MountTable};
-use crate::ratelimit::RateLimits;
-use crate::registry::RequestRegistry;
+use crate::downstream::metrics::Metrics;
+use crate::request::mount::{Mount, MountTable};
+use crate::limits::rate::RateLimits;
+use crate::limits::in_flight::RequestRegistry;
 use crate::routing::RoutingTable;
-use crate::service_auth::{Grant, ServiceAuth, ServicePeer};
-use crate::websocket::WsConnections;
+use crate::services::auth::{Grant, ServiceAuth, ServicePeer};
+use crate::upstream::websocket::WsConnections;
 
 /// Why a gateway could not be built from its configuration.
 #[derive(Debug, Error)]
@@ -173,7 +173,7 @@ impl Gateway {
     }
 
     /// Runs one service connection from its Hello to its close. `peer` says how far the
-    /// transport vouches for it (see [`crate::service_auth`]).
+    /// transport vouches for it (see [`crate::services::auth`]).
     pub async fn accept_service<T: ByteStream>(self: Arc<Self>, io: T, peer: ServicePeer) {
         let timeout = self.config.services.handshake_timeout;
         let pending = match accept_hello(io, weir_proto::DEFAULT_MAX_FRAME_PAYLOAD, timeout).await {

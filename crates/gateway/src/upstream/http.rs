@@ -34,17 +34,17 @@ use tokio_util::sync::CancellationToken;
 use weir_proto::{BodyMode, CancelReason, Headers, RequestHead};
 use weir_transport::{DataSender, IncomingResponse, Link, OutgoingCall, StreamError};
 
-use crate::auth::Identity;
-use crate::body::{GatewayBody, RelayLimits};
-use crate::budget::{BudgetExceeded, Reservation};
-use crate::error::GatewayError;
-use crate::mount::Mount;
-use crate::pipeline::Admitted;
-use crate::registry::Traffic;
-use crate::request_body::{ClientBody, ReadPolicy};
+use crate::request::authenticate::Identity;
+use crate::response::{GatewayBody, RelayLimits};
+use crate::limits::budget::{BudgetExceeded, Reservation};
+use crate::response::error::GatewayError;
+use crate::request::mount::Mount;
+use crate::request::Admitted;
+use crate::limits::in_flight::Traffic;
+use crate::upstream::request_body::{ClientBody, ReadPolicy};
 use crate::routing::{InFlightGuard, RouteError, RoutingDecision};
-use crate::server::Gateway;
-use crate::shaper::Shaper;
+use crate::services::connection::Gateway;
+use crate::limits::bandwidth::Shaper;
 
 /// Headers that describe one hop, never forwarded (RFC 9110 §7.6.1).
 const HOP_BY_HOP: [&str; 8] = [

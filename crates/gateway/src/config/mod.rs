@@ -11,8 +11,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::budget::PayloadLimits;
-use crate::mount::MountConfig;
+use crate::limits::budget::PayloadLimits;
+use crate::request::mount::MountConfig;
 
 /// Everything the gateway needs to run.
 #[derive(Debug, Clone, PartialEq, Default)]

@@ -13,9 +13,9 @@ use std::num::NonZeroU32;
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 
-use crate::auth::Identity;
-use crate::error::GatewayError;
-use crate::mount::{Mount, MountTable, Rate};
+use crate::request::authenticate::Identity;
+use crate::response::error::GatewayError;
+use crate::request::mount::{Mount, MountTable, Rate};
 
 /// A GCRA quota allowing `rate.count` per `rate.per`, bursting up to `rate.count`.
 pub fn quota(rate: Rate) -> Option<Quota> {

@@ -5,8 +5,8 @@
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::budget::BudgetCounters;
-use crate::error::GatewayError;
+use crate::limits::budget::BudgetCounters;
+use crate::response::error::GatewayError;
 
 /// Request and error counters.
 #[derive(Debug, Default)]

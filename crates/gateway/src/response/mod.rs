@@ -5,6 +5,9 @@
 //! slow client slows the service, and at most one window is buffered), reaching the
 //! explicit end completes the stream, and dropping it early (client gone) cancels it.
 
+pub mod error;
+pub(crate) mod file;
+
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
@@ -19,10 +22,10 @@ use tokio_util::sync::WaitForCancellationFutureOwned;
 use weir_proto::CancelReason;
 use weir_transport::{DataReceiver, StreamError, StreamHandle};
 
-use crate::file_body::FileBody;
-use crate::registry::Registered;
+use crate::response::file::FileBody;
+use crate::limits::in_flight::Registered;
 use crate::routing::InFlightGuard;
-use crate::shaper::Shaper;
+use crate::limits::bandwidth::Shaper;
 
 /// hyper's view of a response body from the gateway.
 #[derive(Debug)]

@@ -33,8 +33,8 @@ use rsa::RsaPublicKey;
 use serde_json::{Map, Value};
 
 use super::{bearer_token, unauthorized, AuthSetupError, Identity};
-use crate::error::GatewayError;
-use crate::mount::{JwtAlgorithm, JwtConfig};
+use crate::response::error::GatewayError;
+use crate::request::mount::{JwtAlgorithm, JwtConfig};
 
 /// Clock skew tolerated on `exp` and `nbf`: a token is accepted up to 30 s after it
 /// expired and from 30 s before it becomes valid.

@@ -24,8 +24,8 @@ use http::{HeaderMap, Request};
 use thiserror::Error;
 use weir_proto::EndpointDescriptor;
 
-use crate::error::GatewayError;
-use crate::mount::AuthConfig;
+use crate::response::error::GatewayError;
+use crate::request::mount::AuthConfig;
 
 pub use api_key::API_KEY_HEADER;
 pub use jwt::{LEEWAY, MIN_RSA_BITS};

@@ -5,7 +5,7 @@ use http::Method as HttpMethod;
 use weir_proto::ClaimRequirement;
 
 use super::*;
-use crate::mount::ApiKey;
+use crate::request::mount::ApiKey;
 
 fn endpoint() -> EndpointDescriptor {
     EndpointDescriptor::new(HttpMethod::POST.as_str(), "/orders")

@@ -28,6 +28,8 @@
 //! - **Body**: read with async reads in `chunk_size` pieces (`file_body.rs`); never the
 //!   whole file in memory. Bandwidth and timeouts are applied elsewhere, not here.
 
+
+
 use std::path::{Component, Path, PathBuf};
 use std::time::SystemTime;
 
@@ -42,10 +44,10 @@ use tokio::fs::{self, File};
 use tokio::io::AsyncSeekExt;
 use weir_proto::http_file::{self, Answer, ByteRange, Conditions, Disposition, Validators};
 
-use crate::body::GatewayBody;
-use crate::error::GatewayError;
-use crate::file_body::FileBody;
-use crate::mount::Mount;
+use crate::response::GatewayBody;
+use crate::response::error::GatewayError;
+use crate::response::file::FileBody;
+use crate::request::mount::Mount;
 
 /// Why a request path cannot name a file under the root.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]

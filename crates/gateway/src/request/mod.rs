@@ -9,6 +9,9 @@
 //!
 //! Each phase returns a typed [`GatewayError`] that `error` maps to a status code.
 
+pub mod authenticate;
+pub mod mount;
+
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::net::SocketAddr;
@@ -19,16 +22,16 @@ use hyper::body::Incoming;
 use weir_proto::EndpointKind;
 use weir_transport::Link;
 
-use crate::auth::Identity;
-use crate::body::GatewayBody;
-use crate::dispatch::{dispatch, route};
-use crate::error::GatewayError;
-use crate::limiter::Permit;
-use crate::mount::{AuthConfig, Mount, Profile};
-use crate::registry::Registered;
+use crate::request::authenticate::Identity;
+use crate::response::GatewayBody;
+use crate::upstream::http::{dispatch, route};
+use crate::response::error::GatewayError;
+use crate::limits::slots::Permit;
+use crate::request::mount::{AuthConfig, Mount, Profile};
+use crate::limits::in_flight::Registered;
 use crate::routing::RoutingDecision;
-use crate::server::Gateway;
-use crate::shaper::Shaper;
+use crate::services::connection::Gateway;
+use crate::limits::bandwidth::Shaper;
 
 /// One client connection, as every request on it sees it.
 #[derive(Debug)]
@@ -85,7 +88,7 @@ pub(crate) async fn handle(
     let mut request = request;
     strip_api_key(&admitted.mount, request.headers_mut());
     if admitted.decision.endpoint.kind == EndpointKind::WebSocket {
-        return crate::websocket::relay(gateway, admitted, request).await;
+        return crate::upstream::websocket::relay(gateway, admitted, request).await;
     }
     dispatch(gateway, admitted, request).await
 }
@@ -95,7 +98,7 @@ pub(crate) async fn handle(
 fn strip_api_key(mount: &Mount, headers: &mut http::HeaderMap) {
     if matches!(mount.config.auth, AuthConfig::ApiKeys(_)) {
         headers.remove(http::header::AUTHORIZATION);
-        headers.remove(crate::auth::API_KEY_HEADER);
+        headers.remove(crate::request::authenticate::API_KEY_HEADER);
     }
 }
 
@@ -109,7 +112,7 @@ fn business(
     let client = conn.addr;
     let identity = gateway.authenticator(&mount).authenticate(request.headers())?;
     let decision = route(gateway, request)?;
-    crate::auth::validate(&decision.endpoint, &identity, request)?;
+    crate::request::authenticate::validate(&decision.endpoint, &identity, request)?;
     gateway.rate_limits().check_request(&mount, &identity, client)?;
     let path = request.uri().path();
     let registered = gateway.registry().begin(request.method().as_str(), path, &decision.template, client);

@@ -1,7 +1,7 @@
 //! A file's bytes as a response body: read with async reads (`tokio::fs`) in pieces of at
 //! most `chunk_size`, one piece at a time, so a download of any size holds one chunk in
-//! memory. The static profile ([`crate::static_files`]) makes one; [`crate::body`]
-//! wraps it as a [`crate::body::GatewayBody`].
+//! memory. The static profile ([`crate::static_files`]) makes one; [`crate::response`]
+//! wraps it as a [`crate::response::GatewayBody`].
 //!
 //! Invariant: the body never yields more than the announced length. A file that grows
 //! while it is sent is cut at that length; one that shrinks ends the body with an error

@@ -1,13 +1,13 @@
 //! Every way a request can fail at the gateway, and the one place that maps each to a
 //! status code and a short JSON body (`{"error": "...", "detail": "..."}`), as the table
-//! in DESIGN.md says. Each answer is counted in [`crate::metrics`].
+//! in DESIGN.md says. Each answer is counted in [`crate::downstream::metrics`].
 
 use bytes::Bytes;
 use http::header::{HeaderValue, ALLOW, CONTENT_TYPE, RETRY_AFTER};
 use http::{Response, StatusCode};
 use thiserror::Error;
 
-use crate::body::GatewayBody;
+use crate::response::GatewayBody;
 
 /// A request the gateway answers itself, with an error.
 #[derive(Debug, Clone, Error, PartialEq, Eq)]

@@ -15,8 +15,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use weir_transport::tls::{self, TlsAcceptor};
 
-use crate::server::Gateway;
-use crate::service_auth::ServicePeer;
+use crate::services::connection::Gateway;
+use crate::services::auth::ServicePeer;
 
 /// Pause after a failed accept, so a persistent error (EMFILE) does not spin.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);

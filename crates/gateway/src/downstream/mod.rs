@@ -1,12 +1,15 @@
 //! The HTTP front: accepts client connections (HTTP/1.1, and HTTP/2 with prior
 //! knowledge, told apart by hyper-util's auto builder), answers `/healthz` itself, hands
-//! every other request to [`crate::dispatch`], and turns its errors into responses.
+//! every other request to [`crate::upstream::http`], and turns its errors into responses.
 //!
 //! The same front serves the admin surface on its own listener: `/healthz`, `/budget`
 //! (the payload budget's counters), `/routes` (the routing table), `/requests` (business
 //! requests in flight; `DELETE /requests/{id}` cancels one) and `/metrics`.
 //! Shutdown: stop accepting, let in-flight requests finish within the grace period,
 //! then return; the caller closes service links after.
+
+pub mod client_io;
+pub mod metrics;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -25,12 +28,12 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
-use crate::body::GatewayBody;
-use crate::client_io::{ClientIo, ConnState, SendLimits};
-use crate::error::GatewayError;
-use crate::limiter::KeyedLimiter;
-use crate::pipeline::{self, ClientConn};
-use crate::server::Gateway;
+use crate::response::GatewayBody;
+use crate::downstream::client_io::{ClientIo, ConnState, SendLimits};
+use crate::response::error::GatewayError;
+use crate::limits::slots::KeyedLimiter;
+use crate::request::ClientConn;
+use crate::services::connection::Gateway;
 
 /// Which surface a listener serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -186,7 +189,7 @@ async fn handle(
     let path = request.uri().path().to_owned();
     // Boxed: hyper keeps room for this future in every connection, idle or not, so the
     // pipeline's large state machine is allocated per request instead.
-    match Box::pin(pipeline::handle(&gateway, request, &conn)).await {
+    match Box::pin(crate::request::handle(&gateway, request, &conn)).await {
         Ok(response) => Ok(response),
         Err(err) => {
             gateway.metrics().error(&err);

@@ -29,14 +29,14 @@ use hyper::body::Incoming;
 use weir_proto::{BodyMode, Headers};
 use weir_transport::{DataReceiver, IncomingResponse};
 
-use crate::body::{GatewayBody, RelayLimits};
-use crate::budget::Reservation;
-use crate::dispatch::{await_response, request_head, respond, Forwarded};
-use crate::error::GatewayError;
-use crate::limiter::{KeyedLimiter, Permit};
-use crate::mount::{Mount, MountTable};
-use crate::pipeline::Admitted;
-use crate::server::Gateway;
+use crate::response::{GatewayBody, RelayLimits};
+use crate::limits::budget::Reservation;
+use crate::upstream::http::{await_response, request_head, respond, Forwarded};
+use crate::response::error::GatewayError;
+use crate::limits::slots::{KeyedLimiter, Permit};
+use crate::request::mount::{Mount, MountTable};
+use crate::request::Admitted;
+use crate::services::connection::Gateway;
 
 mod session;
 
