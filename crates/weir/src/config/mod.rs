@@ -685,7 +685,7 @@ mod tests {
 
     #[test]
     fn documented_example_loads_with_every_key() {
-        let doc = include_str!("../../../docs/configuration.md");
+        let doc = include_str!("../../../../docs/configuration.md");
         let start = doc.find("```toml\n").expect("example block") + "```toml\n".len();
         let example = &doc[start..start + doc[start..].find("```").expect("block end")];
         let c = load_config(example).unwrap_or_else(|e| panic!("example is invalid:\n{e}"));
