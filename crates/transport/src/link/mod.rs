@@ -30,6 +30,7 @@ use weir_proto::{
     Heartbeat, Message, RequestHead, ResponseHead,
 };
 
+pub mod flow;
 mod frame_writer;
 mod handles;
 mod reader;
@@ -38,7 +39,7 @@ mod writer;
 
 pub use handles::{Responder, StreamHandle};
 
-use crate::flow::{CreditGate, DataReceiver, DataSender, StreamError};
+use self::flow::{CreditGate, DataReceiver, DataSender, StreamError};
 use crate::ByteStream;
 use streams::{LinkClosed, StreamEntry, StreamTable, Streams};
 

@@ -16,7 +16,7 @@ use thiserror::Error;
 use tokio::sync::{mpsc, Notify};
 use weir_proto::{CancelReason, Frame, FrameType};
 
-use crate::link::Link;
+use super::Link;
 
 /// Why a stream ended without its normal end.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
