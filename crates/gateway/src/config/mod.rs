@@ -11,8 +11,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::limits::budget::PayloadLimits;
-use crate::request::mount::MountConfig;
+mod mount;
+
+pub use mount::{ApiKey, AuthConfig, JwtAlgorithm, JwtConfig, MountConfig, MountSettings, Profile, Rate};
 
 /// Everything the gateway needs to run.
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -71,7 +72,7 @@ pub struct RoutingConfig {
     pub evict_after: Duration,
 }
 
-/// `[limits]`: payload limits of seed 002 plus the total upload size.
+/// `[limits]`: the payload budget's limits plus the total upload size.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LimitsConfig {
     pub payload: PayloadLimits,
@@ -81,6 +82,27 @@ pub struct LimitsConfig {
     pub chunk_size: usize,
     /// Per-stream flow-control window the gateway grants services for response bodies.
     pub stream_window: u32,
+}
+
+/// The payload budget's three limits, in bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PayloadLimits {
+    /// In-flight bytes of one request.
+    pub max_request_bytes_per_call: u64,
+    /// In-flight bytes of all requests to one service connection.
+    pub max_request_bytes_per_connection: u64,
+    /// In-flight bytes across the whole gateway.
+    pub max_aggregate_inflight_bytes: u64,
+}
+
+impl Default for PayloadLimits {
+    fn default() -> Self {
+        PayloadLimits {
+            max_request_bytes_per_call: 1024 * 1024,
+            max_request_bytes_per_connection: 16 * 1024 * 1024,
+            max_aggregate_inflight_bytes: 256 * 1024 * 1024,
+        }
+    }
 }
 
 impl Default for ServerConfig {

@@ -20,6 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
+use crate::limits::lock;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
@@ -27,7 +28,7 @@ use tokio::time::{Instant, Sleep};
 /// What the I/O shares with the front: byte counts, and the socket once hyper lets go
 /// of it in the middle of a request head.
 #[derive(Debug, Default)]
-pub struct ConnState {
+pub(crate) struct ConnState {
     read: AtomicU64,
     /// `read` as it was at the last write: reads since then are a request in progress.
     read_at_last_write: AtomicU64,
@@ -38,20 +39,20 @@ pub struct ConnState {
 
 impl ConnState {
     /// Whether bytes of a new request arrived since the last response bytes went out.
-    pub fn request_in_progress(&self) -> bool {
+    pub(crate) fn request_in_progress(&self) -> bool {
         self.read.load(Ordering::Relaxed) > self.read_at_last_write.load(Ordering::Relaxed)
     }
 
     /// The socket of a connection dropped in the middle of a request, if this one was.
-    pub fn take_unanswered(&self) -> Option<TcpStream> {
+    pub(crate) fn take_unanswered(&self) -> Option<TcpStream> {
         // A poisoned slot still holds a valid socket (or none).
-        self.unanswered.lock().unwrap_or_else(|p| p.into_inner()).take()
+        lock(&self.unanswered).take()
     }
 }
 
 /// Limits on how slowly a client may take its responses.
 #[derive(Debug, Clone, Copy)]
-pub struct SendLimits {
+pub(crate) struct SendLimits {
     pub send_timeout: Duration,
     pub min_rate: u64,
     pub grace: Duration,
@@ -75,7 +76,7 @@ struct Stall {
 
 /// The client's socket as hyper sees it.
 #[derive(Debug)]
-pub struct ClientIo {
+pub(crate) struct ClientIo {
     /// Always `Some` until `drop` takes it.
     stream: Option<TcpStream>,
     state: Arc<ConnState>,
@@ -89,7 +90,7 @@ const CALM: Duration = Duration::from_secs(1);
 
 impl ClientIo {
     /// Wraps `stream`; returns the I/O and what the front keeps of it.
-    pub fn new(stream: TcpStream, limits: SendLimits) -> (ClientIo, Arc<ConnState>) {
+    pub(crate) fn new(stream: TcpStream, limits: SendLimits) -> (ClientIo, Arc<ConnState>) {
         let state = Arc::new(ConnState::default());
         let io = ClientIo { stream: Some(stream), state: Arc::clone(&state), limits, stall: None, window: None };
         (io, state)
@@ -204,8 +205,84 @@ impl AsyncWrite for ClientIo {
 impl Drop for ClientIo {
     fn drop(&mut self) {
         if self.state.request_in_progress() {
-            let mut slot = self.state.unanswered.lock().unwrap_or_else(|p| p.into_inner());
+            let mut slot = lock(&self.state.unanswered);
             *slot = self.stream.take();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    /// A connected pair: the gateway's side wrapped in a `ClientIo`, and the client's.
+    async fn pair(limits: SendLimits) -> (ClientIo, Arc<ConnState>, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let (io, state) = ClientIo::new(server, limits);
+        (io, state, client)
+    }
+
+    fn lenient() -> SendLimits {
+        SendLimits { send_timeout: Duration::from_secs(30), min_rate: 0, grace: Duration::from_secs(30) }
+    }
+
+    #[tokio::test]
+    async fn a_request_read_but_not_answered_is_in_progress_until_a_write() {
+        let (mut io, state, mut client) = pair(lenient()).await;
+        assert!(!state.request_in_progress());
+        client.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
+        let mut buf = [0u8; 64];
+        let n = io.read(&mut buf).await.unwrap();
+        assert_eq!(&buf[..n], b"GET / HTTP/1.1\r\n");
+        assert!(state.request_in_progress());
+        io.write_all(b"HTTP/1.1 200 OK\r\n\r\n").await.unwrap();
+        assert!(!state.request_in_progress());
+        let n = client.read(&mut buf).await.unwrap();
+        assert_eq!(&buf[..n], b"HTTP/1.1 200 OK\r\n\r\n");
+    }
+
+    #[tokio::test]
+    async fn dropped_mid_request_the_socket_is_handed_back_for_a_late_answer() {
+        let (mut io, state, mut client) = pair(lenient()).await;
+        client.write_all(b"GET / HT").await.unwrap();
+        let mut buf = [0u8; 64];
+        let _ = io.read(&mut buf).await.unwrap();
+        drop(io);
+        let socket = state.take_unanswered().expect("the socket of an unanswered request");
+        socket.try_write(b"late").unwrap();
+        let n = client.read(&mut buf).await.unwrap();
+        assert_eq!(&buf[..n], b"late");
+        assert!(state.take_unanswered().is_none(), "handed back once");
+    }
+
+    #[tokio::test]
+    async fn dropped_between_requests_the_socket_is_closed() {
+        let (io, state, mut client) = pair(lenient()).await;
+        drop(io);
+        assert!(state.take_unanswered().is_none());
+        let mut buf = [0u8; 8];
+        assert_eq!(client.read(&mut buf).await.unwrap(), 0, "closed");
+    }
+
+    #[tokio::test]
+    async fn a_client_that_stops_reading_fails_the_write_after_send_timeout() {
+        let limits =
+            SendLimits { send_timeout: Duration::from_millis(200), min_rate: 0, grace: Duration::from_secs(30) };
+        let (mut io, _state, _client) = pair(limits).await;
+        let chunk = vec![0u8; 256 * 1024];
+        let started = Instant::now();
+        let err = loop {
+            if let Err(err) = io.write(&chunk).await {
+                break err;
+            }
+            assert!(started.elapsed() < Duration::from_secs(10), "the write never failed");
+        };
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert!(started.elapsed() >= Duration::from_millis(200));
     }
 }

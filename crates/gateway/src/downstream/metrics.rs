@@ -18,15 +18,13 @@ pub struct Metrics {
 
 impl Metrics {
     /// Counts a request.
-    pub fn request(&self) {
+    pub(crate) fn request(&self) {
         self.requests.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Counts an error answer.
-    pub fn error(&self, error: &GatewayError) {
-        if let Some(i) = GatewayError::CODES.iter().position(|c| *c == error.code()) {
-            self.errors[i].fetch_add(1, Ordering::Relaxed);
-        }
+    pub(crate) fn error(&self, error: &GatewayError) {
+        self.errors[error.index()].fetch_add(1, Ordering::Relaxed);
     }
 
     /// Errors answered with `code` so far.
@@ -35,7 +33,7 @@ impl Metrics {
     }
 
     /// The Prometheus text exposition, with the budget's gauges.
-    pub fn render(&self, budget: &BudgetCounters, services: usize) -> String {
+    pub(crate) fn render(&self, budget: &BudgetCounters, services: usize) -> String {
         let mut out = String::new();
         let _ = writeln!(out, "# TYPE weir_requests_total counter");
         let _ = writeln!(out, "weir_requests_total {}", self.requests.load(Ordering::Relaxed));

@@ -1,23 +1,21 @@
-//! The HTTP front: accepts client connections (HTTP/1.1, and HTTP/2 with prior
-//! knowledge, told apart by hyper-util's auto builder), answers `/healthz` itself, hands
-//! every other request to [`crate::upstream::http`], and turns its errors into responses.
+//! The client's side of a request: the listener, the per-IP admission, the socket and its
+//! timeouts ([`client_io`]), HTTP/1.1 and HTTP/2 with prior knowledge (told apart by
+//! hyper-util's auto builder), `/healthz`, and the hand-over of every other request to
+//! the request phases ([`crate::request`]), whose errors become responses here.
 //!
-//! The same front serves the admin surface on its own listener: `/healthz`, `/budget`
-//! (the payload budget's counters), `/routes` (the routing table), `/requests` (business
-//! requests in flight; `DELETE /requests/{id}` cancels one) and `/metrics`.
-//! Shutdown: stop accepting, let in-flight requests finish within the grace period,
-//! then return; the caller closes service links after.
+//! The same front serves the admin surface ([`admin`]) on its own listener. Shutdown: stop
+//! accepting, let in-flight requests finish within the grace period, then return; the
+//! caller closes service links after.
 
-pub mod client_io;
-pub mod metrics;
+mod admin;
+mod client_io;
+pub(crate) mod metrics;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::header::{HeaderValue, CONTENT_TYPE};
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -28,16 +26,17 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
-use crate::response::GatewayBody;
-use crate::downstream::client_io::{ClientIo, ConnState, SendLimits};
-use crate::response::error::GatewayError;
+use self::client_io::{ClientIo, ConnState, SendLimits};
+use crate::limits::connection::ClientConn;
 use crate::limits::slots::KeyedLimiter;
-use crate::request::ClientConn;
-use crate::services::connection::Gateway;
+use crate::request;
+use crate::response::error::GatewayError;
+use crate::response::GatewayBody;
+use crate::Gateway;
 
 /// Which surface a listener serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Surface {
+pub(crate) enum Surface {
     /// Client traffic routed to services.
     Public,
     /// Operator endpoints: budget, routes, metrics.
@@ -45,7 +44,7 @@ pub enum Surface {
 }
 
 /// Serves `listener` until `shutdown` fires, then drains for at most the grace period.
-pub async fn serve(
+pub(crate) async fn serve(
     gateway: Arc<Gateway>,
     listener: TcpListener,
     surface: Surface,
@@ -69,9 +68,10 @@ pub async fn serve(
             _ = shutdown.cancelled() => break,
         };
         let Some(permit) = per_ip.try_acquire(client.ip()) else {
-            gateway.metrics().error(&GatewayError::Overloaded(String::new()));
+            let refusal = GatewayError::Overloaded("too many connections from this address".into());
+            gateway.metrics().error(&refusal);
             tracing::info!(%client, "connection refused: too many connections from this address");
-            tokio::spawn(refuse_connection(stream));
+            tokio::spawn(refuse_connection(stream, refusal));
             continue;
         };
         let _ = stream.set_nodelay(true);
@@ -130,13 +130,8 @@ fn send_limits(gateway: &Gateway) -> SendLimits {
 }
 
 /// A connection over the per-IP limit gets a 503 it can read, then is closed.
-async fn refuse_connection(mut stream: tokio::net::TcpStream) {
-    let body = r#"{"error":"overloaded","detail":"too many connections from this address"}"#;
-    let response = format!(
-        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(response.as_bytes())).await;
+async fn refuse_connection(mut stream: TcpStream, refusal: GatewayError) {
+    let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(&refusal.to_http1())).await;
     let _ = stream.shutdown().await;
 }
 
@@ -150,12 +145,8 @@ fn answer_head_timeout(err: &(dyn std::error::Error + Send + Sync + 'static), st
     let Some(socket) = state.take_unanswered() else {
         return;
     };
-    let body = r#"{"error":"request_timeout","detail":"request head not received in time"}"#;
-    let response = format!(
-        "HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    let _ = socket.try_write(response.as_bytes());
+    let answer = GatewayError::RequestTimeout("request head not received in time".into());
+    let _ = socket.try_write(&answer.to_http1());
     let _ = socket2::SockRef::from(&socket).shutdown(std::net::Shutdown::Write);
     tracing::info!("request head timed out: answered 408");
 }
@@ -179,17 +170,17 @@ async fn handle(
 ) -> Result<Response<GatewayBody>, Infallible> {
     let client = conn.addr;
     if request.uri().path() == "/healthz" {
-        return Ok(json(StatusCode::OK, r#"{"status":"ok"}"#.into()));
+        return Ok(admin::json(StatusCode::OK, r#"{"status":"ok"}"#.into()));
     }
     if surface == Surface::Admin {
-        return Ok(admin(&gateway, &request));
+        return Ok(admin::answer(&gateway, &request));
     }
     gateway.metrics().request();
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
     // Boxed: hyper keeps room for this future in every connection, idle or not, so the
-    // pipeline's large state machine is allocated per request instead.
-    match Box::pin(crate::request::handle(&gateway, request, &conn)).await {
+    // phases' large state machine is allocated per request instead.
+    match Box::pin(request::handle(gateway.phases(), request, &conn)).await {
         Ok(response) => Ok(response),
         Err(err) => {
             gateway.metrics().error(&err);
@@ -206,49 +197,4 @@ fn log_error(err: &GatewayError, method: &Method, path: &str, client: SocketAddr
     } else {
         tracing::info!(%client, %method, %path, status, error = %err, "request refused");
     }
-}
-
-fn admin(gateway: &Gateway, request: &Request<Incoming>) -> Response<GatewayBody> {
-    let path = request.uri().path();
-    if let Some(id) = path.strip_prefix("/requests/") {
-        return cancel_request(gateway, request.method(), id);
-    }
-    if request.method() != Method::GET {
-        return GatewayError::MethodNotAllowed { allow: vec!["GET".into()] }.into_response();
-    }
-    match path {
-        "/budget" => json(StatusCode::OK, serde_json::to_string(&gateway.budget().counters()).unwrap_or_default()),
-        "/routes" => json(StatusCode::OK, serde_json::to_string(&gateway.routing().snapshot()).unwrap_or_default()),
-        "/requests" => json(StatusCode::OK, serde_json::to_string(&gateway.registry().list()).unwrap_or_default()),
-        "/metrics" => {
-            let text = gateway.metrics().render(&gateway.budget().counters(), gateway.service_connections());
-            let mut response = Response::new(GatewayBody::full(Bytes::from(text)));
-            response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
-            response
-        }
-        _ => GatewayError::NotFound.into_response(),
-    }
-}
-
-/// `DELETE /requests/{id}`: cancels a registered request (204), or 404.
-fn cancel_request(gateway: &Gateway, method: &Method, id: &str) -> Response<GatewayBody> {
-    if method != Method::DELETE {
-        return GatewayError::MethodNotAllowed { allow: vec!["DELETE".into()] }.into_response();
-    }
-    match id.parse::<u64>() {
-        Ok(id) if gateway.registry().cancel(id) => {
-            tracing::info!(id, "request cancelled from the admin endpoint");
-            let mut response = Response::new(GatewayBody::empty());
-            *response.status_mut() = StatusCode::NO_CONTENT;
-            response
-        }
-        _ => GatewayError::NotFound.into_response(),
-    }
-}
-
-fn json(status: StatusCode, body: String) -> Response<GatewayBody> {
-    let mut response = Response::new(GatewayBody::full(Bytes::from(body)));
-    *response.status_mut() = status;
-    response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    response
 }

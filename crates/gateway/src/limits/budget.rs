@@ -1,13 +1,13 @@
 //! The payload budget: every request-body byte the gateway holds is reserved here first.
 //!
-//! Three limits from seed 002 apply at once: per call, per service connection, and for
+//! Three limits (`[limits]` in `docs/configuration.md`) apply at once: per call, per service connection, and for
 //! the whole gateway. A [`Reservation`] belongs to one request on one connection; it grows
 //! as bytes are read and is released when dropped, so no exit path (error, timeout,
 //! client disconnect, panic unwinding) can leak bytes. All three counters change under
 //! one lock, so a reservation is all-or-nothing and the counters never go below zero.
 //!
 //! Streaming requests reserve their whole flow-control window at admission (see
-//! `dispatch`): they fail fast with 503 instead of being cut off mid-transfer.
+//! [`crate::upstream`]): they fail fast with 503 instead of being cut off mid-transfer.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -16,26 +16,8 @@ use serde::Serialize;
 use thiserror::Error;
 use tokio::sync::Notify;
 
-/// Seed 002's `PayloadLimits`, in bytes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PayloadLimits {
-    /// In-flight bytes of one request.
-    pub max_request_bytes_per_call: u64,
-    /// In-flight bytes of all requests to one service connection.
-    pub max_request_bytes_per_connection: u64,
-    /// In-flight bytes across the whole gateway.
-    pub max_aggregate_inflight_bytes: u64,
-}
-
-impl Default for PayloadLimits {
-    fn default() -> Self {
-        PayloadLimits {
-            max_request_bytes_per_call: 1024 * 1024,
-            max_request_bytes_per_connection: 16 * 1024 * 1024,
-            max_aggregate_inflight_bytes: 256 * 1024 * 1024,
-        }
-    }
-}
+use super::lock;
+use crate::config::PayloadLimits;
 
 /// Which limit a reservation would have crossed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
@@ -79,23 +61,19 @@ pub struct PayloadBudget {
 
 impl PayloadBudget {
     /// A budget enforcing `limits`.
-    pub fn new(limits: PayloadLimits) -> Arc<Self> {
+    pub(crate) fn new(limits: PayloadLimits) -> Arc<Self> {
         Arc::new(PayloadBudget { limits, counters: Mutex::new(Counters::default()), idle: Notify::new() })
-    }
-
-    /// The limits this budget enforces.
-    pub fn limits(&self) -> PayloadLimits {
-        self.limits
     }
 
     /// Opens an empty reservation for request traffic on `connection`, held to the
     /// budget's per-call limit.
-    pub fn open(self: &Arc<Self>, connection: u64) -> Reservation {
+    #[cfg(test)]
+    pub(crate) fn open(self: &Arc<Self>, connection: u64) -> Reservation {
         self.open_with_call_limit(connection, self.limits.max_request_bytes_per_call)
     }
 
     /// Like [`PayloadBudget::open`] with another per-call limit (a mount's override).
-    pub fn open_with_call_limit(self: &Arc<Self>, connection: u64, per_call: u64) -> Reservation {
+    pub(crate) fn open_with_call_limit(self: &Arc<Self>, connection: u64, per_call: u64) -> Reservation {
         self.lock().reservations += 1;
         Reservation { budget: Arc::clone(self), connection, bytes: 0, per_call }
     }
@@ -132,7 +110,7 @@ impl PayloadBudget {
     fn lock(&self) -> MutexGuard<'_, Counters> {
         // A poisoned lock only means another thread panicked between two plain integer
         // updates, which leave the counters consistent; keep serving.
-        self.counters.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        lock(&self.counters)
     }
 
     fn grow(&self, connection: u64, held: u64, bytes: u64, per_call: u64) -> Result<(), BudgetExceeded> {
@@ -169,7 +147,7 @@ impl PayloadBudget {
 
 /// Bytes held by one request. Dropping it releases them.
 #[derive(Debug)]
-pub struct Reservation {
+pub(crate) struct Reservation {
     budget: Arc<PayloadBudget>,
     connection: u64,
     bytes: u64,
@@ -179,21 +157,23 @@ pub struct Reservation {
 
 impl Reservation {
     /// Reserves `bytes` more, or nothing if any limit would be crossed.
-    pub fn try_grow(&mut self, bytes: u64) -> Result<(), BudgetExceeded> {
+    pub(crate) fn try_grow(&mut self, bytes: u64) -> Result<(), BudgetExceeded> {
         self.budget.grow(self.connection, self.bytes, bytes, self.per_call)?;
         self.bytes += bytes;
         Ok(())
     }
 
+    #[cfg(test)]
     /// Releases `bytes` (at most what is held) while keeping the reservation open.
-    pub fn release(&mut self, bytes: u64) {
+    pub(crate) fn release(&mut self, bytes: u64) {
         let bytes = bytes.min(self.bytes);
         self.budget.shrink(self.connection, bytes);
         self.bytes -= bytes;
     }
 
+    #[cfg(test)]
     /// Bytes currently held.
-    pub fn bytes(&self) -> u64 {
+    pub(crate) fn bytes(&self) -> u64 {
         self.bytes
     }
 }

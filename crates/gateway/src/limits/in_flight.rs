@@ -1,4 +1,4 @@
-//! The request registry of business mounts (seed 000's `RequestRegistry`): every request
+//! The request registry of business mounts: every request
 //! in flight, listed at the admin endpoint (`GET /requests`) with its route, client,
 //! start and bytes in and out, and cancellable from there (`DELETE /requests/{id}`).
 //!
@@ -11,12 +11,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
+use super::lock;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 /// Byte counters a request updates as it goes.
 #[derive(Debug, Default)]
-pub struct Traffic {
+pub(crate) struct Traffic {
     pub bytes_in: AtomicU64,
     pub bytes_out: AtomicU64,
 }
@@ -56,7 +57,7 @@ pub struct RequestRegistry {
 
 /// A request's place in the registry; dropping it removes the entry.
 #[derive(Debug)]
-pub struct Registered {
+pub(crate) struct Registered {
     registry: Arc<RequestRegistry>,
     id: u64,
     pub traffic: Arc<Traffic>,
@@ -66,7 +67,7 @@ pub struct Registered {
 
 impl RequestRegistry {
     /// Registers a request.
-    pub fn begin(self: &Arc<Self>, method: &str, path: &str, route: &str, client: SocketAddr) -> Registered {
+    pub(crate) fn begin(self: &Arc<Self>, method: &str, path: &str, route: &str, client: SocketAddr) -> Registered {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
         let traffic = Arc::new(Traffic::default());
         let cancel = CancellationToken::new();
@@ -107,7 +108,7 @@ impl RequestRegistry {
     }
 
     /// Cancels request `id`; false if it is not in flight.
-    pub fn cancel(&self, id: u64) -> bool {
+    pub(crate) fn cancel(&self, id: u64) -> bool {
         match self.lock().get(&id) {
             Some(entry) => {
                 entry.cancel.cancel();
@@ -119,13 +120,14 @@ impl RequestRegistry {
 
     fn lock(&self) -> MutexGuard<'_, HashMap<u64, Entry>> {
         // Inserts and removals only: a poisoned map is still a valid map.
-        self.entries.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.entries)
     }
 }
 
 impl Registered {
+    #[cfg(test)]
     /// The request's registry id.
-    pub fn id(&self) -> u64 {
+    pub(crate) fn id(&self) -> u64 {
         self.id
     }
 }

@@ -1,33 +1,34 @@
 //! Counting limits on concurrent things per key: client connections per IP address,
 //! WebSockets per user. A [`Permit`] holds one slot and frees it when dropped, so no
-//! exit path can leak a slot (the seed's `ConnectionLimiter`, made leak-proof).
+//! exit path can leak a slot, however a connection or a WebSocket ends.
 
+use super::lock;
 use std::collections::HashMap;
 use std::hash::Hash;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 /// At most `max` concurrent holders per key.
 #[derive(Debug)]
-pub struct KeyedLimiter<K: Hash + Eq + Clone> {
+pub(crate) struct KeyedLimiter<K: Hash + Eq + Clone> {
     max: u32,
     counts: Mutex<HashMap<K, u32>>,
 }
 
 /// One slot of a [`KeyedLimiter`], released on drop.
 #[derive(Debug)]
-pub struct Permit<K: Hash + Eq + Clone> {
+pub(crate) struct Permit<K: Hash + Eq + Clone> {
     limiter: Arc<KeyedLimiter<K>>,
     key: K,
 }
 
 impl<K: Hash + Eq + Clone> KeyedLimiter<K> {
     /// A limiter allowing `max` holders per key.
-    pub fn new(max: u32) -> Arc<Self> {
+    pub(crate) fn new(max: u32) -> Arc<Self> {
         Arc::new(KeyedLimiter { max, counts: Mutex::new(HashMap::new()) })
     }
 
     /// A slot for `key`, or `None` when it already has `max`.
-    pub fn try_acquire(self: &Arc<Self>, key: K) -> Option<Permit<K>> {
+    pub(crate) fn try_acquire(self: &Arc<Self>, key: K) -> Option<Permit<K>> {
         let mut counts = self.lock();
         let count = counts.entry(key.clone()).or_insert(0);
         if *count >= self.max {
@@ -38,13 +39,13 @@ impl<K: Hash + Eq + Clone> KeyedLimiter<K> {
     }
 
     /// Current holders of `key`.
-    pub fn count(&self, key: &K) -> u32 {
+    pub(crate) fn count(&self, key: &K) -> u32 {
         self.lock().get(key).copied().unwrap_or(0)
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<K, u32>> {
         // Plain counters: a poisoned map is still consistent.
-        self.counts.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.counts)
     }
 }
 

@@ -10,10 +10,10 @@
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use super::BodyError;
 use bytes::{Bytes, BytesMut};
 use tokio::fs::File;
 use tokio::io::{AsyncRead, ReadBuf};
-use weir_transport::StreamError;
 
 /// The next `remaining` bytes of an open file, positioned where they start.
 #[derive(Debug)]
@@ -38,7 +38,7 @@ impl FileBody {
     }
 
     /// The next chunk, `None` at the end.
-    pub(crate) fn poll_chunk(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, StreamError>>> {
+    pub(crate) fn poll_chunk(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, BodyError>>> {
         if self.remaining == 0 {
             return Poll::Ready(None);
         }
@@ -53,14 +53,14 @@ impl FileBody {
             Poll::Ready(Err(err)) => {
                 tracing::warn!(error = %err, "static file read failed mid-response");
                 self.remaining = 0;
-                Poll::Ready(Some(Err(StreamError::Failed("the file could not be read".into()))))
+                Poll::Ready(Some(Err(BodyError::FileUnreadable)))
             }
             Poll::Ready(Ok(())) => {
                 let read = read_buf.filled().len();
                 if read == 0 {
                     tracing::warn!(missing = self.remaining, "static file shrank while it was sent");
                     self.remaining = 0;
-                    return Poll::Ready(Some(Err(StreamError::Failed("the file shrank while it was sent".into()))));
+                    return Poll::Ready(Some(Err(BodyError::FileShrank)));
                 }
                 let mut chunk = std::mem::take(&mut self.buf);
                 chunk.truncate(read);

@@ -1,5 +1,5 @@
 //! The response body the gateway gives hyper: bytes it already has, a service's streamed
-//! body relayed chunk by chunk, or a static file read chunk by chunk (`file_body.rs`).
+//! body relayed chunk by chunk, or a static file read chunk by chunk ([`file`]).
 //!
 //! A relayed body owns its stream: taking a chunk grants the service credit for it (so a
 //! slow client slows the service, and at most one window is buffered), reaching the
@@ -17,19 +17,40 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
+use thiserror::Error;
 use tokio::time::Sleep;
 use tokio_util::sync::WaitForCancellationFutureOwned;
 use weir_proto::CancelReason;
 use weir_transport::{DataReceiver, StreamError, StreamHandle};
 
-use crate::response::file::FileBody;
-use crate::limits::in_flight::Registered;
-use crate::routing::InFlightGuard;
 use crate::limits::bandwidth::Shaper;
+use crate::limits::in_flight::Registered;
+use crate::response::file::FileBody;
+use crate::routing::InFlightGuard;
+
+/// Why a response body ended before its end; hyper then aborts the response.
+#[derive(Debug, Error)]
+pub(crate) enum BodyError {
+    /// The service's stream failed or was cancelled mid-body.
+    #[error("the service's response body failed: {0}")]
+    Service(#[source] StreamError),
+    /// The whole download took longer than the mount's `download_timeout`.
+    #[error("the download took longer than its timeout")]
+    DownloadTimeout,
+    /// An operator cancelled the request from the admin surface.
+    #[error("the request was cancelled by an operator")]
+    CancelledByOperator,
+    /// A static file could not be read.
+    #[error("the file could not be read")]
+    FileUnreadable,
+    /// A static file shrank while it was sent.
+    #[error("the file shrank while it was sent")]
+    FileShrank,
+}
 
 /// hyper's view of a response body from the gateway.
 #[derive(Debug)]
-pub struct GatewayBody {
+pub(crate) struct GatewayBody {
     kind: Kind,
 }
 
@@ -72,12 +93,12 @@ pub(crate) struct RelayLimits {
 
 impl GatewayBody {
     /// A body of known bytes.
-    pub fn full(bytes: Bytes) -> Self {
+    pub(crate) fn full(bytes: Bytes) -> Self {
         GatewayBody { kind: Kind::Full((!bytes.is_empty()).then_some(bytes)) }
     }
 
     /// An empty body.
-    pub fn empty() -> Self {
+    pub(crate) fn empty() -> Self {
         GatewayBody { kind: Kind::Full(None) }
     }
 
@@ -111,9 +132,9 @@ impl GatewayBody {
 
 impl Body for GatewayBody {
     type Data = Bytes;
-    type Error = StreamError;
+    type Error = BodyError;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, StreamError>>> {
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         match &mut self.get_mut().kind {
             Kind::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
             Kind::Relay(relay) => relay.poll_chunk(cx),
@@ -140,18 +161,18 @@ impl Body for GatewayBody {
 }
 
 impl Relay {
-    fn poll_chunk(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, StreamError>>> {
+    fn poll_chunk(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         if self.handle.is_none() {
             return Poll::Ready(None);
         }
         if self.deadline.as_mut().poll(cx).is_ready() {
             tracing::info!("download timeout: closing the response");
             self.finish(Some(CancelReason::Timeout));
-            return Poll::Ready(Some(Err(StreamError::Cancelled(CancelReason::Timeout))));
+            return Poll::Ready(Some(Err(BodyError::DownloadTimeout)));
         }
         if self.operator_cancel.as_mut().is_some_and(|c| c.as_mut().poll(cx).is_ready()) {
             self.finish(Some(CancelReason::Administrative));
-            return Poll::Ready(Some(Err(StreamError::Cancelled(CancelReason::Administrative))));
+            return Poll::Ready(Some(Err(BodyError::CancelledByOperator)));
         }
         if let Some((_, wait)) = &mut self.delayed {
             ready!(wait.as_mut().poll(cx));
@@ -173,13 +194,13 @@ impl Relay {
             Poll::Ready(Some(Err(err))) => {
                 tracing::warn!(error = %err, "service response body failed mid-stream");
                 self.finish(Some(CancelReason::HandlerFailed));
-                Poll::Ready(Some(Err(err)))
+                Poll::Ready(Some(Err(BodyError::Service(err))))
             }
         }
     }
 
     /// Hands `chunk` on now, or parks it until the shaper's schedule allows.
-    fn pace(&mut self, chunk: Bytes, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, StreamError>>> {
+    fn pace(&mut self, chunk: Bytes, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let Some(shaper) = &self.shaper else { return Poll::Ready(Some(Ok(Frame::data(chunk)))) };
         let at = shaper.schedule(chunk.len());
         if at <= tokio::time::Instant::now() {
@@ -200,5 +221,37 @@ impl Relay {
         self.in_flight = None;
         self.registered = None;
         self.operator_cancel = None;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use http_body_util::BodyExt;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_full_body_is_one_frame_of_its_exact_size() {
+        let body = GatewayBody::full(Bytes::from_static(b"hello"));
+        assert_eq!(body.size_hint().exact(), Some(5));
+        assert!(!body.is_end_stream());
+        assert_eq!(body.collect().await.unwrap().to_bytes(), "hello");
+    }
+
+    #[tokio::test]
+    async fn an_empty_body_has_ended_before_its_first_poll() {
+        for body in [GatewayBody::empty(), GatewayBody::full(Bytes::new())] {
+            assert!(body.is_end_stream());
+            assert_eq!(body.size_hint().exact(), Some(0));
+            assert!(body.collect().await.unwrap().to_bytes().is_empty());
+        }
+    }
+
+    #[test]
+    fn body_errors_say_what_ended_the_body() {
+        assert_eq!(BodyError::DownloadTimeout.to_string(), "the download took longer than its timeout");
+        let service = BodyError::Service(StreamError::Cancelled(CancelReason::Timeout));
+        assert!(service.to_string().starts_with("the service's response body failed"), "{service}");
+        assert!(std::error::Error::source(&service).is_some());
     }
 }

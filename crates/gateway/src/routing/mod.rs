@@ -82,9 +82,9 @@
 
 mod error;
 mod instance;
-mod state;
 mod select;
 mod snapshot;
+mod state;
 mod template;
 
 #[cfg(test)]
@@ -92,7 +92,7 @@ mod tests;
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
@@ -101,12 +101,14 @@ use serde::Serialize;
 use weir_proto::{EndpointDescriptor, Heartbeat, Hello};
 
 use crate::config::RoutingConfig;
+use crate::limits::lock;
 
 pub use error::{RegistrationError, RouteError};
-pub use instance::{InFlightGuard, Instance, InstanceHealth, InstanceIdentity};
+pub use instance::{InFlightGuard, Instance, InstanceHealth};
+pub(crate) use template::under_prefix;
 
-use state::State;
 use snapshot::{EndpointRoutes, Snapshot};
+use state::State;
 
 /// Where one request goes.
 pub struct RoutingDecision<L> {
@@ -334,7 +336,7 @@ impl<L: Clone + Send + Sync + 'static> RoutingTable<L> {
     fn lock_state(&self) -> MutexGuard<'_, State<L>> {
         // A panic while the lock was held cannot leave the state half-changed: checks run
         // before any change and the changes themselves cannot fail.
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+        lock(&self.state)
     }
 
     fn publish(&self, state: &mut State<L>) {

@@ -27,10 +27,11 @@ use thiserror::Error;
 use weir_proto::{EndpointDescriptor, Hello};
 
 use crate::config::ServicesConfig;
+use crate::routing::under_prefix;
 
 /// How much the transport vouches for a service connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PeerTrust {
+pub(crate) enum PeerTrust {
     /// In-memory: a service in the gateway's own process; trusted.
     Embedded,
     /// TCP or TLS: must prove who it is when credentials are configured.
@@ -42,7 +43,7 @@ pub enum PeerTrust {
 
 /// The other end of a service connection, as far as the transport knows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ServicePeer {
+pub(crate) struct ServicePeer {
     /// For logs: `in-memory`, `tcp://ADDR` or `tls://ADDR`.
     pub addr: String,
     pub trust: PeerTrust,
@@ -50,12 +51,12 @@ pub struct ServicePeer {
 
 impl ServicePeer {
     /// A service in the gateway's process.
-    pub fn embedded() -> Self {
+    pub(crate) fn embedded() -> Self {
         ServicePeer { addr: "in-memory".to_owned(), trust: PeerTrust::Embedded }
     }
 
     /// A service over the network, with its mTLS identity if it presented a certificate.
-    pub fn network(addr: impl Into<String>, identity: Option<String>) -> Self {
+    pub(crate) fn network(addr: impl Into<String>, identity: Option<String>) -> Self {
         ServicePeer { addr: addr.into(), trust: PeerTrust::Network { identity } }
     }
 }
@@ -69,7 +70,7 @@ impl fmt::Display for ServicePeer {
 /// Why a Hello was not authenticated; the message goes to the service and the log, and
 /// never contains a token.
 #[derive(Debug, Clone, Error, PartialEq, Eq)]
-pub enum AuthError {
+pub(crate) enum AuthError {
     #[error("service `{0}` has no credentials at this gateway")]
     UnknownService(String),
     #[error("service `{service}` did not prove its identity: wrong or missing token{}", identity_note(.identity))]
@@ -86,7 +87,7 @@ fn identity_note(identity: &Option<String>) -> String {
 /// A path outside what the service may register.
 #[derive(Debug, Clone, Error, PartialEq, Eq)]
 #[error("path `{path}` is outside the prefixes allowed for service `{service}` ({allowed})")]
-pub struct PathRefused {
+pub(crate) struct PathRefused {
     pub service: String,
     pub path: String,
     pub allowed: String,
@@ -94,7 +95,7 @@ pub struct PathRefused {
 
 /// What an authenticated service may register.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Grant {
+pub(crate) enum Grant {
     /// Any path: embedded services, and every service in the open mode.
     Any,
     /// Only templates under these prefixes.
@@ -103,7 +104,7 @@ pub enum Grant {
 
 impl Grant {
     /// Whether `path` (a template) lies under the grant, segment by segment.
-    pub fn allows(&self, path: &str) -> bool {
+    pub(crate) fn allows(&self, path: &str) -> bool {
         match self {
             Grant::Any => true,
             Grant::Prefixes(prefixes) => prefixes.iter().any(|prefix| under_prefix(prefix, path)),
@@ -111,7 +112,7 @@ impl Grant {
     }
 
     /// The first endpoint of `service` whose path the grant does not allow, as an error.
-    pub fn check(&self, service: &str, endpoints: &[EndpointDescriptor]) -> Result<(), PathRefused> {
+    pub(crate) fn check(&self, service: &str, endpoints: &[EndpointDescriptor]) -> Result<(), PathRefused> {
         let Some(endpoint) = endpoints.iter().find(|e| !self.allows(&e.path)) else {
             return Ok(());
         };
@@ -123,15 +124,6 @@ impl Grant {
     }
 }
 
-/// `/api` (or `/api/`) allows `/api` and `/api/...`; `/` allows every path.
-fn under_prefix(prefix: &str, path: &str) -> bool {
-    let prefix = prefix.trim_end_matches('/');
-    match path.strip_prefix(prefix) {
-        Some(rest) => rest.is_empty() || rest.starts_with('/'),
-        None => false,
-    }
-}
-
 /// One credential entry, its token kept only as a digest.
 struct Entry {
     service: String,
@@ -140,7 +132,7 @@ struct Entry {
 }
 
 /// The credentials of `[services]`, ready to check Hellos against.
-pub struct ServiceAuth {
+pub(crate) struct ServiceAuth {
     entries: Vec<Entry>,
 }
 
@@ -156,7 +148,7 @@ fn digest(token: &str) -> [u8; 32] {
 
 impl ServiceAuth {
     /// From the configured credentials.
-    pub fn new(config: &ServicesConfig) -> Self {
+    pub(crate) fn new(config: &ServicesConfig) -> Self {
         let entries = config
             .credentials
             .iter()
@@ -170,12 +162,12 @@ impl ServiceAuth {
     }
 
     /// Whether no credentials are configured: network services need no proof.
-    pub fn is_open(&self) -> bool {
+    pub(crate) fn is_open(&self) -> bool {
         self.entries.is_empty()
     }
 
     /// Checks who `hello` says it is against what `trust` vouches for.
-    pub fn authenticate(&self, hello: &Hello, trust: &PeerTrust) -> Result<Grant, AuthError> {
+    pub(crate) fn authenticate(&self, hello: &Hello, trust: &PeerTrust) -> Result<Grant, AuthError> {
         let identity = match trust {
             PeerTrust::Embedded => return Ok(Grant::Any),
             _ if self.is_open() => return Ok(Grant::Any),

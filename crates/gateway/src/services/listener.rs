@@ -15,8 +15,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use weir_transport::tls::{self, TlsAcceptor};
 
-use crate::services::connection::Gateway;
-use crate::services::auth::ServicePeer;
+use super::auth::ServicePeer;
+use crate::Gateway;
 
 /// Pause after a failed accept, so a persistent error (EMFILE) does not spin.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
@@ -33,7 +33,7 @@ impl Gateway {
     ) {
         let scheme = if tls.is_some() { "tls" } else { "tcp" };
         let local = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
-        if self.service_auth().is_open() {
+        if self.service_auth.is_open() {
             tracing::warn!(
                 listen = %local,
                 "no [[services.credentials]] configured: any service that can reach the service listener may register any path"

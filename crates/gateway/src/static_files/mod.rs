@@ -1,5 +1,5 @@
 //! The static profile: files from a mount's `root` directory, answered by the gateway
-//! itself (no service involved). Called by the pipeline for every request on a static
+//! itself (no service involved). Called by the request phases for every request on a static
 //! mount.
 //!
 //! A request path maps to a file as: the path minus the mount prefix, split on `/`,
@@ -20,15 +20,13 @@
 //! - **Headers**: `Content-Length`, `Content-Type` (guessed from the extension, else
 //!   `application/octet-stream`), `Last-Modified`, a strong `ETag`, `Accept-Ranges:
 //!   bytes` and `Content-Disposition: inline; filename="<name>"` (inline: a static file
-//!   is shown, not forced into a download; the name is there because issue 5 asks every
-//!   file response to carry the header).
+//!   is shown, not forced into a download; the name is there so that a client saving
+//!   the response keeps the file's name, as for every file response of the SDK).
 //! - **Conditional requests and ranges** follow [`weir_proto::http_file`], shared with the
 //!   SDK: 304, 412, a single range as 206, 416 with `Content-Range: bytes */len`, several
 //!   ranges as the full 200.
 //! - **Body**: read with async reads in `chunk_size` pieces (`file_body.rs`); never the
 //!   whole file in memory. Bandwidth and timeouts are applied elsewhere, not here.
-
-
 
 use std::path::{Component, Path, PathBuf};
 use std::time::SystemTime;
@@ -44,14 +42,14 @@ use tokio::fs::{self, File};
 use tokio::io::AsyncSeekExt;
 use weir_proto::http_file::{self, Answer, ByteRange, Conditions, Disposition, Validators};
 
-use crate::response::GatewayBody;
+use crate::config::MountConfig;
 use crate::response::error::GatewayError;
 use crate::response::file::FileBody;
-use crate::request::mount::Mount;
+use crate::response::GatewayBody;
 
 /// Why a request path cannot name a file under the root.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
-pub enum PathError {
+pub(crate) enum PathError {
     #[error("a path segment is `..`")]
     ParentSegment,
     #[error("a path segment holds a separator or NUL")]
@@ -63,21 +61,24 @@ pub enum PathError {
 }
 
 /// Serves the file the request names under the mount's root.
-pub async fn serve(mount: &Mount, request: &Request<Incoming>) -> Result<Response<GatewayBody>, GatewayError> {
+pub(crate) async fn serve(
+    mount: &MountConfig,
+    request: &Request<Incoming>,
+) -> Result<Response<GatewayBody>, GatewayError> {
     if !matches!(*request.method(), Method::GET | Method::HEAD) {
         return Err(GatewayError::MethodNotAllowed { allow: vec!["GET".into(), "HEAD".into()] });
     }
-    let root = mount.config.root.as_deref().ok_or(GatewayError::NotFound)?;
-    let relative = relative_path(&mount.config.prefix, request.uri().path()).map_err(|err| {
+    let root = mount.root.as_deref().ok_or(GatewayError::NotFound)?;
+    let relative = relative_path(&mount.prefix, request.uri().path()).map_err(|err| {
         tracing::info!(path = request.uri().path(), error = %err, "static path refused");
         GatewayError::BadRequest(err.to_string())
     })?;
     let found = locate(root, &relative).await?;
-    respond(found, request, mount.config.settings.chunk_size).await
+    respond(found, request, mount.settings.chunk_size).await
 }
 
 /// The request path below the mount `prefix`, as a relative path of plain names.
-pub fn relative_path(prefix: &str, path: &str) -> Result<PathBuf, PathError> {
+pub(crate) fn relative_path(prefix: &str, path: &str) -> Result<PathBuf, PathError> {
     let rest = if prefix == "/" { path } else { path.strip_prefix(prefix).unwrap_or("") };
     let mut relative = PathBuf::new();
     for raw in rest.split('/') {

@@ -1,125 +1,69 @@
-//! Dispatch: one client request's life, in named phases.
+//! The HTTP exchange with a service, the last phase of [`crate::request`]'s list.
 //!
-//! 1. **route** — the routing table turns (method, path, version) into a
-//!    [`RoutingDecision`]: endpoint, instance, effective timeout. Separate from dispatch
-//!    (seed 002 §3).
-//! 2. **admit** — the body policy: over `max_upload_size` or the endpoint's declared
-//!    maximum → 413 before any body byte is read; buffered or streaming is decided exactly
-//!    as seed 002 §3 says (the endpoint supports streaming, and the length is unknown or
-//!    above the per-call limit); a buffered body over the per-call limit → 413 at once.
-//! 3. **forward** — buffered: read the body under the budget (413 the moment it crosses
-//!    the per-call limit, 503 if the connection or aggregate budget is exhausted), then
-//!    send it inline. Streaming: reserve the stream's whole window in the budget at
-//!    admission (503 at once if it does not fit: a transfer is never cut halfway for
-//!    budget), then a pump task copies chunks to the service as credit allows.
-//! 4. **await** — the response head, within the effective timeout (504 and Cancel(Timeout)
-//!    after it); a failure of the pump first (408 slow body, 413 upload size) wins.
-//! 5. **respond** — status, headers and a body that is either inline or relayed.
-//!
-//! Every reservation is an RAII value owned by the phase that needs it, so every exit
-//! path releases it; every stream is owned by a [`weir_transport::StreamHandle`] that
-//! cancels it unless completed, so a dropped request future (client gone) sends Cancel.
+//! The body plan comes first, before any body byte is read: over `max_upload_size` or the
+//! endpoint's declared maximum is 413; the body is streamed when the endpoint supports
+//! streaming and its length is unknown or above the per-call limit, else buffered (a
+//! buffered body declared over the per-call limit is 413 at once). A buffered body is
+//! read under the budget (413 the moment it crosses the per-call limit, 503 if the
+//! connection or aggregate budget is exhausted) and sent inline. A streamed body first
+//! reserves the stream's whole window (503 at once if it does not fit), then a [`Pump`]
+//! task copies chunks as credit allows. The answer is awaited and relayed by the helpers
+//! of [`crate::upstream`] shared with the WebSocket relay.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use http::header::{HeaderName, HeaderValue, CONTENT_LENGTH};
-use http::{HeaderMap, Request, Response, StatusCode};
-use http_body::Body as _;
+use http::{Request, Response};
 use hyper::body::Incoming;
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
-use weir_proto::{BodyMode, CancelReason, Headers, RequestHead};
-use weir_transport::{DataSender, IncomingResponse, Link, OutgoingCall, StreamError};
+use weir_proto::{BodyMode, CancelReason, EndpointDescriptor, RequestHead};
+use weir_transport::{DataSender, Link, StreamError};
 
-use crate::request::authenticate::Identity;
-use crate::response::{GatewayBody, RelayLimits};
-use crate::limits::budget::{BudgetExceeded, Reservation};
-use crate::response::error::GatewayError;
-use crate::request::mount::Mount;
-use crate::request::Admitted;
-use crate::limits::in_flight::Traffic;
-use crate::upstream::request_body::{ClientBody, ReadPolicy};
-use crate::routing::{InFlightGuard, RouteError, RoutingDecision};
-use crate::services::connection::Gateway;
+use super::request_body::{ClientBody, ReadPolicy};
+use super::{await_response, budget_error, request_head, respond, upstream_error, Admitted, Forwarded, Upstream};
+use crate::config::MountSettings;
 use crate::limits::bandwidth::Shaper;
-
-/// Headers that describe one hop, never forwarded (RFC 9110 §7.6.1).
-const HOP_BY_HOP: [&str; 8] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-];
-
-/// Headers a client may not set: the gateway states the caller's identity in them.
-const IDENTITY_PREFIX: &str = "x-weir-";
-/// The authenticated subject, forwarded to the service (absent for anonymous callers).
-pub const SUBJECT_HEADER: &str = "x-weir-subject";
-/// The authenticated claims, forwarded to the service with the subject: a JSON array of
-/// `{"type": .., "value": ..}` objects, so that a type may repeat (`docs/protocol.md`,
-/// "Identity headers").
-pub const CLAIMS_HEADER: &str = "x-weir-claims";
+use crate::limits::body_size::{check_declared_length, content_length};
+use crate::limits::budget::Reservation;
+use crate::limits::in_flight::Traffic;
+use crate::response::error::GatewayError;
+use crate::response::{GatewayBody, RelayLimits};
+use crate::routing::RoutingDecision;
 
 /// Answers one client request by way of a service.
 pub(crate) async fn dispatch(
-    gateway: &Gateway,
-    admitted: Admitted,
+    upstream: Upstream<'_>,
+    admitted: Admitted<'_>,
     request: Request<Incoming>,
 ) -> Result<Response<GatewayBody>, GatewayError> {
-    let Admitted { decision, client, mount, identity, shaper, registered, conn: _ } = admitted;
-    let in_flight = decision.instance.begin_call();
-    let plan = admit(gateway, &mount, &decision, &request)?;
+    let in_flight = admitted.decision.instance.begin_call();
+    let plan = plan_body(&upstream, admitted.settings, &admitted.decision.endpoint, &request)?;
     let (parts, body) = request.into_parts();
-    let traffic = registered.as_ref().map(|r| Arc::clone(&r.traffic));
-    let body = ClientBody::new(body, read_policy(gateway, &mount, shaper.clone(), traffic));
-    let head = request_head(&parts, &decision, client, &identity, plan.mode);
-    let target = Target { link: &decision.instance.link, conn_id: decision.instance.conn_id };
+    let traffic = admitted.registered.as_ref().map(|r| Arc::clone(&r.traffic));
+    let policy = read_policy(&upstream, admitted.settings, admitted.shaper.clone(), traffic);
+    let body = ClientBody::new(body, policy);
+    let head = request_head(&parts, &admitted, plan.mode);
     let forwarded = match plan.mode {
-        BodyMode::Buffered => forward_buffered(gateway, target, head, body, &plan).await?,
-        BodyMode::Streamed => forward_streamed(gateway, target, head, body, &plan).await?,
+        BodyMode::Buffered => forward_buffered(&upstream, &admitted.decision, head, body, &plan).await?,
+        BodyMode::Streamed => forward_streamed(&upstream, &admitted.decision, head, body, &plan).await?,
     };
+    let Admitted { settings, decision, shaper, registered, .. } = admitted;
     let operator = registered.as_ref().map(|r| r.cancel.clone());
     let response = await_response(forwarded, decision.effective_timeout, operator).await?;
-    let limits = RelayLimits { shaper, download_timeout: mount.config.settings.download_timeout, registered };
+    let limits = RelayLimits { shaper, download_timeout: settings.download_timeout, registered };
     respond(response, in_flight, limits)
-}
-
-/// The routing decision (a phase of its own, run by the pipeline before dispatch).
-pub(crate) fn route(gateway: &Gateway, request: &Request<Incoming>) -> Result<RoutingDecision<Link>, GatewayError> {
-    let version = match request.headers().get(&gateway.config().routing.version_header) {
-        None => None,
-        Some(value) => {
-            Some(value.to_str().map_err(|_| GatewayError::BadRequest("version header is not ASCII".into()))?)
-        }
-    };
-    gateway.routing().route(request.method().as_str(), request.uri().path(), version).map_err(|err| match err {
-        RouteError::NotFound => GatewayError::NotFound,
-        RouteError::MethodNotAllowed { allow } => GatewayError::MethodNotAllowed { allow },
-        RouteError::NoHealthyInstance { detail } => GatewayError::NoHealthyInstance(detail),
-        RouteError::InvalidVersion { value } => {
-            GatewayError::BadRequest(format!("version {value:?} is not a semantic version"))
-        }
-    })
 }
 
 /// The slow-sender bounds for this request's body.
 fn read_policy(
-    gateway: &Gateway,
-    mount: &Mount,
+    upstream: &Upstream<'_>,
+    settings: &MountSettings,
     shaper: Option<Arc<Shaper>>,
     traffic: Option<Arc<Traffic>>,
 ) -> ReadPolicy {
-    let server = &gateway.config().server;
+    let server = upstream.server;
     ReadPolicy {
         read_timeout: server.read_timeout,
-        upload_timeout: mount.config.settings.upload_timeout,
+        upload_timeout: settings.upload_timeout,
         min_rate: server.min_request_data_rate,
         grace: server.data_rate_grace,
         shaper,
@@ -127,24 +71,8 @@ fn read_policy(
     }
 }
 
-/// The service connection a request goes to.
-#[derive(Clone, Copy)]
-struct Target<'a> {
-    link: &'a Link,
-    /// The budget's key for the connection.
-    conn_id: u64,
-}
-
-/// A request handed to a service, awaiting its response.
-pub(crate) struct Forwarded {
-    pub call: OutgoingCall,
-    /// Streaming: the task copying the client's body; it reports 408/413 failures.
-    pub pump: Option<JoinHandle<Result<(), GatewayError>>>,
-    /// Buffered: the body's bytes, held until the response shows the service has them.
-    pub held: Option<Reservation>,
-}
-
-/// What admission decided about a request body.
+/// What the body plan decided about a request body.
+#[derive(Debug, Clone, PartialEq, Eq)]
 struct BodyPlan {
     mode: BodyMode,
     /// Largest total body accepted (upload size, endpoint maximum).
@@ -157,23 +85,18 @@ struct BodyPlan {
     chunk_size: usize,
 }
 
-/// Phase 2: the body policy, before any body byte is read.
-fn admit(
-    gateway: &Gateway,
-    mount: &Mount,
-    decision: &RoutingDecision<Link>,
-    request: &Request<Incoming>,
+/// The body plan, before any body byte is read.
+fn plan_body<B: http_body::Body>(
+    upstream: &Upstream<'_>,
+    settings: &MountSettings,
+    endpoint: &EndpointDescriptor,
+    request: &Request<B>,
 ) -> Result<BodyPlan, GatewayError> {
-    let settings = &mount.config.settings;
-    let per_call =
-        settings.max_request_bytes_per_call.unwrap_or(gateway.config().limits.payload.max_request_bytes_per_call);
-    let max_total =
-        decision.endpoint.max_body_bytes.map_or(settings.max_upload_size, |m| m.min(settings.max_upload_size));
+    let per_call = upstream.per_call(settings);
+    let max_total = endpoint.max_body_bytes.map_or(settings.max_upload_size, |m| m.min(settings.max_upload_size));
     let length = declared_length(request)?;
-    if let Some(n) = length.filter(|n| *n > max_total) {
-        return Err(GatewayError::PayloadTooLarge(format!("body of {n} bytes exceeds the limit of {max_total}")));
-    }
-    let streaming = decision.endpoint.supports_streaming && length.is_none_or(|n| n > per_call);
+    check_declared_length(length, max_total)?;
+    let streaming = endpoint.supports_streaming && length.is_none_or(|n| n > per_call);
     if !streaming {
         if let Some(n) = length.filter(|n| *n > per_call) {
             let detail = format!("buffered body of {n} bytes exceeds the per-call limit of {per_call}");
@@ -184,40 +107,24 @@ fn admit(
     Ok(BodyPlan { mode, max_total, length, per_call, chunk_size: settings.chunk_size })
 }
 
-fn declared_length(request: &Request<Incoming>) -> Result<Option<u64>, GatewayError> {
-    if let Some(n) = request.body().size_hint().exact() {
-        return Ok(Some(n));
-    }
-    match request.headers().get(CONTENT_LENGTH) {
-        None => Ok(None),
-        Some(value) => value
-            .to_str()
-            .ok()
-            .and_then(|v| v.parse::<u64>().ok())
-            .map(Some)
-            .ok_or_else(|| GatewayError::BadRequest("invalid Content-Length".into())),
+/// The body's length when known: exact from the body itself, else its `Content-Length`.
+fn declared_length<B: http_body::Body>(request: &Request<B>) -> Result<Option<u64>, GatewayError> {
+    match request.body().size_hint().exact() {
+        Some(n) => Ok(Some(n)),
+        None => Ok(content_length(request.headers()).transpose()?),
     }
 }
 
-fn budget_error(err: BudgetExceeded, per_call: u64) -> GatewayError {
-    match err {
-        BudgetExceeded::PerCall => {
-            GatewayError::PayloadTooLarge(format!("body exceeds the per-call limit of {per_call} bytes"))
-        }
-        other => GatewayError::Overloaded(other.to_string()),
-    }
-}
-
-/// Phase 3, buffered: read the whole body under the budget, then send it inline.
+/// Buffered: reads the whole body under the budget, then sends it inline.
 async fn forward_buffered(
-    gateway: &Gateway,
-    target: Target<'_>,
+    upstream: &Upstream<'_>,
+    decision: &RoutingDecision<Link>,
     mut head: RequestHead,
     mut body: ClientBody,
     plan: &BodyPlan,
 ) -> Result<Forwarded, GatewayError> {
     let per_call = plan.per_call;
-    let mut reservation = gateway.budget().open_with_call_limit(target.conn_id, per_call);
+    let mut reservation = upstream.budget.open_with_call_limit(decision.instance.conn_id, per_call);
     let mut buffer = BytesMut::with_capacity(plan.length.unwrap_or(0).min(per_call) as usize);
     while let Some(chunk) = body.next().await? {
         if buffer.len() as u64 + chunk.len() as u64 > plan.max_total {
@@ -227,27 +134,22 @@ async fn forward_buffered(
         buffer.extend_from_slice(&chunk);
     }
     head.body = buffer.freeze();
-    let call = target.link.call(head, 0).await.map_err(upstream_error)?;
+    let call = decision.instance.link.call(head, 0).await.map_err(upstream_error)?;
     // The body now sits in the link's queue until written; the reservation goes with the
     // request until the response arrives, which is when the service certainly has it.
     Ok(Forwarded { call, pump: None, held: Some(reservation) })
 }
 
-/// Phase 3, streaming: reserve a window, send the head, start the pump.
+/// Streamed: reserves a window, sends the head, starts the pump.
 async fn forward_streamed(
-    gateway: &Gateway,
-    target: Target<'_>,
+    upstream: &Upstream<'_>,
+    decision: &RoutingDecision<Link>,
     head: RequestHead,
     body: ClientBody,
     plan: &BodyPlan,
 ) -> Result<Forwarded, GatewayError> {
-    let stream_window = u64::from(gateway.config().limits.stream_window);
-    let window = plan.per_call.min(stream_window).min(plan.length.unwrap_or(u64::MAX)).max(1);
-    let mut reservation = gateway.budget().open_with_call_limit(target.conn_id, plan.per_call);
-    reservation.try_grow(window).map_err(|e| budget_error(e, plan.per_call))?;
-    // The window fits in u32: it is at most `stream_window`.
-    let window = u32::try_from(window).unwrap_or(u32::MAX);
-    let mut call = target.link.call(head, window).await.map_err(upstream_error)?;
+    let (reservation, window) = upstream.reserve_window(decision.instance.conn_id, plan.per_call, plan.length)?;
+    let mut call = decision.instance.link.call(head, window).await.map_err(upstream_error)?;
     let sender =
         call.body.take().ok_or_else(|| GatewayError::UpstreamFailed("streamed call without a body sender".into()))?;
     let pump = Pump { sender, reservation, max_total: plan.max_total, chunk_size: plan.chunk_size };
@@ -308,140 +210,89 @@ impl Pump {
     }
 }
 
-/// Phase 4: the response head, the pump's failure, the timeout (504, Cancel(Timeout))
-/// or an operator's cancel, whichever first. Shared with the WebSocket relay.
-pub(crate) async fn await_response(
-    forwarded: Forwarded,
-    timeout: Duration,
-    operator: Option<CancellationToken>,
-) -> Result<(IncomingResponse, OutgoingCall), GatewayError> {
-    let Forwarded { mut call, mut pump, held } = forwarded;
-    let operator_cancel = async {
-        match &operator {
-            Some(token) => token.cancelled().await,
-            None => std::future::pending().await,
+#[cfg(test)]
+mod tests {
+    use http_body_util::Full;
+
+    use super::*;
+    use crate::config::{LimitsConfig, ServerConfig};
+    use crate::limits::budget::PayloadBudget;
+
+    const PER_CALL: u64 = 1000;
+
+    /// A body whose size is unknown until it is read, like a chunked upload's.
+    struct UnknownSize;
+
+    impl http_body::Body for UnknownSize {
+        type Data = Bytes;
+        type Error = std::convert::Infallible;
+
+        fn poll_frame(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+            std::task::Poll::Ready(None)
         }
-    };
-    let outcome = tokio::select! {
-        outcome = tokio::time::timeout(timeout, &mut call.response) => outcome,
-        err = pump_failure(pump.as_mut()) => return Err(err),
-        _ = operator_cancel => {
-            call.handle.cancel(CancelReason::Administrative);
-            return Err(GatewayError::CancelledByOperator);
-        }
-    };
-    drop(held);
-    match outcome {
-        Err(_) => {
-            call.handle.cancel(CancelReason::Timeout);
-            Err(GatewayError::UpstreamTimeout(timeout))
-        }
-        Ok(Err(_)) => Err(GatewayError::UpstreamFailed("stream closed without a response".into())),
-        Ok(Ok(Err(err))) => match pump {
-            // The pump cancelling the stream (408, 413) is what failed it: report that.
-            Some(handle) if handle.is_finished() || matches!(err, StreamError::Cancelled(_)) => match handle.await {
-                Ok(Err(pump_err)) => Err(pump_err),
-                _ => Err(upstream_error(err)),
-            },
-            _ => Err(upstream_error(err)),
-        },
-        Ok(Ok(Ok(response))) => Ok((response, call)),
     }
-}
 
-/// Resolves with the pump's error if it fails; never resolves if it succeeds or is absent.
-async fn pump_failure(pump: Option<&mut JoinHandle<Result<(), GatewayError>>>) -> GatewayError {
-    match pump {
-        Some(handle) => match handle.await {
-            Ok(Err(err)) => err,
-            Ok(Ok(())) => std::future::pending().await,
-            Err(join) => GatewayError::UpstreamFailed(format!("body pump failed: {join}")),
-        },
-        None => std::future::pending().await,
-    }
-}
-
-/// Phase 5: the client's response (also the WebSocket relay's answer to a refused upgrade).
-pub(crate) fn respond(
-    (response, call): (IncomingResponse, OutgoingCall),
-    in_flight: InFlightGuard<Link>,
-    limits: RelayLimits,
-) -> Result<Response<GatewayBody>, GatewayError> {
-    let status = StatusCode::from_u16(response.head.status)
-        .map_err(|_| GatewayError::UpstreamFailed(format!("invalid status {}", response.head.status)))?;
-    let mut headers = HeaderMap::with_capacity(response.head.headers.len());
-    copy_headers_in(&response.head.headers, &mut headers);
-    let length = headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-    let body = match response.body {
-        None => {
-            call.handle.complete();
-            GatewayBody::full(response.head.body)
+    fn plan(
+        endpoint: &EndpointDescriptor,
+        body: Option<&'static [u8]>,
+        length: Option<&str>,
+    ) -> Result<BodyPlan, GatewayError> {
+        let (server, mut limits) = (ServerConfig::default(), LimitsConfig::default());
+        limits.payload.max_request_bytes_per_call = PER_CALL;
+        let budget = PayloadBudget::new(limits.payload);
+        let upstream = Upstream { server: &server, limits: &limits, budget: &budget };
+        let mut settings = MountSettings::declared_defaults();
+        settings.max_upload_size = 10_000;
+        let mut request = Request::post("/upload");
+        if let Some(length) = length {
+            request = request.header(http::header::CONTENT_LENGTH, length);
         }
-        Some(data) => GatewayBody::relay(data, call.handle, in_flight, length, limits),
-    };
-    let mut out = Response::new(body);
-    *out.status_mut() = status;
-    *out.headers_mut() = headers;
-    Ok(out)
-}
-
-fn upstream_error(err: StreamError) -> GatewayError {
-    GatewayError::UpstreamFailed(err.to_string())
-}
-
-fn is_hop_by_hop(name: &str) -> bool {
-    HOP_BY_HOP.iter().any(|h| name.eq_ignore_ascii_case(h))
-}
-
-/// The head sent to the service: the client's request minus hop-by-hop headers and any
-/// client-sent `x-weir-*` header, plus `x-forwarded-for`, `x-forwarded-proto` and, for
-/// an authenticated caller, the identity headers. Shared with the WebSocket relay.
-pub(crate) fn request_head(
-    parts: &http::request::Parts,
-    decision: &RoutingDecision<Link>,
-    client: SocketAddr,
-    identity: &Identity,
-    mode: BodyMode,
-) -> RequestHead {
-    let mut headers: Headers = parts
-        .headers
-        .iter()
-        .filter(|(name, _)| !is_hop_by_hop(name.as_str()) && !name.as_str().starts_with(IDENTITY_PREFIX))
-        .map(|(name, value)| (name.as_str().to_owned(), Bytes::copy_from_slice(value.as_bytes())))
-        .collect();
-    headers.push(("x-forwarded-for".to_owned(), Bytes::from(client.ip().to_string())));
-    headers.push(("x-forwarded-proto".to_owned(), Bytes::from_static(b"http")));
-    if let Some(subject) = &identity.subject {
-        headers.push((SUBJECT_HEADER.to_owned(), Bytes::from(subject.clone())));
-        let claims: Vec<serde_json::Value> =
-            identity.claims.iter().map(|(t, v)| serde_json::json!({ "type": t, "value": v })).collect();
-        headers.push((CLAIMS_HEADER.to_owned(), Bytes::from(serde_json::Value::Array(claims).to_string())));
-    }
-    RequestHead {
-        method: parts.method.as_str().to_owned(),
-        path: parts.uri.path().to_owned(),
-        query: parts.uri.query().unwrap_or("").to_owned(),
-        template: decision.template.clone(),
-        params: decision.params.clone(),
-        headers,
-        body_mode: mode,
-        body: Bytes::new(),
-    }
-}
-
-/// Copies a service's response headers, dropping hop-by-hop and invalid ones.
-fn copy_headers_in(from: &Headers, to: &mut HeaderMap) {
-    for (name, value) in from {
-        if is_hop_by_hop(name) {
-            continue;
-        }
-        match (HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_maybe_shared(value.clone())) {
-            (Ok(name), Ok(value)) => {
-                to.append(name, value);
+        match body {
+            // A body that knows its exact size.
+            Some(bytes) => {
+                plan_body(&upstream, &settings, endpoint, &request.body(Full::new(Bytes::from_static(bytes))).unwrap())
             }
-            _ => {
-                tracing::debug!(header = %name, "dropping an invalid response header from a service")
-            }
+            // A body of unknown size: only its Content-Length, if any, tells.
+            None => plan_body(&upstream, &settings, endpoint, &request.body(UnknownSize).unwrap()),
         }
+    }
+
+    fn endpoint(streaming: bool, max: Option<u64>) -> EndpointDescriptor {
+        let mut endpoint = EndpointDescriptor::new("POST", "/upload");
+        endpoint.supports_streaming = streaming;
+        endpoint.max_body_bytes = max;
+        endpoint
+    }
+
+    #[test]
+    fn small_bodies_are_buffered_and_large_ones_streamed_where_the_endpoint_allows() {
+        let small = plan(&endpoint(true, None), Some(b"hello"), None).unwrap();
+        assert_eq!((small.mode, small.length, small.per_call), (BodyMode::Buffered, Some(5), PER_CALL));
+        let large = plan(&endpoint(true, None), None, Some("5000")).unwrap();
+        assert_eq!((large.mode, large.length, large.max_total), (BodyMode::Streamed, Some(5000), 10_000));
+        let unknown = plan(&endpoint(true, None), None, None).unwrap();
+        assert_eq!((unknown.mode, unknown.length), (BodyMode::Streamed, None));
+        let unknown_buffered = plan(&endpoint(false, None), None, None).unwrap();
+        assert_eq!(unknown_buffered.mode, BodyMode::Buffered);
+    }
+
+    #[test]
+    fn declared_bodies_over_a_limit_are_413_before_reading() {
+        let too_large =
+            |result: Result<BodyPlan, GatewayError>| matches!(result, Err(GatewayError::PayloadTooLarge(_)));
+        assert!(too_large(plan(&endpoint(true, None), None, Some("10001"))), "over max_upload_size");
+        assert!(too_large(plan(&endpoint(true, Some(100)), None, Some("101"))), "over the endpoint's maximum");
+        assert!(too_large(plan(&endpoint(false, None), None, Some("1001"))), "buffered over the per-call limit");
+        let capped = plan(&endpoint(true, Some(100)), None, Some("100")).unwrap();
+        assert_eq!(capped.max_total, 100);
+    }
+
+    #[test]
+    fn an_invalid_content_length_is_400() {
+        let invalid = plan(&endpoint(true, None), None, Some("ten"));
+        assert!(matches!(invalid, Err(GatewayError::BadRequest(_))), "{invalid:?}");
     }
 }

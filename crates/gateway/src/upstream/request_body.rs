@@ -15,9 +15,9 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
-use crate::response::error::GatewayError;
-use crate::limits::in_flight::Traffic;
 use crate::limits::bandwidth::Shaper;
+use crate::limits::in_flight::Traffic;
+use crate::response::error::GatewayError;
 
 /// The bounds a body is read under.
 #[derive(Debug, Clone)]

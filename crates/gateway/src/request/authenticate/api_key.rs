@@ -11,11 +11,11 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use super::{bearer_token, unauthorized, AuthSetupError, Identity};
+use crate::config::ApiKey;
 use crate::response::error::GatewayError;
-use crate::request::mount::ApiKey;
 
 /// The header an API key may come in, besides `Authorization: Bearer`.
-pub const API_KEY_HEADER: &str = "x-api-key";
+pub(crate) const API_KEY_HEADER: &str = "x-api-key";
 
 /// A configured key, reduced to its digest, and whom it stands for.
 struct Entry {

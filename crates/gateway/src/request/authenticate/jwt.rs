@@ -33,15 +33,15 @@ use rsa::RsaPublicKey;
 use serde_json::{Map, Value};
 
 use super::{bearer_token, unauthorized, AuthSetupError, Identity};
+use crate::config::{JwtAlgorithm, JwtConfig};
 use crate::response::error::GatewayError;
-use crate::request::mount::{JwtAlgorithm, JwtConfig};
 
 /// Clock skew tolerated on `exp` and `nbf`: a token is accepted up to 30 s after it
 /// expired and from 30 s before it becomes valid.
-pub const LEEWAY: Duration = Duration::from_secs(30);
+pub(crate) const LEEWAY: Duration = Duration::from_secs(30);
 
 /// The shortest RS256 modulus accepted (NIST's minimum for RSA signatures).
-pub const MIN_RSA_BITS: usize = 2048;
+pub(crate) const MIN_RSA_BITS: usize = 2048;
 
 /// Below this many bytes an HS256 secret is weak (RFC 7518 §3.2); the gateway warns.
 const MIN_HS256_SECRET: usize = 32;

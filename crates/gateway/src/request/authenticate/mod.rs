@@ -1,15 +1,13 @@
-//! Authentication and validation for business mounts (issue 5, point 4).
+//! The authenticate phase of business mounts.
 //!
 //! [`Authenticator`] turns a request's credentials into an [`Identity`]: anonymous on a
 //! mount without authentication, else the subject and claims of a configured API key
 //! ([`api_key`]) or of a verified JWT bearer token ([`jwt`]). Any failure is 401 with a
-//! short reason and `WWW-Authenticate: Bearer`. [`validate`] then checks the routed
-//! request against its endpoint descriptor before dispatch: required claims (401 for an
-//! anonymous caller, 403 for an authenticated one lacking a claim), declared content
-//! types (415) and the declared maximum body (413 before any body byte is read).
+//! short reason and `WWW-Authenticate: Bearer`. Services learn the identity from the
+//! headers of [`Identity::forwarded_headers`], never from the credentials.
 //!
-//! Called by the pipeline's business phases; `Gateway::new` builds one authenticator per
-//! mount and fails to start when one cannot be built (an unreadable RS256 key file).
+//! Each mount builds its authenticator once ([`crate::request::mount`]); the gateway fails
+//! to start when one cannot be built (an unreadable RS256 key file).
 //!
 //! Invariants: credentials (API keys, tokens, secrets) never appear in logs, errors or
 //! `Debug` output; an identity carries a subject exactly when the caller authenticated.
@@ -19,20 +17,25 @@ mod jwt;
 
 use std::path::PathBuf;
 
-use http::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, TRANSFER_ENCODING};
-use http::{HeaderMap, Request};
+use bytes::Bytes;
+use http::header::AUTHORIZATION;
+use http::HeaderMap;
 use thiserror::Error;
-use weir_proto::EndpointDescriptor;
+use weir_proto::Headers;
 
+use crate::config::AuthConfig;
 use crate::response::error::GatewayError;
-use crate::request::mount::AuthConfig;
 
-pub use api_key::API_KEY_HEADER;
-pub use jwt::{LEEWAY, MIN_RSA_BITS};
+pub(crate) use api_key::API_KEY_HEADER;
+
+/// The authenticated subject, forwarded to the service (absent for anonymous callers).
+const SUBJECT_HEADER: &str = "x-weir-subject";
+/// The authenticated claims, forwarded to the service with the subject.
+const CLAIMS_HEADER: &str = "x-weir-claims";
 
 /// Who is calling: the authenticated subject and its claims, or nobody.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Identity {
+pub(crate) struct Identity {
     /// The authenticated subject; `None` for an anonymous caller.
     pub subject: Option<String>,
     /// Claims as (type, value) pairs; a type may repeat (`roles` = `admin`, `ops`).
@@ -41,22 +44,35 @@ pub struct Identity {
 
 impl Identity {
     /// No credentials.
-    pub fn anonymous() -> Self {
+    pub(crate) fn anonymous() -> Self {
         Identity::default()
     }
 
     /// An authenticated caller.
-    pub fn authenticated(subject: String, claims: Vec<(String, String)>) -> Self {
+    pub(crate) fn authenticated(subject: String, claims: Vec<(String, String)>) -> Self {
         Identity { subject: Some(subject), claims }
     }
 
     /// Whether the caller authenticated.
-    pub fn is_authenticated(&self) -> bool {
+    pub(crate) fn is_authenticated(&self) -> bool {
         self.subject.is_some()
     }
 
+    /// The headers that state this identity to the service: the subject and the claims, as
+    /// a JSON array of `{"type": .., "value": ..}` objects so that a type may repeat
+    /// (`docs/protocol.md`, "Identity headers"). None for an anonymous caller.
+    pub(crate) fn forwarded_headers(&self) -> Headers {
+        let Some(subject) = &self.subject else { return Headers::new() };
+        let claims: Vec<serde_json::Value> =
+            self.claims.iter().map(|(t, v)| serde_json::json!({ "type": t, "value": v })).collect();
+        vec![
+            (SUBJECT_HEADER.to_owned(), Bytes::from(subject.clone())),
+            (CLAIMS_HEADER.to_owned(), Bytes::from(serde_json::Value::Array(claims).to_string())),
+        ]
+    }
+
     /// Whether the caller holds claim `claim_type`, with value `value` when given.
-    pub fn holds(&self, claim_type: &str, value: Option<&str>) -> bool {
+    pub(crate) fn holds(&self, claim_type: &str, value: Option<&str>) -> bool {
         self.claims.iter().any(|(t, v)| t == claim_type && value.is_none_or(|want| want == v))
     }
 }
@@ -80,7 +96,7 @@ pub enum AuthSetupError {
 
 /// A mount's authentication, ready to check requests.
 #[derive(Debug)]
-pub struct Authenticator {
+pub(crate) struct Authenticator {
     method: Method,
 }
 
@@ -95,7 +111,7 @@ enum Method {
 
 impl Authenticator {
     /// An authenticator for `config`; RS256 reads and checks its public key file here.
-    pub fn new(config: &AuthConfig) -> Result<Self, AuthSetupError> {
+    pub(crate) fn new(config: &AuthConfig) -> Result<Self, AuthSetupError> {
         let method = match config {
             AuthConfig::None => Method::None,
             AuthConfig::ApiKeys(keys) => Method::ApiKeys(api_key::ApiKeys::new(keys)?),
@@ -105,7 +121,7 @@ impl Authenticator {
     }
 
     /// The caller's identity, or 401.
-    pub fn authenticate(&self, headers: &HeaderMap) -> Result<Identity, GatewayError> {
+    pub(crate) fn authenticate(&self, headers: &HeaderMap) -> Result<Identity, GatewayError> {
         match &self.method {
             Method::None => Ok(Identity::anonymous()),
             Method::ApiKeys(keys) => keys.authenticate(headers),
@@ -135,84 +151,8 @@ fn bearer_token(headers: &HeaderMap) -> Result<Option<&str>, GatewayError> {
 }
 
 /// 401 with `detail`, which must never contain a credential.
-fn unauthorized(detail: &str) -> GatewayError {
+pub(super) fn unauthorized(detail: &str) -> GatewayError {
     GatewayError::Unauthorized(detail.to_owned())
-}
-
-/// Checks a routed request against its endpoint's declarations, before any body byte
-/// is read: claims (401/403), content type (415), declared body length (413).
-pub fn validate<B>(
-    endpoint: &EndpointDescriptor,
-    identity: &Identity,
-    request: &Request<B>,
-) -> Result<(), GatewayError> {
-    check_claims(endpoint, identity)?;
-    check_content_type(endpoint, request.headers())?;
-    check_declared_length(endpoint, request.headers())
-}
-
-/// Every required claim must be held: 401 for an anonymous caller (authenticating may
-/// help), 403 for an authenticated one (it will not).
-fn check_claims(endpoint: &EndpointDescriptor, identity: &Identity) -> Result<(), GatewayError> {
-    if endpoint.requiring_claims.is_empty() {
-        return Ok(());
-    }
-    if !identity.is_authenticated() {
-        return Err(unauthorized("this endpoint requires an authenticated caller"));
-    }
-    for required in &endpoint.requiring_claims {
-        if !identity.holds(&required.claim_type, required.value.as_deref()) {
-            let detail = match &required.value {
-                Some(value) => format!("claim {:?} = {value:?} required", required.claim_type),
-                None => format!("claim {:?} required", required.claim_type),
-            };
-            return Err(GatewayError::Forbidden(detail));
-        }
-    }
-    Ok(())
-}
-
-/// With declared content types, a request with a body must have one of them (compared
-/// without parameters, case-insensitively); a body without `Content-Type` is refused
-/// too. A request without a body passes.
-fn check_content_type(endpoint: &EndpointDescriptor, headers: &HeaderMap) -> Result<(), GatewayError> {
-    if endpoint.content_types.is_empty() {
-        return Ok(());
-    }
-    let Some(content_type) = headers.get(CONTENT_TYPE) else {
-        if has_body(headers) {
-            return Err(GatewayError::UnsupportedMediaType("a Content-Type is required".into()));
-        }
-        return Ok(());
-    };
-    let content_type = content_type.to_str().unwrap_or("");
-    let essence = content_type.split(';').next().unwrap_or("").trim();
-    if endpoint.content_types.iter().any(|t| t.eq_ignore_ascii_case(essence)) {
-        Ok(())
-    } else {
-        let accepted = endpoint.content_types.join(", ");
-        Err(GatewayError::UnsupportedMediaType(format!("{essence:?} is not accepted here (accepted: {accepted})")))
-    }
-}
-
-/// Whether the request announces a body: a non-zero `Content-Length` or any
-/// `Transfer-Encoding`.
-fn has_body(headers: &HeaderMap) -> bool {
-    let length = headers.get(CONTENT_LENGTH).map(|v| v.to_str().ok().and_then(|v| v.trim().parse::<u64>().ok()));
-    headers.contains_key(TRANSFER_ENCODING) || length.is_some_and(|n| n != Some(0))
-}
-
-/// A declared `Content-Length` over the endpoint's `max_body_bytes` is 413 before the
-/// body is read. An undeclared length is left to dispatch, which counts as it reads.
-fn check_declared_length(endpoint: &EndpointDescriptor, headers: &HeaderMap) -> Result<(), GatewayError> {
-    let (Some(max), Some(length)) = (endpoint.max_body_bytes, headers.get(CONTENT_LENGTH)) else { return Ok(()) };
-    match length.to_str().ok().and_then(|v| v.parse::<u64>().ok()) {
-        Some(n) if n > max => {
-            Err(GatewayError::PayloadTooLarge(format!("this endpoint accepts at most {max} bytes, not {n}")))
-        }
-        Some(_) => Ok(()),
-        None => Err(GatewayError::BadRequest("invalid Content-Length".into())),
-    }
 }
 
 #[cfg(test)]

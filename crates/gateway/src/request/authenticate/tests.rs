@@ -1,32 +1,8 @@
-//! The authenticator per configured method, and [`validate`]: claims (401/403), content
-//! types (415) and the declared body length (413).
-
-use http::Method as HttpMethod;
-use weir_proto::ClaimRequirement;
+//! The authenticator per configured method, the bearer-token parser and the identity
+//! headers forwarded to services.
 
 use super::*;
-use crate::request::mount::ApiKey;
-
-fn endpoint() -> EndpointDescriptor {
-    EndpointDescriptor::new(HttpMethod::POST.as_str(), "/orders")
-}
-
-fn requiring(claims: &[(&str, Option<&str>)]) -> EndpointDescriptor {
-    let mut endpoint = endpoint();
-    endpoint.requiring_claims = claims
-        .iter()
-        .map(|(t, v)| ClaimRequirement { claim_type: t.to_string(), value: v.map(str::to_owned) })
-        .collect();
-    endpoint
-}
-
-fn request(headers: &[(&str, &str)]) -> Request<()> {
-    let mut builder = Request::post("/orders");
-    for (name, value) in headers {
-        builder = builder.header(*name, *value);
-    }
-    builder.body(()).unwrap()
-}
+use crate::config::ApiKey;
 
 fn admin() -> Identity {
     Identity::authenticated("alice".into(), vec![("role".into(), "admin".into()), ("role".into(), "ops".into())])
@@ -66,51 +42,11 @@ fn bearer_tokens_are_parsed_leniently_but_not_ambiguously() {
 }
 
 #[test]
-fn required_claims_are_401_for_anonymous_and_403_when_missing() {
-    let endpoint = requiring(&[("role", Some("admin"))]);
-    let anonymous = validate(&endpoint, &Identity::anonymous(), &request(&[]));
-    assert!(matches!(anonymous, Err(GatewayError::Unauthorized(_))), "{anonymous:?}");
-    let bob = Identity::authenticated("bob".into(), vec![("role".into(), "reader".into())]);
-    let missing = validate(&endpoint, &bob, &request(&[]));
-    assert!(matches!(missing, Err(GatewayError::Forbidden(ref d)) if d.contains("role")), "{missing:?}");
-    assert_eq!(validate(&endpoint, &admin(), &request(&[])), Ok(()));
-}
-
-#[test]
-fn every_required_claim_must_be_held_any_value_when_unspecified() {
-    let both = requiring(&[("role", Some("ops")), ("role", None)]);
-    assert_eq!(validate(&both, &admin(), &request(&[])), Ok(()));
-    let also_tenant = requiring(&[("role", Some("admin")), ("tenant", None)]);
-    assert!(matches!(validate(&also_tenant, &admin(), &request(&[])), Err(GatewayError::Forbidden(_))));
-    assert_eq!(validate(&endpoint(), &Identity::anonymous(), &request(&[])), Ok(()), "no requirement");
-}
-
-#[test]
-fn declared_content_types_are_enforced() {
-    let mut json_only = endpoint();
-    json_only.content_types = vec!["application/json".into()];
-    let ok = request(&[("content-type", "Application/JSON; charset=utf-8"), ("content-length", "2")]);
-    assert_eq!(validate(&json_only, &admin(), &ok), Ok(()));
-    let wrong = request(&[("content-type", "text/plain"), ("content-length", "2")]);
-    assert!(matches!(validate(&json_only, &admin(), &wrong), Err(GatewayError::UnsupportedMediaType(_))));
-    let untyped_body = request(&[("content-length", "2")]);
-    assert!(matches!(validate(&json_only, &admin(), &untyped_body), Err(GatewayError::UnsupportedMediaType(_))));
-    let chunked = request(&[("transfer-encoding", "chunked")]);
-    assert!(matches!(validate(&json_only, &admin(), &chunked), Err(GatewayError::UnsupportedMediaType(_))));
-    assert_eq!(validate(&json_only, &admin(), &request(&[])), Ok(()), "no body, no type needed");
-    assert_eq!(validate(&json_only, &admin(), &request(&[("content-length", "0")])), Ok(()));
-    let any = request(&[("content-type", "text/plain"), ("content-length", "2")]);
-    assert_eq!(validate(&endpoint(), &admin(), &any), Ok(()), "no declaration accepts any type");
-}
-
-#[test]
-fn a_declared_length_over_the_maximum_is_413() {
-    let mut small = endpoint();
-    small.max_body_bytes = Some(10);
-    assert_eq!(validate(&small, &admin(), &request(&[("content-length", "10")])), Ok(()));
-    let over = validate(&small, &admin(), &request(&[("content-length", "11")]));
-    assert!(matches!(over, Err(GatewayError::PayloadTooLarge(_))), "{over:?}");
-    let bogus = validate(&small, &admin(), &request(&[("content-length", "ten")]));
-    assert!(matches!(bogus, Err(GatewayError::BadRequest(_))), "{bogus:?}");
-    assert_eq!(validate(&small, &admin(), &request(&[])), Ok(()), "unknown length: counted while read");
+fn services_get_the_subject_and_claims_of_authenticated_callers_only() {
+    assert!(Identity::anonymous().forwarded_headers().is_empty());
+    let headers = admin().forwarded_headers();
+    assert_eq!(headers[0], (SUBJECT_HEADER.to_owned(), Bytes::from("alice")));
+    let claims: serde_json::Value = serde_json::from_slice(&headers[1].1).unwrap();
+    assert_eq!(headers[1].0, CLAIMS_HEADER);
+    assert_eq!(claims, serde_json::json!([{"type": "role", "value": "admin"}, {"type": "role", "value": "ops"}]));
 }

@@ -1,13 +1,14 @@
 //! WebSockets through the gateway: the gateway terminates the client's WebSocket and
 //! relays its messages to the service as stream data (`docs/protocol.md`, "WebSocket
-//! streams"). Called by the pipeline when the routed endpoint's kind is WebSocket.
+//! streams"). Called by the request phases ([`crate::request`]) when the routed endpoint's kind is
+//! WebSocket.
 //!
 //! This module owns the opening: the upgrade is checked (GET over HTTP/1.1 with
 //! `Upgrade: websocket`, `Connection: upgrade`, `Sec-WebSocket-Version: 13` and a key;
 //! anything else is 400), the user's slot is taken (at most `ws_max_connections_per_user`
 //! open WebSockets per mount and user, the user being the authenticated subject or else
 //! the client IP; over it: **503 with `Retry-After`**, like every other connection limit
-//! in DESIGN.md), the stream's window is reserved in the payload budget (503 if it does
+//! of the gateway), the stream's window is reserved in the payload budget (503 if it does
 //! not fit), the stream is opened with a `Streamed` request head, and the service's
 //! answer is awaited within the endpoint's effective timeout (504 and Cancel(Timeout)
 //! after it). A 101 with a streamed body accepts: the client gets its 101 and
@@ -19,9 +20,6 @@
 //! the session task), so every exit path, including a client that never completes the
 //! upgrade, releases them; the stream is cancelled unless it completed.
 
-use std::collections::HashMap;
-use std::sync::Arc;
-
 use http::header::{HeaderValue, CONNECTION, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_PROTOCOL};
 use http::header::{SEC_WEBSOCKET_VERSION, UPGRADE};
 use http::{HeaderMap, Method, Request, Response, StatusCode, Version};
@@ -29,72 +27,37 @@ use hyper::body::Incoming;
 use weir_proto::{BodyMode, Headers};
 use weir_transport::{DataReceiver, IncomingResponse};
 
-use crate::response::{GatewayBody, RelayLimits};
-use crate::limits::budget::Reservation;
-use crate::upstream::http::{await_response, request_head, respond, Forwarded};
+use super::{await_response, request_head, respond, upstream_error, Admitted, Forwarded, Upstream};
+use crate::limits::client_key;
+use crate::limits::slots::Permit;
 use crate::response::error::GatewayError;
-use crate::limits::slots::{KeyedLimiter, Permit};
-use crate::request::mount::{Mount, MountTable};
-use crate::request::Admitted;
-use crate::services::connection::Gateway;
+use crate::response::{GatewayBody, RelayLimits};
 
 mod session;
 
 use session::{Session, SessionLimits};
 
-/// Open WebSockets per mount and user: one [`KeyedLimiter`] per mount prefix.
-#[derive(Debug)]
-pub(crate) struct WsConnections {
-    limiters: HashMap<String, Arc<KeyedLimiter<String>>>,
-}
-
-impl WsConnections {
-    /// A limiter for every mount, with its `ws_max_connections_per_user`.
-    pub(crate) fn new(mounts: &MountTable) -> Self {
-        let limiters = mounts
-            .iter()
-            .map(|m| (m.config.prefix.clone(), KeyedLimiter::new(m.config.settings.ws_max_connections_per_user)))
-            .collect();
-        WsConnections { limiters }
-    }
-
-    /// A slot for `user` on `mount`, or 503 when the user already has the maximum.
-    fn acquire(&self, mount: &Mount, user: String) -> Result<Permit<String>, GatewayError> {
-        let max = mount.config.settings.ws_max_connections_per_user;
-        self.limiters
-            .get(&mount.config.prefix)
-            .and_then(|limiter| limiter.try_acquire(user))
-            .ok_or_else(|| GatewayError::Overloaded(format!("this user already has {max} open WebSockets here")))
-    }
-
-    /// Open WebSockets of `user` on the mount with `prefix`.
-    pub(crate) fn count(&self, prefix: &str, user: &str) -> u32 {
-        self.limiters.get(prefix).map_or(0, |limiter| limiter.count(&user.to_owned()))
-    }
-}
-
 /// Upgrades the request and relays messages both ways.
 pub(crate) async fn relay(
-    gateway: &Gateway,
-    admitted: Admitted,
+    upstream: Upstream<'_>,
+    admitted: Admitted<'_>,
     mut request: Request<Incoming>,
 ) -> Result<Response<GatewayBody>, GatewayError> {
     let key = check_upgrade(&request)?;
-    let user = admitted.identity.subject.clone().unwrap_or_else(|| admitted.client.ip().to_string());
-    let permit = gateway.ws_connections().acquire(&admitted.mount, user)?;
+    let permit = acquire_slot(&admitted)?;
     let in_flight = admitted.decision.instance.begin_call();
-    let (reservation, window) = reserve_window(gateway, &admitted)?;
+    let per_call = upstream.per_call(admitted.settings);
+    let (reservation, window) = upstream.reserve_window(admitted.decision.instance.conn_id, per_call, None)?;
     let on_upgrade = hyper::upgrade::on(&mut request);
     let (parts, _) = request.into_parts();
-    let Admitted { mount, decision, identity, client, shaper, registered, conn } = admitted;
-    let head = request_head(&parts, &decision, client, &identity, BodyMode::Streamed);
-    let mut call = decision.instance.link.call(head, window).await.map_err(upstream)?;
+    let head = request_head(&parts, &admitted, BodyMode::Streamed);
+    let Admitted { settings, decision, shaper, registered, conn, .. } = admitted;
+    let mut call = decision.instance.link.call(head, window).await.map_err(upstream_error)?;
     let sender =
         call.body.take().ok_or_else(|| GatewayError::UpstreamFailed("streamed call without a body sender".into()))?;
     let operator = registered.as_ref().map(|r| r.cancel.clone());
     let forwarded = Forwarded { call, pump: None, held: None };
     let (response, call) = await_response(forwarded, decision.effective_timeout, operator).await?;
-    let settings = &mount.config.settings;
     let (receiver, headers) = match classify(response)? {
         Answer::Accepted { messages, headers } => (messages, headers),
         Answer::Refused(response) => {
@@ -105,13 +68,11 @@ pub(crate) async fn relay(
         }
     };
     let protocol = subprotocol(&headers);
-    let limits = SessionLimits::new(settings);
-    let handle = call.handle;
     let session = Session {
         sender,
         receiver,
-        handle,
-        limits,
+        handle: call.handle,
+        limits: SessionLimits::new(settings),
         registered,
         _permit: permit,
         _conn: conn,
@@ -120,6 +81,16 @@ pub(crate) async fn relay(
     };
     tokio::spawn(session.run(on_upgrade));
     Ok(switching_protocols(&key, protocol))
+}
+
+/// The user's WebSocket slot on the mount (the user being the authenticated subject, else
+/// the client IP), or 503 when the user already has `ws_max_connections_per_user` open.
+fn acquire_slot(admitted: &Admitted<'_>) -> Result<Permit<String>, GatewayError> {
+    let user = client_key(admitted.subject.as_deref(), admitted.client);
+    admitted.websockets.try_acquire(user).ok_or_else(|| {
+        let max = admitted.settings.ws_max_connections_per_user;
+        GatewayError::Overloaded(format!("this user already has {max} open WebSockets here"))
+    })
 }
 
 /// The client's `Sec-WebSocket-Key` if the request is a valid upgrade, else 400.
@@ -163,18 +134,6 @@ fn is_websocket_key(key: &str) -> bool {
     key.len() == 24 && key.ends_with("==") && key.as_bytes()[..22].iter().all(|&c| is_b64(c))
 }
 
-/// Reserves the stream's window in the budget (the bytes queued towards the service).
-fn reserve_window(gateway: &Gateway, admitted: &Admitted) -> Result<(Reservation, u32), GatewayError> {
-    let limits = &gateway.config().limits;
-    let per_call =
-        admitted.mount.config.settings.max_request_bytes_per_call.unwrap_or(limits.payload.max_request_bytes_per_call);
-    let window = per_call.min(u64::from(limits.stream_window)).max(1);
-    let mut reservation = gateway.budget().open_with_call_limit(admitted.decision.instance.conn_id, per_call);
-    reservation.try_grow(window).map_err(|e| GatewayError::Overloaded(e.to_string()))?;
-    // At most `stream_window`, a u32.
-    Ok((reservation, u32::try_from(window).unwrap_or(u32::MAX)))
-}
-
 /// The service's answer: accepted (101 with a streamed body), or refused with a final
 /// status; anything else is 502.
 enum Answer {
@@ -212,10 +171,6 @@ fn switching_protocols(key: &str, protocol: Option<HeaderValue>) -> Response<Gat
         headers.insert(SEC_WEBSOCKET_PROTOCOL, protocol);
     }
     response
-}
-
-fn upstream(err: weir_transport::StreamError) -> GatewayError {
-    GatewayError::UpstreamFailed(err.to_string())
 }
 
 fn upstream_msg(detail: &str) -> GatewayError {

@@ -33,11 +33,11 @@ use weir_proto::websocket::{self as ws, WsDecoder, WsFramingError, WsMessage};
 use weir_proto::CancelReason;
 use weir_transport::{DataReceiver, DataSender, Link, StreamError, StreamHandle};
 
+use crate::config::MountSettings;
 use crate::limits::budget::Reservation;
-use crate::limits::slots::Permit;
-use crate::request::mount::MountSettings;
-use crate::limits::rate::quota;
 use crate::limits::in_flight::Registered;
+use crate::limits::rate::quota;
+use crate::limits::slots::Permit;
 use crate::routing::InFlightGuard;
 
 /// How long each side gets to finish closing once the session has decided to end.
@@ -81,7 +81,7 @@ pub(crate) struct Session {
     /// Held for their drops: the user's slot, the budget window, the in-flight count.
     pub _permit: Permit<String>,
     /// The client connection: keeps its per-IP slot for the life of the WebSocket.
-    pub _conn: std::sync::Arc<crate::request::ClientConn>,
+    pub _conn: std::sync::Arc<crate::limits::connection::ClientConn>,
     pub _reservation: Reservation,
     pub _in_flight: InFlightGuard<Link>,
 }
