@@ -2,8 +2,9 @@
 //!
 //! A service connection is a byte stream (an in-memory pipe, TCP, TLS) carrying frames.
 //! [`handshake`] exchanges Hello and Welcome; then a [`Link`] multiplexes many request
-//! streams over the connection with per-stream, credit-based flow control ([`link::flow`]), so a
-//! slow stream never stalls the others and neither side buffers more than its window.
+//! streams over the connection with per-stream, credit-based flow control
+//! ([`link::flow`]), so a slow stream never stalls the others and neither side buffers
+//! more than its window.
 //! Both the gateway and the service SDK run the same `Link`, each in its [`Role`].
 //!
 //! Every transport is only a way to get a [`ByteStream`]: [`memory`] is the in-memory

@@ -1,7 +1,7 @@
 //! Request body size: the declared `Content-Length`, read one way everywhere, and the one
 //! check of a declared length against a limit, refused (413) before any body byte is
 //! read. Bodies without a declared length are counted as they are read instead (see
-//! [`crate::upstream::http`]).
+//! `upstream/http.rs`).
 
 use http::header::CONTENT_LENGTH;
 use http::HeaderMap;

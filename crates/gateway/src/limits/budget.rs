@@ -7,7 +7,7 @@
 //! one lock, so a reservation is all-or-nothing and the counters never go below zero.
 //!
 //! Streaming requests reserve their whole flow-control window at admission (see
-//! [`crate::upstream`]): they fail fast with 503 instead of being cut off mid-transfer.
+//! `upstream/mod.rs`): they fail fast with 503 instead of being cut off mid-transfer.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};

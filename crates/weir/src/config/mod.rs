@@ -6,9 +6,9 @@
 //! with its dotted key and 1-based line; a key or table the reader does not take is
 //! reported as unknown; a missing key keeps its default; a config returned as `Ok` passes
 //! every bound and cross-field rule here. Each known key is read by exactly one line in
-//! [`sections`] (or [`mounts`]), with its absolute bounds on that line; rules relating
-//! two keys live in `check_relations`. `docs/configuration.md` is
-//! the user-facing reference for all of it.
+//! `sections.rs` (or `mounts.rs`), with its absolute bounds on that line; rules relating
+//! two keys live in `check_relations`. `docs/configuration.md` is the user-facing
+//! reference for all of it.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
