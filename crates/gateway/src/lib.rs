@@ -1,36 +1,172 @@
-//! weir's gateway: the client-facing HTTP front, the routing table built from service
-//! registrations, the payload budget, and dispatch of requests to services as frames.
+//! weir's gateway: clients' HTTP requests in, frames to the services that dialled in, and
+//! their answers back, under the payload budget.
 //!
-//! Modules by concern: [`front`] (HTTP listener and admin surface), [`dispatch`] (one
-//! request's phases), [`routing`] (table and instance choice), [`budget`] (payload
-//! reservations), [`server`] (shared state and service connections), [`body`] (response
-//! bodies relayed from services), [`error`] (the one status-code mapping), [`metrics`],
-//! [`service_auth`] (which services may register which paths), [`static_files`] (the
-//! static profile) and the service listener for TCP and TLS ([`Gateway::serve_services`]).
+//! The folders follow one request, in order (`ARCHITECTURE.md` tells the path file by
+//! file): `downstream` (the client's connection) → `request` (the phases: mount,
+//! authenticate, route, validate, rate limit, register) → `static_files` or `upstream`
+//! (the exchange with a service) → `response` (the body the client gets, and the one
+//! table from failure to status code). Beside the path: `services` (services dialling
+//! in), `routing` (the table they fill), `limits` (the protections, as RAII units) and
+//! [`config`] (plain values).
+//!
+//! [`Gateway`] holds the shared state; [`Gateway::run`] serves it until shutdown.
 
-pub mod auth;
-pub mod body;
-pub mod budget;
-pub mod client_io;
 pub mod config;
-mod dispatch;
-pub mod error;
-mod file_body;
-pub mod front;
-pub mod limiter;
-pub mod metrics;
-pub mod mount;
-mod pipeline;
-pub mod ratelimit;
-pub mod registry;
-mod request_body;
-pub mod routing;
-pub mod server;
-pub mod service_auth;
-mod service_listener;
-pub mod shaper;
-pub mod static_files;
-mod websocket;
+mod downstream;
+mod limits;
+mod request;
+mod response;
+mod routing;
+mod services;
+mod static_files;
+mod upstream;
+
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use weir_transport::tls::TlsAcceptor;
+use weir_transport::Link;
 
 pub use config::GatewayConfig;
-pub use server::Gateway;
+pub use downstream::metrics::Metrics;
+pub use limits::budget::{BudgetCounters, PayloadBudget};
+pub use limits::in_flight::{RequestRegistry, RequestSnapshot};
+pub use request::mount::GatewayStartError;
+pub use routing::RoutingTable;
+
+use downstream::Surface;
+use request::mount::MountTable;
+use request::Phases;
+use services::auth::ServiceAuth;
+use services::ServiceLinks;
+use upstream::Upstream;
+
+/// The running gateway's shared state.
+#[derive(Debug)]
+pub struct Gateway {
+    config: GatewayConfig,
+    routing: RoutingTable<Link>,
+    budget: Arc<PayloadBudget>,
+    metrics: Metrics,
+    /// The mounts, each with its authenticator, rate limiter and WebSocket slots.
+    mounts: MountTable,
+    /// Business requests in flight, for the admin surface.
+    registry: Arc<RequestRegistry>,
+    /// Checks service Hellos against `[services]` credentials.
+    service_auth: ServiceAuth,
+    /// Live service links: eviction and shutdown must reach them.
+    links: ServiceLinks,
+}
+
+/// The sockets [`Gateway::run`] serves.
+pub struct Listeners {
+    /// Client traffic routed to services.
+    pub public: TcpListener,
+    /// The admin surface (`/budget`, `/routes`, `/requests`, `/metrics`), if enabled.
+    pub admin: Option<TcpListener>,
+    /// Where services in other processes dial in, over TLS when an acceptor is given;
+    /// `None`: only in-memory services ([`Gateway::attach_memory`]).
+    pub services: Option<(TcpListener, Option<TlsAcceptor>)>,
+}
+
+impl std::fmt::Debug for Listeners {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let services = self.services.as_ref().map(|(listener, tls)| (listener, tls.as_ref().map(|_| "TLS")));
+        f.debug_struct("Listeners")
+            .field("public", &self.public)
+            .field("admin", &self.admin)
+            .field("services", &services)
+            .finish()
+    }
+}
+
+impl Gateway {
+    /// A gateway with `config`; nothing runs until [`Gateway::run`] or a service attaches.
+    /// Fails when a mount's authentication cannot be set up (an unreadable RS256 key).
+    pub fn new(config: GatewayConfig) -> Result<Arc<Self>, GatewayStartError> {
+        let server = &config.server;
+        Ok(Arc::new(Gateway {
+            mounts: MountTable::new(&config)?,
+            registry: Arc::new(RequestRegistry::default()),
+            routing: RoutingTable::new(config.routing.clone(), server.default_timeout, server.max_timeout),
+            budget: PayloadBudget::new(config.limits.payload),
+            metrics: Metrics::default(),
+            links: ServiceLinks::default(),
+            service_auth: ServiceAuth::new(&config.services),
+            config,
+        }))
+    }
+
+    /// Serves `listeners` until `shutdown` fires: the health sweeper, the service listener,
+    /// the admin surface and the public front. Then the fronts stop accepting and drain
+    /// for at most `server.shutdown_grace`, the service listener stops, every service
+    /// link is closed and the sweeper ends.
+    pub async fn run(self: &Arc<Self>, listeners: Listeners, shutdown: CancellationToken) -> std::io::Result<()> {
+        let sweeper = self.spawn_health_sweeper();
+        let services = listeners.services.map(|(listener, tls)| {
+            let (gateway, shutdown) = (Arc::clone(self), shutdown.clone());
+            tokio::spawn(async move { gateway.serve_services(listener, tls, shutdown).await })
+        });
+        let admin = listeners.admin.map(|listener| {
+            tokio::spawn(downstream::serve(Arc::clone(self), listener, Surface::Admin, shutdown.clone()))
+        });
+        let served = downstream::serve(Arc::clone(self), listeners.public, Surface::Public, shutdown).await;
+        if let Some(task) = admin {
+            let _ = task.await;
+        }
+        if let Some(task) = services {
+            let _ = task.await;
+        }
+        self.close_services("gateway shutting down");
+        sweeper.abort();
+        served
+    }
+
+    /// The configuration it runs with.
+    pub fn config(&self) -> &GatewayConfig {
+        &self.config
+    }
+
+    /// The routing table.
+    pub fn routing(&self) -> &RoutingTable<Link> {
+        &self.routing
+    }
+
+    /// The payload budget.
+    pub fn budget(&self) -> &Arc<PayloadBudget> {
+        &self.budget
+    }
+
+    /// Business requests in flight.
+    pub fn registry(&self) -> &Arc<RequestRegistry> {
+        &self.registry
+    }
+
+    /// Request and error counters.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Open WebSockets of `user` (subject or client IP) on the mount with `prefix`.
+    pub fn open_websockets(&self, prefix: &str, user: &str) -> u32 {
+        let mount = self.mounts.iter().find(|m| m.config.prefix == prefix);
+        mount.map_or(0, |m| m.websockets.count(&user.to_owned()))
+    }
+
+    /// Live service connections.
+    pub fn service_connections(&self) -> usize {
+        self.links.len()
+    }
+
+    /// The settings and state of one request's phases.
+    fn phases(&self) -> Phases<'_> {
+        Phases {
+            mounts: &self.mounts,
+            routing: &self.routing,
+            version_header: &self.config.routing.version_header,
+            registry: &self.registry,
+            upstream: Upstream { server: &self.config.server, limits: &self.config.limits, budget: &self.budget },
+        }
+    }
+}

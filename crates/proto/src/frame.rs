@@ -1,7 +1,7 @@
 //! The frame: the unit of everything that crosses a service connection.
 //!
-//! Frame type numbers 1 to 8 are the seed's and never change; 9 and up are weir's
-//! extensions (credit flow control, errors, the gateway's answer to Hello).
+//! Frame type numbers 1 to 8 are the protocol's first frames and never change; 9 and up
+//! came later (credit flow control, errors, the gateway's answer to Hello).
 
 use bytes::Bytes;
 

@@ -5,8 +5,9 @@
 //! options; [`EndpointBuilder::raw`], [`EndpointBuilder::typed`] or
 //! [`EndpointBuilder::websocket_handler`] finish it with a handler. Every handler is
 //! stored as a [`Handler`]: HTTP handlers in one shape (typed handlers are raw handlers
-//! wrapped by `typed.rs`), WebSocket handlers in another (`websocket.rs`). Declarations are checked when the service is built
-//! (`service.rs`), not here, so building an endpoint cannot fail.
+//! wrapped by [`crate::typed`]), WebSocket handlers in another ([`crate::websocket`]).
+//! Declarations are checked when the service is built ([`crate::service`]), not here,
+//! so building an endpoint cannot fail.
 
 use std::fmt;
 use std::future::Future;
@@ -20,15 +21,10 @@ use weir_proto::{ClaimRequirement, EndpointDescriptor, EndpointKind};
 
 use crate::context::RawRequestContext;
 use crate::error::HandlerError;
+use crate::handler::HttpHandler;
 use crate::response::RawResponse;
 use crate::typed::{typed_handler, TypedRequest};
 use crate::websocket::{WebSocketContext, WsHandler, DEFAULT_WS_MAX_MESSAGE};
-
-/// What every handler returns once boxed.
-pub(crate) type HandlerFuture = BoxFuture<'static, Result<RawResponse, HandlerError>>;
-
-/// An HTTP handler in the one shape the runtime calls.
-pub(crate) type HttpHandler = Arc<dyn Fn(RawRequestContext) -> HandlerFuture + Send + Sync + 'static>;
 
 /// What answers an endpoint: an HTTP handler, or a WebSocket handler.
 #[derive(Clone)]

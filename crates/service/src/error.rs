@@ -6,7 +6,7 @@
 //!   handler allowed, or its stream broke (cancelled, connection lost).
 //! - [`HandlerError`]: for the client: what a handler answers when it fails. It becomes a
 //!   response with the status and the short JSON body every weir error has,
-//!   `{"error": "...", "detail": "..."}` (DESIGN.md, "Status codes").
+//!   `{"error": "...", "detail": "..."}` (the README's "Status codes").
 
 use bytes::Bytes;
 use thiserror::Error;

@@ -40,8 +40,9 @@ use weir_proto::{BodyMode, CancelReason, ResponseHead};
 use weir_transport::{DataSender, IncomingRequest, Responder};
 
 use crate::context::RawRequestContext;
-use crate::endpoint::{Handler, HttpHandler};
+use crate::endpoint::Handler;
 use crate::error::HandlerError;
+use crate::handler::{HttpHandler, Outcome};
 use crate::health::{Health, InFlight};
 use crate::response::{BodyStream, RawResponse, ResponseBody};
 use crate::service::Service;
@@ -50,27 +51,6 @@ use crate::service::Service;
 pub const INLINE_BODY_MAX: usize = 1024 * 1024;
 /// Largest stream data chunk the SDK sends (64 KiB).
 pub const STREAM_CHUNK: usize = 64 * 1024;
-
-/// How one exchange ended, for the error rate.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Outcome {
-    /// The response was sent in full with this status.
-    Answered(u16),
-    /// The handler or its body stream failed after answering started.
-    Failed,
-    /// The gateway cancelled the request (not the service's failure).
-    Cancelled,
-}
-
-impl Outcome {
-    fn is_failure(self) -> bool {
-        match self {
-            Outcome::Answered(status) => status >= 500,
-            Outcome::Failed => true,
-            Outcome::Cancelled => false,
-        }
-    }
-}
 
 /// Starts serving `request` in its own task.
 pub(crate) fn spawn(service: &Service, health: &Arc<Health>, request: IncomingRequest) {

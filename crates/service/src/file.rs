@@ -1,4 +1,4 @@
-//! File downloads (seed 000's `FileResponse`): [`RawResponse::file`] answers a file read
+//! File downloads: [`RawResponse::file`] answers a file read
 //! asynchronously in 64 KiB chunks with `Content-Length`, a `Content-Type` guessed from
 //! its extension, `Content-Disposition` (an `attachment` under the download name when one
 //! is given, else `inline` under the file's own name, escaped as RFC 6266 asks),

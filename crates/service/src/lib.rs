@@ -95,6 +95,7 @@ mod endpoint;
 mod error;
 mod exchange;
 mod file;
+mod handler;
 mod health;
 mod liveness;
 mod reconnect;

@@ -1,6 +1,6 @@
 //! What a raw handler answers: a status, headers and a body that is empty, whole, or
-//! generated chunk by chunk ([`RawResponse::stream`], seed 000's `StreamingResponse`).
-//! File downloads ([`RawResponse::file`]) live in `file.rs`.
+//! generated chunk by chunk ([`RawResponse::stream`]).
+//! File downloads ([`RawResponse::file`]) live in [`crate::file`].
 //!
 //! This module only describes a response; `exchange.rs` decides how it travels: small
 //! whole bodies inline in the response head, everything else as stream data.

@@ -16,8 +16,8 @@ use tokio_util::sync::CancellationToken;
 use weir_proto::{EndpointDescriptor, Headers};
 
 use crate::context::{find_header, find_param, parse_query, RawRequestContext};
-use crate::endpoint::HttpHandler;
 use crate::error::HandlerError;
+use crate::handler::HttpHandler;
 use crate::response::RawResponse;
 
 /// Body limit of a typed handler whose endpoint declares no `max_body_bytes` (8 MiB).

@@ -35,7 +35,7 @@ pub use weir_proto::websocket::WsMessage;
 
 use crate::context::{find_header, find_param, parse_query};
 use crate::error::HandlerError;
-use crate::exchange::Outcome;
+use crate::handler::Outcome;
 
 /// Largest incoming message a WebSocket handler accepts when its endpoint declares no
 /// `max_body_bytes` (64 MiB); the gateway's `ws_max_message_size` is normally smaller.

@@ -2,8 +2,9 @@
 //!
 //! A service connection is a byte stream (an in-memory pipe, TCP, TLS) carrying frames.
 //! [`handshake`] exchanges Hello and Welcome; then a [`Link`] multiplexes many request
-//! streams over the connection with per-stream, credit-based flow control ([`flow`]), so a
-//! slow stream never stalls the others and neither side buffers more than its window.
+//! streams over the connection with per-stream, credit-based flow control
+//! ([`link::flow`]), so a slow stream never stalls the others and neither side buffers
+//! more than its window.
 //! Both the gateway and the service SDK run the same `Link`, each in its [`Role`].
 //!
 //! Every transport is only a way to get a [`ByteStream`]: [`memory`] is the in-memory
@@ -12,7 +13,6 @@
 //! last sent a frame ([`Link::last_received`]) so that either side can tell a silent,
 //! half-open connection from a quiet one.
 
-pub mod flow;
 pub mod handshake;
 pub mod link;
 pub mod memory;
@@ -20,8 +20,8 @@ mod sync;
 pub mod tcp;
 pub mod tls;
 
-pub use flow::{DataReceiver, DataSender, StreamError};
 pub use handshake::{accept_hello, dial, HandshakeError, PendingService};
+pub use link::flow::{DataReceiver, DataSender, StreamError};
 pub use link::{
     IncomingRequest, IncomingResponse, Link, LinkConfig, LinkEvent, OutgoingCall, Responder, Role, StreamHandle,
 };

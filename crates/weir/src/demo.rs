@@ -152,8 +152,8 @@ async fn ws_echo(mut ws: WebSocketContext) -> Result<(), HandlerError> {
     Ok(())
 }
 
-/// `/stream/telemetry`: counts what arrives and answers nothing (seed 000's
-/// fire-and-forget telemetry).
+/// `/stream/telemetry`: counts what arrives and answers nothing
+/// (fire-and-forget telemetry).
 async fn telemetry(mut ws: WebSocketContext, received: Arc<watch::Sender<u64>>) -> Result<(), HandlerError> {
     while let Some(message) = ws.incoming.next().await {
         match message? {
@@ -186,8 +186,8 @@ async fn telemetry_stats(
     Ok(RawResponse::json(200, &serde_json::json!({ "messages": messages })))
 }
 
-/// `/stream/notifications`: `{"seq": n}` every [`NOTIFICATION_PERIOD`] (seed 000's
-/// fire-and-forget notifications), until the client closes or goes.
+/// `/stream/notifications`: `{"seq": n}` every [`NOTIFICATION_PERIOD`]
+/// (fire-and-forget notifications), until the client closes or goes.
 async fn notifications(mut ws: WebSocketContext) -> Result<(), HandlerError> {
     let start = tokio::time::Instant::now() + NOTIFICATION_PERIOD;
     let mut ticker = tokio::time::interval_at(start, NOTIFICATION_PERIOD);

@@ -10,13 +10,10 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
-
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use weir_gateway::config::{ServicesConfig, ServicesTlsConfig};
-use weir_gateway::front::{self, Surface};
-use weir_gateway::{Gateway, GatewayConfig};
+use weir_gateway::{Gateway, GatewayConfig, Listeners};
 use weir_transport::tls::{self, TlsAcceptor, TlsError};
 
 use crate::config::load_config;
@@ -94,7 +91,6 @@ async fn serve(config: GatewayConfig, demo: bool) -> std::io::Result<()> {
     };
     let (services, tls) = bind_services(&config.services).await?;
     let gateway = Gateway::new(config).map_err(std::io::Error::other)?;
-    let sweeper = gateway.spawn_health_sweeper();
     let demo_handle = demo.then(|| crate::demo::attach(&gateway));
     if let Some(handle) = &demo_handle {
         // So that the first request after "listening" finds the demo's routes.
@@ -108,22 +104,12 @@ async fn serve(config: GatewayConfig, demo: bool) -> std::io::Result<()> {
     }
     let scheme = if tls.is_some() { "tls" } else { "tcp" };
     println!("weir services on {scheme}://{}", services.local_addr()?);
-    let services_task = {
-        let (gateway, shutdown) = (Arc::clone(&gateway), shutdown.clone());
-        tokio::spawn(async move { gateway.serve_services(services, tls, shutdown).await })
-    };
-    let admin_task =
-        admin.map(|l| tokio::spawn(front::serve(Arc::clone(&gateway), l, Surface::Admin, shutdown.clone())));
-    front::serve(Arc::clone(&gateway), listener, Surface::Public, shutdown).await?;
-    if let Some(task) = admin_task {
-        let _ = task.await;
-    }
-    let _ = services_task.await;
+    let listeners = Listeners { public: listener, admin, services: Some((services, tls)) };
+    let served = gateway.run(listeners, shutdown).await;
     if let Some(handle) = demo_handle {
         handle.shutdown();
     }
-    gateway.close_services("gateway shutting down");
-    sweeper.abort();
+    served?;
     tracing::info!("weir stopped");
     Ok(())
 }

@@ -5,7 +5,6 @@
 //! `detail` of its JSON error body; a service operator gets the registration error's text
 //! in an Error frame, so it names the offending method, template or version.
 
-use http::StatusCode;
 use thiserror::Error;
 
 /// Why a request found no instance to go to.
@@ -26,18 +25,6 @@ pub enum RouteError {
     /// The requested version is not a strict semantic version.
     #[error("{value:?} is not a semantic version (expected e.g. 1.4.2)")]
     InvalidVersion { value: String },
-}
-
-impl RouteError {
-    /// The HTTP status the gateway answers with: 404, 405, 503 or 400.
-    pub fn status_code(&self) -> StatusCode {
-        match self {
-            RouteError::NotFound => StatusCode::NOT_FOUND,
-            RouteError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
-            RouteError::NoHealthyInstance { .. } => StatusCode::SERVICE_UNAVAILABLE,
-            RouteError::InvalidVersion { .. } => StatusCode::BAD_REQUEST,
-        }
-    }
 }
 
 /// Why a Hello or an endpoints update was refused. A refused registration changes nothing.

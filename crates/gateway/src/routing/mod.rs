@@ -82,9 +82,9 @@
 
 mod error;
 mod instance;
-mod registry;
 mod select;
 mod snapshot;
+mod state;
 mod template;
 
 #[cfg(test)]
@@ -92,7 +92,7 @@ mod tests;
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
@@ -101,12 +101,14 @@ use serde::Serialize;
 use weir_proto::{EndpointDescriptor, Heartbeat, Hello};
 
 use crate::config::RoutingConfig;
+use crate::limits::lock;
 
 pub use error::{RegistrationError, RouteError};
-pub use instance::{InFlightGuard, Instance, InstanceHealth, InstanceIdentity};
+pub use instance::{InFlightGuard, Instance, InstanceHealth};
+pub(crate) use template::under_prefix;
 
-use registry::State;
 use snapshot::{EndpointRoutes, Snapshot};
+use state::State;
 
 /// Where one request goes.
 pub struct RoutingDecision<L> {
@@ -209,8 +211,8 @@ impl<L: Clone + Send + Sync + 'static> RoutingTable<L> {
         link: L,
         now: Instant,
     ) -> Result<Arc<Instance<L>>, RegistrationError> {
-        let identity = registry::identity_from_hello(hello)?;
-        let endpoints = registry::validate_endpoints(&hello.endpoints)?;
+        let identity = state::identity_from_hello(hello)?;
+        let endpoints = state::validate_endpoints(&hello.endpoints)?;
         let mut state = self.lock_state();
         if state.instances.contains_key(&conn_id) {
             return Err(RegistrationError::AlreadyRegistered { conn_id });
@@ -225,7 +227,7 @@ impl<L: Clone + Send + Sync + 'static> RoutingTable<L> {
     /// Replaces the endpoint list of connection `conn_id` atomically; refused, the old list
     /// stays.
     pub fn update_endpoints(&self, conn_id: u64, endpoints: &[EndpointDescriptor]) -> Result<(), RegistrationError> {
-        let endpoints = registry::validate_endpoints(endpoints)?;
+        let endpoints = state::validate_endpoints(endpoints)?;
         let mut state = self.lock_state();
         let identity = match state.instances.get(&conn_id) {
             Some(registration) => registration.instance.identity.clone(),
@@ -334,7 +336,7 @@ impl<L: Clone + Send + Sync + 'static> RoutingTable<L> {
     fn lock_state(&self) -> MutexGuard<'_, State<L>> {
         // A panic while the lock was held cannot leave the state half-changed: checks run
         // before any change and the changes themselves cannot fail.
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+        lock(&self.state)
     }
 
     fn publish(&self, state: &mut State<L>) {

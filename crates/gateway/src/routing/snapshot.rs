@@ -1,6 +1,6 @@
 //! The immutable routing snapshot that requests read without taking a lock.
 //!
-//! A [`Snapshot`] is built from the authoritative state (see `registry`) after every change
+//! A [`Snapshot`] is built from the authoritative state (see `state`) after every change
 //! of registrations and published through an `ArcSwap`; it is never modified afterwards.
 //! It holds a `matchit` router from path template to the methods known on it, and for
 //! each (method, template) the owning service, the instances serving it with their own
@@ -14,7 +14,7 @@ use std::sync::Arc;
 use weir_proto::EndpointDescriptor;
 
 use super::instance::Instance;
-use super::registry::{KnownEndpoint, Registration};
+use super::state::{KnownEndpoint, Registration};
 
 /// Everything routing reads, frozen at one moment.
 pub(crate) struct Snapshot<L> {

@@ -1,13 +1,24 @@
-//! Syntax checks for what a service declares (HTTP methods and path templates) and the
-//! percent-decoding of matched parameters.
+//! Syntax checks for what a service declares (HTTP methods and path templates), the
+//! percent-decoding of matched parameters, and the one rule for a path under a prefix.
 //!
 //! These are pure functions with no state. The routing table calls the validators before
 //! it looks at anything else in a registration, so that a malformed declaration is refused
 //! with a precise reason; `matchit` still has the last word on whether a template fits
-//! next to the others (see `registry`).
+//! next to the others (see `state`).
 
 use std::borrow::Cow;
 use std::collections::BTreeSet;
+
+/// Whether `path` lies under `prefix` on a segment boundary: `/api` (or `/api/`) covers
+/// `/api` and `/api/x`, not `/apix`; `/` covers every path. Mounts and service grants both
+/// match prefixes this way.
+pub(crate) fn under_prefix(prefix: &str, path: &str) -> bool {
+    let prefix = prefix.trim_end_matches('/');
+    match path.strip_prefix(prefix) {
+        Some(rest) => rest.is_empty() || rest.starts_with('/'),
+        None => false,
+    }
+}
 
 /// Checks that `method` is a non-empty HTTP token (RFC 9110 `tchar`s) with no lower-case
 /// letters. On failure returns why.

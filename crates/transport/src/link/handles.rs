@@ -4,8 +4,8 @@ use std::sync::Arc;
 
 use weir_proto::{BodyMode, CancelReason, FrameType, Message, ResponseHead};
 
+use super::flow::{CreditGate, DataSender, StreamError};
 use super::Link;
-use crate::flow::{CreditGate, DataSender, StreamError};
 
 /// Gateway role: owns an open stream. Dropped before [`StreamHandle::complete`], it
 /// cancels the stream as `ClientDisconnected`, the one way a request future is dropped

@@ -1,14 +1,14 @@
 //! The multiplexed link: many request streams over one framed connection.
 //!
 //! A `Link` owns two tasks. The reader decodes frames and routes them: stream frames to
-//! the stream's entry in the [`StreamTable`], everything else to the owner as
+//! the stream's entry in the stream table (`streams.rs`), everything else to the owner as
 //! [`LinkEvent`]s. The writer drains two queues: an unbounded control queue (credit,
 //! cancel, heartbeat, error: small frames whose number is bounded by the traffic that
 //! causes them) that it always serves first, and a bounded data queue (heads and stream
 //! data) whose bound is the link's backpressure.
 //!
 //! Stream rules, enforced here for both roles: the gateway opens streams with strictly
-//! increasing ids and queues each head in id order (see [`streams`]); data may not
+//! increasing ids and queues each head in id order (see `streams.rs`); data may not
 //! exceed granted credit, follow END_STREAM, or arrive for a stream that never existed.
 //! Any violation closes the whole link with an Error frame and
 //! a logged reason; other links are untouched. Frames for a stream that has ended
@@ -30,6 +30,7 @@ use weir_proto::{
     Heartbeat, Message, RequestHead, ResponseHead,
 };
 
+pub mod flow;
 mod frame_writer;
 mod handles;
 mod reader;
@@ -38,7 +39,7 @@ mod writer;
 
 pub use handles::{Responder, StreamHandle};
 
-use crate::flow::{CreditGate, DataReceiver, DataSender, StreamError};
+use self::flow::{CreditGate, DataReceiver, DataSender, StreamError};
 use crate::ByteStream;
 use streams::{LinkClosed, StreamEntry, StreamTable, Streams};
 

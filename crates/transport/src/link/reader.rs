@@ -14,9 +14,9 @@ use weir_proto::{
     RequestHead, ResponseHead,
 };
 
+use super::flow::{CreditGate, DataEvent, DataReceiver, StreamError};
 use super::streams::StreamEntry;
 use super::{FrameSource, IncomingRequest, IncomingResponse, Link, LinkEvent, Responder, Role, Violation, MAX_CREDIT};
-use crate::flow::{CreditGate, DataEvent, DataReceiver, StreamError};
 use crate::ByteStream;
 
 fn decode<M: Message>(payload: Bytes) -> Result<M, Violation> {

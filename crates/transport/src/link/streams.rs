@@ -21,8 +21,8 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
+use super::flow::{CreditGate, DataEvent, StreamError};
 use super::{IncomingResponse, Violation};
-use crate::flow::{CreditGate, DataEvent, StreamError};
 use crate::sync::{Mutex, MutexGuard};
 
 /// One open stream, as one side of the link sees it.

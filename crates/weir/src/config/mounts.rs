@@ -1,9 +1,9 @@
-//! `[[mount]]` entries: prefix, profile, the seed's StreamingApp settings under the seed's
-//! names, the static profile's `root`, and a business mount's `[mount.auth]`.
+//! `[[mount]]` entries: prefix, profile, the mount's settings (body limits, timeouts,
+//! WebSocket and rate limits), the static profile's `root`, and a business mount's `[mount.auth]`.
 //!
-//! A declared mount starts from the seed's defaults (`MountSettings::seed_defaults`);
+//! A declared mount starts from the defaults of `MountSettings::declared_defaults`;
 //! rate settings always name their unit (`"100/min"`, `"20/s"`), except that a bare
-//! integer `rate_limit_requests` means per minute, as the seed's comment says; `"off"`
+//! integer `rate_limit_requests` means per minute (`docs/configuration.md`); `"off"`
 //! disables a limit. Rules within one mount (chunk size against upload size, `root` only
 //! and always for static, auth only for business) and across mounts (no two with the
 //! same prefix) are reported on the key at fault.
@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use toml_edit::Item;
-use weir_gateway::mount::{ApiKey, AuthConfig, JwtAlgorithm, JwtConfig, MountConfig, MountSettings, Profile, Rate};
+use weir_gateway::config::{ApiKey, AuthConfig, JwtAlgorithm, JwtConfig, MountConfig, MountSettings, Profile, Rate};
 
 use super::{duration, expected, non_empty_string, size, string, Section, GIB, MAX_CHUNK};
 
@@ -31,7 +31,7 @@ pub(super) fn read_mount(s: &mut Section<'_, '_>, seen: &mut Vec<(String, String
     let profile = s.required("profile", profile);
     let mut root = None;
     s.value("root", &mut root, |item| directory(item).map(Some));
-    let mut settings = MountSettings::seed_defaults();
+    let mut settings = MountSettings::declared_defaults();
     read_settings(s, &mut settings);
     let mut auth = AuthConfig::None;
     s.section("auth", |a| {
@@ -44,7 +44,7 @@ pub(super) fn read_mount(s: &mut Section<'_, '_>, seen: &mut Vec<(String, String
     Some(MountConfig { prefix, profile, root, auth, settings })
 }
 
-/// The seed's settings, one line per key.
+/// The mount's settings, one line per key.
 fn read_settings(s: &mut Section<'_, '_>, c: &mut MountSettings) {
     s.value("max_upload_size", &mut c.max_upload_size, size(1, u64::MAX));
     s.value("upload_timeout", &mut c.upload_timeout, duration);
@@ -244,7 +244,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_seeds_example_is_expressible_as_it_stands() {
+    fn the_documented_mount_example_is_expressible_as_it_stands() {
         let config = load_config(
             r#"
 [[mount]]
@@ -270,7 +270,7 @@ rate_limit_bandwidth = "10MiB/s"
         assert_eq!(stream.profile, Profile::Streaming);
         assert_eq!(stream.settings.rate_limit_requests, Some(Rate { count: 100, per: Duration::from_secs(60) }));
         assert_eq!(stream.settings.rate_limit_bandwidth, Some(10 * 1024 * 1024));
-        assert_eq!(config.mounts[0].settings, MountSettings::seed_defaults());
+        assert_eq!(config.mounts[0].settings, MountSettings::declared_defaults());
     }
 
     #[test]

@@ -14,8 +14,8 @@ use bytes::Bytes;
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use reqwest::{RequestBuilder, StatusCode};
 use serde_json::{json, Value};
-use weir_gateway::mount::{ApiKey, AuthConfig, JwtAlgorithm, JwtConfig, MountConfig, MountSettings, Profile};
-use weir_gateway::server::GatewayStartError;
+use weir_gateway::config::{ApiKey, AuthConfig, JwtAlgorithm, JwtConfig, MountConfig, MountSettings, Profile};
+use weir_gateway::GatewayStartError;
 use weir_gateway::{Gateway, GatewayConfig};
 use weir_service::{Endpoint, HandlerError, RawRequestContext, RawResponse, Service};
 
@@ -29,7 +29,7 @@ fn business(prefix: &str, auth: AuthConfig) -> MountConfig {
         profile: Profile::Business,
         root: None,
         auth,
-        settings: MountSettings::seed_defaults(),
+        settings: MountSettings::declared_defaults(),
     }
 }
 

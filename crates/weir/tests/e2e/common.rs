@@ -26,8 +26,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::codec::{FramedRead, FramedWrite};
 use tokio_util::sync::CancellationToken;
-use weir_gateway::front::{self, Surface};
-use weir_gateway::{Gateway, GatewayConfig};
+use weir_gateway::{Gateway, GatewayConfig, Listeners};
 use weir_proto::{FrameCodec, FrameType};
 use weir_service::{Dialer, RunHandle, Service};
 use weir_transport::memory::MemoryConnector;
@@ -164,6 +163,8 @@ struct ServiceListener {
 pub struct Harness {
     pub gateway: Arc<Gateway>,
     pub addr: SocketAddr,
+    /// The admin surface's address.
+    pub admin_addr: SocketAddr,
     pub client: reqwest::Client,
     pub transport: Transport,
     /// The CA of the TLS transport.
@@ -172,7 +173,6 @@ pub struct Harness {
     mutual_tls: bool,
     memory: MemoryConnector,
     listener: Option<ServiceListener>,
-    sweeper: JoinHandle<()>,
     shutdown: CancellationToken,
     /// Shut down with the harness, so no service outlives its test.
     services: Vec<CancellationToken>,
@@ -198,23 +198,28 @@ impl Harness {
     async fn launch(config: GatewayConfig, transport: Transport, mutual_tls: bool) -> Harness {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
+        let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let admin_addr = admin.local_addr().unwrap();
         let gateway = Gateway::new(config).expect("valid test gateway");
         let shutdown = CancellationToken::new();
-        tokio::spawn(front::serve(Arc::clone(&gateway), listener, Surface::Public, shutdown.clone()));
         let client = reqwest::Client::builder().pool_max_idle_per_host(0).build().unwrap();
         let pki = TestPki::new();
         let memory = gateway.attach_memory();
-        let sweeper = gateway.spawn_health_sweeper();
+        let listeners = Listeners { public: listener, admin: Some(admin), services: None };
+        {
+            let (gateway, shutdown) = (Arc::clone(&gateway), shutdown.clone());
+            tokio::spawn(async move { gateway.run(listeners, shutdown).await });
+        }
         let mut harness = Harness {
             gateway,
             addr,
+            admin_addr,
             client,
             transport,
             pki,
             mutual_tls,
             memory,
             listener: None,
-            sweeper,
             shutdown,
             services: Vec::new(),
         };
@@ -316,6 +321,11 @@ impl Harness {
         format!("http://{}{path}", self.addr)
     }
 
+    /// The URL of `path` on the admin surface.
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.admin_addr)
+    }
+
     /// Waits until every budget reservation has been released, and fails if that never
     /// happens: a leak, not slowness.
     pub async fn assert_budget_released(&self) {
@@ -329,8 +339,8 @@ impl Drop for Harness {
         for service in &self.services {
             service.cancel();
         }
+        // Stops the gateway's `run`: it drains, then closes its service links.
         self.shutdown.cancel();
-        self.sweeper.abort();
     }
 }
 

@@ -1,7 +1,7 @@
-//! Payload limits of seed 002 and DESIGN.md, each crossed: the streaming happy path
-//! above the per-call limit (seed 9.1), the buffered per-call limit with the handler
-//! never invoked (9.2), the aggregate and per-connection budgets refusing at admission
-//! (9.3), the total upload size, a slow body (408), and a client vanishing mid-upload.
+//! Payload limits (the budget of `ARCHITECTURE.md`, "The budget"), each crossed: the
+//! streaming happy path above the per-call limit, the buffered per-call limit with the
+//! handler never invoked, the aggregate and per-connection budgets refusing at admission,
+//! the total upload size, a slow body (408), and a client vanishing mid-upload.
 //! Every test ends with the budget back at zero.
 
 use std::sync::atomic::{AtomicUsize, Ordering};

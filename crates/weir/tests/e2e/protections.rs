@@ -1,4 +1,4 @@
-//! The protection matrix of seed 000, each limit crossed over real sockets: connections
+//! Every client-side protection, each limit crossed over real sockets: connections
 //! per IP (503), slow request heads (408 then close), trickling bodies (408 from the
 //! minimum rate before the per-read timeout), whole-upload timeout, a client that stops
 //! reading (closed at `send_timeout`, the service's stream cancelled), a trickling
@@ -14,7 +14,7 @@ use reqwest::StatusCode;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::mpsc;
-use weir_gateway::mount::{AuthConfig, MountConfig, MountSettings, Profile, Rate};
+use weir_gateway::config::{AuthConfig, MountConfig, MountSettings, Profile, Rate};
 use weir_gateway::GatewayConfig;
 use weir_service::{Endpoint, HandlerError, RawRequestContext, RawResponse, Service};
 
@@ -204,7 +204,7 @@ async fn a_trickling_reader_is_closed_by_the_minimum_response_rate() {
 
 #[tokio::test]
 async fn requests_over_the_rate_limit_get_429_with_retry_after() {
-    let mut settings = MountSettings::seed_defaults();
+    let mut settings = MountSettings::declared_defaults();
     settings.rate_limit_requests = Some(Rate { count: 5, per: Duration::from_secs(60) });
     let cfg = GatewayConfig { mounts: vec![mount("/api", Profile::Business, settings)], ..config() };
     let h = Harness::with_demo(cfg).await;
@@ -219,7 +219,7 @@ async fn requests_over_the_rate_limit_get_429_with_retry_after() {
 }
 
 fn shaped(rate: u64) -> GatewayConfig {
-    let mut settings = MountSettings::seed_defaults();
+    let mut settings = MountSettings::declared_defaults();
     settings.rate_limit_bandwidth = Some(rate);
     settings.max_upload_size = 64 * 1024 * 1024;
     GatewayConfig { mounts: vec![mount("/stream", Profile::Streaming, settings)], ..config() }

@@ -2,14 +2,9 @@
 //! endpoint with its route and client, an operator cancels it there (the client gets
 //! 503 `cancelled`, the handler its cancellation), and the list is empty afterwards.
 
-use std::sync::Arc;
-
 use reqwest::StatusCode;
-use tokio::net::TcpListener;
 use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
-use weir_gateway::front::{self, Surface};
-use weir_gateway::mount::{AuthConfig, MountConfig, MountSettings, Profile};
+use weir_gateway::config::{AuthConfig, MountConfig, MountSettings, Profile};
 use weir_gateway::GatewayConfig;
 use weir_service::{Endpoint, HandlerError, RawRequestContext, RawResponse, Service};
 
@@ -17,7 +12,7 @@ use crate::common::*;
 
 #[tokio::test]
 async fn an_operator_lists_and_cancels_a_request_in_flight() {
-    let settings = MountSettings::seed_defaults();
+    let settings = MountSettings::declared_defaults();
     let mount =
         MountConfig { prefix: "/".into(), profile: Profile::Business, root: None, auth: AuthConfig::None, settings };
     let mut h = Harness::start(GatewayConfig { mounts: vec![mount], ..config() }).await;
@@ -33,10 +28,7 @@ async fn an_operator_lists_and_cancels_a_request_in_flight() {
     });
     h.attach(Service::builder("jobs", "1.0.0").endpoint(endpoint).build().unwrap()).await;
 
-    let admin_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let admin = format!("http://{}", admin_listener.local_addr().unwrap());
-    let stop_admin = CancellationToken::new();
-    tokio::spawn(front::serve(Arc::clone(&h.gateway), admin_listener, Surface::Admin, stop_admin.clone()));
+    let admin = h.admin_url("");
 
     let request = tokio::spawn(h.client.get(h.url("/jobs/7")).send());
     assert_eq!(tokio::time::timeout(WAIT, seen.recv()).await.unwrap(), Some("started"));
@@ -56,5 +48,4 @@ async fn an_operator_lists_and_cancels_a_request_in_flight() {
     assert!(h.gateway.registry().list().is_empty());
     let again = h.client.delete(format!("{admin}/requests/{id}")).send().await.unwrap();
     assert_eq!(again.status(), StatusCode::NOT_FOUND);
-    stop_admin.cancel();
 }

@@ -1,4 +1,4 @@
-//! The static profile and the SDK's file responses over real HTTP (issue 5, point 6):
+//! The static profile and the SDK's file responses over real HTTP:
 //! every header (`Content-Length`, `Content-Type`, `Content-Disposition`,
 //! `Last-Modified`, `ETag`, `Accept-Ranges`), HEAD, 304 by `If-None-Match` and by
 //! `If-Modified-Since`, 206 for each single-range form with exact bytes, 416, paths that
@@ -15,7 +15,7 @@ use reqwest::StatusCode;
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use weir_gateway::mount::{AuthConfig, MountConfig, MountSettings, Profile};
+use weir_gateway::config::{AuthConfig, MountConfig, MountSettings, Profile};
 use weir_gateway::GatewayConfig;
 use weir_service::{Endpoint, RawRequestContext, RawResponse, Service};
 
@@ -74,7 +74,7 @@ fn static_config(root: &Path, settings: MountSettings) -> GatewayConfig {
 }
 
 async fn serve(tree: &Tree) -> Harness {
-    Harness::start(static_config(&tree.root(), MountSettings::seed_defaults())).await
+    Harness::start(static_config(&tree.root(), MountSettings::declared_defaults())).await
 }
 
 /// One request over a fresh connection with `path` exactly as written (reqwest would
@@ -256,7 +256,7 @@ async fn a_20_mib_file_streams_whole() {
     let contents: Vec<u8> = (0..20 * 1024 * 1024u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8).collect();
     std::fs::write(tree.root().join("big.bin"), &contents).unwrap();
     let settings =
-        MountSettings { chunk_size: 16 * 1024, rate_limit_bandwidth: None, ..MountSettings::seed_defaults() };
+        MountSettings { chunk_size: 16 * 1024, rate_limit_bandwidth: None, ..MountSettings::declared_defaults() };
     let h = Harness::start(static_config(&tree.root(), settings)).await;
     let response = h.client.get(h.url("/files/big.bin")).send().await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);

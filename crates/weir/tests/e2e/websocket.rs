@@ -1,7 +1,7 @@
 //! WebSockets through the gateway, with tokio-tungstenite as the client: the demo's echo
 //! (text, binary, a message larger than a stream window; on every transport),
 //! fire-and-forget telemetry in and notifications out, a service that closes first, and
-//! the WebSocket rows of seed 000's protection matrix: per-message size (close 1009),
+//! the WebSocket protections: per-message size (close 1009),
 //! idle timeout (close 1000 "Idle timeout"), messages per second (close 1008) and
 //! connections per user (503 before the upgrade). Also: a bad upgrade is 400, a client
 //! that vanishes cancels the service's handler, a lost service link closes the client
@@ -23,7 +23,7 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use tokio_util::codec::Framed;
-use weir_gateway::mount::{AuthConfig, MountConfig, MountSettings, Profile, Rate};
+use weir_gateway::config::{AuthConfig, MountConfig, MountSettings, Profile, Rate};
 use weir_gateway::GatewayConfig;
 use weir_proto::{
     BodyMode, Cancel, CancelReason, EndpointDescriptor, EndpointKind, Frame, FrameCodec, FrameType, Hello,
@@ -41,9 +41,9 @@ conformance! {
     a_service_that_closes_first_closes_the_client_with_its_code,
 }
 
-/// A `/stream` streaming mount with the seed's settings changed by `change`.
+/// A `/stream` streaming mount with the declared defaults changed by `change`.
 fn streaming(change: impl FnOnce(&mut MountSettings)) -> GatewayConfig {
-    let mut settings = MountSettings::seed_defaults();
+    let mut settings = MountSettings::declared_defaults();
     change(&mut settings);
     let mount = MountConfig {
         prefix: "/stream".into(),

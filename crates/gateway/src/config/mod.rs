@@ -1,0 +1,216 @@
+//! The gateway's typed configuration: what each setting means and its default.
+//!
+//! This module holds plain values only. Reading TOML, reporting errors with their key and
+//! line, and cross-field validation live in the `weir` binary's `config` module; the
+//! gateway trusts what it is given. The README's configuration reference documents
+//! every field here.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+mod mount;
+
+pub use mount::{ApiKey, AuthConfig, JwtAlgorithm, JwtConfig, MountConfig, MountSettings, Profile, Rate};
+
+/// Everything the gateway needs to run.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct GatewayConfig {
+    pub server: ServerConfig,
+    pub routing: RoutingConfig,
+    pub limits: LimitsConfig,
+    pub services: ServicesConfig,
+    /// `[[mount]]` entries; none means one implicit business mount at `/`.
+    pub mounts: Vec<MountConfig>,
+}
+
+/// `[server]`: the client-facing HTTP listener.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServerConfig {
+    /// Address the HTTP front listens on.
+    pub listen: SocketAddr,
+    /// How long SIGINT/SIGTERM waits for in-flight requests before exiting anyway.
+    pub shutdown_grace: Duration,
+    /// Timeout for endpoints that declare none.
+    pub default_timeout: Duration,
+    /// Upper bound on any endpoint's timeout (the effective timeout is capped by it).
+    pub max_timeout: Duration,
+    /// Longest wait for a whole request head; a slower client gets 408.
+    pub header_timeout: Duration,
+    /// Longest wait for the next bytes of a request body; a slower client gets 408.
+    pub read_timeout: Duration,
+    /// Address of the admin surface (budget, routes, metrics); `None` disables it.
+    pub admin_listen: Option<SocketAddr>,
+    /// Longest a write to a client may stall (it stopped reading); then it is closed.
+    pub send_timeout: Duration,
+    /// Open client connections per IP address; more are answered 503 and closed.
+    pub max_connections_per_ip: u32,
+    /// Slowest request body accepted after `data_rate_grace`, in bytes per second (408).
+    pub min_request_data_rate: u64,
+    /// Slowest response reading accepted after `data_rate_grace`, in bytes per second.
+    pub min_response_data_rate: u64,
+    /// How long a transfer may run below the minimum data rates before they apply.
+    pub data_rate_grace: Duration,
+}
+
+/// `[routing]`: how instances are chosen and how health follows heartbeats.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RoutingConfig {
+    /// The gateway's own region; instances in it are preferred.
+    pub region: String,
+    /// Request header that asks for an exact service version.
+    pub version_header: String,
+    /// Version used for a service when the request names none (service name → semver).
+    pub default_versions: BTreeMap<String, String>,
+    /// Interval the gateway asks services to send heartbeats at.
+    pub heartbeat_interval: Duration,
+    /// An instance silent this long is degraded (used only when no healthy one is left).
+    pub degraded_after: Duration,
+    /// An instance silent this long is evicted and its connection closed.
+    pub evict_after: Duration,
+}
+
+/// `[limits]`: the payload budget's limits plus the total upload size.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LimitsConfig {
+    pub payload: PayloadLimits,
+    /// Largest total request body, streamed or not; over it the client gets 413.
+    pub max_upload_size: u64,
+    /// Size of body chunks read from clients and sent as stream data.
+    pub chunk_size: usize,
+    /// Per-stream flow-control window the gateway grants services for response bodies.
+    pub stream_window: u32,
+}
+
+/// The payload budget's three limits, in bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PayloadLimits {
+    /// In-flight bytes of one request.
+    pub max_request_bytes_per_call: u64,
+    /// In-flight bytes of all requests to one service connection.
+    pub max_request_bytes_per_connection: u64,
+    /// In-flight bytes across the whole gateway.
+    pub max_aggregate_inflight_bytes: u64,
+}
+
+impl Default for PayloadLimits {
+    fn default() -> Self {
+        PayloadLimits {
+            max_request_bytes_per_call: 1024 * 1024,
+            max_request_bytes_per_connection: 16 * 1024 * 1024,
+            max_aggregate_inflight_bytes: 256 * 1024 * 1024,
+        }
+    }
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            shutdown_grace: Duration::from_secs(10),
+            default_timeout: Duration::from_secs(30),
+            max_timeout: Duration::from_secs(300),
+            header_timeout: Duration::from_secs(10),
+            read_timeout: Duration::from_secs(30),
+            admin_listen: None,
+            send_timeout: Duration::from_secs(30),
+            max_connections_per_ip: 100,
+            min_request_data_rate: 240,
+            min_response_data_rate: 240,
+            data_rate_grace: Duration::from_secs(5),
+        }
+    }
+}
+
+impl Default for RoutingConfig {
+    fn default() -> Self {
+        RoutingConfig {
+            region: String::new(),
+            version_header: "x-weir-version".to_owned(),
+            default_versions: BTreeMap::new(),
+            heartbeat_interval: Duration::from_secs(5),
+            degraded_after: Duration::from_secs(15),
+            evict_after: Duration::from_secs(30),
+        }
+    }
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            payload: PayloadLimits::default(),
+            max_upload_size: 100 * 1024 * 1024,
+            chunk_size: 64 * 1024,
+            stream_window: weir_proto::DEFAULT_STREAM_WINDOW,
+        }
+    }
+}
+
+/// `[services]`: where services dial in, and who may register what.
+///
+/// Authentication applies to network connections (TCP, TLS) only: a service embedded in
+/// the gateway's process over the in-memory transport is trusted as the gateway's own
+/// code. With no `credentials` at all, network services are accepted without a token
+/// (the gateway logs a warning at start-up).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServicesConfig {
+    /// Address the service listener (TCP, or TLS with `tls`) listens on.
+    pub listen: SocketAddr,
+    /// Longest time from accepting a service connection to its Hello, TLS handshake
+    /// included; a slower peer is dropped.
+    pub handshake_timeout: Duration,
+    /// TLS for the service listener; `None` is plain TCP.
+    pub tls: Option<ServicesTlsConfig>,
+    /// Who may register, with what proof, under which paths.
+    pub credentials: Vec<ServiceCredential>,
+}
+
+/// `[services.tls]`: the listener's certificate and, for mutual TLS, the client CA.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServicesTlsConfig {
+    /// PEM file with the gateway's certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// PEM file with the certificate's private key.
+    pub key: PathBuf,
+    /// PEM file with the CA(s) that sign service certificates. When set, every service
+    /// must present a certificate signed by one (mutual TLS), and its identity (subject
+    /// common name, else first DNS name) can stand in for a token.
+    pub client_ca: Option<PathBuf>,
+}
+
+/// `[[services.credentials]]`: one way for one service to prove who it is.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ServiceCredential {
+    /// The service name the Hello must claim.
+    pub service: String,
+    /// The shared secret the Hello must carry; `None`: only an mTLS identity equal to
+    /// `service` proves it. Never logged.
+    pub token: Option<String>,
+    /// Path prefixes the service may register endpoints under, segment by segment:
+    /// `/api` allows `/api` and `/api/x`, not `/apix`; `/` allows everything.
+    pub prefixes: Vec<String>,
+}
+
+impl fmt::Debug for ServiceCredential {
+    /// The token is redacted: configs end up in logs.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServiceCredential")
+            .field("service", &self.service)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("prefixes", &self.prefixes)
+            .finish()
+    }
+}
+
+impl Default for ServicesConfig {
+    fn default() -> Self {
+        ServicesConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 7070)),
+            handshake_timeout: Duration::from_secs(10),
+            tls: None,
+            credentials: Vec::new(),
+        }
+    }
+}

@@ -1,0 +1,60 @@
+//! The admin surface, on its own listener: `/healthz`, `/budget` (the payload budget's
+//! counters), `/routes` (the routing table), `/requests` (business requests in flight;
+//! `DELETE /requests/{id}` cancels one) and `/metrics` (Prometheus text). Read-only but
+//! for the cancel; every other path is 404, every other method 405.
+
+use bytes::Bytes;
+use http::header::{HeaderValue, CONTENT_TYPE};
+use http::{Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+
+use crate::response::error::GatewayError;
+use crate::response::GatewayBody;
+use crate::Gateway;
+
+/// The admin surface's answer to `request`.
+pub(super) fn answer(gateway: &Gateway, request: &Request<Incoming>) -> Response<GatewayBody> {
+    let path = request.uri().path();
+    if let Some(id) = path.strip_prefix("/requests/") {
+        return cancel_request(gateway, request.method(), id);
+    }
+    if request.method() != Method::GET {
+        return GatewayError::MethodNotAllowed { allow: vec!["GET".into()] }.into_response();
+    }
+    match path {
+        "/budget" => json(StatusCode::OK, serde_json::to_string(&gateway.budget().counters()).unwrap_or_default()),
+        "/routes" => json(StatusCode::OK, serde_json::to_string(&gateway.routing().snapshot()).unwrap_or_default()),
+        "/requests" => json(StatusCode::OK, serde_json::to_string(&gateway.registry().list()).unwrap_or_default()),
+        "/metrics" => {
+            let text = gateway.metrics().render(&gateway.budget().counters(), gateway.service_connections());
+            let mut response = Response::new(GatewayBody::full(Bytes::from(text)));
+            response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
+            response
+        }
+        _ => GatewayError::NotFound.into_response(),
+    }
+}
+
+/// `DELETE /requests/{id}`: cancels a registered request (204), or 404.
+fn cancel_request(gateway: &Gateway, method: &Method, id: &str) -> Response<GatewayBody> {
+    if method != Method::DELETE {
+        return GatewayError::MethodNotAllowed { allow: vec!["DELETE".into()] }.into_response();
+    }
+    match id.parse::<u64>() {
+        Ok(id) if gateway.registry().cancel(id) => {
+            tracing::info!(id, "request cancelled from the admin endpoint");
+            let mut response = Response::new(GatewayBody::empty());
+            *response.status_mut() = StatusCode::NO_CONTENT;
+            response
+        }
+        _ => GatewayError::NotFound.into_response(),
+    }
+}
+
+/// A JSON response with `status`.
+pub(super) fn json(status: StatusCode, body: String) -> Response<GatewayBody> {
+    let mut response = Response::new(GatewayBody::full(Bytes::from(body)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}

@@ -1,0 +1,289 @@
+//! The client connection's byte stream, with the protections that only the socket can
+//! see: a write that stalls longer than `send_timeout` (the client stopped reading) and
+//! a client that reads slower than `min_response_data_rate` once `data_rate_grace` has
+//! passed (a trickling reader) both fail the connection's I/O, so hyper drops it and the
+//! response's stream is cancelled.
+//!
+//! It also counts bytes read and written, which tells the front whether a connection
+//! that timed out in its request head had started a request (answer 408) or was idle
+//! (close quietly). Reads and writes go through tokio's own `TcpStream` I/O, which reads
+//! into hyper's buffer without zeroing it and skips the read that would only find the
+//! socket empty. A dropped `ClientIo` hands its socket back in [`ConnState`] instead of
+//! closing it, so that the front can still write a 408 after hyper has given up on the
+//! connection, and close it gracefully (see `close_lingering` in the parent module).
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+
+use crate::limits::lock;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::time::{Instant, Sleep};
+
+/// What the I/O shares with the front: byte counts, and the socket once hyper lets go
+/// of it.
+#[derive(Debug, Default)]
+pub(crate) struct ConnState {
+    read: AtomicU64,
+    /// `read` as it was at the last write: reads since then are a request in progress.
+    read_at_last_write: AtomicU64,
+    /// Set when the I/O is dropped: the front may still owe the client a 408 on it, and
+    /// closes it.
+    released: Mutex<Option<TcpStream>>,
+}
+
+impl ConnState {
+    /// Whether bytes of a new request arrived since the last response bytes went out.
+    pub(crate) fn request_in_progress(&self) -> bool {
+        self.read.load(Ordering::Relaxed) > self.read_at_last_write.load(Ordering::Relaxed)
+    }
+
+    /// The socket, once hyper has dropped its I/O (`None` while an upgraded connection
+    /// still uses it, or once taken).
+    pub(crate) fn take_socket(&self) -> Option<TcpStream> {
+        // A poisoned slot still holds a valid socket (or none).
+        lock(&self.released).take()
+    }
+}
+
+/// Limits on how slowly a client may take its responses.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SendLimits {
+    pub send_timeout: Duration,
+    pub min_rate: u64,
+    pub grace: Duration,
+}
+
+/// A period in which the client is the bottleneck (writes keep hitting a full socket).
+#[derive(Debug)]
+struct SlowWindow {
+    since: Instant,
+    bytes: u64,
+    last_blocked: Instant,
+}
+
+/// A blocked write's deadline.
+#[derive(Debug)]
+struct Stall {
+    since: Instant,
+    /// Wakes the writer to re-check both bounds.
+    deadline: Pin<Box<Sleep>>,
+}
+
+/// The client's socket as hyper sees it.
+#[derive(Debug)]
+pub(crate) struct ClientIo {
+    /// Always `Some` until `drop` takes it.
+    stream: Option<TcpStream>,
+    state: Arc<ConnState>,
+    limits: SendLimits,
+    stall: Option<Stall>,
+    window: Option<SlowWindow>,
+}
+
+/// A window ends when the socket has not been full for this long.
+const CALM: Duration = Duration::from_secs(1);
+
+impl ClientIo {
+    /// Wraps `stream`; returns the I/O and what the front keeps of it.
+    pub(crate) fn new(stream: TcpStream, limits: SendLimits) -> (ClientIo, Arc<ConnState>) {
+        let state = Arc::new(ConnState::default());
+        let io = ClientIo { stream: Some(stream), state: Arc::clone(&state), limits, stall: None, window: None };
+        (io, state)
+    }
+
+    /// The socket, pinned for tokio's I/O; `None` only after `drop` took it.
+    fn socket(&mut self) -> io::Result<Pin<&mut TcpStream>> {
+        match &mut self.stream {
+            Some(stream) => Ok(Pin::new(stream)),
+            None => Err(io::Error::new(io::ErrorKind::NotConnected, "client socket already released")),
+        }
+    }
+
+    /// One write with `write`; a full socket goes through [`ClientIo::blocked`] for the
+    /// stall and rate checks.
+    fn poll_write_with(
+        &mut self,
+        cx: &mut Context<'_>,
+        write: impl FnOnce(Pin<&mut TcpStream>, &mut Context<'_>) -> Poll<io::Result<usize>>,
+    ) -> Poll<io::Result<usize>> {
+        match write(self.socket()?, cx) {
+            Poll::Pending => self.blocked(cx),
+            Poll::Ready(Ok(n)) => {
+                self.wrote(n);
+                Poll::Ready(Ok(n))
+            }
+            Poll::Ready(Err(err)) => Poll::Ready(Err(err)),
+        }
+    }
+
+    fn wrote(&mut self, n: usize) {
+        self.stall = None;
+        let c = &self.state;
+        c.read_at_last_write.store(c.read.load(Ordering::Relaxed), Ordering::Relaxed);
+        if let Some(window) = &mut self.window {
+            if window.last_blocked.elapsed() > CALM {
+                self.window = None;
+            } else {
+                window.bytes += n as u64;
+            }
+        }
+    }
+
+    /// The socket is full: check the stall deadline and the minimum rate.
+    fn blocked(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        let now = Instant::now();
+        let limits = self.limits;
+        let window = self.window.get_or_insert(SlowWindow { since: now, bytes: 0, last_blocked: now });
+        window.last_blocked = now;
+        let elapsed = now.duration_since(window.since);
+        if elapsed > limits.grace && (window.bytes as f64) < limits.min_rate as f64 * elapsed.as_secs_f64() {
+            let detail = format!("client read {} bytes in {elapsed:?}, under the minimum rate", window.bytes);
+            return Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, detail)));
+        }
+        let rate_floor = Duration::from_secs_f64(window.bytes as f64 / limits.min_rate.max(1) as f64);
+        let rate_due = window.since + limits.grace.max(rate_floor) + Duration::from_millis(1);
+        let stall = self
+            .stall
+            .get_or_insert_with(|| Stall { since: now, deadline: Box::pin(tokio::time::sleep(limits.send_timeout)) });
+        if now.duration_since(stall.since) >= limits.send_timeout {
+            let detail = format!("client stopped reading for {:?}", limits.send_timeout);
+            return Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, detail)));
+        }
+        // Wake again when either bound would be crossed if nothing moves meanwhile: the
+        // socket may stay unwritable for long (Linux wakes a writer only once a third of
+        // its send buffer is free), and the checks above only run when polled.
+        stall.deadline.as_mut().reset((stall.since + limits.send_timeout).min(rate_due));
+        if stall.deadline.as_mut().poll(cx).is_ready() {
+            cx.waker().wake_by_ref();
+        }
+        Poll::Pending
+    }
+}
+
+impl AsyncRead for ClientIo {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        ready!(this.socket()?.poll_read(cx, buf))?;
+        let n = buf.filled().len() - before;
+        this.state.read.fetch_add(n as u64, Ordering::Relaxed);
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncWrite for ClientIo {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        self.get_mut().poll_write_with(cx, |stream, cx| stream.poll_write(cx, buf))
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        self.get_mut().poll_write_with(cx, |stream, cx| stream.poll_write_vectored(cx, bufs))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.get_mut().socket()?.poll_shutdown(cx)
+    }
+}
+
+impl Drop for ClientIo {
+    fn drop(&mut self) {
+        let mut slot = lock(&self.state.released);
+        *slot = self.stream.take();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    /// A connected pair: the gateway's side wrapped in a `ClientIo`, and the client's.
+    async fn pair(limits: SendLimits) -> (ClientIo, Arc<ConnState>, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let (io, state) = ClientIo::new(server, limits);
+        (io, state, client)
+    }
+
+    fn lenient() -> SendLimits {
+        SendLimits { send_timeout: Duration::from_secs(30), min_rate: 0, grace: Duration::from_secs(30) }
+    }
+
+    #[tokio::test]
+    async fn a_request_read_but_not_answered_is_in_progress_until_a_write() {
+        let (mut io, state, mut client) = pair(lenient()).await;
+        assert!(!state.request_in_progress());
+        client.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
+        let mut buf = [0u8; 64];
+        let n = io.read(&mut buf).await.unwrap();
+        assert_eq!(&buf[..n], b"GET / HTTP/1.1\r\n");
+        assert!(state.request_in_progress());
+        io.write_all(b"HTTP/1.1 200 OK\r\n\r\n").await.unwrap();
+        assert!(!state.request_in_progress());
+        let n = client.read(&mut buf).await.unwrap();
+        assert_eq!(&buf[..n], b"HTTP/1.1 200 OK\r\n\r\n");
+    }
+
+    #[tokio::test]
+    async fn dropped_mid_request_the_socket_is_handed_back_for_a_late_answer() {
+        let (mut io, state, mut client) = pair(lenient()).await;
+        client.write_all(b"GET / HT").await.unwrap();
+        let mut buf = [0u8; 64];
+        let _ = io.read(&mut buf).await.unwrap();
+        drop(io);
+        assert!(state.request_in_progress());
+        let socket = state.take_socket().expect("the socket, handed back");
+        socket.try_write(b"late").unwrap();
+        let n = client.read(&mut buf).await.unwrap();
+        assert_eq!(&buf[..n], b"late");
+        assert!(state.take_socket().is_none(), "handed back once");
+    }
+
+    #[tokio::test]
+    async fn dropped_between_requests_the_socket_is_handed_back_idle() {
+        let (io, state, mut client) = pair(lenient()).await;
+        drop(io);
+        assert!(!state.request_in_progress());
+        drop(state.take_socket().expect("the socket, handed back"));
+        let mut buf = [0u8; 8];
+        assert_eq!(client.read(&mut buf).await.unwrap(), 0, "closed once dropped");
+    }
+
+    #[tokio::test]
+    async fn a_client_that_stops_reading_fails_the_write_after_send_timeout() {
+        let limits =
+            SendLimits { send_timeout: Duration::from_millis(200), min_rate: 0, grace: Duration::from_secs(30) };
+        let (mut io, _state, _client) = pair(limits).await;
+        let chunk = vec![0u8; 256 * 1024];
+        let started = Instant::now();
+        let err = loop {
+            if let Err(err) = io.write(&chunk).await {
+                break err;
+            }
+            assert!(started.elapsed() < Duration::from_secs(10), "the write never failed");
+        };
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert!(started.elapsed() >= Duration::from_millis(200));
+    }
+}

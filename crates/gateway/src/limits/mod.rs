@@ -1,0 +1,31 @@
+//! The protections, each a unit of its own: per-IP connection slots and WebSocket slots
+//! ([`slots`]), request rates ([`rate`]), bandwidth ([`bandwidth`]), the payload budget
+//! ([`budget`]), the registry of requests in flight ([`in_flight`]), a client connection's
+//! share of them ([`connection`]) and declared body sizes ([`body_size`]).
+//!
+//! Invariant: a slot, a reservation or a registration is a value that releases what it
+//! holds when dropped, so no exit path of a request can leak one.
+
+use std::net::SocketAddr;
+use std::sync::{Mutex, MutexGuard};
+
+pub mod bandwidth;
+pub(crate) mod body_size;
+pub mod budget;
+pub(crate) mod connection;
+pub mod in_flight;
+pub(crate) mod rate;
+pub mod slots;
+
+/// Locks `mutex`, recovering from poisoning: every mutex of the gateway guards data that
+/// each critical section leaves consistent (plain inserts, removals and counters, no
+/// half-done update across a panic point), so a poisoned one is still valid.
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The key per-client limits count under (request rates, WebSocket slots): the
+/// authenticated subject, else the client's IP address.
+pub(crate) fn client_key(subject: Option<&str>, client: SocketAddr) -> String {
+    subject.map_or_else(|| client.ip().to_string(), str::to_owned)
+}

@@ -1,0 +1,217 @@
+//! One client request's phases, in the order they run. This list is the one description
+//! of the order; the code below reads in it.
+//!
+//! 1. **mount** — the longest matching prefix picks the mount ([`mount`]) and its profile;
+//! 2. the profile's phases:
+//!    - **static** — the file is served by [`crate::static_files`]; done;
+//!    - **business** — *authenticate* ([`authenticate`]) → *route* ([`route`]) →
+//!      *validate* ([`validate`]: claims, content type, declared body size) → *rate
+//!      limit* (the mount's [`crate::limits::rate`]) → *register* (the registry of
+//!      requests in flight, [`crate::limits::in_flight`], which can list and cancel it);
+//!    - **streaming** — *route* only; its limits (bandwidth, upload and download time) act
+//!      on the connection and the body;
+//! 3. **strip credentials** — an API key never reaches a service;
+//! 4. **upstream** — the exchange with a service: [`crate::upstream::http`], or
+//!    [`crate::upstream::websocket`] when the routed endpoint is a WebSocket.
+//!
+//! Each phase returns a typed [`GatewayError`], which [`crate::response::error`] maps to a
+//! status code. The phases take the settings and state they use ([`Phases`]), not the
+//! whole gateway.
+
+pub(crate) mod authenticate;
+pub(crate) mod mount;
+mod route;
+mod validate;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http::{HeaderMap, Request, Response};
+use hyper::body::Incoming;
+use weir_proto::EndpointKind;
+use weir_transport::Link;
+
+use self::mount::{Mount, MountTable};
+use crate::config::{AuthConfig, Profile};
+use crate::limits::client_key;
+use crate::limits::connection::ClientConn;
+use crate::limits::in_flight::RequestRegistry;
+use crate::response::error::GatewayError;
+use crate::response::GatewayBody;
+use crate::routing::RoutingTable;
+use crate::upstream::{self, Admitted, Upstream};
+
+/// The settings and state the phases use.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Phases<'g> {
+    pub mounts: &'g MountTable,
+    pub routing: &'g RoutingTable<Link>,
+    /// The request header that asks for an exact service version.
+    pub version_header: &'g str,
+    pub registry: &'g Arc<RequestRegistry>,
+    pub upstream: Upstream<'g>,
+}
+
+/// Runs every phase for one request.
+pub(crate) async fn handle(
+    phases: Phases<'_>,
+    mut request: Request<Incoming>,
+    conn: &Arc<ClientConn>,
+) -> Result<Response<GatewayBody>, GatewayError> {
+    let mount = phases.mounts.select(request.uri().path()).ok_or(GatewayError::NotFound)?;
+    let admitted = match mount.config.profile {
+        Profile::Static => return crate::static_files::serve(&mount.config, &request).await,
+        Profile::Business => business(&phases, mount, &request, conn)?,
+        Profile::Streaming => streaming(&phases, mount, &request, conn)?,
+    };
+    strip_api_key(&mount.config.auth, request.headers_mut());
+    if admitted.decision.endpoint.kind == EndpointKind::WebSocket {
+        return upstream::websocket::relay(phases.upstream, admitted, request).await;
+    }
+    upstream::http::dispatch(phases.upstream, admitted, request).await
+}
+
+/// Business profile: authenticate → route → validate → rate limit → register.
+fn business<'m, B>(
+    phases: &Phases<'_>,
+    mount: &'m Mount,
+    request: &Request<B>,
+    conn: &Arc<ClientConn>,
+) -> Result<Admitted<'m>, GatewayError> {
+    let client = conn.addr;
+    let identity = mount.authenticator.authenticate(request.headers())?;
+    let decision = route::route(phases.routing, phases.version_header, request)?;
+    validate::validate(&decision.endpoint, &identity, request)?;
+    if let Some(rate) = &mount.request_rate {
+        rate.check(client_key(identity.subject.as_deref(), client))?;
+    }
+    let path = request.uri().path();
+    let registered = phases.registry.begin(request.method().as_str(), path, &decision.template, client);
+    let identity_headers = identity.forwarded_headers();
+    Ok(Admitted {
+        registered: Some(registered),
+        subject: identity.subject,
+        identity_headers,
+        ..admitted(mount, decision, client, conn)
+    })
+}
+
+/// Streaming profile: route only; its limits act on the connection and the body.
+fn streaming<'m, B>(
+    phases: &Phases<'_>,
+    mount: &'m Mount,
+    request: &Request<B>,
+    conn: &Arc<ClientConn>,
+) -> Result<Admitted<'m>, GatewayError> {
+    let decision = route::route(phases.routing, phases.version_header, request)?;
+    Ok(Admitted { shaper: conn.shaper(&mount.config), ..admitted(mount, decision, conn.addr, conn) })
+}
+
+/// An anonymous, unregistered, unshaped request on `mount`: what every profile starts from.
+fn admitted<'m>(
+    mount: &'m Mount,
+    decision: crate::routing::RoutingDecision<Link>,
+    client: SocketAddr,
+    conn: &Arc<ClientConn>,
+) -> Admitted<'m> {
+    Admitted {
+        settings: &mount.config.settings,
+        websockets: &mount.websockets,
+        decision,
+        subject: None,
+        identity_headers: Vec::new(),
+        client,
+        shaper: None,
+        registered: None,
+        conn: Arc::clone(conn),
+    }
+}
+
+/// An API key proves who the caller is to the gateway; services get the identity
+/// headers instead, never the key itself.
+fn strip_api_key(auth: &AuthConfig, headers: &mut HeaderMap) {
+    if matches!(auth, AuthConfig::ApiKeys(_)) {
+        headers.remove(http::header::AUTHORIZATION);
+        headers.remove(authenticate::API_KEY_HEADER);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::IpAddr;
+
+    use super::*;
+    use crate::config::{ApiKey, GatewayConfig, MountConfig, MountSettings};
+    use crate::limits::slots::KeyedLimiter;
+
+    /// A gateway with `mounts` and no service registered.
+    fn gateway(mounts: Vec<MountConfig>) -> Arc<crate::Gateway> {
+        crate::Gateway::new(GatewayConfig { mounts, ..GatewayConfig::default() }).unwrap()
+    }
+
+    fn mount(prefix: &str, profile: Profile, auth: AuthConfig) -> MountConfig {
+        MountConfig { prefix: prefix.into(), profile, root: None, auth, settings: MountSettings::declared_defaults() }
+    }
+
+    fn api_keys() -> AuthConfig {
+        AuthConfig::ApiKeys(vec![ApiKey { key: "secret".into(), subject: "svc".into(), claims: vec![] }])
+    }
+
+    fn conn() -> Arc<ClientConn> {
+        let addr: std::net::SocketAddr = "127.0.0.1:4000".parse().unwrap();
+        let slot = KeyedLimiter::<IpAddr>::new(1).try_acquire(addr.ip()).unwrap();
+        Arc::new(ClientConn::new(addr, slot))
+    }
+
+    fn request(path: &str, headers: &[(&str, &str)]) -> Request<()> {
+        let mut builder = Request::get(path);
+        for (name, value) in headers {
+            builder = builder.header(*name, *value);
+        }
+        builder.body(()).unwrap()
+    }
+
+    #[test]
+    fn business_mounts_authenticate_before_they_route() {
+        let gateway = gateway(vec![mount("/api", Profile::Business, api_keys())]);
+        let phases = gateway.phases();
+        let api = phases.mounts.select("/api/x").unwrap();
+        let anonymous = business(&phases, api, &request("/api/x", &[]), &conn());
+        assert!(matches!(anonymous, Err(GatewayError::Unauthorized(_))), "{anonymous:?}");
+        let known = business(&phases, api, &request("/api/x", &[("x-api-key", "secret")]), &conn());
+        assert!(matches!(known, Err(GatewayError::NotFound)), "authenticated, then routed: {known:?}");
+        assert!(gateway.registry().list().is_empty(), "nothing registered before routing succeeds");
+    }
+
+    #[test]
+    fn streaming_mounts_only_route() {
+        let gateway = gateway(vec![mount("/stream", Profile::Streaming, AuthConfig::None)]);
+        let phases = gateway.phases();
+        let stream = phases.mounts.select("/stream/up").unwrap();
+        let routed = streaming(&phases, stream, &request("/stream/up", &[]), &conn());
+        assert!(matches!(routed, Err(GatewayError::NotFound)), "{routed:?}");
+    }
+
+    #[test]
+    fn a_version_header_that_is_not_ascii_is_400() {
+        let gateway = gateway(vec![]);
+        let phases = gateway.phases();
+        let root = phases.mounts.select("/x").unwrap();
+        let mut bad = request("/x", &[]);
+        bad.headers_mut().insert("x-weir-version", http::HeaderValue::from_bytes(b"\xff").unwrap());
+        let refused = business(&phases, root, &bad, &conn());
+        assert!(matches!(refused, Err(GatewayError::BadRequest(_))), "{refused:?}");
+    }
+
+    #[test]
+    fn api_keys_never_reach_services() {
+        let mut headers = HeaderMap::new();
+        headers.insert(http::header::AUTHORIZATION, "Bearer secret".parse().unwrap());
+        headers.insert(authenticate::API_KEY_HEADER, "secret".parse().unwrap());
+        let mut kept = headers.clone();
+        strip_api_key(&AuthConfig::None, &mut kept);
+        assert_eq!(kept.len(), 2, "a mount without API keys forwards Authorization as is");
+        strip_api_key(&api_keys(), &mut headers);
+        assert!(headers.is_empty(), "{headers:?}");
+    }
+}

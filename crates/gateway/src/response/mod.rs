@@ -1,0 +1,257 @@
+//! The response body the gateway gives hyper: bytes it already has, a service's streamed
+//! body relayed chunk by chunk, or a static file read chunk by chunk ([`file`]).
+//!
+//! A relayed body owns its stream: taking a chunk grants the service credit for it (so a
+//! slow client slows the service, and at most one window is buffered), reaching the
+//! explicit end completes the stream, and dropping it early (client gone) cancels it.
+
+pub mod error;
+pub(crate) mod file;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use thiserror::Error;
+use tokio::time::Sleep;
+use tokio_util::sync::WaitForCancellationFutureOwned;
+use weir_proto::CancelReason;
+use weir_transport::{DataReceiver, StreamError, StreamHandle};
+
+use crate::limits::bandwidth::Shaper;
+use crate::limits::in_flight::Registered;
+use crate::response::file::FileBody;
+use crate::routing::InFlightGuard;
+
+/// Why a response body ended before its end; hyper then aborts the response.
+#[derive(Debug, Error)]
+pub(crate) enum BodyError {
+    /// The service's stream failed or was cancelled mid-body.
+    #[error("the service's response body failed: {0}")]
+    Service(#[source] StreamError),
+    /// The whole download took longer than the mount's `download_timeout`.
+    #[error("the download took longer than its timeout")]
+    DownloadTimeout,
+    /// An operator cancelled the request from the admin surface.
+    #[error("the request was cancelled by an operator")]
+    CancelledByOperator,
+    /// A static file could not be read.
+    #[error("the file could not be read")]
+    FileUnreadable,
+    /// A static file shrank while it was sent.
+    #[error("the file shrank while it was sent")]
+    FileShrank,
+}
+
+/// hyper's view of a response body from the gateway.
+#[derive(Debug)]
+pub(crate) struct GatewayBody {
+    kind: Kind,
+}
+
+#[derive(Debug)]
+enum Kind {
+    Full(Option<Bytes>),
+    Relay(Relay),
+    File(FileBody),
+}
+
+/// A streamed service response on its way to the client.
+#[derive(Debug)]
+struct Relay {
+    data: DataReceiver,
+    /// Completed at the end, dropped (cancelling) if the client goes away first.
+    handle: Option<StreamHandle>,
+    /// Counts the request as in flight on its instance until the body is done.
+    in_flight: Option<InFlightGuard<weir_transport::Link>>,
+    /// From the service's `Content-Length`, if it sent one.
+    length: Option<u64>,
+    /// Streaming mounts: paces chunks to the bandwidth limit.
+    shaper: Option<Arc<Shaper>>,
+    /// A chunk waiting for its turn under the shaper.
+    delayed: Option<(Bytes, Pin<Box<Sleep>>)>,
+    /// The whole download must be done by then (`download_timeout`).
+    deadline: Pin<Box<Sleep>>,
+    /// The registry entry: counts bytes out; an operator's cancel ends the body.
+    registered: Option<Registered>,
+    operator_cancel: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
+}
+
+/// Bounds on a relayed download.
+#[derive(Debug)]
+pub(crate) struct RelayLimits {
+    pub shaper: Option<Arc<Shaper>>,
+    pub download_timeout: Duration,
+    /// Business mounts: the registry entry, kept until the body is done.
+    pub registered: Option<Registered>,
+}
+
+impl GatewayBody {
+    /// A body of known bytes.
+    pub(crate) fn full(bytes: Bytes) -> Self {
+        GatewayBody { kind: Kind::Full((!bytes.is_empty()).then_some(bytes)) }
+    }
+
+    /// An empty body.
+    pub(crate) fn empty() -> Self {
+        GatewayBody { kind: Kind::Full(None) }
+    }
+
+    /// A static file's bytes, read as they are sent.
+    pub(crate) fn file(file: FileBody) -> Self {
+        GatewayBody { kind: Kind::File(file) }
+    }
+
+    /// A relayed service body.
+    pub(crate) fn relay(
+        data: DataReceiver,
+        handle: StreamHandle,
+        in_flight: InFlightGuard<weir_transport::Link>,
+        length: Option<u64>,
+        limits: RelayLimits,
+    ) -> Self {
+        let relay = Relay {
+            data,
+            handle: Some(handle),
+            in_flight: Some(in_flight),
+            length,
+            shaper: limits.shaper,
+            delayed: None,
+            deadline: Box::pin(tokio::time::sleep(limits.download_timeout)),
+            operator_cancel: limits.registered.as_ref().map(|r| Box::pin(r.cancel.clone().cancelled_owned())),
+            registered: limits.registered,
+        };
+        GatewayBody { kind: Kind::Relay(relay) }
+    }
+}
+
+impl Body for GatewayBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        match &mut self.get_mut().kind {
+            Kind::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            Kind::Relay(relay) => relay.poll_chunk(cx),
+            Kind::File(file) => file.poll_chunk(cx).map(|chunk| chunk.map(|c| c.map(Frame::data))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.kind {
+            Kind::Full(bytes) => bytes.is_none(),
+            Kind::Relay(relay) => relay.handle.is_none(),
+            Kind::File(file) => file.remaining() == 0,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.kind {
+            Kind::Full(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
+            Kind::Relay(Relay { length: Some(n), .. }) => SizeHint::with_exact(*n),
+            Kind::Relay(_) => SizeHint::default(),
+            Kind::File(file) => SizeHint::with_exact(file.remaining()),
+        }
+    }
+}
+
+impl Relay {
+    fn poll_chunk(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        if self.handle.is_none() {
+            return Poll::Ready(None);
+        }
+        if self.deadline.as_mut().poll(cx).is_ready() {
+            tracing::info!("download timeout: closing the response");
+            self.finish(Some(CancelReason::Timeout));
+            return Poll::Ready(Some(Err(BodyError::DownloadTimeout)));
+        }
+        if self.operator_cancel.as_mut().is_some_and(|c| c.as_mut().poll(cx).is_ready()) {
+            self.finish(Some(CancelReason::Administrative));
+            return Poll::Ready(Some(Err(BodyError::CancelledByOperator)));
+        }
+        if let Some((_, wait)) = &mut self.delayed {
+            ready!(wait.as_mut().poll(cx));
+            let chunk = self.delayed.take().map(|(chunk, _)| chunk).unwrap_or_default();
+            return Poll::Ready(Some(Ok(Frame::data(chunk))));
+        }
+        match self.data.poll_chunk(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Some(Ok(chunk))) => {
+                if let Some(registered) = &self.registered {
+                    registered.traffic.bytes_out.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                }
+                self.pace(chunk, cx)
+            }
+            Poll::Ready(None) => {
+                self.finish(None);
+                Poll::Ready(None)
+            }
+            Poll::Ready(Some(Err(err))) => {
+                tracing::warn!(error = %err, "service response body failed mid-stream");
+                self.finish(Some(CancelReason::HandlerFailed));
+                Poll::Ready(Some(Err(BodyError::Service(err))))
+            }
+        }
+    }
+
+    /// Hands `chunk` on now, or parks it until the shaper's schedule allows.
+    fn pace(&mut self, chunk: Bytes, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let Some(shaper) = &self.shaper else { return Poll::Ready(Some(Ok(Frame::data(chunk)))) };
+        let at = shaper.schedule(chunk.len());
+        if at <= tokio::time::Instant::now() {
+            return Poll::Ready(Some(Ok(Frame::data(chunk))));
+        }
+        self.delayed = Some((chunk, Box::pin(tokio::time::sleep_until(at))));
+        self.poll_chunk(cx)
+    }
+
+    /// Ends the relay: completed (`None`) or cancelled with a reason.
+    fn finish(&mut self, cancel: Option<CancelReason>) {
+        if let Some(handle) = self.handle.take() {
+            match cancel {
+                None => handle.complete(),
+                Some(reason) => handle.cancel(reason),
+            }
+        }
+        self.in_flight = None;
+        self.registered = None;
+        self.operator_cancel = None;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use http_body_util::BodyExt;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_full_body_is_one_frame_of_its_exact_size() {
+        let body = GatewayBody::full(Bytes::from_static(b"hello"));
+        assert_eq!(body.size_hint().exact(), Some(5));
+        assert!(!body.is_end_stream());
+        assert_eq!(body.collect().await.unwrap().to_bytes(), "hello");
+    }
+
+    #[tokio::test]
+    async fn an_empty_body_has_ended_before_its_first_poll() {
+        for body in [GatewayBody::empty(), GatewayBody::full(Bytes::new())] {
+            assert!(body.is_end_stream());
+            assert_eq!(body.size_hint().exact(), Some(0));
+            assert!(body.collect().await.unwrap().to_bytes().is_empty());
+        }
+    }
+
+    #[test]
+    fn body_errors_say_what_ended_the_body() {
+        assert_eq!(BodyError::DownloadTimeout.to_string(), "the download took longer than its timeout");
+        let service = BodyError::Service(StreamError::Cancelled(CancelReason::Timeout));
+        assert!(service.to_string().starts_with("the service's response body failed"), "{service}");
+        assert!(std::error::Error::source(&service).is_some());
+    }
+}

@@ -1,0 +1,77 @@
+//! The service listener: services in other processes dial in over TCP, or TLS.
+//!
+//! [`Gateway::serve_services`] accepts sockets until shutdown and gives each its own task:
+//! the TLS handshake (when configured), bounded by `services.handshake_timeout`, then
+//! [`Gateway::accept_service`] (Hello, authentication, registration, the link's life). A
+//! connection that sends garbage, fails its TLS handshake or stalls costs only its own
+//! task and a log line; the accept loop never waits on any connection. Accept errors
+//! (for example running out of file descriptors) are logged and retried after a pause.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use weir_transport::tls::{self, TlsAcceptor};
+
+use super::auth::ServicePeer;
+use crate::Gateway;
+
+/// Pause after a failed accept, so a persistent error (EMFILE) does not spin.
+const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
+
+impl Gateway {
+    /// Accepts service connections on `listener` (TLS when `tls` is given) until
+    /// `shutdown` fires; registered services keep running after it returns
+    /// ([`Gateway::close_services`] ends them).
+    pub async fn serve_services(
+        self: &Arc<Self>,
+        listener: TcpListener,
+        tls: Option<TlsAcceptor>,
+        shutdown: CancellationToken,
+    ) {
+        let scheme = if tls.is_some() { "tls" } else { "tcp" };
+        let local = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
+        if self.service_auth.is_open() {
+            tracing::warn!(
+                listen = %local,
+                "no [[services.credentials]] configured: any service that can reach the service listener may register any path"
+            );
+        }
+        tracing::info!(listen = %local, scheme, "accepting service connections");
+        loop {
+            let accepted = tokio::select! {
+                () = shutdown.cancelled() => break,
+                accepted = weir_transport::tcp::accept(&listener) => accepted,
+            };
+            match accepted {
+                Ok((stream, addr)) => {
+                    tokio::spawn(Arc::clone(self).open_service_connection(stream, addr, tls.clone()));
+                }
+                Err(err) => {
+                    tracing::warn!(error = %err, "accepting a service connection failed");
+                    tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
+                }
+            }
+        }
+        tracing::info!(listen = %local, "service listener stopped");
+    }
+
+    /// One accepted socket: TLS handshake if configured, then the service's whole life.
+    async fn open_service_connection(self: Arc<Self>, stream: TcpStream, addr: SocketAddr, tls: Option<TlsAcceptor>) {
+        let Some(acceptor) = tls else {
+            return self.accept_service(stream, ServicePeer::network(format!("tcp://{addr}"), None)).await;
+        };
+        let peer = format!("tls://{addr}");
+        let timeout = self.config().services.handshake_timeout;
+        match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+            Err(_) => tracing::warn!(%peer, ?timeout, "service connection dropped: TLS handshake timed out"),
+            Ok(Err(err)) => tracing::warn!(%peer, error = %err, "service connection dropped: TLS handshake failed"),
+            Ok(Ok(stream)) => {
+                let identity = tls::peer_identity(&stream);
+                self.accept_service(stream, ServicePeer::network(peer, identity)).await;
+            }
+        }
+    }
+}

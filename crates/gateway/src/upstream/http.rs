@@ -1,0 +1,298 @@
+//! The HTTP exchange with a service, the last phase of [`crate::request`]'s list.
+//!
+//! The body plan comes first, before any body byte is read: over `max_upload_size` or the
+//! endpoint's declared maximum is 413; the body is streamed when the endpoint supports
+//! streaming and its length is unknown or above the per-call limit, else buffered (a
+//! buffered body declared over the per-call limit is 413 at once). A buffered body is
+//! read under the budget (413 the moment it crosses the per-call limit, 503 if the
+//! connection or aggregate budget is exhausted) and sent inline. A streamed body first
+//! reserves the stream's whole window (503 at once if it does not fit), then a [`Pump`]
+//! task copies chunks as credit allows. The answer is awaited and relayed by the helpers
+//! of [`crate::upstream`] shared with the WebSocket relay.
+
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use http::{Request, Response};
+use hyper::body::Incoming;
+use weir_proto::{BodyMode, CancelReason, EndpointDescriptor, RequestHead};
+use weir_transport::{DataSender, Link, StreamError};
+
+use super::request_body::{ClientBody, ReadPolicy};
+use super::{await_response, budget_error, request_head, respond, upstream_error, Admitted, Forwarded, Upstream};
+use crate::config::MountSettings;
+use crate::limits::bandwidth::Shaper;
+use crate::limits::body_size::{check_declared_length, content_length};
+use crate::limits::budget::Reservation;
+use crate::limits::in_flight::Traffic;
+use crate::response::error::GatewayError;
+use crate::response::{GatewayBody, RelayLimits};
+use crate::routing::RoutingDecision;
+
+/// Answers one client request by way of a service.
+pub(crate) async fn dispatch(
+    upstream: Upstream<'_>,
+    admitted: Admitted<'_>,
+    request: Request<Incoming>,
+) -> Result<Response<GatewayBody>, GatewayError> {
+    let in_flight = admitted.decision.instance.begin_call();
+    let plan = plan_body(&upstream, admitted.settings, &admitted.decision.endpoint, &request)?;
+    let (parts, body) = request.into_parts();
+    let traffic = admitted.registered.as_ref().map(|r| Arc::clone(&r.traffic));
+    let policy = read_policy(&upstream, admitted.settings, admitted.shaper.clone(), traffic);
+    let body = ClientBody::new(body, policy);
+    let head = request_head(&parts, &admitted, plan.mode);
+    let forwarded = match plan.mode {
+        BodyMode::Buffered => forward_buffered(&upstream, &admitted.decision, head, body, &plan).await?,
+        BodyMode::Streamed => forward_streamed(&upstream, &admitted.decision, head, body, &plan).await?,
+    };
+    let Admitted { settings, decision, shaper, registered, .. } = admitted;
+    let operator = registered.as_ref().map(|r| r.cancel.clone());
+    let response = await_response(forwarded, decision.effective_timeout, operator).await?;
+    let limits = RelayLimits { shaper, download_timeout: settings.download_timeout, registered };
+    respond(response, in_flight, limits)
+}
+
+/// The slow-sender bounds for this request's body.
+fn read_policy(
+    upstream: &Upstream<'_>,
+    settings: &MountSettings,
+    shaper: Option<Arc<Shaper>>,
+    traffic: Option<Arc<Traffic>>,
+) -> ReadPolicy {
+    let server = upstream.server;
+    ReadPolicy {
+        read_timeout: server.read_timeout,
+        upload_timeout: settings.upload_timeout,
+        min_rate: server.min_request_data_rate,
+        grace: server.data_rate_grace,
+        shaper,
+        traffic,
+    }
+}
+
+/// What the body plan decided about a request body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct BodyPlan {
+    mode: BodyMode,
+    /// Largest total body accepted (upload size, endpoint maximum).
+    max_total: u64,
+    /// Declared length, if any.
+    length: Option<u64>,
+    /// In-flight bytes allowed for this request (the mount's override or `[limits]`).
+    per_call: u64,
+    /// Largest body chunk forwarded as one frame.
+    chunk_size: usize,
+}
+
+/// The body plan, before any body byte is read.
+fn plan_body<B: http_body::Body>(
+    upstream: &Upstream<'_>,
+    settings: &MountSettings,
+    endpoint: &EndpointDescriptor,
+    request: &Request<B>,
+) -> Result<BodyPlan, GatewayError> {
+    let per_call = upstream.per_call(settings);
+    let max_total = endpoint.max_body_bytes.map_or(settings.max_upload_size, |m| m.min(settings.max_upload_size));
+    let length = declared_length(request)?;
+    check_declared_length(length, max_total)?;
+    let streaming = endpoint.supports_streaming && length.is_none_or(|n| n > per_call);
+    if !streaming {
+        if let Some(n) = length.filter(|n| *n > per_call) {
+            let detail = format!("buffered body of {n} bytes exceeds the per-call limit of {per_call}");
+            return Err(GatewayError::PayloadTooLarge(detail));
+        }
+    }
+    let mode = if streaming { BodyMode::Streamed } else { BodyMode::Buffered };
+    Ok(BodyPlan { mode, max_total, length, per_call, chunk_size: settings.chunk_size })
+}
+
+/// The body's length when known: exact from the body itself, else its `Content-Length`.
+fn declared_length<B: http_body::Body>(request: &Request<B>) -> Result<Option<u64>, GatewayError> {
+    match request.body().size_hint().exact() {
+        Some(n) => Ok(Some(n)),
+        None => Ok(content_length(request.headers()).transpose()?),
+    }
+}
+
+/// Buffered: reads the whole body under the budget, then sends it inline.
+async fn forward_buffered(
+    upstream: &Upstream<'_>,
+    decision: &RoutingDecision<Link>,
+    mut head: RequestHead,
+    mut body: ClientBody,
+    plan: &BodyPlan,
+) -> Result<Forwarded, GatewayError> {
+    let per_call = plan.per_call;
+    let mut reservation = upstream.budget.open_with_call_limit(decision.instance.conn_id, per_call);
+    let mut buffer = BytesMut::with_capacity(plan.length.unwrap_or(0).min(per_call) as usize);
+    while let Some(chunk) = body.next().await? {
+        if buffer.len() as u64 + chunk.len() as u64 > plan.max_total {
+            return Err(GatewayError::PayloadTooLarge(format!("body exceeds the limit of {} bytes", plan.max_total)));
+        }
+        reservation.try_grow(chunk.len() as u64).map_err(|e| budget_error(e, per_call))?;
+        buffer.extend_from_slice(&chunk);
+    }
+    head.body = buffer.freeze();
+    let call = decision.instance.link.call(head, 0).await.map_err(upstream_error)?;
+    // The body now sits in the link's queue until written; the reservation goes with the
+    // request until the response arrives, which is when the service certainly has it.
+    Ok(Forwarded { call, pump: None, held: Some(reservation) })
+}
+
+/// Streamed: reserves a window, sends the head, starts the pump.
+async fn forward_streamed(
+    upstream: &Upstream<'_>,
+    decision: &RoutingDecision<Link>,
+    head: RequestHead,
+    body: ClientBody,
+    plan: &BodyPlan,
+) -> Result<Forwarded, GatewayError> {
+    let (reservation, window) = upstream.reserve_window(decision.instance.conn_id, plan.per_call, plan.length)?;
+    let mut call = decision.instance.link.call(head, window).await.map_err(upstream_error)?;
+    let sender =
+        call.body.take().ok_or_else(|| GatewayError::UpstreamFailed("streamed call without a body sender".into()))?;
+    let pump = Pump { sender, reservation, max_total: plan.max_total, chunk_size: plan.chunk_size };
+    Ok(Forwarded { call, pump: Some(tokio::spawn(pump.run(body))), held: None })
+}
+
+/// Copies a client body to a service stream.
+struct Pump {
+    sender: DataSender,
+    /// Held for the pump's life: the window it reserved at admission.
+    reservation: Reservation,
+    max_total: u64,
+    chunk_size: usize,
+}
+
+impl Pump {
+    async fn run(mut self, mut body: ClientBody) -> Result<(), GatewayError> {
+        let mut total: u64 = 0;
+        loop {
+            let chunk = match body.next().await {
+                Ok(Some(chunk)) => chunk,
+                Ok(None) => {
+                    let _ = self.sender.finish().await;
+                    drop(self.reservation);
+                    return Ok(());
+                }
+                Err(err) => return Err(self.abort(err)),
+            };
+            total += chunk.len() as u64;
+            if total > self.max_total {
+                let err = GatewayError::PayloadTooLarge(format!("body exceeds the limit of {} bytes", self.max_total));
+                return Err(self.abort(err));
+            }
+            if self.send(chunk).await.is_err() {
+                // The stream is over (answered early or cancelled): stop reading quietly.
+                return Ok(());
+            }
+        }
+    }
+
+    async fn send(&mut self, mut chunk: Bytes) -> Result<(), StreamError> {
+        while !chunk.is_empty() {
+            let piece = chunk.split_to(chunk.len().min(self.chunk_size));
+            self.sender.send(piece).await?;
+        }
+        Ok(())
+    }
+
+    fn abort(self, err: GatewayError) -> GatewayError {
+        let reason = match &err {
+            GatewayError::PayloadTooLarge(_) => CancelReason::PayloadLimitExceeded,
+            GatewayError::RequestTimeout(_) => CancelReason::Timeout,
+            _ => CancelReason::ClientDisconnected,
+        };
+        tracing::info!(reason = ?reason, error = %err, "request body stream aborted");
+        self.sender.abort(reason);
+        err
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use http_body_util::Full;
+
+    use super::*;
+    use crate::config::{LimitsConfig, ServerConfig};
+    use crate::limits::budget::PayloadBudget;
+
+    const PER_CALL: u64 = 1000;
+
+    /// A body whose size is unknown until it is read, like a chunked upload's.
+    struct UnknownSize;
+
+    impl http_body::Body for UnknownSize {
+        type Data = Bytes;
+        type Error = std::convert::Infallible;
+
+        fn poll_frame(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+            std::task::Poll::Ready(None)
+        }
+    }
+
+    fn plan(
+        endpoint: &EndpointDescriptor,
+        body: Option<&'static [u8]>,
+        length: Option<&str>,
+    ) -> Result<BodyPlan, GatewayError> {
+        let (server, mut limits) = (ServerConfig::default(), LimitsConfig::default());
+        limits.payload.max_request_bytes_per_call = PER_CALL;
+        let budget = PayloadBudget::new(limits.payload);
+        let upstream = Upstream { server: &server, limits: &limits, budget: &budget };
+        let mut settings = MountSettings::declared_defaults();
+        settings.max_upload_size = 10_000;
+        let mut request = Request::post("/upload");
+        if let Some(length) = length {
+            request = request.header(http::header::CONTENT_LENGTH, length);
+        }
+        match body {
+            // A body that knows its exact size.
+            Some(bytes) => {
+                plan_body(&upstream, &settings, endpoint, &request.body(Full::new(Bytes::from_static(bytes))).unwrap())
+            }
+            // A body of unknown size: only its Content-Length, if any, tells.
+            None => plan_body(&upstream, &settings, endpoint, &request.body(UnknownSize).unwrap()),
+        }
+    }
+
+    fn endpoint(streaming: bool, max: Option<u64>) -> EndpointDescriptor {
+        let mut endpoint = EndpointDescriptor::new("POST", "/upload");
+        endpoint.supports_streaming = streaming;
+        endpoint.max_body_bytes = max;
+        endpoint
+    }
+
+    #[test]
+    fn small_bodies_are_buffered_and_large_ones_streamed_where_the_endpoint_allows() {
+        let small = plan(&endpoint(true, None), Some(b"hello"), None).unwrap();
+        assert_eq!((small.mode, small.length, small.per_call), (BodyMode::Buffered, Some(5), PER_CALL));
+        let large = plan(&endpoint(true, None), None, Some("5000")).unwrap();
+        assert_eq!((large.mode, large.length, large.max_total), (BodyMode::Streamed, Some(5000), 10_000));
+        let unknown = plan(&endpoint(true, None), None, None).unwrap();
+        assert_eq!((unknown.mode, unknown.length), (BodyMode::Streamed, None));
+        let unknown_buffered = plan(&endpoint(false, None), None, None).unwrap();
+        assert_eq!(unknown_buffered.mode, BodyMode::Buffered);
+    }
+
+    #[test]
+    fn declared_bodies_over_a_limit_are_413_before_reading() {
+        let too_large =
+            |result: Result<BodyPlan, GatewayError>| matches!(result, Err(GatewayError::PayloadTooLarge(_)));
+        assert!(too_large(plan(&endpoint(true, None), None, Some("10001"))), "over max_upload_size");
+        assert!(too_large(plan(&endpoint(true, Some(100)), None, Some("101"))), "over the endpoint's maximum");
+        assert!(too_large(plan(&endpoint(false, None), None, Some("1001"))), "buffered over the per-call limit");
+        let capped = plan(&endpoint(true, Some(100)), None, Some("100")).unwrap();
+        assert_eq!(capped.max_total, 100);
+    }
+
+    #[test]
+    fn an_invalid_content_length_is_400() {
+        let invalid = plan(&endpoint(true, None), None, Some("ten"));
+        assert!(matches!(invalid, Err(GatewayError::BadRequest(_))), "{invalid:?}");
+    }
+}

@@ -1,0 +1,322 @@
+//! The exchange with a service over its link, after the request phases admitted a request:
+//! the HTTP exchange ([`http`]: buffered or streamed body) and the WebSocket relay
+//! ([`websocket`]). Both use the helpers here: the request head sent to the service
+//! ([`request_head`]), the window reserved in the payload budget ([`reserve_window`]), the
+//! wait for the service's answer ([`await_response`]) and the client's response built from
+//! it ([`respond`]).
+//!
+//! Invariants: every reservation is an RAII value owned by the step that needs it, so every
+//! exit path releases it; every stream is owned by a [`weir_transport::StreamHandle`] that
+//! cancels it unless completed, so a dropped request future (client gone) sends Cancel.
+
+pub(crate) mod http;
+pub(crate) mod request_body;
+pub(crate) mod websocket;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ::http::header::{HeaderName, HeaderValue};
+use ::http::{HeaderMap, Response, StatusCode};
+use bytes::Bytes;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use weir_proto::{BodyMode, CancelReason, Headers, RequestHead};
+use weir_transport::{IncomingResponse, Link, OutgoingCall, StreamError};
+
+use crate::config::{LimitsConfig, MountSettings, ServerConfig};
+use crate::limits::bandwidth::Shaper;
+use crate::limits::body_size::content_length;
+use crate::limits::budget::{BudgetExceeded, PayloadBudget, Reservation};
+use crate::limits::connection::ClientConn;
+use crate::limits::in_flight::Registered;
+use crate::limits::slots::KeyedLimiter;
+use crate::response::error::GatewayError;
+use crate::response::{GatewayBody, RelayLimits};
+use crate::routing::{InFlightGuard, RoutingDecision};
+
+/// Headers that describe one hop, never forwarded (RFC 9110 §7.6.1).
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+];
+
+/// Headers a client may not set: the gateway states the caller's identity in them.
+const IDENTITY_PREFIX: &str = "x-weir-";
+
+/// The gateway-wide settings and state every exchange with a service uses.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Upstream<'g> {
+    pub server: &'g ServerConfig,
+    pub limits: &'g LimitsConfig,
+    pub budget: &'g Arc<PayloadBudget>,
+}
+
+/// What the request phases established about a request, as the exchange needs it.
+#[derive(Debug)]
+pub(crate) struct Admitted<'m> {
+    /// The mount's settings: body limits, timeouts, WebSocket limits.
+    pub settings: &'m MountSettings,
+    /// The mount's open WebSockets per user.
+    pub websockets: &'m Arc<KeyedLimiter<String>>,
+    pub decision: RoutingDecision<Link>,
+    /// The authenticated subject; `None` for an anonymous caller.
+    pub subject: Option<String>,
+    /// Headers stating the caller's identity to the service (none for anonymous callers).
+    pub identity_headers: Headers,
+    pub client: SocketAddr,
+    /// Streaming mounts with a bandwidth limit: the connection's shaper.
+    pub shaper: Option<Arc<Shaper>>,
+    /// Business mounts: the request's entry in the request registry.
+    pub registered: Option<Registered>,
+    /// The client connection, kept by whatever outlives the request (a WebSocket).
+    pub conn: Arc<ClientConn>,
+}
+
+impl Upstream<'_> {
+    /// In-flight bytes allowed for one request on a mount: its override, else `[limits]`.
+    fn per_call(&self, settings: &MountSettings) -> u64 {
+        settings.max_request_bytes_per_call.unwrap_or(self.limits.payload.max_request_bytes_per_call)
+    }
+
+    /// Reserves a stream's window in the budget (the bytes queued towards the service): at
+    /// most the per-call limit, the stream window and the declared `length`. 503 at once
+    /// when it does not fit: a transfer is never cut halfway for budget.
+    fn reserve_window(
+        &self,
+        conn_id: u64,
+        per_call: u64,
+        length: Option<u64>,
+    ) -> Result<(Reservation, u32), GatewayError> {
+        let window = per_call.min(u64::from(self.limits.stream_window)).min(length.unwrap_or(u64::MAX)).max(1);
+        let mut reservation = self.budget.open_with_call_limit(conn_id, per_call);
+        reservation.try_grow(window).map_err(|e| budget_error(e, per_call))?;
+        // The window fits in u32: it is at most `stream_window`.
+        Ok((reservation, u32::try_from(window).unwrap_or(u32::MAX)))
+    }
+}
+
+/// The client's answer when a reservation does not fit: 413 for the request's own limit,
+/// 503 for the connection's or the gateway's.
+fn budget_error(err: BudgetExceeded, per_call: u64) -> GatewayError {
+    match err {
+        BudgetExceeded::PerCall => {
+            GatewayError::PayloadTooLarge(format!("body exceeds the per-call limit of {per_call} bytes"))
+        }
+        other => GatewayError::Overloaded(other.to_string()),
+    }
+}
+
+/// The head sent to the service: the client's request minus hop-by-hop headers and any
+/// client-sent `x-weir-*` header, plus `x-forwarded-for`, `x-forwarded-proto` and the
+/// caller's identity headers.
+fn request_head(parts: &::http::request::Parts, admitted: &Admitted<'_>, mode: BodyMode) -> RequestHead {
+    let mut headers: Headers = parts
+        .headers
+        .iter()
+        .filter(|(name, _)| !is_hop_by_hop(name.as_str()) && !name.as_str().starts_with(IDENTITY_PREFIX))
+        .map(|(name, value)| (name.as_str().to_owned(), Bytes::copy_from_slice(value.as_bytes())))
+        .collect();
+    headers.push(("x-forwarded-for".to_owned(), Bytes::from(admitted.client.ip().to_string())));
+    headers.push(("x-forwarded-proto".to_owned(), Bytes::from_static(b"http")));
+    headers.extend(admitted.identity_headers.iter().cloned());
+    let decision = &admitted.decision;
+    RequestHead {
+        method: parts.method.as_str().to_owned(),
+        path: parts.uri.path().to_owned(),
+        query: parts.uri.query().unwrap_or("").to_owned(),
+        template: decision.template.clone(),
+        params: decision.params.clone(),
+        headers,
+        body_mode: mode,
+        body: Bytes::new(),
+    }
+}
+
+/// A request handed to a service, awaiting its response.
+struct Forwarded {
+    call: OutgoingCall,
+    /// Streaming: the task copying the client's body; it reports 408/413 failures.
+    pump: Option<JoinHandle<Result<(), GatewayError>>>,
+    /// Buffered: the body's bytes, held until the response shows the service has them.
+    held: Option<Reservation>,
+}
+
+/// The response head, the pump's failure, the timeout (504, Cancel(Timeout)) or an
+/// operator's cancel, whichever first.
+async fn await_response(
+    forwarded: Forwarded,
+    timeout: Duration,
+    operator: Option<CancellationToken>,
+) -> Result<(IncomingResponse, OutgoingCall), GatewayError> {
+    let Forwarded { mut call, mut pump, held } = forwarded;
+    let operator_cancel = async {
+        match &operator {
+            Some(token) => token.cancelled().await,
+            None => std::future::pending().await,
+        }
+    };
+    let outcome = tokio::select! {
+        outcome = tokio::time::timeout(timeout, &mut call.response) => outcome,
+        err = pump_failure(pump.as_mut()) => return Err(err),
+        _ = operator_cancel => {
+            call.handle.cancel(CancelReason::Administrative);
+            return Err(GatewayError::CancelledByOperator);
+        }
+    };
+    drop(held);
+    match outcome {
+        Err(_) => {
+            call.handle.cancel(CancelReason::Timeout);
+            Err(GatewayError::UpstreamTimeout(timeout))
+        }
+        Ok(Err(_)) => Err(GatewayError::UpstreamFailed("stream closed without a response".into())),
+        Ok(Ok(Err(err))) => match pump {
+            // The pump cancelling the stream (408, 413) is what failed it: report that.
+            Some(handle) if handle.is_finished() || matches!(err, StreamError::Cancelled(_)) => match handle.await {
+                Ok(Err(pump_err)) => Err(pump_err),
+                _ => Err(upstream_error(err)),
+            },
+            _ => Err(upstream_error(err)),
+        },
+        Ok(Ok(Ok(response))) => Ok((response, call)),
+    }
+}
+
+/// Resolves with the pump's error if it fails; never resolves if it succeeds or is absent.
+async fn pump_failure(pump: Option<&mut JoinHandle<Result<(), GatewayError>>>) -> GatewayError {
+    match pump {
+        Some(handle) => match handle.await {
+            Ok(Err(err)) => err,
+            Ok(Ok(())) => std::future::pending().await,
+            Err(join) => GatewayError::UpstreamFailed(format!("body pump failed: {join}")),
+        },
+        None => std::future::pending().await,
+    }
+}
+
+/// The client's response from the service's (also the WebSocket relay's answer to a
+/// refused upgrade).
+fn respond(
+    (response, call): (IncomingResponse, OutgoingCall),
+    in_flight: InFlightGuard<Link>,
+    limits: RelayLimits,
+) -> Result<Response<GatewayBody>, GatewayError> {
+    let status = StatusCode::from_u16(response.head.status)
+        .map_err(|_| GatewayError::UpstreamFailed(format!("invalid status {}", response.head.status)))?;
+    let mut headers = HeaderMap::with_capacity(response.head.headers.len());
+    copy_headers_in(&response.head.headers, &mut headers);
+    let length = content_length(&headers).and_then(Result::ok);
+    let body = match response.body {
+        None => {
+            call.handle.complete();
+            GatewayBody::full(response.head.body)
+        }
+        Some(data) => GatewayBody::relay(data, call.handle, in_flight, length, limits),
+    };
+    let mut out = Response::new(body);
+    *out.status_mut() = status;
+    *out.headers_mut() = headers;
+    Ok(out)
+}
+
+fn upstream_error(err: StreamError) -> GatewayError {
+    GatewayError::UpstreamFailed(err.to_string())
+}
+
+fn is_hop_by_hop(name: &str) -> bool {
+    HOP_BY_HOP.iter().any(|h| name.eq_ignore_ascii_case(h))
+}
+
+/// Copies a service's response headers, dropping hop-by-hop and invalid ones.
+fn copy_headers_in(from: &Headers, to: &mut HeaderMap) {
+    for (name, value) in from {
+        if is_hop_by_hop(name) {
+            continue;
+        }
+        match (HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_maybe_shared(value.clone())) {
+            (Ok(name), Ok(value)) => {
+                to.append(name, value);
+            }
+            _ => {
+                tracing::debug!(header = %name, "dropping an invalid response header from a service")
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::PayloadLimits;
+
+    fn budget(aggregate: u64) -> Arc<PayloadBudget> {
+        PayloadBudget::new(PayloadLimits {
+            max_request_bytes_per_call: 1000,
+            max_request_bytes_per_connection: aggregate,
+            max_aggregate_inflight_bytes: aggregate,
+        })
+    }
+
+    #[test]
+    fn a_window_is_the_smallest_of_the_call_limit_the_stream_window_and_the_length() {
+        let (server, mut limits, budget) = (ServerConfig::default(), LimitsConfig::default(), budget(1 << 20));
+        limits.stream_window = 500;
+        let upstream = Upstream { server: &server, limits: &limits, budget: &budget };
+        let (_held, window) = upstream.reserve_window(1, 1000, None).unwrap();
+        assert_eq!(window, 500);
+        let (_held, window) = upstream.reserve_window(1, 200, None).unwrap();
+        assert_eq!(window, 200);
+        let (_held, window) = upstream.reserve_window(1, 1000, Some(10)).unwrap();
+        assert_eq!(window, 10);
+        let (held, window) = upstream.reserve_window(1, 1000, Some(0)).unwrap();
+        assert_eq!(window, 1, "never an empty window");
+        assert_eq!(budget.counters().aggregate_bytes, 500 + 200 + 10 + 1);
+        drop(held);
+    }
+
+    #[test]
+    fn a_window_that_does_not_fit_the_budget_is_503_at_once() {
+        let (server, limits, budget) = (ServerConfig::default(), LimitsConfig::default(), budget(600));
+        let upstream = Upstream { server: &server, limits: &limits, budget: &budget };
+        let _first = upstream.reserve_window(1, 500, None).unwrap();
+        let second = upstream.reserve_window(1, 500, None);
+        assert!(matches!(second, Err(GatewayError::Overloaded(_))), "{second:?}");
+        assert_eq!(budget.counters().aggregate_bytes, 500, "the refused window holds nothing");
+    }
+
+    #[test]
+    fn the_per_call_limit_is_the_mounts_override_else_the_gateways() {
+        let (server, limits, budget) = (ServerConfig::default(), LimitsConfig::default(), budget(1 << 20));
+        let upstream = Upstream { server: &server, limits: &limits, budget: &budget };
+        let mut settings = MountSettings::declared_defaults();
+        assert_eq!(upstream.per_call(&settings), limits.payload.max_request_bytes_per_call);
+        settings.max_request_bytes_per_call = Some(42);
+        assert_eq!(upstream.per_call(&settings), 42);
+    }
+
+    #[test]
+    fn hop_by_hop_and_invalid_response_headers_stay_behind() {
+        let from: Headers = vec![
+            ("content-type".into(), Bytes::from_static(b"text/plain")),
+            ("Connection".into(), Bytes::from_static(b"close")),
+            ("transfer-encoding".into(), Bytes::from_static(b"chunked")),
+            ("bad header".into(), Bytes::from_static(b"x")),
+            ("x-bad-value".into(), Bytes::from_static(b"a\nb")),
+            ("set-cookie".into(), Bytes::from_static(b"a=1")),
+            ("set-cookie".into(), Bytes::from_static(b"b=2")),
+        ];
+        let mut to = HeaderMap::new();
+        copy_headers_in(&from, &mut to);
+        assert_eq!(to.len(), 3, "{to:?}");
+        assert_eq!(to["content-type"], "text/plain");
+        assert_eq!(to.get_all("set-cookie").iter().count(), 2);
+    }
+}

@@ -1,0 +1,206 @@
+//! WebSockets through the gateway: the gateway terminates the client's WebSocket and
+//! relays its messages to the service as stream data (`docs/protocol.md`, "WebSocket
+//! streams"). Called by the request phases ([`crate::request`]) when the routed endpoint's kind is
+//! WebSocket.
+//!
+//! This module owns the opening: the upgrade is checked (GET over HTTP/1.1 with
+//! `Upgrade: websocket`, `Connection: upgrade`, `Sec-WebSocket-Version: 13` and a key;
+//! anything else is 400), the user's slot is taken (at most `ws_max_connections_per_user`
+//! open WebSockets per mount and user, the user being the authenticated subject or else
+//! the client IP; over it: **503 with `Retry-After`**, like every other connection limit
+//! of the gateway), the stream's window is reserved in the payload budget (503 if it does
+//! not fit), the stream is opened with a `Streamed` request head, and the service's
+//! answer is awaited within the endpoint's effective timeout (504 and Cancel(Timeout)
+//! after it). A 101 with a streamed body accepts: the client gets its 101 and
+//! [`session`] relays messages until either side ends. Any other answer is relayed to
+//! the client as an ordinary response.
+//!
+//! Invariant: the slot, the reservation, the instance's in-flight count and the stream
+//! are values owned by whoever runs the WebSocket at each moment (this function, then
+//! the session task), so every exit path, including a client that never completes the
+//! upgrade, releases them; the stream is cancelled unless it completed.
+
+use http::header::{HeaderValue, CONNECTION, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_PROTOCOL};
+use http::header::{SEC_WEBSOCKET_VERSION, UPGRADE};
+use http::{HeaderMap, Method, Request, Response, StatusCode, Version};
+use hyper::body::Incoming;
+use weir_proto::{BodyMode, Headers};
+use weir_transport::{DataReceiver, IncomingResponse};
+
+use super::{await_response, request_head, respond, upstream_error, Admitted, Forwarded, Upstream};
+use crate::limits::client_key;
+use crate::limits::slots::Permit;
+use crate::response::error::GatewayError;
+use crate::response::{GatewayBody, RelayLimits};
+
+mod session;
+
+use session::{Session, SessionLimits};
+
+/// Upgrades the request and relays messages both ways.
+pub(crate) async fn relay(
+    upstream: Upstream<'_>,
+    admitted: Admitted<'_>,
+    mut request: Request<Incoming>,
+) -> Result<Response<GatewayBody>, GatewayError> {
+    let key = check_upgrade(&request)?;
+    let permit = acquire_slot(&admitted)?;
+    let in_flight = admitted.decision.instance.begin_call();
+    let per_call = upstream.per_call(admitted.settings);
+    let (reservation, window) = upstream.reserve_window(admitted.decision.instance.conn_id, per_call, None)?;
+    let on_upgrade = hyper::upgrade::on(&mut request);
+    let (parts, _) = request.into_parts();
+    let head = request_head(&parts, &admitted, BodyMode::Streamed);
+    let Admitted { settings, decision, shaper, registered, conn, .. } = admitted;
+    let mut call = decision.instance.link.call(head, window).await.map_err(upstream_error)?;
+    let sender =
+        call.body.take().ok_or_else(|| GatewayError::UpstreamFailed("streamed call without a body sender".into()))?;
+    let operator = registered.as_ref().map(|r| r.cancel.clone());
+    let forwarded = Forwarded { call, pump: None, held: None };
+    let (response, call) = await_response(forwarded, decision.effective_timeout, operator).await?;
+    let (receiver, headers) = match classify(response)? {
+        Answer::Accepted { messages, headers } => (messages, headers),
+        Answer::Refused(response) => {
+            // Refused: end our direction, then answer the client as for any request.
+            let _ = sender.finish().await;
+            let limits = RelayLimits { shaper, download_timeout: settings.download_timeout, registered };
+            return respond((response, call), in_flight, limits);
+        }
+    };
+    let protocol = subprotocol(&headers);
+    let session = Session {
+        sender,
+        receiver,
+        handle: call.handle,
+        limits: SessionLimits::new(settings),
+        registered,
+        _permit: permit,
+        _conn: conn,
+        _reservation: reservation,
+        _in_flight: in_flight,
+    };
+    tokio::spawn(session.run(on_upgrade));
+    Ok(switching_protocols(&key, protocol))
+}
+
+/// The user's WebSocket slot on the mount (the user being the authenticated subject, else
+/// the client IP), or 503 when the user already has `ws_max_connections_per_user` open.
+fn acquire_slot(admitted: &Admitted<'_>) -> Result<Permit<String>, GatewayError> {
+    let user = client_key(admitted.subject.as_deref(), admitted.client);
+    admitted.websockets.try_acquire(user).ok_or_else(|| {
+        let max = admitted.settings.ws_max_connections_per_user;
+        GatewayError::Overloaded(format!("this user already has {max} open WebSockets here"))
+    })
+}
+
+/// The client's `Sec-WebSocket-Key` if the request is a valid upgrade, else 400.
+fn check_upgrade(request: &Request<Incoming>) -> Result<String, GatewayError> {
+    let bad = |detail: &str| Err(GatewayError::BadRequest(format!("invalid WebSocket upgrade: {detail}")));
+    let headers = request.headers();
+    if request.method() != Method::GET {
+        return bad("the method must be GET");
+    }
+    if request.version() != Version::HTTP_11 {
+        return bad("WebSockets are served over HTTP/1.1");
+    }
+    if !has_token(headers, &UPGRADE, "websocket") {
+        return bad("missing `Upgrade: websocket`");
+    }
+    if !has_token(headers, &CONNECTION, "upgrade") {
+        return bad("missing `Connection: upgrade`");
+    }
+    if headers.get(SEC_WEBSOCKET_VERSION).map(HeaderValue::as_bytes) != Some(b"13") {
+        return bad("`Sec-WebSocket-Version` must be 13");
+    }
+    match headers.get(SEC_WEBSOCKET_KEY).and_then(|v| v.to_str().ok()) {
+        Some(key) if is_websocket_key(key) => Ok(key.to_owned()),
+        _ => bad("`Sec-WebSocket-Key` must be 16 bytes in base64"),
+    }
+}
+
+/// Whether a comma-separated header of `name` lists `token` (case-insensitive).
+fn has_token(headers: &HeaderMap, name: &http::header::HeaderName, token: &str) -> bool {
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+/// A base64 encoding of 16 bytes: 22 base64 characters and `==`.
+fn is_websocket_key(key: &str) -> bool {
+    let is_b64 = |c: u8| c.is_ascii_alphanumeric() || c == b'+' || c == b'/';
+    key.len() == 24 && key.ends_with("==") && key.as_bytes()[..22].iter().all(|&c| is_b64(c))
+}
+
+/// The service's answer: accepted (101 with a streamed body), or refused with a final
+/// status; anything else is 502.
+enum Answer {
+    Accepted { messages: DataReceiver, headers: Headers },
+    Refused(IncomingResponse),
+}
+
+fn classify(response: IncomingResponse) -> Result<Answer, GatewayError> {
+    match (response.head.status, response.body) {
+        (101, Some(messages)) => Ok(Answer::Accepted { messages, headers: response.head.headers }),
+        (101, None) => Err(upstream_msg("101 without a streamed body")),
+        (100..=199, _) => Err(upstream_msg("an informational status instead of 101")),
+        (_, body) => Ok(Answer::Refused(IncomingResponse { head: response.head, body })),
+    }
+}
+
+/// The subprotocol the service chose, if valid as a header value.
+fn subprotocol(headers: &Headers) -> Option<HeaderValue> {
+    let (_, value) = headers.iter().find(|(name, _)| name.eq_ignore_ascii_case(SEC_WEBSOCKET_PROTOCOL.as_str()))?;
+    HeaderValue::from_bytes(value).ok()
+}
+
+/// The client's 101.
+fn switching_protocols(key: &str, protocol: Option<HeaderValue>) -> Response<GatewayBody> {
+    let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+    let mut response = Response::new(GatewayBody::empty());
+    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let headers = response.headers_mut();
+    headers.insert(UPGRADE, HeaderValue::from_static("websocket"));
+    headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+    if let Ok(accept) = HeaderValue::from_str(&accept) {
+        headers.insert(SEC_WEBSOCKET_ACCEPT, accept);
+    }
+    if let Some(protocol) = protocol {
+        headers.insert(SEC_WEBSOCKET_PROTOCOL, protocol);
+    }
+    response
+}
+
+fn upstream_msg(detail: &str) -> GatewayError {
+    GatewayError::UpstreamFailed(format!("WebSocket: the service answered {detail}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_16_bytes_of_base64() {
+        assert!(is_websocket_key("dGhlIHNhbXBsZSBub25jZQ=="));
+        assert!(!is_websocket_key("dGhlIHNhbXBsZSBub25jZQ"));
+        assert!(!is_websocket_key("dGhlIHNhbXBsZSBub25j!Q=="));
+        assert!(!is_websocket_key("dGhlIHNhbXBsZSBub25jZQ==AA"));
+    }
+
+    #[test]
+    fn header_tokens_are_found_in_lists_case_insensitively() {
+        let mut headers = HeaderMap::new();
+        headers.append(CONNECTION, HeaderValue::from_static("keep-alive, Upgrade"));
+        assert!(has_token(&headers, &CONNECTION, "upgrade"));
+        assert!(!has_token(&headers, &UPGRADE, "websocket"));
+    }
+
+    #[test]
+    fn the_accept_key_is_rfc_6455s() {
+        let response = switching_protocols("dGhlIHNhbXBsZSBub25jZQ==", None);
+        assert_eq!(response.status(), StatusCode::SWITCHING_PROTOCOLS);
+        assert_eq!(response.headers()[SEC_WEBSOCKET_ACCEPT], "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+    }
+}

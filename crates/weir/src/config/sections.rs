@@ -1,0 +1,81 @@
+//! The top-level sections `[server]`, `[routing]`, `[limits]` and `[services]`: each known
+//! key is read by exactly one line here, with its absolute bounds on that line.
+
+use weir_gateway::config::{
+    LimitsConfig, RoutingConfig, ServerConfig, ServiceCredential, ServicesConfig, ServicesTlsConfig,
+};
+
+use super::*;
+
+/// `[server]`: one line per key.
+pub(super) fn read_server(s: &mut Section<'_, '_>, c: &mut ServerConfig) {
+    s.value("listen", &mut c.listen, socket_addr);
+    s.value("shutdown_grace", &mut c.shutdown_grace, duration);
+    s.value("default_timeout", &mut c.default_timeout, duration);
+    s.value("max_timeout", &mut c.max_timeout, duration);
+    s.value("header_timeout", &mut c.header_timeout, duration);
+    s.value("read_timeout", &mut c.read_timeout, duration);
+    s.value("admin_listen", &mut c.admin_listen, |item| socket_addr(item).map(Some));
+    s.value("send_timeout", &mut c.send_timeout, duration);
+    s.value("max_connections_per_ip", &mut c.max_connections_per_ip, mounts::count);
+    s.value("min_request_data_rate", &mut c.min_request_data_rate, size(1, u64::MAX));
+    s.value("min_response_data_rate", &mut c.min_response_data_rate, size(1, u64::MAX));
+    s.value("data_rate_grace", &mut c.data_rate_grace, duration);
+}
+
+/// `[routing]`: one line per key.
+pub(super) fn read_routing(s: &mut Section<'_, '_>, c: &mut RoutingConfig) {
+    s.value("region", &mut c.region, string);
+    s.value("version_header", &mut c.version_header, header_name);
+    s.map("default_versions", &mut c.default_versions, service_version);
+    s.value("heartbeat_interval", &mut c.heartbeat_interval, duration);
+    s.value("degraded_after", &mut c.degraded_after, duration);
+    s.value("evict_after", &mut c.evict_after, duration);
+}
+
+/// `[limits]`: one line per key, with its absolute bounds in bytes.
+pub(super) fn read_limits(s: &mut Section<'_, '_>, c: &mut LimitsConfig) {
+    let p = &mut c.payload;
+    s.value("max_request_bytes_per_call", &mut p.max_request_bytes_per_call, size(1, MAX_BUFFERED_CALL));
+    s.value("max_request_bytes_per_connection", &mut p.max_request_bytes_per_connection, size(1, u64::MAX));
+    s.value("max_aggregate_inflight_bytes", &mut p.max_aggregate_inflight_bytes, size(1, u64::MAX));
+    s.value("max_upload_size", &mut c.max_upload_size, size(1, u64::MAX));
+    s.value("chunk_size", &mut c.chunk_size, size(1, MAX_CHUNK));
+    s.value("stream_window", &mut c.stream_window, size(KIB, GIB));
+}
+
+/// `[services]`: one line per key, then `[services.tls]` and `[[services.credentials]]`.
+pub(super) fn read_services(s: &mut Section<'_, '_>, c: &mut ServicesConfig) {
+    s.value("listen", &mut c.listen, socket_addr);
+    s.value("handshake_timeout", &mut c.handshake_timeout, duration);
+    s.section("tls", |t| {
+        if t.present() {
+            c.tls = read_services_tls(t);
+        }
+    });
+    let mutual_tls = c.tls.as_ref().is_some_and(|tls| tls.client_ca.is_some());
+    s.tables("credentials", &mut c.credentials, |e| read_credential(e, mutual_tls));
+}
+
+/// `[services.tls]`: `cert` and `key` are required once the table is there.
+fn read_services_tls(s: &mut Section<'_, '_>) -> Option<ServicesTlsConfig> {
+    let cert = s.required("cert", file_path);
+    let key = s.required("key", file_path);
+    let mut client_ca = None;
+    s.value("client_ca", &mut client_ca, |item| file_path(item).map(Some));
+    Some(ServicesTlsConfig { cert: cert?, key: key?, client_ca })
+}
+
+/// One `[[services.credentials]]` entry. Without a token only an mTLS identity can prove
+/// the service, so a token is required unless `services.tls.client_ca` is set.
+fn read_credential(s: &mut Section<'_, '_>, mutual_tls: bool) -> Option<ServiceCredential> {
+    let service = s.required("service", non_empty_string);
+    let mut token = None;
+    s.value("token", &mut token, |item| non_empty_string(item).map(Some));
+    let prefixes = s.required("prefixes", path_prefixes);
+    if token.is_none() && !mutual_tls && !s.reader.rejected.contains(&s.key_path("token")) {
+        s.missing("token", "required unless services.tls.client_ca is set (only mutual TLS can stand in for it)");
+        return None;
+    }
+    Some(ServiceCredential { service: service?, token, prefixes: prefixes? })
+}
