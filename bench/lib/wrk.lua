@@ -1,4 +1,4 @@
--- wrk script for bench/run: optional POST body of BODY_BYTES bytes (echo scenarios), and
+-- wrk script for bench/run and tests/stress/run: optional POST body of BODY_BYTES bytes (echo scenarios), and
 -- one machine-readable summary line with exact percentiles (wrk --latency prints no p99.9)
 -- and every way a request can fail.
 --
