@@ -1,5 +1,5 @@
--- wrk script for bench/run and tests/stress/run: optional POST body of BODY_BYTES bytes (echo scenarios), and
--- one machine-readable summary line with exact percentiles (wrk --latency prints no p99.9)
+-- wrk script for bench/run and tests/stress/run: optional POST body of BODY_BYTES bytes
+-- (echo scenarios), and one machine-readable summary line with exact percentiles (wrk --latency prints no p99.9)
 -- and every way a request can fail.
 --
 -- Failures, as wrk counts them over all its threads (no per-response Lua callback, which
