@@ -36,6 +36,19 @@ fn service_links(h: &Harness) -> BTreeSet<u64> {
     routes.iter().flat_map(|route| route.instances.iter().map(|i| i.conn_id)).collect()
 }
 
+/// Waits for every task, failing on the first that panicked.
+async fn join_all(mut tasks: JoinSet<()>) {
+    while let Some(done) = tasks.join_next().await {
+        done.unwrap();
+    }
+}
+
+/// After the load: the same service links as before it, and nothing left reserved.
+async fn assert_survived(h: &Harness, links: &BTreeSet<u64>) {
+    assert_eq!(&service_links(h), links, "a service link closed under load");
+    h.assert_budget_released().await;
+}
+
 /// A body of `len` bytes that differs per `seed`, so a response crossed with another
 /// request's is caught.
 fn payload(seed: usize, len: usize) -> Bytes {
@@ -102,11 +115,8 @@ async fn sixty_four_http1_clients_at_once(transport: Transport) {
             }
         });
     }
-    while let Some(done) = clients.join_next().await {
-        done.unwrap();
-    }
-    assert_eq!(service_links(&h), links, "a service link closed under load");
-    h.assert_budget_released().await;
+    join_all(clients).await;
+    assert_survived(&h, &links).await;
 }
 
 async fn http2_clients_with_many_streams_each(transport: Transport) {
@@ -127,16 +137,11 @@ async fn http2_clients_with_many_streams_each(transport: Transport) {
                     }
                 });
             }
-            while let Some(done) = streams.join_next().await {
-                done.unwrap();
-            }
+            join_all(streams).await;
         });
     }
-    while let Some(done) = clients.join_next().await {
-        done.unwrap();
-    }
-    assert_eq!(service_links(&h), links, "a service link closed under load");
-    h.assert_budget_released().await;
+    join_all(clients).await;
+    assert_survived(&h, &links).await;
 }
 
 async fn websocket_sessions_beside_http_traffic(transport: Transport) {
@@ -166,9 +171,6 @@ async fn websocket_sessions_beside_http_traffic(transport: Transport) {
             }
         });
     }
-    while let Some(done) = tasks.join_next().await {
-        done.unwrap();
-    }
-    assert_eq!(service_links(&h), links, "a service link closed under load");
-    h.assert_budget_released().await;
+    join_all(tasks).await;
+    assert_survived(&h, &links).await;
 }
