@@ -309,3 +309,31 @@ async fn a_client_still_sending_a_refused_body_reads_its_413() {
     let answer = read_all(&mut socket).await;
     assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
 }
+
+/// The lingering close is bounded: a client that keeps sending a refused body past what
+/// the gateway discards (4 MiB) has its connection closed, not read for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_body_is_discarded_only_up_to_the_linger_bound() {
+    let mut cfg = config();
+    cfg.limits.max_upload_size = 1024;
+    let h = Harness::with_demo(cfg).await;
+    let body_len: usize = 256 * 1024 * 1024;
+    let mut socket = TcpStream::connect(h.addr).await.unwrap();
+    let head = format!("POST /api/echo HTTP/1.1\r\nhost: x\r\ncontent-length: {body_len}\r\n\r\n");
+    socket.write_all(head.as_bytes()).await.unwrap();
+    let chunk = vec![b'x'; 64 * 1024];
+    let mut sent = 0;
+    let closed = tokio::time::timeout(WAIT, async {
+        while sent < body_len {
+            if socket.write_all(&chunk).await.is_err() {
+                return true;
+            }
+            sent += chunk.len();
+        }
+        false
+    })
+    .await
+    .expect("the gateway kept reading a refused body");
+    assert!(closed, "the gateway read a 256 MiB refused body to its end");
+    assert!(sent < 64 * 1024 * 1024, "{sent} bytes accepted after the refusal");
+}
