@@ -48,7 +48,8 @@ pub struct Gateway {
     config: GatewayConfig,
     routing: RoutingTable<Link>,
     budget: Arc<PayloadBudget>,
-    metrics: Metrics,
+    /// Shared with every relayed response body, which counts its own failures.
+    metrics: Arc<Metrics>,
     /// The mounts, each with its authenticator, rate limiter and WebSocket slots.
     mounts: MountTable,
     /// Business requests in flight, for the admin surface.
@@ -91,7 +92,7 @@ impl Gateway {
             registry: Arc::new(RequestRegistry::default()),
             routing: RoutingTable::new(config.routing.clone(), server.default_timeout, server.max_timeout),
             budget: PayloadBudget::new(config.limits.payload),
-            metrics: Metrics::default(),
+            metrics: Arc::default(),
             links: ServiceLinks::default(),
             service_auth: ServiceAuth::new(&config.services),
             config,
@@ -166,7 +167,12 @@ impl Gateway {
             routing: &self.routing,
             version_header: &self.config.routing.version_header,
             registry: &self.registry,
-            upstream: Upstream { server: &self.config.server, limits: &self.config.limits, budget: &self.budget },
+            upstream: Upstream {
+                server: &self.config.server,
+                limits: &self.config.limits,
+                budget: &self.budget,
+                metrics: &self.metrics,
+            },
         }
     }
 }

@@ -1,5 +1,6 @@
 //! Counters the admin endpoint serves in Prometheus' text format: requests, answers by
-//! status class, and every gateway error by its code. Plain atomics; no registry crate,
+//! status class, every gateway error by its code, and relayed response bodies that
+//! failed midway by their reason. Plain atomics; no registry crate,
 //! because a handful of counters does not need one.
 
 use std::fmt::Write as _;
@@ -7,6 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::limits::budget::BudgetCounters;
 use crate::response::error::GatewayError;
+use crate::response::BodyError;
 
 /// Request and error counters.
 #[derive(Debug, Default)]
@@ -14,6 +16,9 @@ pub struct Metrics {
     requests: AtomicU64,
     /// Indexed like [`GatewayError::CODES`].
     errors: [AtomicU64; GatewayError::CODES.len()],
+    /// Relayed response bodies that failed after their head was sent, indexed like
+    /// [`BodyError::RELAY_REASONS`]: the client saw a cut connection or a reset stream.
+    relay_failures: [AtomicU64; BodyError::RELAY_REASONS.len()],
 }
 
 impl Metrics {
@@ -25,6 +30,19 @@ impl Metrics {
     /// Counts an error answer.
     pub(crate) fn error(&self, error: &GatewayError) {
         self.errors[error.index()].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a relayed response body's failure.
+    pub(crate) fn relay_failure(&self, error: &BodyError) {
+        if let Some(index) = error.relay_index() {
+            self.relay_failures[index].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Relayed bodies that failed with `reason` so far.
+    pub fn relay_failures(&self, reason: &str) -> u64 {
+        let index = BodyError::RELAY_REASONS.iter().position(|r| *r == reason);
+        index.map_or(0, |i| self.relay_failures[i].load(Ordering::Relaxed))
     }
 
     /// Errors answered with `code` so far.
@@ -40,6 +58,11 @@ impl Metrics {
         let _ = writeln!(out, "# TYPE weir_errors_total counter");
         for (i, code) in GatewayError::CODES.iter().enumerate() {
             let _ = writeln!(out, "weir_errors_total{{code=\"{code}\"}} {}", self.errors[i].load(Ordering::Relaxed));
+        }
+        let _ = writeln!(out, "# TYPE weir_relayed_body_failures_total counter");
+        for (i, reason) in BodyError::RELAY_REASONS.iter().enumerate() {
+            let count = self.relay_failures[i].load(Ordering::Relaxed);
+            let _ = writeln!(out, "weir_relayed_body_failures_total{{reason=\"{reason}\"}} {count}");
         }
         let _ = writeln!(out, "# TYPE weir_budget_reserved_bytes gauge");
         let _ = writeln!(out, "weir_budget_reserved_bytes {}", budget.aggregate_bytes);

@@ -1,6 +1,9 @@
 //! One client request's phases, in the order they run. This list is the one description
 //! of the order; the code below reads in it.
 //!
+//! 0. **target** — transfer codings weir does not implement are refused (501) and the
+//!    path is put in its normal form (dot segments, escapes), which every later phase
+//!    sees ([`target`]);
 //! 1. **mount** — the longest matching prefix picks the mount ([`mount`]) and its profile;
 //! 2. the profile's phases:
 //!    - **static** — the file is served by [`crate::static_files`]; done;
@@ -21,6 +24,7 @@
 pub(crate) mod authenticate;
 pub(crate) mod mount;
 mod route;
+mod target;
 mod validate;
 
 use std::net::SocketAddr;
@@ -58,6 +62,7 @@ pub(crate) async fn handle(
     mut request: Request<Incoming>,
     conn: &Arc<ClientConn>,
 ) -> Result<Response<GatewayBody>, GatewayError> {
+    target::normalise(&mut request)?;
     let mount = phases.mounts.select(request.uri().path()).ok_or(GatewayError::NotFound)?;
     let admitted = match mount.config.profile {
         Profile::Static => return crate::static_files::serve(&mount.config, &request).await,

@@ -60,6 +60,8 @@ pub(crate) enum GatewayError {
     PreconditionFailed,
     #[error("no requested range overlaps the {length} bytes of the file")]
     RangeNotSatisfiable { length: u64 },
+    #[error("not implemented: {0}")]
+    NotImplemented(String),
 }
 
 /// One kind of answer: its status and its stable code.
@@ -70,7 +72,7 @@ struct Answer {
 
 /// The status and code of every [`GatewayError`], indexed by [`GatewayError::index`]:
 /// the one table from failure to status code (the README's status table describes it).
-const ANSWERS: [Answer; 16] = [
+const ANSWERS: [Answer; 17] = [
     Answer { status: StatusCode::NOT_FOUND, code: "not_found" },
     Answer { status: StatusCode::METHOD_NOT_ALLOWED, code: "method_not_allowed" },
     Answer { status: StatusCode::BAD_REQUEST, code: "bad_request" },
@@ -87,6 +89,7 @@ const ANSWERS: [Answer; 16] = [
     Answer { status: StatusCode::SERVICE_UNAVAILABLE, code: "cancelled" },
     Answer { status: StatusCode::PRECONDITION_FAILED, code: "precondition_failed" },
     Answer { status: StatusCode::RANGE_NOT_SATISFIABLE, code: "range_not_satisfiable" },
+    Answer { status: StatusCode::NOT_IMPLEMENTED, code: "not_implemented" },
 ];
 
 impl GatewayError {
@@ -120,6 +123,7 @@ impl GatewayError {
             GatewayError::CancelledByOperator => 13,
             GatewayError::PreconditionFailed => 14,
             GatewayError::RangeNotSatisfiable { .. } => 15,
+            GatewayError::NotImplemented(_) => 16,
         }
     }
 
@@ -136,7 +140,10 @@ impl GatewayError {
     /// Whether the client connection should be closed after this answer (the request
     /// body was not fully read, so the connection cannot be reused safely).
     pub(crate) fn closes_connection(&self) -> bool {
-        matches!(self, GatewayError::PayloadTooLarge(_) | GatewayError::RequestTimeout(_))
+        matches!(
+            self,
+            GatewayError::PayloadTooLarge(_) | GatewayError::RequestTimeout(_) | GatewayError::NotImplemented(_)
+        )
     }
 
     /// The JSON body of this answer.
@@ -254,6 +261,7 @@ mod tests {
             GatewayError::CancelledByOperator,
             GatewayError::PreconditionFailed,
             GatewayError::RangeNotSatisfiable { length: 10 },
+            GatewayError::NotImplemented("x".into()),
         ]
     }
 

@@ -4,6 +4,10 @@
 //! A relayed body owns its stream: taking a chunk grants the service credit for it (so a
 //! slow client slows the service, and at most one window is buffered), reaching the
 //! explicit end completes the stream, and dropping it early (client gone) cancels it.
+//! A relayed body with a declared length is held to it: a service that sends more, or
+//! ends short, fails the body (hyper then closes the client's HTTP/1.1 connection or
+//! resets its HTTP/2 stream) rather than desynchronising the client's connection. Every
+//! body failure is counted by its reason in [`Metrics`].
 
 pub mod error;
 pub(crate) mod file;
@@ -23,6 +27,7 @@ use tokio_util::sync::WaitForCancellationFutureOwned;
 use weir_proto::CancelReason;
 use weir_transport::{DataReceiver, StreamError, StreamHandle};
 
+use crate::downstream::metrics::Metrics;
 use crate::limits::bandwidth::Shaper;
 use crate::limits::in_flight::Registered;
 use crate::response::file::FileBody;
@@ -46,6 +51,32 @@ pub(crate) enum BodyError {
     /// A static file shrank while it was sent.
     #[error("the file shrank while it was sent")]
     FileShrank,
+    /// The service's body did not match the length it declared.
+    #[error("the service declared {declared} bytes and sent {sent}{}", if *.longer { " or more" } else { "" })]
+    LengthMismatch {
+        declared: u64,
+        sent: u64,
+        /// Whether it sent too much (cut at the first byte past `declared`), else too little.
+        longer: bool,
+    },
+}
+
+impl BodyError {
+    /// Why a relayed body can fail, in the order of [`BodyError::relay_index`] (metrics
+    /// count relayed bodies' failures by it).
+    pub(crate) const RELAY_REASONS: [&'static str; 4] =
+        ["service_failed", "download_timeout", "cancelled", "length_mismatch"];
+
+    /// This error's position in [`BodyError::RELAY_REASONS`]; `None` for a static file's.
+    pub(crate) fn relay_index(&self) -> Option<usize> {
+        match self {
+            BodyError::Service(_) => Some(0),
+            BodyError::DownloadTimeout => Some(1),
+            BodyError::CancelledByOperator => Some(2),
+            BodyError::LengthMismatch { .. } => Some(3),
+            BodyError::FileUnreadable | BodyError::FileShrank => None,
+        }
+    }
 }
 
 /// hyper's view of a response body from the gateway.
@@ -69,8 +100,16 @@ struct Relay {
     handle: Option<StreamHandle>,
     /// Counts the request as in flight on its instance until the body is done.
     in_flight: Option<InFlightGuard<weir_transport::Link>>,
-    /// From the service's `Content-Length`, if it sent one.
+    /// From the service's `Content-Length`, if it sent one: exactly this many bytes must
+    /// come, or the body fails.
     length: Option<u64>,
+    /// Bytes taken from the service so far.
+    sent: u64,
+    /// The chunk that reached the declared length, held until the service's end confirms
+    /// that nothing follows it.
+    completing: Option<Bytes>,
+    /// Counts this body's failure, if it fails.
+    metrics: Arc<Metrics>,
     /// Streaming mounts: paces chunks to the bandwidth limit.
     shaper: Option<Arc<Shaper>>,
     /// A chunk waiting for its turn under the shaper.
@@ -89,6 +128,8 @@ pub(crate) struct RelayLimits {
     pub download_timeout: Duration,
     /// Business mounts: the registry entry, kept until the body is done.
     pub registered: Option<Registered>,
+    /// Where the body's failure is counted.
+    pub metrics: Arc<Metrics>,
 }
 
 impl GatewayBody {
@@ -120,6 +161,9 @@ impl GatewayBody {
             handle: Some(handle),
             in_flight: Some(in_flight),
             length,
+            sent: 0,
+            completing: None,
+            metrics: limits.metrics,
             shaper: limits.shaper,
             delayed: None,
             deadline: Box::pin(tokio::time::sleep(limits.download_timeout)),
@@ -161,7 +205,16 @@ impl Body for GatewayBody {
 }
 
 impl Relay {
+    /// The next piece of the body; a failure is counted once, as it ends the body.
     fn poll_chunk(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let polled = self.poll_relay(cx);
+        if let Poll::Ready(Some(Err(err))) = &polled {
+            self.metrics.relay_failure(err);
+        }
+        polled
+    }
+
+    fn poll_relay(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         if self.handle.is_none() {
             return Poll::Ready(None);
         }
@@ -179,22 +232,53 @@ impl Relay {
             let chunk = self.delayed.take().map(|(chunk, _)| chunk).unwrap_or_default();
             return Poll::Ready(Some(Ok(Frame::data(chunk))));
         }
-        match self.data.poll_chunk(cx) {
-            Poll::Pending => Poll::Pending,
-            Poll::Ready(Some(Ok(chunk))) => {
-                if let Some(registered) = &self.registered {
-                    registered.traffic.bytes_out.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+        loop {
+            let chunk = match self.data.poll_chunk(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Some(Ok(chunk))) => chunk,
+                Poll::Ready(None) => return self.poll_end(cx),
+                Poll::Ready(Some(Err(err))) => {
+                    tracing::warn!(error = %err, "service response body failed mid-stream");
+                    self.finish(Some(CancelReason::HandlerFailed));
+                    return Poll::Ready(Some(Err(BodyError::Service(err))));
                 }
-                self.pace(chunk, cx)
+            };
+            if chunk.is_empty() {
+                continue;
             }
-            Poll::Ready(None) => {
-                self.finish(None);
-                Poll::Ready(None)
+            let sent = self.sent + chunk.len() as u64;
+            if let Some(declared) = self.length.filter(|declared| sent > *declared) {
+                tracing::warn!(declared, "service response body longer than its content-length");
+                self.finish(Some(CancelReason::PayloadLimitExceeded));
+                return Poll::Ready(Some(Err(BodyError::LengthMismatch { declared, sent, longer: true })));
             }
-            Poll::Ready(Some(Err(err))) => {
-                tracing::warn!(error = %err, "service response body failed mid-stream");
-                self.finish(Some(CancelReason::HandlerFailed));
-                Poll::Ready(Some(Err(BodyError::Service(err))))
+            self.sent = sent;
+            if let Some(registered) = &self.registered {
+                registered.traffic.bytes_out.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+            }
+            if self.length == Some(sent) && !self.data.is_ended() {
+                // The client's connection ends the body at the declared length by itself
+                // and would never show us an overlong tail: the completing chunk waits
+                // for the service's end, which normally comes with it.
+                self.completing = Some(chunk);
+                continue;
+            }
+            return self.pace(chunk, cx);
+        }
+    }
+
+    /// The service's body has ended: hands on a held completing chunk first, then ends the
+    /// relay, failing a body shorter than its declared length.
+    fn poll_end(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        if let Some(chunk) = self.completing.take() {
+            return self.pace(chunk, cx);
+        }
+        self.finish(None);
+        match self.length.filter(|declared| self.sent != *declared) {
+            None => Poll::Ready(None),
+            Some(declared) => {
+                tracing::warn!(declared, sent = self.sent, "service response body shorter than its content-length");
+                Poll::Ready(Some(Err(BodyError::LengthMismatch { declared, sent: self.sent, longer: false })))
             }
         }
     }
@@ -207,7 +291,7 @@ impl Relay {
             return Poll::Ready(Some(Ok(Frame::data(chunk))));
         }
         self.delayed = Some((chunk, Box::pin(tokio::time::sleep_until(at))));
-        self.poll_chunk(cx)
+        self.poll_relay(cx)
     }
 
     /// Ends the relay: completed (`None`) or cancelled with a reason.

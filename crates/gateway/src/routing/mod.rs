@@ -82,6 +82,7 @@
 
 mod error;
 mod instance;
+mod path;
 mod select;
 mod snapshot;
 mod state;
@@ -105,6 +106,7 @@ use crate::limits::lock;
 
 pub use error::{RegistrationError, RouteError};
 pub use instance::{InFlightGuard, Instance, InstanceHealth};
+pub(crate) use path::normal_path;
 pub(crate) use template::under_prefix;
 
 use snapshot::{EndpointRoutes, Snapshot};

@@ -43,7 +43,9 @@ fn is_tchar(c: char) -> bool {
 /// Checks a path template: it starts with `/`, has no empty interior segment, literal
 /// segments hold visible ASCII without braces, `?` or `#`, a parameter `{name}` or
 /// catch-all `{*name}` is a whole segment, names are `[A-Za-z0-9_-]+` and distinct, and
-/// a catch-all comes last. Finally `matchit` must accept it on its own. On failure
+/// a catch-all comes last, and it is in the normal form of request paths (no `.` or
+/// `..` segment, no escape of an unreserved character, no `%00` or `%2F`: see
+/// [`super::path`]). Finally `matchit` must accept it on its own. On failure
 /// returns why.
 pub(crate) fn validate_template(template: &str) -> Result<(), String> {
     let Some(rest) = template.strip_prefix('/') else {
@@ -64,6 +66,11 @@ pub(crate) fn validate_template(template: &str) -> Result<(), String> {
                 return Err(format!("catch-all {{*{name}}} must be the last segment"));
             }
         }
+    }
+    match super::path::normal_path(template) {
+        Ok(normal) if normal == template => {}
+        Ok(normal) => return Err(format!("not in normal form (request paths are {normal:?}): no '.' or '..' segment, no escaped unreserved character")),
+        Err(why) => return Err(why),
     }
     let mut probe = matchit::Router::new();
     probe.insert(template, ()).map_err(|e| e.to_string())
@@ -172,6 +179,8 @@ mod tests {
             "/users/{id}/orders/{order_id}",
             "/files/{*rest}",
             "/v1.0/items:search",
+            "/a/.../b",
+            "/a%20b",
         ] {
             assert!(validate_template(good).is_ok(), "{good}");
         }
@@ -190,6 +199,13 @@ mod tests {
             "/a?b",
             "/{na.me}",
             "/caf\u{e9}",
+            "/billing/../api/hello",
+            "/billing/./x",
+            "/billing/..",
+            "/billing/%2e%2e/api",
+            "/%61pi",
+            "/a%2Fb",
+            "/a%00",
         ] {
             assert!(validate_template(bad).is_err(), "{bad}");
         }

@@ -14,6 +14,9 @@
 //!   the root is a 404, as if absent: the answer says nothing about what lies outside.
 //!   Symlinks that stay inside the root are followed. (A symlink swapped between the
 //!   check and the open needs write access inside the root; that is out of scope.)
+//! - **Regular files only.** A FIFO, socket or device under the root is a 404, checked
+//!   before the open and again on the open file; the open never blocks (`O_NONBLOCK`), so
+//!   such a file cannot hold a blocking-pool thread.
 //! - **Directories** are a 404 unless they hold an `index.html`, which is served (also
 //!   without a trailing slash; no redirect).
 //! - **Methods**: GET and HEAD; others 405 with `Allow: GET, HEAD`.
@@ -143,12 +146,34 @@ async fn locate(root: &Path, relative: &Path) -> Result<Found, GatewayError> {
     if fs::metadata(&path).await.map_err(io_error)?.is_dir() {
         path = inside(&root, &path.join("index.html")).await?;
     }
-    let file = File::open(&path).await.map_err(io_error)?;
-    let metadata = file.metadata().await.map_err(io_error)?;
-    if !metadata.is_file() {
+    if !fs::metadata(&path).await.map_err(io_error)?.is_file() {
+        tracing::info!(path = %path.display(), "static path is not a regular file: refused as 404");
         return Err(GatewayError::NotFound);
     }
+    let file = open_regular(&path).await?;
+    let metadata = file.metadata().await.map_err(io_error)?;
     Ok(Found { path, file, len: metadata.len(), modified: metadata.modified().ok() })
+}
+
+/// Opens `path` for reading without ever blocking on it, and only if it is a regular
+/// file. Opening a FIFO for reading waits for a writer (and a device may wait for
+/// anything), which would hold a blocking-pool thread per request: `O_NONBLOCK` makes
+/// such an open return at once (it changes nothing for a regular file's reads), and the
+/// type is checked again on the open file, since the path may have been swapped after
+/// the caller's check.
+async fn open_regular(path: &Path) -> Result<File, GatewayError> {
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .await
+        .map_err(io_error)?;
+    if file.metadata().await.map_err(io_error)?.is_file() {
+        Ok(file)
+    } else {
+        tracing::info!(path = %path.display(), "static path became a special file: refused as 404");
+        Err(GatewayError::NotFound)
+    }
 }
 
 /// `path` with every symlink resolved, if it exists and stays under `root` (canonical).

@@ -19,7 +19,7 @@ use weir_proto::{BodyMode, CancelReason, EndpointDescriptor, RequestHead};
 use weir_transport::{DataSender, Link, StreamError};
 
 use super::request_body::{ClientBody, ReadPolicy};
-use super::{await_response, budget_error, request_head, respond, upstream_error, Admitted, Forwarded, Upstream};
+use super::{await_response, budget_error, request_head, respond, unsent_call_error, Admitted, Forwarded, Upstream};
 use crate::config::MountSettings;
 use crate::limits::bandwidth::Shaper;
 use crate::limits::body_size::{check_declared_length, content_length};
@@ -49,8 +49,9 @@ pub(crate) async fn dispatch(
     let Admitted { settings, decision, shaper, registered, .. } = admitted;
     let operator = registered.as_ref().map(|r| r.cancel.clone());
     let response = await_response(forwarded, decision.effective_timeout, operator).await?;
-    let limits = RelayLimits { shaper, download_timeout: settings.download_timeout, registered };
-    respond(response, in_flight, limits)
+    let metrics = Arc::clone(upstream.metrics);
+    let limits = RelayLimits { shaper, download_timeout: settings.download_timeout, registered, metrics };
+    respond(response, &parts.method, in_flight, limits)
 }
 
 /// The slow-sender bounds for this request's body.
@@ -134,7 +135,7 @@ async fn forward_buffered(
         buffer.extend_from_slice(&chunk);
     }
     head.body = buffer.freeze();
-    let call = decision.instance.link.call(head, 0).await.map_err(upstream_error)?;
+    let call = decision.instance.link.call(head, 0).await.map_err(unsent_call_error)?;
     // The body now sits in the link's queue until written; the reservation goes with the
     // request until the response arrives, which is when the service certainly has it.
     Ok(Forwarded { call, pump: None, held: Some(reservation) })
@@ -149,7 +150,7 @@ async fn forward_streamed(
     plan: &BodyPlan,
 ) -> Result<Forwarded, GatewayError> {
     let (reservation, window) = upstream.reserve_window(decision.instance.conn_id, plan.per_call, plan.length)?;
-    let mut call = decision.instance.link.call(head, window).await.map_err(upstream_error)?;
+    let mut call = decision.instance.link.call(head, window).await.map_err(unsent_call_error)?;
     let sender =
         call.body.take().ok_or_else(|| GatewayError::UpstreamFailed("streamed call without a body sender".into()))?;
     let pump = Pump { sender, reservation, max_total: plan.max_total, chunk_size: plan.chunk_size };
@@ -243,7 +244,8 @@ mod tests {
         let (server, mut limits) = (ServerConfig::default(), LimitsConfig::default());
         limits.payload.max_request_bytes_per_call = PER_CALL;
         let budget = PayloadBudget::new(limits.payload);
-        let upstream = Upstream { server: &server, limits: &limits, budget: &budget };
+        let metrics = Arc::default();
+        let upstream = Upstream { server: &server, limits: &limits, budget: &budget, metrics: &metrics };
         let mut settings = MountSettings::declared_defaults();
         settings.max_upload_size = 10_000;
         let mut request = Request::post("/upload");

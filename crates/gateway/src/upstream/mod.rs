@@ -17,8 +17,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use ::http::header::CONTENT_LENGTH;
 use ::http::header::{HeaderName, HeaderValue};
-use ::http::{HeaderMap, Response, StatusCode};
+use ::http::{HeaderMap, Method, Response, StatusCode};
 use bytes::Bytes;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -26,6 +27,7 @@ use weir_proto::{BodyMode, CancelReason, Headers, RequestHead};
 use weir_transport::{IncomingResponse, Link, OutgoingCall, StreamError};
 
 use crate::config::{LimitsConfig, MountSettings, ServerConfig};
+use crate::downstream::metrics::Metrics;
 use crate::limits::bandwidth::Shaper;
 use crate::limits::body_size::content_length;
 use crate::limits::budget::{BudgetExceeded, PayloadBudget, Reservation};
@@ -57,6 +59,8 @@ pub(crate) struct Upstream<'g> {
     pub server: &'g ServerConfig,
     pub limits: &'g LimitsConfig,
     pub budget: &'g Arc<PayloadBudget>,
+    /// Counts the failures of relayed response bodies.
+    pub metrics: &'g Arc<Metrics>,
 }
 
 /// What the request phases established about a request, as the exchange needs it.
@@ -203,9 +207,15 @@ async fn pump_failure(pump: Option<&mut JoinHandle<Result<(), GatewayError>>>) -
 }
 
 /// The client's response from the service's (also the WebSocket relay's answer to a
-/// refused upgrade).
+/// refused upgrade). The service never sets the framing of the client's connection:
+/// hop-by-hop fields stay behind, and its `Content-Length` is not passed on. hyper frames
+/// the body from what the gateway sends (an inline body's own size; a streamed body is
+/// held to the length the service declared, see [`GatewayBody::relay`]); only an empty
+/// answer to HEAD, or a 304, keeps the service's length, which there describes the
+/// representation and frames nothing.
 fn respond(
     (response, call): (IncomingResponse, OutgoingCall),
+    method: &Method,
     in_flight: InFlightGuard<Link>,
     limits: RelayLimits,
 ) -> Result<Response<GatewayBody>, GatewayError> {
@@ -213,13 +223,19 @@ fn respond(
         .map_err(|_| GatewayError::UpstreamFailed(format!("invalid status {}", response.head.status)))?;
     let mut headers = HeaderMap::with_capacity(response.head.headers.len());
     copy_headers_in(&response.head.headers, &mut headers);
-    let length = content_length(&headers).and_then(Result::ok);
+    // An invalid length is ignored, as if absent.
+    let declared = content_length(&headers).and_then(Result::ok);
+    headers.remove(CONTENT_LENGTH);
     let body = match response.body {
         None => {
             call.handle.complete();
+            let bodiless = *method == Method::HEAD || status == StatusCode::NOT_MODIFIED;
+            if let (true, true, Some(length)) = (bodiless, response.head.body.is_empty(), declared) {
+                headers.insert(CONTENT_LENGTH, HeaderValue::from(length));
+            }
             GatewayBody::full(response.head.body)
         }
-        Some(data) => GatewayBody::relay(data, call.handle, in_flight, length, limits),
+        Some(data) => GatewayBody::relay(data, call.handle, in_flight, declared, limits),
     };
     let mut out = Response::new(body);
     *out.status_mut() = status;
@@ -231,14 +247,34 @@ fn upstream_error(err: StreamError) -> GatewayError {
     GatewayError::UpstreamFailed(err.to_string())
 }
 
+/// The error of a call the link refused to open. Nothing reached the service: a link that
+/// closed between routing and sending is an instance that has left, answered like one
+/// that was never there (503), not as a service failure (502).
+fn unsent_call_error(err: StreamError) -> GatewayError {
+    match err {
+        StreamError::ConnectionLost(reason) => GatewayError::NoHealthyInstance(format!("the instance left: {reason}")),
+        other => upstream_error(other),
+    }
+}
+
 fn is_hop_by_hop(name: &str) -> bool {
     HOP_BY_HOP.iter().any(|h| name.eq_ignore_ascii_case(h))
 }
 
-/// Copies a service's response headers, dropping hop-by-hop and invalid ones.
+/// Copies a service's response headers, dropping hop-by-hop ones (those of
+/// [`HOP_BY_HOP`], `Upgrade`, and any field the service's `Connection` names) and invalid
+/// ones.
 fn copy_headers_in(from: &Headers, to: &mut HeaderMap) {
+    let named: Vec<&str> = from
+        .iter()
+        .filter(|(name, _)| name.eq_ignore_ascii_case("connection"))
+        .filter_map(|(_, value)| std::str::from_utf8(value).ok())
+        .flat_map(|value| value.split(',').map(str::trim))
+        .collect();
     for (name, value) in from {
-        if is_hop_by_hop(name) {
+        let connection_specific =
+            name.eq_ignore_ascii_case("upgrade") || named.iter().any(|n| n.eq_ignore_ascii_case(name));
+        if is_hop_by_hop(name) || connection_specific {
             continue;
         }
         match (HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_maybe_shared(value.clone())) {
@@ -269,7 +305,8 @@ mod tests {
     fn a_window_is_the_smallest_of_the_call_limit_the_stream_window_and_the_length() {
         let (server, mut limits, budget) = (ServerConfig::default(), LimitsConfig::default(), budget(1 << 20));
         limits.stream_window = 500;
-        let upstream = Upstream { server: &server, limits: &limits, budget: &budget };
+        let metrics = Arc::default();
+        let upstream = Upstream { server: &server, limits: &limits, budget: &budget, metrics: &metrics };
         let (_held, window) = upstream.reserve_window(1, 1000, None).unwrap();
         assert_eq!(window, 500);
         let (_held, window) = upstream.reserve_window(1, 200, None).unwrap();
@@ -285,7 +322,8 @@ mod tests {
     #[test]
     fn a_window_that_does_not_fit_the_budget_is_503_at_once() {
         let (server, limits, budget) = (ServerConfig::default(), LimitsConfig::default(), budget(600));
-        let upstream = Upstream { server: &server, limits: &limits, budget: &budget };
+        let metrics = Arc::default();
+        let upstream = Upstream { server: &server, limits: &limits, budget: &budget, metrics: &metrics };
         let _first = upstream.reserve_window(1, 500, None).unwrap();
         let second = upstream.reserve_window(1, 500, None);
         assert!(matches!(second, Err(GatewayError::Overloaded(_))), "{second:?}");
@@ -295,7 +333,8 @@ mod tests {
     #[test]
     fn the_per_call_limit_is_the_mounts_override_else_the_gateways() {
         let (server, limits, budget) = (ServerConfig::default(), LimitsConfig::default(), budget(1 << 20));
-        let upstream = Upstream { server: &server, limits: &limits, budget: &budget };
+        let metrics = Arc::default();
+        let upstream = Upstream { server: &server, limits: &limits, budget: &budget, metrics: &metrics };
         let mut settings = MountSettings::declared_defaults();
         assert_eq!(upstream.per_call(&settings), limits.payload.max_request_bytes_per_call);
         settings.max_request_bytes_per_call = Some(42);
@@ -312,6 +351,10 @@ mod tests {
             ("x-bad-value".into(), Bytes::from_static(b"a\nb")),
             ("set-cookie".into(), Bytes::from_static(b"a=1")),
             ("set-cookie".into(), Bytes::from_static(b"b=2")),
+            ("connection".into(), Bytes::from_static(b"x-private, X-Other")),
+            ("x-private".into(), Bytes::from_static(b"1")),
+            ("x-other".into(), Bytes::from_static(b"2")),
+            ("upgrade".into(), Bytes::from_static(b"h2c")),
         ];
         let mut to = HeaderMap::new();
         copy_headers_in(&from, &mut to);

@@ -3,7 +3,7 @@
 //! `Last-Modified`, `ETag`, `Accept-Ranges`), HEAD, 304 by `If-None-Match` and by
 //! `If-Modified-Since`, 206 for each single-range form with exact bytes, 416, paths that
 //! try to leave the root (`..`, encoded dots and slashes, symlinks out) refused, a
-//! 20 MiB file streamed whole, and an SDK service's `file_for` answering ranges and
+//! FIFO in the root refused without blocking, a 20 MiB file streamed whole, and an SDK service's `file_for` answering ranges and
 //! conditionals through the gateway.
 //!
 //! Each test builds its own tree under the system temp directory and removes it after.
@@ -208,12 +208,15 @@ async fn a_range_past_the_end_gets_416_with_the_length() {
 async fn paths_cannot_leave_the_root() {
     let tree = Tree::new();
     let h = serve(&tree).await;
-    // Malformed or traversing paths are 400; symlinks out are 404, as if absent.
+    // Dot segments are removed before the mount is chosen, so a traversal leaves the
+    // mount (404: nothing else is mounted) or climbs above the root (400); malformed
+    // paths are 400; symlinks out are 404, as if absent.
     for (path, expected) in [
-        ("/files/../outside/secret.txt", 400),
-        ("/files/sub/../../outside/secret.txt", 400),
-        ("/files/%2e%2e/outside/secret.txt", 400),
-        ("/files/%2E%2e/outside/secret.txt", 400),
+        ("/files/../outside/secret.txt", 404),
+        ("/files/sub/../../outside/secret.txt", 404),
+        ("/files/%2e%2e/outside/secret.txt", 404),
+        ("/files/%2E%2e/outside/secret.txt", 404),
+        ("/files/../../outside/secret.txt", 400),
         ("/files/%2E%2E%2Foutside%2Fsecret.txt", 400),
         ("/files/sub%2f..%2f..%2foutside/secret.txt", 400),
         ("/files/..%5coutside%5csecret.txt", 400),
@@ -230,6 +233,27 @@ async fn paths_cannot_leave_the_root() {
     let (status, answer) = raw(&h, "GET", "/files/alias.txt").await;
     assert_eq!(status, 200, "{answer}");
     assert!(answer.ends_with(std::str::from_utf8(HELLO).unwrap()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fifo_in_the_root_is_404_at_once_and_holds_no_thread() {
+    let tree = Tree::new();
+    let fifo = tree.root().join("pipe");
+    let made = std::process::Command::new("mkfifo").arg(&fifo).status().expect("mkfifo runs");
+    assert!(made.success(), "mkfifo {}", fifo.display());
+    let h = serve(&tree).await;
+    // Opening a FIFO for reading waits for a writer: none comes, so any blocking open
+    // would hang every one of these requests.
+    let requests = (0..32).map(|_| {
+        let (client, url) = (h.client.clone(), h.url("/files/pipe"));
+        tokio::spawn(async move { client.get(url).send().await.map(|r| r.status()) })
+    });
+    for request in requests.collect::<Vec<_>>() {
+        let status = tokio::time::timeout(WAIT, request).await.expect("answered in time").unwrap().unwrap();
+        assert_eq!(status, StatusCode::NOT_FOUND);
+    }
+    let response = h.client.get(h.url("/files/hello.txt")).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
 }
 
 #[tokio::test]

@@ -20,6 +20,8 @@
 //! the session task), so every exit path, including a client that never completes the
 //! upgrade, releases them; the stream is cancelled unless it completed.
 
+use std::sync::Arc;
+
 use http::header::{HeaderValue, CONNECTION, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_PROTOCOL};
 use http::header::{SEC_WEBSOCKET_VERSION, UPGRADE};
 use http::{HeaderMap, Method, Request, Response, StatusCode, Version};
@@ -27,7 +29,7 @@ use hyper::body::Incoming;
 use weir_proto::{BodyMode, Headers};
 use weir_transport::{DataReceiver, IncomingResponse};
 
-use super::{await_response, request_head, respond, upstream_error, Admitted, Forwarded, Upstream};
+use super::{await_response, request_head, respond, unsent_call_error, Admitted, Forwarded, Upstream};
 use crate::limits::client_key;
 use crate::limits::slots::Permit;
 use crate::response::error::GatewayError;
@@ -52,7 +54,7 @@ pub(crate) async fn relay(
     let (parts, _) = request.into_parts();
     let head = request_head(&parts, &admitted, BodyMode::Streamed);
     let Admitted { settings, decision, shaper, registered, conn, .. } = admitted;
-    let mut call = decision.instance.link.call(head, window).await.map_err(upstream_error)?;
+    let mut call = decision.instance.link.call(head, window).await.map_err(unsent_call_error)?;
     let sender =
         call.body.take().ok_or_else(|| GatewayError::UpstreamFailed("streamed call without a body sender".into()))?;
     let operator = registered.as_ref().map(|r| r.cancel.clone());
@@ -63,8 +65,9 @@ pub(crate) async fn relay(
         Answer::Refused(response) => {
             // Refused: end our direction, then answer the client as for any request.
             let _ = sender.finish().await;
-            let limits = RelayLimits { shaper, download_timeout: settings.download_timeout, registered };
-            return respond((response, call), in_flight, limits);
+            let metrics = Arc::clone(upstream.metrics);
+            let limits = RelayLimits { shaper, download_timeout: settings.download_timeout, registered, metrics };
+            return respond((response, call), &parts.method, in_flight, limits);
         }
     };
     let protocol = subprotocol(&headers);
