@@ -179,6 +179,8 @@ impl<B: Body + Unpin> Body for InFlight<B> {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
     use crate::limits::connections::ConnectionCap;
 
@@ -186,40 +188,48 @@ mod tests {
         Bounds { header_timeout: Duration::from_secs(10), idle_timeout: Duration::from_secs(30) }
     }
 
+    /// One connection's slot and state, as a supervisor watches them.
+    struct Fixture {
+        slot: Arc<ConnectionSlot>,
+        state: ConnState,
+        shutdown: CancellationToken,
+    }
+
+    impl Fixture {
+        fn new() -> Self {
+            let slot = ConnectionCap::new(4).admit().unwrap();
+            Fixture { slot, state: ConnState::default(), shutdown: CancellationToken::new() }
+        }
+
+        fn watched(&self) -> Watched<'_> {
+            Watched { slot: &self.slot, state: &self.state, bounds: bounds(), shutdown: &self.shutdown }
+        }
+    }
+
     #[test]
     fn without_a_request_head_a_connection_that_is_not_http1_is_closed_at_header_timeout() {
-        let cap = ConnectionCap::new(4);
-        let slot = cap.admit().unwrap();
-        let state = ConnState::default();
-        let shutdown = CancellationToken::new();
-        let watched = Watched { slot: &slot, state: &state, bounds: bounds(), shutdown: &shutdown };
+        let f = Fixture::new();
         let start = Instant::now();
         let due = start + Duration::from_secs(10);
-        assert_eq!(next_step(start, start, &watched), Step::WaitUntil(due));
-        assert_eq!(next_step(due, start, &watched), Step::Abandon, "no whole preface: dropped");
-        drop(slot.request_started());
+        assert_eq!(next_step(start, start, &f.watched()), Step::WaitUntil(due));
+        assert_eq!(next_step(due, start, &f.watched()), Step::Abandon, "no whole preface: dropped");
+        drop(f.slot.request_started());
+        let idle_due = f.slot.idle_since().unwrap() + bounds().idle_timeout;
         let later = due + Duration::from_secs(5);
-        assert_eq!(
-            next_step(later, start, &watched),
-            Step::WaitUntil(slot.idle_since().unwrap() + bounds().idle_timeout)
-        );
+        assert_eq!(next_step(later, start, &f.watched()), Step::WaitUntil(idle_due));
     }
 
     #[test]
     fn an_idle_connection_is_closed_at_idle_timeout_and_a_busy_one_is_not() {
-        let cap = ConnectionCap::new(4);
-        let slot = cap.admit().unwrap();
-        let state = ConnState::default();
-        let shutdown = CancellationToken::new();
-        let watched = Watched { slot: &slot, state: &state, bounds: bounds(), shutdown: &shutdown };
+        let f = Fixture::new();
         let start = Instant::now();
-        let request = slot.request_started();
+        let request = f.slot.request_started();
         let much_later = start + Duration::from_secs(100);
-        assert_eq!(next_step(much_later, start, &watched), Step::WaitUntil(much_later + bounds().idle_timeout));
-        assert_eq!(farewell(much_later, start, &slot), Step::WaitUntil(much_later + GOODBYE_TIME));
+        assert_eq!(next_step(much_later, start, &f.watched()), Step::WaitUntil(much_later + bounds().idle_timeout));
+        assert_eq!(farewell(much_later, start, &f.slot), Step::WaitUntil(much_later + GOODBYE_TIME));
         drop(request);
-        let idle_due = slot.idle_since().unwrap() + bounds().idle_timeout;
-        assert_eq!(next_step(idle_due, start, &watched), Step::Close("idle timeout"));
-        assert_eq!(farewell(start + GOODBYE_TIME, start, &slot), Step::Abandon);
+        let idle_due = f.slot.idle_since().unwrap() + bounds().idle_timeout;
+        assert_eq!(next_step(idle_due, start, &f.watched()), Step::Close("idle timeout"));
+        assert_eq!(farewell(start + GOODBYE_TIME, start, &f.slot), Step::Abandon);
     }
 }

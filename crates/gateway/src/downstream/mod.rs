@@ -32,7 +32,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::task_tracker::TaskTrackerToken;
 use tokio_util::task::TaskTracker;
 
-use self::client_io::{ClientIo, SendLimits};
+use self::client_io::{ClientIo, Protocol, SendLimits};
 use self::lifetime::{Bounds, InFlight, Watched};
 use crate::limits::connection::ClientConn;
 use crate::limits::slots::KeyedLimiter;
@@ -147,7 +147,9 @@ async fn serve_connection(
         return;
     };
     if let Err(err) = ended {
-        if is_timeout(&*err) && state.request_in_progress() {
+        // An HTTP/2 client would read an HTTP/1.1 answer as garbage.
+        let http1 = state.protocol() == Protocol::Http1;
+        if http1 && is_timeout(&*err) && state.request_in_progress() {
             answer_head_timeout(&socket);
         }
         tracing::debug!(%client, error = %err, "client connection ended with an error");

@@ -16,6 +16,8 @@ use reqwest::StatusCode;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use weir_gateway::config::ServerConfig;
+
 use crate::common::*;
 
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -100,15 +102,25 @@ async fn read_to_close(socket: &mut TcpStream) -> String {
     String::from_utf8_lossy(&answer).into_owned()
 }
 
+/// The demo behind a gateway whose `[server]` settings `set` changes.
+async fn demo_with(set: impl FnOnce(&mut ServerConfig)) -> Harness {
+    let mut cfg = config();
+    set(&mut cfg.server);
+    Harness::with_demo(cfg).await
+}
+
+/// Whether the gateway answered stream 1.
+fn answered(frames: &[(u8, u32, Instant)]) -> bool {
+    frames.iter().any(|(kind, stream, _)| *kind == HEADERS && *stream == 1)
+}
+
 fn kinds(frames: &[(u8, u32, Instant)]) -> Vec<u8> {
     frames.iter().map(|(kind, _, _)| *kind).collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_h2_preface_and_nothing_else_is_closed_with_goaway_at_header_timeout() {
-    let mut cfg = config();
-    cfg.server.header_timeout = Duration::from_millis(300);
-    let h = Harness::with_demo(cfg).await;
+    let h = demo_with(|s| s.header_timeout = Duration::from_millis(300)).await;
     let attackers = (0..8).map(|_| async {
         let started = Instant::now();
         let mut socket = TcpStream::connect(h.addr).await.unwrap();
@@ -126,9 +138,7 @@ async fn an_h2_preface_and_nothing_else_is_closed_with_goaway_at_header_timeout(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn half_an_h2_header_block_is_closed_at_header_timeout() {
-    let mut cfg = config();
-    cfg.server.header_timeout = Duration::from_millis(300);
-    let h = Harness::with_demo(cfg).await;
+    let h = demo_with(|s| s.header_timeout = Duration::from_millis(300)).await;
     let started = Instant::now();
     let mut socket = h2_connect(&h).await;
     let block = get_block("/api/hello");
@@ -137,14 +147,12 @@ async fn half_an_h2_header_block_is_closed_at_header_timeout() {
     let frames = frames_until_close(&mut socket, true).await;
     let lived = started.elapsed();
     assert!(lived < Duration::from_millis(300) + SLACK, "closed late: {lived:?}");
-    assert!(!frames.iter().any(|(kind, stream, _)| *kind == HEADERS && *stream == 1), "answered a half head");
+    assert!(!answered(&frames), "answered a half head");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_h2_connection_gets_goaway_at_idle_timeout() {
-    let mut cfg = config();
-    cfg.server.idle_timeout = Duration::from_millis(600);
-    let h = Harness::with_demo(cfg).await;
+    let h = demo_with(|s| s.idle_timeout = Duration::from_millis(600)).await;
     let mut socket = h2_connect(&h).await;
     h2_get(&mut socket, "/healthz").await;
     let frames = frames_until_close(&mut socket, true).await;
@@ -158,9 +166,7 @@ async fn an_idle_h2_connection_gets_goaway_at_idle_timeout() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_http1_connection_is_closed_at_idle_timeout() {
-    let mut cfg = config();
-    cfg.server.idle_timeout = Duration::from_millis(600);
-    let h = Harness::with_demo(cfg).await;
+    let h = demo_with(|s| s.idle_timeout = Duration::from_millis(600)).await;
     let mut socket = TcpStream::connect(h.addr).await.unwrap();
     socket.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n").await.unwrap();
     let mut head = [0u8; 12];
@@ -175,9 +181,7 @@ async fn an_idle_http1_connection_is_closed_at_idle_timeout() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_h2_peer_that_stops_answering_pings_is_closed_with_its_request_in_flight() {
-    let mut cfg = config();
-    cfg.server.idle_timeout = Duration::from_millis(600);
-    let h = Harness::with_demo(cfg).await;
+    let h = demo_with(|s| s.idle_timeout = Duration::from_millis(600)).await;
     let started = Instant::now();
     let mut socket = h2_connect(&h).await;
     h2_get(&mut socket, "/api/slow?ms=4000").await;
@@ -185,14 +189,12 @@ async fn an_h2_peer_that_stops_answering_pings_is_closed_with_its_request_in_fli
     let lived = started.elapsed();
     assert!(kinds(&frames).contains(&PING), "never pinged: {:?}", kinds(&frames));
     assert!(lived < Duration::from_secs(3), "kept until the response (4 s): {lived:?}");
-    assert!(!frames.iter().any(|(kind, stream, _)| *kind == HEADERS && *stream == 1), "answered");
+    assert!(!answered(&frames), "answered without the pings");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_h2_request_body_that_never_comes_gets_408() {
-    let mut cfg = config();
-    cfg.server.read_timeout = Duration::from_millis(400);
-    let h = Harness::with_demo(cfg).await;
+    let h = demo_with(|s| s.read_timeout = Duration::from_millis(400)).await;
     let client = reqwest::Client::builder().http2_prior_knowledge().build().unwrap();
     let never = futures_util::stream::pending::<Result<Vec<u8>, std::io::Error>>();
     let started = Instant::now();
@@ -211,9 +213,7 @@ async fn an_h2_request_body_that_never_comes_gets_408() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn at_max_connections_idle_connections_are_shed_for_legitimate_clients() {
     const CAP: u32 = 8;
-    let mut cfg = config();
-    cfg.server.max_connections = Some(CAP);
-    let h = Harness::with_demo(cfg).await;
+    let h = demo_with(|s| s.max_connections = Some(CAP)).await;
     let mut attackers = Vec::new();
     for _ in 0..CAP {
         let mut socket = TcpStream::connect(h.addr).await.unwrap();
@@ -244,9 +244,7 @@ async fn at_max_connections_idle_connections_are_shed_for_legitimate_clients() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn at_max_connections_with_none_idle_the_newcomer_gets_503() {
     const CAP: usize = 4;
-    let mut cfg = config();
-    cfg.server.max_connections = Some(CAP as u32);
-    let h = Harness::with_demo(cfg).await;
+    let h = demo_with(|s| s.max_connections = Some(CAP as u32)).await;
     let mut busy = Vec::new();
     for _ in 0..CAP {
         let mut socket = TcpStream::connect(h.addr).await.unwrap();
