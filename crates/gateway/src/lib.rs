@@ -31,6 +31,7 @@ use weir_transport::Link;
 pub use config::GatewayConfig;
 pub use downstream::metrics::Metrics;
 pub use limits::budget::{BudgetCounters, PayloadBudget};
+pub use limits::connections::{default_max_connections, open_files_limit, raise_open_files_limit, ConnectionCap};
 pub use limits::in_flight::{RequestRegistry, RequestSnapshot};
 pub use request::mount::GatewayStartError;
 pub use routing::RoutingTable;
@@ -58,6 +59,8 @@ pub struct Gateway {
     service_auth: ServiceAuth,
     /// Live service links: eviction and shutdown must reach them.
     links: ServiceLinks,
+    /// The cap on open client connections, shared by both listeners (one fd each).
+    connections: Arc<ConnectionCap>,
 }
 
 /// The sockets [`Gateway::run`] serves.
@@ -95,6 +98,7 @@ impl Gateway {
             metrics: Arc::default(),
             links: ServiceLinks::default(),
             service_auth: ServiceAuth::new(&config.services),
+            connections: ConnectionCap::new(server.max_connections.unwrap_or_else(default_max_connections)),
             config,
         }))
     }
@@ -158,6 +162,11 @@ impl Gateway {
     /// Live service connections.
     pub fn service_connections(&self) -> usize {
         self.links.len()
+    }
+
+    /// The cap on open client connections: its limit and how many are open.
+    pub fn connections(&self) -> &Arc<ConnectionCap> {
+        &self.connections
     }
 
     /// The settings and state of one request's phases.

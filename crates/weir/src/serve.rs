@@ -84,6 +84,11 @@ pub fn run(options: ServeOptions) -> ExitCode {
 }
 
 async fn serve(config: GatewayConfig, demo: bool) -> std::io::Result<()> {
+    // Before the gateway derives its default connection cap from it.
+    match weir_gateway::raise_open_files_limit() {
+        Ok(limit) => tracing::info!(limit, "open files limit raised to the hard limit"),
+        Err(err) => tracing::warn!(error = %err, "cannot raise the open files limit"),
+    }
     let listener = TcpListener::bind(config.server.listen).await?;
     let admin = match config.server.admin_listen {
         Some(addr) => Some(TcpListener::bind(addr).await?),
@@ -91,6 +96,7 @@ async fn serve(config: GatewayConfig, demo: bool) -> std::io::Result<()> {
     };
     let (services, tls) = bind_services(&config.services).await?;
     let gateway = Gateway::new(config).map_err(std::io::Error::other)?;
+    tracing::info!(max_connections = gateway.connections().max(), "client connection cap");
     let demo_handle = demo.then(|| crate::demo::attach(&gateway));
     if let Some(handle) = &demo_handle {
         // So that the first request after "listening" finds the demo's routes.

@@ -53,6 +53,14 @@ pub struct ServerConfig {
     pub min_response_data_rate: u64,
     /// How long a transfer may run below the minimum data rates before they apply.
     pub data_rate_grace: Duration,
+    /// Longest a client connection may stay open with no request in flight; then it is
+    /// closed gracefully (HTTP/2: GOAWAY). HTTP/2 peers are pinged at half of it.
+    pub idle_timeout: Duration,
+    /// Open client connections, both listeners together: every one holds a file
+    /// descriptor. At the cap the longest-idle connection is shed for a newcomer; with
+    /// none idle the newcomer gets 503. `None`: three quarters of the open-files limit
+    /// when the gateway starts, at most 16,384.
+    pub max_connections: Option<u32>,
 }
 
 /// `[routing]`: how instances are chosen and how health follows heartbeats.
@@ -120,6 +128,8 @@ impl Default for ServerConfig {
             min_request_data_rate: 240,
             min_response_data_rate: 240,
             data_rate_grace: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(30),
+            max_connections: None,
         }
     }
 }

@@ -26,7 +26,9 @@ pub(super) fn answer(gateway: &Gateway, request: &Request<Incoming>) -> Response
         "/routes" => json(StatusCode::OK, serde_json::to_string(&gateway.routing().snapshot()).unwrap_or_default()),
         "/requests" => json(StatusCode::OK, serde_json::to_string(&gateway.registry().list()).unwrap_or_default()),
         "/metrics" => {
-            let text = gateway.metrics().render(&gateway.budget().counters(), gateway.service_connections());
+            let counters = gateway.budget().counters();
+            let clients = gateway.connections().open();
+            let text = gateway.metrics().render(&counters, gateway.service_connections(), clients);
             let mut response = Response::new(GatewayBody::full(Bytes::from(text)));
             response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
             response

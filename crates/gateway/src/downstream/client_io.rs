@@ -6,7 +6,8 @@
 //!
 //! It also counts bytes read and written, which tells the front whether a connection
 //! that timed out in its request head had started a request (answer 408) or was idle
-//! (close quietly). Reads and writes go through tokio's own `TcpStream` I/O, which reads
+//! (close quietly), and whether the first bytes were HTTP/2's preface, which tells the
+//! connection's supervisor which protocol bounds apply. Reads and writes go through tokio's own `TcpStream` I/O, which reads
 //! into hyper's buffer without zeroing it and skips the read that would only find the
 //! socket empty. A dropped `ClientIo` hands its socket back in [`ConnState`] instead of
 //! closing it, so that the front can still write a 408 after hyper has given up on the
@@ -15,7 +16,7 @@
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
@@ -35,12 +36,53 @@ pub(crate) struct ConnState {
     /// Set when the I/O is dropped: the front may still owe the client a 408 on it, and
     /// closes it.
     released: Mutex<Option<TcpStream>>,
+    /// A [`Protocol`] as a number: what the first bytes read said.
+    protocol: AtomicU8,
 }
+
+/// The client's protocol, as its first bytes tell it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Protocol {
+    /// Fewer bytes than HTTP/2's preface arrived, all of them matching it.
+    Unknown = 0,
+    /// The first bytes differ from HTTP/2's preface.
+    Http1 = 1,
+    /// The whole HTTP/2 preface arrived.
+    Http2 = 2,
+}
+
+/// What an HTTP/2 client sends first (RFC 9113 §3.4).
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 impl ConnState {
     /// Whether bytes of a new request arrived since the last response bytes went out.
     pub(crate) fn request_in_progress(&self) -> bool {
         self.read.load(Ordering::Relaxed) > self.read_at_last_write.load(Ordering::Relaxed)
+    }
+
+    /// The client's protocol, as far as its first bytes tell.
+    pub(crate) fn protocol(&self) -> Protocol {
+        match self.protocol.load(Ordering::Relaxed) {
+            1 => Protocol::Http1,
+            2 => Protocol::Http2,
+            _ => Protocol::Unknown,
+        }
+    }
+
+    /// Compares `bytes`, read after `offset` earlier bytes, with the HTTP/2 preface.
+    fn saw(&self, offset: u64, bytes: &[u8]) {
+        let Some(rest) = usize::try_from(offset).ok().and_then(|at| H2_PREFACE.get(at..)) else {
+            return;
+        };
+        let compared = rest.len().min(bytes.len());
+        let protocol = if bytes[..compared] != rest[..compared] {
+            Protocol::Http1
+        } else if compared == rest.len() {
+            Protocol::Http2
+        } else {
+            return;
+        };
+        self.protocol.store(protocol as u8, Ordering::Relaxed);
     }
 
     /// The socket, once hyper has dropped its I/O (`None` while an upgraded connection
@@ -172,7 +214,10 @@ impl AsyncRead for ClientIo {
         let before = buf.filled().len();
         ready!(this.socket()?.poll_read(cx, buf))?;
         let n = buf.filled().len() - before;
-        this.state.read.fetch_add(n as u64, Ordering::Relaxed);
+        let offset = this.state.read.fetch_add(n as u64, Ordering::Relaxed);
+        if offset < H2_PREFACE.len() as u64 && this.state.protocol() == Protocol::Unknown {
+            this.state.saw(offset, &buf.filled()[before..]);
+        }
         Poll::Ready(Ok(()))
     }
 }
@@ -268,6 +313,24 @@ mod tests {
         drop(state.take_socket().expect("the socket, handed back"));
         let mut buf = [0u8; 8];
         assert_eq!(client.read(&mut buf).await.unwrap(), 0, "closed once dropped");
+    }
+
+    #[tokio::test]
+    async fn the_http2_preface_is_told_from_http1_as_it_arrives() {
+        let (mut io, state, mut client) = pair(lenient()).await;
+        let mut buf = [0u8; 64];
+        client.write_all(&H2_PREFACE[..10]).await.unwrap();
+        let _ = io.read(&mut buf).await.unwrap();
+        assert_eq!(state.protocol(), Protocol::Unknown);
+        client.write_all(&H2_PREFACE[10..]).await.unwrap();
+        while state.read.load(Ordering::Relaxed) < 24 {
+            let _ = io.read(&mut buf).await.unwrap();
+        }
+        assert_eq!(state.protocol(), Protocol::Http2);
+        let (mut io, state, mut client) = pair(lenient()).await;
+        client.write_all(b"POST / HTTP/1.1\r\n").await.unwrap();
+        let _ = io.read(&mut buf).await.unwrap();
+        assert_eq!(state.protocol(), Protocol::Http1);
     }
 
     #[tokio::test]

@@ -50,8 +50,9 @@ impl Metrics {
         GatewayError::CODES.iter().position(|c| *c == code).map_or(0, |i| self.errors[i].load(Ordering::Relaxed))
     }
 
-    /// The Prometheus text exposition, with the budget's gauges.
-    pub(crate) fn render(&self, budget: &BudgetCounters, services: usize) -> String {
+    /// The Prometheus text exposition, with the budget's gauges and the open service and
+    /// client connections.
+    pub(crate) fn render(&self, budget: &BudgetCounters, services: usize, clients: usize) -> String {
         let mut out = String::new();
         let _ = writeln!(out, "# TYPE weir_requests_total counter");
         let _ = writeln!(out, "weir_requests_total {}", self.requests.load(Ordering::Relaxed));
@@ -70,6 +71,8 @@ impl Metrics {
         let _ = writeln!(out, "weir_budget_reservations {}", budget.reservations);
         let _ = writeln!(out, "# TYPE weir_service_connections gauge");
         let _ = writeln!(out, "weir_service_connections {services}");
+        let _ = writeln!(out, "# TYPE weir_client_connections gauge");
+        let _ = writeln!(out, "weir_client_connections {clients}");
         out
     }
 }

@@ -1,18 +1,23 @@
-//! The client's side of a request: the listener, the per-IP admission, the socket and its
-//! timeouts ([`client_io`]), HTTP/1.1 and HTTP/2 with prior knowledge (told apart by
-//! hyper-util's auto builder), `/healthz`, and the hand-over of every other request to
-//! the request phases ([`crate::request`]), whose errors become responses here.
+//! The client's side of a request: the listener, the per-IP admission and the global
+//! connection cap (which sheds idle connections), the socket and its timeouts
+//! ([`client_io`]), each connection's lifetime bounds ([`lifetime`]: first request head,
+//! idleness), HTTP/1.1 and HTTP/2 with prior knowledge (told apart by hyper-util's auto
+//! builder), `/healthz`, and the hand-over of every other request to the request phases
+//! ([`crate::request`]), whose errors become responses here.
 //!
-//! The same front serves the admin surface ([`admin`]) on its own listener. Shutdown: stop
-//! accepting, let in-flight requests finish within the grace period, then return; the
-//! caller closes service links after.
+//! The same front serves the admin surface ([`admin`]) on its own listener; its
+//! connections count under the same cap, since they hold file descriptors too. Shutdown:
+//! stop accepting, let in-flight requests finish within the grace period, then return;
+//! the caller closes service links after.
 
 mod admin;
 mod client_io;
+mod lifetime;
 pub(crate) mod metrics;
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,12 +26,14 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::task_tracker::TaskTrackerToken;
+use tokio_util::task::TaskTracker;
 
-use self::client_io::{ClientIo, SendLimits};
+use self::client_io::{ClientIo, Protocol, SendLimits};
+use self::lifetime::{Bounds, InFlight, Watched};
 use crate::limits::connection::ClientConn;
 use crate::limits::slots::KeyedLimiter;
 use crate::request;
@@ -50,7 +57,8 @@ pub(crate) async fn serve(
     surface: Surface,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    let graceful = GracefulShutdown::new();
+    // Counts connections until hyper is done with them, for the drain.
+    let open = TaskTracker::new();
     // Shared: each connection's task would otherwise carry a copy of every setting.
     let builder = Arc::new(connection_builder(&gateway));
     let per_ip = KeyedLimiter::new(gateway.config().server.max_connections_per_ip);
@@ -67,60 +75,81 @@ pub(crate) async fn serve(
             },
             _ = shutdown.cancelled() => break,
         };
-        let Some(permit) = per_ip.try_acquire(client.ip()) else {
-            let refusal = GatewayError::Overloaded("too many connections from this address".into());
-            gateway.metrics().error(&refusal);
-            tracing::info!(%client, "connection refused: too many connections from this address");
-            tokio::spawn(refuse_connection(stream, refusal));
-            continue;
+        let conn = match admit(&gateway, &per_ip, client) {
+            Ok(conn) => conn,
+            Err(refusal) => {
+                gateway.metrics().error(&refusal);
+                tracing::info!(%client, error = %refusal, "connection refused");
+                tokio::spawn(refuse_connection(stream, refusal));
+                continue;
+            }
         };
         let _ = stream.set_nodelay(true);
-        let conn = Arc::new(ClientConn::new(client, permit));
-        tokio::spawn(serve_connection(
-            Arc::clone(&gateway),
-            stream,
-            conn,
-            surface,
-            builder.clone(),
-            graceful.watcher(),
-        ));
+        let connection = Connection { gateway: Arc::clone(&gateway), conn, surface, shutdown: shutdown.clone() };
+        tokio::spawn(serve_connection(connection, stream, builder.clone(), open.token()));
     }
     drop(listener);
+    open.close();
     let grace = gateway.config().server.shutdown_grace;
-    if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
+    if tokio::time::timeout(grace, open.wait()).await.is_err() {
         tracing::warn!(?grace, "grace period over; abandoning the requests still in flight");
     }
     Ok(())
 }
 
-/// One client connection, from its first byte to its close.
-async fn serve_connection(
+/// A new connection's places: under its address's limit, then under the global cap
+/// (which may shed an idle connection to make room).
+fn admit(
+    gateway: &Gateway,
+    per_ip: &Arc<KeyedLimiter<IpAddr>>,
+    client: SocketAddr,
+) -> Result<Arc<ClientConn>, GatewayError> {
+    let Some(permit) = per_ip.try_acquire(client.ip()) else {
+        return Err(GatewayError::Overloaded("too many connections from this address".into()));
+    };
+    let slot = gateway.connections().admit().map_err(|full| GatewayError::Overloaded(full.to_string()))?;
+    Ok(Arc::new(ClientConn::new(client, permit, slot)))
+}
+
+/// An accepted client connection and what serving it needs.
+struct Connection {
     gateway: Arc<Gateway>,
-    stream: TcpStream,
     conn: Arc<ClientConn>,
     surface: Surface,
+    /// The gateway's shutdown, on which the connection closes gracefully.
+    shutdown: CancellationToken,
+}
+
+/// One client connection, from its first byte to its close; `open` counts it for the
+/// drain until hyper is done with it.
+async fn serve_connection(
+    connection: Connection,
+    stream: TcpStream,
     builder: Arc<auto::Builder<TokioExecutor>>,
-    watcher: Watcher,
+    open: TaskTrackerToken,
 ) {
+    let Connection { gateway, conn, surface, shutdown } = connection;
     let client = conn.addr;
-    // hyper's head timer starts once it parses; before the first byte (while the
-    // protocol is being detected) nothing bounds an idle connection but this.
-    let mut first = [0u8; 1];
-    let first_byte_timeout = gateway.config().server.header_timeout;
-    if !matches!(tokio::time::timeout(first_byte_timeout, stream.peek(&mut first)).await, Ok(Ok(1..))) {
-        tracing::debug!(%client, "closing a connection that sent nothing");
-        return;
-    }
+    let server = &gateway.config().server;
+    let bounds = Bounds { header_timeout: server.header_timeout, idle_timeout: server.idle_timeout };
     let (io, state) = ClientIo::new(stream, send_limits(&gateway));
-    let service = service_fn(move |request| handle(Arc::clone(&gateway), request, Arc::clone(&conn), surface));
-    let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
-    let ended = watcher.watch(connection.into_owned()).await;
+    let ended = {
+        let (gateway, served) = (Arc::clone(&gateway), Arc::clone(&conn));
+        let service = service_fn(move |request| handle(Arc::clone(&gateway), request, Arc::clone(&served), surface));
+        let connection = pin!(builder.serve_connection_with_upgrades(TokioIo::new(io), service));
+        let watched = Watched { slot: &conn.slot, state: &state, bounds, shutdown: &shutdown };
+        lifetime::supervise(connection, |c| c.graceful_shutdown(), watched).await
+    };
+    drop(open);
     // Upgraded connections keep their socket in the WebSocket relay, which closes it.
     let Some(socket) = state.take_socket() else {
+        conn.slot.pin_busy();
         return;
     };
     if let Err(err) = ended {
-        if is_timeout(&*err) && state.request_in_progress() {
+        // An HTTP/2 client would read an HTTP/1.1 answer as garbage.
+        let http1 = state.protocol() == Protocol::Http1;
+        if http1 && is_timeout(&*err) && state.request_in_progress() {
             answer_head_timeout(&socket);
         }
         tracing::debug!(%client, error = %err, "client connection ended with an error");
@@ -181,40 +210,58 @@ fn answer_head_timeout(socket: &TcpStream) {
 }
 
 fn connection_builder(gateway: &Gateway) -> auto::Builder<TokioExecutor> {
+    let server = &gateway.config().server;
     let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(server.header_timeout).keep_alive(true);
+    // A peer that stops answering pings is gone, even with requests in flight: pinged
+    // after half `idle_timeout` of silence, it has the other half to answer.
+    let ping = server.idle_timeout / 2;
     builder
-        .http1()
+        .http2()
         .timer(TokioTimer::new())
-        .header_read_timeout(gateway.config().server.header_timeout)
-        .keep_alive(true);
-    builder.http2().timer(TokioTimer::new()).max_concurrent_streams(256);
+        .max_concurrent_streams(256)
+        .keep_alive_interval(ping)
+        .keep_alive_timeout(ping);
     builder
 }
 
+/// One request; it counts as in flight on its connection until its response body is
+/// sent in full (or dropped).
 async fn handle(
     gateway: Arc<Gateway>,
     request: Request<Incoming>,
     conn: Arc<ClientConn>,
     surface: Surface,
-) -> Result<Response<GatewayBody>, Infallible> {
+) -> Result<Response<InFlight<GatewayBody>>, Infallible> {
+    let in_flight = conn.slot.request_started();
+    let response = respond(gateway, request, &conn, surface).await;
+    Ok(response.map(|body| InFlight::new(body, in_flight)))
+}
+
+async fn respond(
+    gateway: Arc<Gateway>,
+    request: Request<Incoming>,
+    conn: &Arc<ClientConn>,
+    surface: Surface,
+) -> Response<GatewayBody> {
     let client = conn.addr;
     if request.uri().path() == "/healthz" {
-        return Ok(admin::json(StatusCode::OK, r#"{"status":"ok"}"#.into()));
+        return admin::json(StatusCode::OK, r#"{"status":"ok"}"#.into());
     }
     if surface == Surface::Admin {
-        return Ok(admin::answer(&gateway, &request));
+        return admin::answer(&gateway, &request);
     }
     gateway.metrics().request();
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
     // Boxed: hyper keeps room for this future in every connection, idle or not, so the
     // phases' large state machine is allocated per request instead.
-    match Box::pin(request::handle(gateway.phases(), request, &conn)).await {
-        Ok(response) => Ok(response),
+    match Box::pin(request::handle(gateway.phases(), request, conn)).await {
+        Ok(response) => response,
         Err(err) => {
             gateway.metrics().error(&err);
             log_error(&err, &method, &path, client);
-            Ok(err.into_response())
+            err.into_response()
         }
     }
 }

@@ -1,8 +1,8 @@
 //! One client connection as every request on it sees it: its address, its slot under
-//! `max_connections_per_ip` and its bandwidth shapers, one per mount that limits
-//! bandwidth (the limit is per connection and mount, both ways).
+//! `max_connections_per_ip`, its slot under `max_connections` and its bandwidth shapers,
+//! one per mount that limits bandwidth (the limit is per connection and mount, both ways).
 //!
-//! Invariant: the IP slot lives exactly as long as the last holder of the connection,
+//! Invariant: both slots live exactly as long as the last holder of the connection,
 //! which is hyper's connection task or, after an upgrade, the WebSocket session.
 
 use std::collections::HashMap;
@@ -10,6 +10,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 
 use super::bandwidth::Shaper;
+use super::connections::ConnectionSlot;
 use super::slots::Permit;
 use crate::config::MountConfig;
 
@@ -20,13 +21,16 @@ pub(crate) struct ClientConn {
     /// This connection's slot under `max_connections_per_ip`; an upgraded WebSocket keeps
     /// the connection (and so the slot) alive after hyper lets go of it.
     _ip_slot: Permit<IpAddr>,
+    /// This connection's place under `max_connections`, which knows whether a request is
+    /// in flight on it; it too lives as long as the socket.
+    pub slot: Arc<ConnectionSlot>,
     /// Bandwidth shapers of this connection, one per mount that limits bandwidth.
     shapers: Mutex<HashMap<String, Arc<Shaper>>>,
 }
 
 impl ClientConn {
-    pub(crate) fn new(addr: SocketAddr, ip_slot: Permit<IpAddr>) -> Self {
-        ClientConn { addr, _ip_slot: ip_slot, shapers: Mutex::new(HashMap::new()) }
+    pub(crate) fn new(addr: SocketAddr, ip_slot: Permit<IpAddr>, slot: Arc<ConnectionSlot>) -> Self {
+        ClientConn { addr, _ip_slot: ip_slot, slot, shapers: Mutex::new(HashMap::new()) }
     }
 
     /// The shaper this connection uses on `mount`, if the mount limits bandwidth.

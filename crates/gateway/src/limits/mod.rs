@@ -1,7 +1,8 @@
 //! The protections, each a unit of its own: per-IP connection slots and WebSocket slots
 //! ([`slots`]), request rates ([`rate`]), bandwidth ([`bandwidth`]), the payload budget
 //! ([`budget`]), the registry of requests in flight ([`in_flight`]), a client connection's
-//! share of them ([`connection`]) and declared body sizes ([`body_size`]).
+//! share of them ([`connection`]), declared body sizes ([`body_size`]) and the global cap
+//! on open client connections, which sheds idle ones ([`connections`]).
 //!
 //! Invariant: a slot, a reservation or a registration is a value that releases what it
 //! holds when dropped, so no exit path of a request can leak one.
@@ -13,6 +14,7 @@ pub mod bandwidth;
 pub(crate) mod body_size;
 pub mod budget;
 pub(crate) mod connection;
+pub mod connections;
 pub mod in_flight;
 pub(crate) mod rate;
 pub mod slots;

@@ -165,7 +165,8 @@ mod tests {
     fn conn() -> Arc<ClientConn> {
         let addr: std::net::SocketAddr = "127.0.0.1:4000".parse().unwrap();
         let slot = KeyedLimiter::<IpAddr>::new(1).try_acquire(addr.ip()).unwrap();
-        Arc::new(ClientConn::new(addr, slot))
+        let connection = crate::limits::connections::ConnectionCap::new(1).admit().unwrap();
+        Arc::new(ClientConn::new(addr, slot, connection))
     }
 
     fn request(path: &str, headers: &[(&str, &str)]) -> Request<()> {

@@ -21,6 +21,8 @@ pub(super) fn read_server(s: &mut Section<'_, '_>, c: &mut ServerConfig) {
     s.value("min_request_data_rate", &mut c.min_request_data_rate, size(1, u64::MAX));
     s.value("min_response_data_rate", &mut c.min_response_data_rate, size(1, u64::MAX));
     s.value("data_rate_grace", &mut c.data_rate_grace, duration);
+    s.value("idle_timeout", &mut c.idle_timeout, duration);
+    s.value("max_connections", &mut c.max_connections, |item| mounts::count(item).map(Some));
 }
 
 /// `[routing]`: one line per key.

@@ -230,6 +230,18 @@ fn admin_listen_is_optional_and_apart_from_listen() {
 }
 
 #[test]
+fn idle_timeout_and_max_connections_are_read_and_bounded() {
+    assert_eq!(server("").idle_timeout, Duration::from_secs(30));
+    assert_eq!(server("").max_connections, None, "derived from the open-files limit at start");
+    let c = server("idle_timeout = \"750ms\"\nmax_connections = 2000");
+    assert_eq!((c.idle_timeout, c.max_connections), (Duration::from_millis(750), Some(2000)));
+    let e = only_error("[server]\nmax_connections = 0\n");
+    assert_eq!((e.line, e.key.as_str()), (2, "server.max_connections"));
+    let e = only_error("[server]\nidle_timeout = 0\n");
+    assert_eq!((e.line, e.key.as_str()), (2, "server.idle_timeout"));
+}
+
+#[test]
 fn default_versions_accept_inline_and_sub_tables() {
     let inline = "[routing]\ndefault_versions = { billing = \"1.2.3\", \"user-profile\" = \"0.1.0\" }\n";
     let sub = "[routing.default_versions]\nbilling = \"1.2.3\"\n\"user-profile\" = \"0.1.0\"\n";

@@ -12,6 +12,7 @@ mod bad_input;
 mod cancel;
 mod cli;
 mod concurrency;
+mod connection_limits;
 mod limits;
 mod liveness;
 mod paths;
