@@ -58,6 +58,9 @@ pub struct Gateway {
     service_auth: ServiceAuth,
     /// Live service links: eviction and shutdown must reach them.
     links: ServiceLinks,
+    /// One permit per network service connection in its handshake
+    /// (`services.max_pending_handshakes`), so unauthenticated peers are bounded.
+    pending_handshakes: Arc<tokio::sync::Semaphore>,
 }
 
 /// The sockets [`Gateway::run`] serves.
@@ -95,6 +98,7 @@ impl Gateway {
             metrics: Arc::default(),
             links: ServiceLinks::default(),
             service_auth: ServiceAuth::new(&config.services),
+            pending_handshakes: Arc::new(tokio::sync::Semaphore::new(config.services.max_pending_handshakes)),
             config,
         }))
     }
