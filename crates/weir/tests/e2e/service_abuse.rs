@@ -16,7 +16,6 @@ use tokio_util::codec::{Framed, FramedWrite};
 use weir_gateway::GatewayConfig;
 use weir_proto::{
     EndpointDescriptor, ErrorCode, ErrorMessage, Frame, FrameCodec, FrameType, HealthStatus, Heartbeat, Hello, Message,
-    PROTOCOL_VERSION,
 };
 use weir_transport::ByteStream;
 
@@ -24,19 +23,6 @@ use crate::common::*;
 
 /// A hand-driven service connection.
 type Raw = Framed<Box<dyn ByteStream>, FrameCodec>;
-
-fn hello(service: &str, endpoints: Vec<EndpointDescriptor>) -> Hello {
-    Hello {
-        protocol_version: PROTOCOL_VERSION,
-        service: service.into(),
-        version: "1.0.0".into(),
-        region: String::new(),
-        instance_id: format!("{service}-1"),
-        initial_window: 65536,
-        token: String::new(),
-        endpoints,
-    }
-}
 
 fn endpoint(method: &str, path: &str, timeout: Duration) -> EndpointDescriptor {
     EndpointDescriptor { timeout: Some(timeout), ..EndpointDescriptor::new(method, path) }
