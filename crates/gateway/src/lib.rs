@@ -61,6 +61,9 @@ pub struct Gateway {
     links: ServiceLinks,
     /// The cap on open client connections, shared by both listeners (one fd each).
     connections: Arc<ConnectionCap>,
+    /// One permit per network service connection in its handshake
+    /// (`services.max_pending_handshakes`), so unauthenticated peers are bounded.
+    pending_handshakes: Arc<tokio::sync::Semaphore>,
 }
 
 /// The sockets [`Gateway::run`] serves.
@@ -99,6 +102,7 @@ impl Gateway {
             links: ServiceLinks::default(),
             service_auth: ServiceAuth::new(&config.services),
             connections: ConnectionCap::new(server.max_connections.unwrap_or_else(default_max_connections)),
+            pending_handshakes: Arc::new(tokio::sync::Semaphore::new(config.services.max_pending_handshakes)),
             config,
         }))
     }

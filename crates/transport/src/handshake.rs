@@ -1,7 +1,12 @@
 //! Opening a service connection: the service's Hello, the gateway's Welcome or Error.
 //!
 //! Both sides bound the handshake in time, so a peer that connects and says nothing
-//! costs one timer, not a connection held forever.
+//! costs one timer, not a connection held forever. The gateway also bounds it in size:
+//! until the Welcome, a frame may be no larger than the `max_hello_size` given to
+//! [`accept_hello`], checked from the frame's length field before any payload is
+//! buffered, so an unauthenticated peer cannot make the gateway hold more than that.
+//! A first frame that is oversized, malformed or not a Hello is answered with an Error
+//! (`ProtocolViolation`) before the connection closes.
 
 use std::time::Duration;
 
@@ -80,28 +85,49 @@ pub struct PendingService<T> {
     pub hello: Hello,
 }
 
-/// Gateway side: reads the first frame, which must be a Hello in a version we speak.
+/// Gateway side: reads the first frame, which must be a Hello of at most
+/// `max_hello_size` payload bytes in a version we speak. A bad first frame is answered
+/// with an Error (`ProtocolViolation`), then the connection closes.
 pub async fn accept_hello<T: ByteStream>(
     io: T,
-    max_frame_payload: usize,
+    max_hello_size: usize,
     timeout: Duration,
 ) -> Result<PendingService<T>, HandshakeError> {
-    let mut framed = Framed::new(io, FrameCodec::new(max_frame_payload));
-    let frame = first_frame(&mut framed, timeout).await?;
-    if frame.frame_type != FrameType::Hello {
-        return Err(HandshakeError::Protocol(format!("expected Hello, got {:?}", frame.frame_type)));
-    }
-    let hello = Hello::decode(frame.payload)?;
+    let mut framed = Framed::new(io, FrameCodec::new(max_hello_size));
+    let hello = match first_frame(&mut framed, timeout).await.and_then(decode_hello) {
+        Ok(hello) => hello,
+        Err(HandshakeError::Protocol(message)) => {
+            send_error(&mut framed, ErrorCode::ProtocolViolation, &message).await;
+            return Err(HandshakeError::Protocol(message));
+        }
+        Err(other) => return Err(other),
+    };
     if hello.protocol_version != PROTOCOL_VERSION {
         let message = format!(
             "protocol version {} is not supported (this gateway speaks {PROTOCOL_VERSION})",
             hello.protocol_version
         );
-        let mut pending = PendingService { framed, hello };
-        pending.send_error(ErrorCode::RegistrationRefused, &message).await;
+        send_error(&mut framed, ErrorCode::RegistrationRefused, &message).await;
         return Err(HandshakeError::Protocol(message));
     }
     Ok(PendingService { framed, hello })
+}
+
+fn decode_hello(frame: Frame) -> Result<Hello, HandshakeError> {
+    if frame.frame_type != FrameType::Hello {
+        return Err(HandshakeError::Protocol(format!("expected Hello, got {:?}", frame.frame_type)));
+    }
+    Ok(Hello::decode(frame.payload)?)
+}
+
+/// Sends an Error frame on id 0 and closes, each step bounded so a peer that does not
+/// read cannot hold the connection.
+async fn send_error<T: ByteStream>(framed: &mut Framed<T, FrameCodec>, code: ErrorCode, message: &str) {
+    let error = ErrorMessage { code, message: message.to_owned() };
+    if let Ok(frame) = error.to_frame(0) {
+        let _ = tokio::time::timeout(Duration::from_secs(1), framed.send(frame)).await;
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(1), framed.close()).await;
 }
 
 impl<T: ByteStream> PendingService<T> {
@@ -129,14 +155,6 @@ impl<T: ByteStream> PendingService<T> {
 
     /// Refuses the service with a reason it can read, then closes the connection.
     pub async fn refuse(mut self, code: ErrorCode, message: &str) {
-        self.send_error(code, message).await;
-    }
-
-    async fn send_error(&mut self, code: ErrorCode, message: &str) {
-        let error = ErrorMessage { code, message: message.to_owned() };
-        if let Ok(frame) = error.to_frame(0) {
-            let _ = tokio::time::timeout(Duration::from_secs(1), self.framed.send(frame)).await;
-        }
-        let _ = tokio::time::timeout(Duration::from_secs(1), self.framed.close()).await;
+        send_error(&mut self.framed, code, message).await;
     }
 }

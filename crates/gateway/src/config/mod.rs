@@ -78,6 +78,13 @@ pub struct RoutingConfig {
     pub degraded_after: Duration,
     /// An instance silent this long is evicted and its connection closed.
     pub evict_after: Duration,
+    /// How long an endpoint no instance serves any more still answers 503 (rather than
+    /// 404) before it is forgotten: remembering departed services' paths forever would
+    /// let services that register many paths and leave grow the table without bound.
+    pub forget_after: Duration,
+    /// Most (method, template) endpoints the table holds, served or remembered; a
+    /// registration that would go over it is refused, so the table's memory is bounded.
+    pub max_routes: usize,
 }
 
 /// `[limits]`: the payload budget's limits plus the total upload size.
@@ -143,6 +150,8 @@ impl Default for RoutingConfig {
             heartbeat_interval: Duration::from_secs(5),
             degraded_after: Duration::from_secs(15),
             evict_after: Duration::from_secs(30),
+            forget_after: Duration::from_secs(5 * 60),
+            max_routes: 16 * 1024,
         }
     }
 }
@@ -175,6 +184,15 @@ pub struct ServicesConfig {
     pub tls: Option<ServicesTlsConfig>,
     /// Who may register, with what proof, under which paths.
     pub credentials: Vec<ServiceCredential>,
+    /// Largest frame payload read from a service before its Welcome (its Hello): an
+    /// unauthenticated peer must not make the gateway buffer the 16 MiB a frame may hold.
+    pub max_hello_size: usize,
+    /// Service connections in their handshake (TLS, then Hello) at once; more are closed
+    /// as they are accepted, so a flood of unauthenticated connections is bounded.
+    pub max_pending_handshakes: usize,
+    /// Most endpoints one service connection may declare, in its Hello or in an update:
+    /// each costs routing-table memory and every registration's checks.
+    pub max_endpoints: usize,
 }
 
 /// `[services.tls]`: the listener's certificate and, for mutual TLS, the client CA.
@@ -221,6 +239,9 @@ impl Default for ServicesConfig {
             handshake_timeout: Duration::from_secs(10),
             tls: None,
             credentials: Vec::new(),
+            max_hello_size: 64 * 1024,
+            max_pending_handshakes: 256,
+            max_endpoints: 1024,
         }
     }
 }

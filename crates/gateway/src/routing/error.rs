@@ -60,6 +60,9 @@ pub enum RegistrationError {
     /// `register` was called for a connection id already registered.
     #[error("connection {conn_id} is already registered")]
     AlreadyRegistered { conn_id: u64 },
+    /// The table would hold more than `routing.max_routes` endpoints.
+    #[error("{added} new endpoints do not fit: the routing table holds {known} of at most {max}")]
+    TooManyRoutes { known: usize, added: usize, max: usize },
     /// An update names a connection that is not registered (never was, or left).
     #[error("connection {conn_id} is not registered")]
     UnknownConnection { conn_id: u64 },

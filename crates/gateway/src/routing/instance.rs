@@ -52,6 +52,9 @@ pub struct Instance<L> {
     reported: AtomicU8,
     /// Set by a sweep when the instance was silent too long; cleared by a heartbeat.
     silent: AtomicBool,
+    /// Set by a sweep while writes to the instance's connection are stuck (it stopped
+    /// reading); heartbeats do not clear it, since such a peer may still send them.
+    write_stalled: AtomicBool,
     /// Time of the last heartbeat (or of registration), in nanoseconds after `registered_at`.
     last_heard_nanos: AtomicU64,
     registered_at: Instant,
@@ -66,6 +69,7 @@ impl<L> Instance<L> {
             in_flight: AtomicU32::new(0),
             reported: AtomicU8::new(HealthStatus::Healthy as u8),
             silent: AtomicBool::new(false),
+            write_stalled: AtomicBool::new(false),
             last_heard_nanos: AtomicU64::new(0),
             registered_at: now,
         }
@@ -83,13 +87,16 @@ impl<L> Instance<L> {
         self.in_flight.load(Ordering::Relaxed)
     }
 
-    /// Health as routing uses it: a reported `Draining` wins, then a reported `Degraded`
-    /// or degradation by silence, else healthy.
+    /// Health as routing uses it: a reported `Draining` wins, then a reported `Degraded`,
+    /// degradation by silence or by stuck writes, else healthy.
     pub fn status(&self) -> InstanceHealth {
         let reported = self.reported.load(Ordering::Relaxed);
         if reported == HealthStatus::Draining as u8 {
             InstanceHealth::Draining
-        } else if reported == HealthStatus::Degraded as u8 || self.silent.load(Ordering::Relaxed) {
+        } else if reported == HealthStatus::Degraded as u8
+            || self.silent.load(Ordering::Relaxed)
+            || self.write_stalled.load(Ordering::Relaxed)
+        {
             InstanceHealth::Degraded
         } else {
             InstanceHealth::Healthy
@@ -108,6 +115,11 @@ impl<L> Instance<L> {
     pub(crate) fn silence(&self, now: Instant) -> Duration {
         let last_heard = Duration::from_nanos(self.last_heard_nanos.load(Ordering::Relaxed));
         now.saturating_duration_since(self.registered_at).saturating_sub(last_heard)
+    }
+
+    /// Marks the instance degraded while writes to it are stuck, or clears that mark.
+    pub(crate) fn set_write_stalled(&self, stalled: bool) {
+        self.write_stalled.store(stalled, Ordering::Relaxed);
     }
 
     /// Marks the instance degraded by silence, until its next heartbeat.

@@ -48,9 +48,12 @@
 //! instance ([`RegistrationError::TemplateConflict`]). An update replaces the instance's
 //! whole endpoint list; refused, the old list stays.
 //!
-//! Known endpoints stay known: when the last instance serving one leaves (or stops
-//! declaring it), the (method, template) stays in the table, so requests get 503
-//! ([`RouteError::NoHealthyInstance`]) rather than 404. Ownership follows live instances:
+//! Known endpoints stay known for a while: when the last instance serving one leaves (or
+//! stops declaring it), the (method, template) stays in the table, so requests get 503
+//! ([`RouteError::NoHealthyInstance`]) rather than 404, until a sweep finds it unserved
+//! for longer than `routing.forget_after`; then it is forgotten (404). The table holds at
+//! most `routing.max_routes` endpoints, served or remembered: a registration that would
+//! take it over is refused ([`RegistrationError::TooManyRoutes`]). Ownership follows live instances:
 //! another service may then register it. A known template without live instances gives
 //! way to a new live template it conflicts with (it is forgotten, and 404s again).
 //!
@@ -79,6 +82,9 @@
 //! since the last one or since registration) for longer than `routing.degraded_after` is
 //! degraded by the next sweep, and a heartbeat restores its reported status; silent for
 //! longer than `routing.evict_after`, the sweep removes it and returns its connection id.
+//! The connection layer also marks an instance degraded while writes to its connection are
+//! stuck ([`RoutingTable::set_write_stalled`]; a heartbeat does not clear that) and removes
+//! it when they stay stuck (see `services::connection`).
 
 mod error;
 mod instance;
@@ -190,13 +196,14 @@ impl<L: Clone + Send + Sync + 'static> RoutingTable<L> {
     /// An empty table. `default_timeout` and `max_timeout` are the server's.
     pub fn new(config: RoutingConfig, default_timeout: Duration, max_timeout: Duration) -> Self {
         let default_versions = parse_default_versions(&config.default_versions);
+        let state = State::new(config.max_routes);
         RoutingTable {
             config,
             default_versions,
             default_timeout,
             max_timeout,
             published: ArcSwap::from_pointee(Snapshot::empty()),
-            state: Mutex::new(State::new()),
+            state: Mutex::new(state),
         }
     }
 
@@ -258,9 +265,28 @@ impl<L: Clone + Send + Sync + 'static> RoutingTable<L> {
         }
     }
 
+    /// Marks connection `conn_id`'s instance degraded while writes to it are stuck, or
+    /// clears the mark; unknown connections are ignored.
+    pub fn set_write_stalled(&self, conn_id: u64, stalled: bool) {
+        if let Some(instance) = self.published.load().instances.get(&conn_id) {
+            instance.set_write_stalled(stalled);
+        }
+    }
+
     /// Degrades instances silent longer than `degraded_after`; removes those silent longer
     /// than `evict_after` and returns their connection ids, sorted, for the caller to close.
+    /// Forgets endpoints unserved for longer than `forget_after`.
     pub fn sweep(&self, now: Instant) -> Vec<u64> {
+        let evicted = self.evict_silent(now);
+        let mut state = self.lock_state();
+        if state.forget_unserved(now, self.config.forget_after) {
+            self.publish(&mut state);
+        }
+        evicted
+    }
+
+    /// The silence half of [`RoutingTable::sweep`]: degrades, then evicts.
+    fn evict_silent(&self, now: Instant) -> Vec<u64> {
         let mut overdue = Vec::new();
         for instance in self.published.load().instances.values() {
             let silence = instance.silence(now);

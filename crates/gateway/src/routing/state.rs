@@ -7,11 +7,14 @@
 //! Invariants: every endpoint a registered instance serves is in `known`; the templates
 //! served by live instances fit together in one `matchit` router; live instances serving a
 //! (method, template) all belong to one service, and those of one version all declare the
-//! same descriptor for it.
+//! same descriptor for it; `known` never holds more than `max_routes` endpoints (a
+//! registration that would take it over is refused), and an endpoint no instance serves
+//! is forgotten once it has been unserved longer than `forget_after` ([`State::forget_unserved`]).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use semver::Version;
 use weir_proto::{EndpointDescriptor, Hello};
@@ -33,12 +36,17 @@ pub(crate) struct KnownEndpoint {
     pub(crate) service: String,
     /// Round-robin counter for ties, kept across snapshots.
     pub(crate) rotation: Arc<AtomicUsize>,
+    /// When a sweep first found no live instance serving it; `None` while served (or not
+    /// yet swept since its last instance left). Past `forget_after`, it is forgotten.
+    pub(crate) unserved_since: Option<Instant>,
 }
 
 /// Registrations and known endpoints.
 pub(crate) struct State<L> {
     pub(crate) instances: BTreeMap<u64, Registration<L>>,
     known: KnownEndpoints,
+    /// Most endpoints `known` may hold (`routing.max_routes`).
+    max_routes: usize,
 }
 
 /// The identity a Hello declares; the version must be strict semver.
@@ -77,8 +85,8 @@ pub(crate) fn validate_endpoints(
 }
 
 impl<L> State<L> {
-    pub(crate) fn new() -> Self {
-        State { instances: BTreeMap::new(), known: BTreeMap::new() }
+    pub(crate) fn new(max_routes: usize) -> Self {
+        State { instances: BTreeMap::new(), known: BTreeMap::new(), max_routes }
     }
 
     /// Whether connection `conn_id`, with `identity`, may serve `endpoints` next to every
@@ -90,7 +98,21 @@ impl<L> State<L> {
         endpoints: &[Arc<EndpointDescriptor>],
     ) -> Result<(), RegistrationError> {
         self.check_claims(conn_id, identity, endpoints)?;
-        self.check_templates_fit(conn_id, endpoints)
+        self.check_templates_fit(conn_id, endpoints)?;
+        self.check_room(endpoints)
+    }
+
+    /// The endpoints not known yet must fit under `max_routes` next to those known.
+    fn check_room(&self, endpoints: &[Arc<EndpointDescriptor>]) -> Result<(), RegistrationError> {
+        let known: usize = self.known.values().map(BTreeMap::len).sum();
+        let is_new = |d: &&Arc<EndpointDescriptor>| {
+            self.known.get(&d.path).is_none_or(|methods| !methods.contains_key(&d.method))
+        };
+        let added = endpoints.iter().filter(is_new).count();
+        if known + added > self.max_routes {
+            return Err(RegistrationError::TooManyRoutes { known, added, max: self.max_routes });
+        }
+        Ok(())
     }
 
     /// Ownership and same-version consistency against the other live instances.
@@ -192,12 +214,45 @@ impl<L> State<L> {
         for descriptor in endpoints {
             let known =
                 self.known.entry(descriptor.path.clone()).or_default().entry(descriptor.method.clone()).or_insert_with(
-                    || KnownEndpoint { service: service.to_owned(), rotation: Arc::new(AtomicUsize::new(0)) },
+                    || KnownEndpoint {
+                        service: service.to_owned(),
+                        rotation: Arc::new(AtomicUsize::new(0)),
+                        unserved_since: None,
+                    },
                 );
             if known.service != service {
                 known.service = service.to_owned();
             }
         }
+    }
+
+    /// Notes, at `now`, which known endpoints no live instance serves, and forgets those
+    /// unserved for longer than `forget_after`. True if any was forgotten (the caller
+    /// then publishes).
+    pub(crate) fn forget_unserved(&mut self, now: Instant, forget_after: Duration) -> bool {
+        let served: HashSet<(&str, &str)> = self
+            .instances
+            .values()
+            .flat_map(|r| r.endpoints.iter().map(|d| (d.path.as_str(), d.method.as_str())))
+            .collect();
+        let mut forgotten = 0usize;
+        for (template, methods) in self.known.iter_mut() {
+            methods.retain(|method, known| {
+                if served.contains(&(template.as_str(), method.as_str())) {
+                    known.unserved_since = None;
+                    return true;
+                }
+                let since = *known.unserved_since.get_or_insert(now);
+                let keep = now.saturating_duration_since(since) <= forget_after;
+                forgotten += usize::from(!keep);
+                keep
+            });
+        }
+        self.known.retain(|_, methods| !methods.is_empty());
+        if forgotten > 0 {
+            tracing::info!(forgotten, ?forget_after, "forgetting endpoints no instance has served for too long");
+        }
+        forgotten > 0
     }
 
     /// A snapshot of the current state. Known templates without live instances that no

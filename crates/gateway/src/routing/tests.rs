@@ -559,3 +559,51 @@ fn routing_runs_while_registrations_change() {
 fn status_of(err: &RouteError) -> http::StatusCode {
     crate::response::error::GatewayError::from(err.clone()).status()
 }
+
+#[test]
+fn unserved_endpoints_answer_503_until_forget_after_then_404() {
+    // Nobody is evicted for silence here: only departures leave endpoints unserved.
+    let config = RoutingConfig {
+        forget_after: Duration::from_secs(60),
+        degraded_after: Duration::from_secs(1000),
+        evict_after: Duration::from_secs(2000),
+        ..RoutingConfig::default()
+    };
+    let t = table_with(config);
+    let t0 = Instant::now();
+    let secs = |s| t0 + Duration::from_secs(s);
+    register(&t, 1, &hello("svc", "1.0.0", "", &[("GET", "/gone"), ("GET", "/kept")]));
+    register(&t, 2, &hello("svc", "1.0.0", "", &[("GET", "/kept")]));
+    t.remove(1);
+    t.sweep(secs(1));
+    assert!(matches!(t.route("GET", "/gone", None), Err(RouteError::NoHealthyInstance { .. })));
+    t.sweep(secs(61));
+    assert!(matches!(t.route("GET", "/gone", None), Err(RouteError::NoHealthyInstance { .. })));
+    t.sweep(secs(62));
+    assert_eq!(t.route("GET", "/gone", None).unwrap_err(), RouteError::NotFound);
+    assert_eq!(chosen(&t, "GET", "/kept", None), 2, "a served endpoint is never forgotten");
+    // Served again before its time, an endpoint's clock starts over.
+    register(&t, 3, &hello("svc", "1.0.0", "", &[("GET", "/back")]));
+    t.remove(3);
+    t.sweep(secs(100));
+    register(&t, 4, &hello("svc", "1.0.0", "", &[("GET", "/back")]));
+    t.sweep(secs(150));
+    t.remove(4);
+    t.sweep(secs(170));
+    t.sweep(secs(200));
+    assert!(matches!(t.route("GET", "/back", None), Err(RouteError::NoHealthyInstance { .. })));
+}
+
+#[test]
+fn registrations_over_max_routes_are_refused_and_change_nothing() {
+    let t = table_with(RoutingConfig { max_routes: 3, ..RoutingConfig::default() });
+    register(&t, 1, &hello("a", "1.0.0", "", &[("GET", "/a"), ("POST", "/a")]));
+    let over = t.register(2, &hello("b", "1.0.0", "", &[("GET", "/b"), ("GET", "/c")]), 2, Instant::now());
+    assert_eq!(over.unwrap_err(), RegistrationError::TooManyRoutes { known: 2, added: 2, max: 3 });
+    assert_eq!(t.route("GET", "/b", None).unwrap_err(), RouteError::NotFound);
+    // Endpoints already known cost nothing more; one more new one fits exactly.
+    register(&t, 3, &hello("a", "1.0.0", "", &[("GET", "/a"), ("GET", "/d")]));
+    let update = [endpoint("GET", "/a"), endpoint("GET", "/e")];
+    assert!(matches!(t.update_endpoints(3, &update), Err(RegistrationError::TooManyRoutes { .. })));
+    assert_eq!(chosen(&t, "GET", "/d", None), 3, "the refused update left the old list");
+}

@@ -1,22 +1,34 @@
 //! One service connection's life, and the sweeper that watches them all.
 //!
-//! A service connection's life: Hello read (bounded in time) →
+//! A service connection's life: Hello read (bounded in time, and in size by
+//! `services.max_hello_size`; the connection holds one of the
+//! `services.max_pending_handshakes` slots until it is welcomed) →
 //! authentication and path authorisation ([`crate::services::auth`]; refused: Error frame
 //! and close, logged) → registration in the routing table (refused likewise) → Welcome → its
-//! events (heartbeats, endpoint updates) until the link closes → removal from the table
-//! at once. The health sweeper closes links whose heartbeats stopped (evicted) and sends the
+//! events (heartbeats, endpoint updates, paced and capped by [`super::updates`]) until the
+//! link closes → removal from the table at once. The health sweeper closes links whose heartbeats stopped (evicted) and sends the
 //! gateway's own heartbeats so services can tell a dead gateway from a quiet one.
+//!
+//! It also watches each link's writer: a service that stopped reading still heartbeats,
+//! but bytes queued for it stop moving. Writes stuck longer than `routing.degraded_after`
+//! mark the instance degraded (selection avoids it); stuck longer than
+//! `routing.evict_after`, the link is closed and the instance evicted, which fails the
+//! requests in flight on it at once (502) instead of leaving them to their timeouts. The
+//! same bounds as silence: a peer that takes nothing is as unusable as one that says
+//! nothing, and a healthy peer's writes never stall for seconds.
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
-use weir_proto::{ErrorCode, HealthStatus, Heartbeat, Message, Welcome, PROTOCOL_VERSION};
+use weir_proto::{EndpointsUpdate, ErrorCode, HealthStatus, Heartbeat, Message, Welcome, PROTOCOL_VERSION};
 use weir_transport::memory::{self, MemoryConnector};
 use weir_transport::{accept_hello, ByteStream, Link, LinkConfig, LinkEvent};
 
 use super::auth::{Grant, ServicePeer};
+use super::updates::{check_endpoint_count, UpdatePacer};
+use super::HandshakeSlot;
 use crate::Gateway;
 
 impl Gateway {
@@ -26,17 +38,23 @@ impl Gateway {
         let gateway = Arc::clone(self);
         tokio::spawn(async move {
             while let Some(io) = listener.accept().await {
-                tokio::spawn(Arc::clone(&gateway).accept_service(io, ServicePeer::embedded()));
+                tokio::spawn(Arc::clone(&gateway).accept_service(io, ServicePeer::embedded(), None));
             }
         });
         connector
     }
 
     /// Runs one service connection from its Hello to its close. `peer` says how far the
-    /// transport vouches for it (see [`crate::services::auth`]).
-    pub(crate) async fn accept_service<T: ByteStream>(self: Arc<Self>, io: T, peer: ServicePeer) {
-        let timeout = self.config.services.handshake_timeout;
-        let pending = match accept_hello(io, weir_proto::DEFAULT_MAX_FRAME_PAYLOAD, timeout).await {
+    /// transport vouches for it (see [`crate::services::auth`]); `slot`, its place among
+    /// the pending handshakes, is given back once it is welcomed.
+    pub(crate) async fn accept_service<T: ByteStream>(
+        self: Arc<Self>,
+        io: T,
+        peer: ServicePeer,
+        slot: Option<HandshakeSlot>,
+    ) {
+        let services = &self.config.services;
+        let pending = match accept_hello(io, services.max_hello_size, services.handshake_timeout).await {
             Ok(pending) => pending,
             Err(err) => {
                 tracing::warn!(%peer, error = %err, "service connection refused during handshake");
@@ -69,6 +87,7 @@ impl Gateway {
             return;
         }
         self.links.insert(conn_id, link.clone());
+        drop(slot);
         tracing::info!(%peer, conn_id, service = %hello.service, version = %hello.version, instance = %hello.instance_id, endpoints = hello.endpoints.len(), "service registered");
         self.follow_link(conn_id, &link, events, (&hello.service, &grant)).await;
         self.routing.remove(conn_id);
@@ -85,6 +104,10 @@ impl Gateway {
             tracing::warn!(%peer, %service, %instance, reason = %err, "service connection refused: unauthorized");
             (ErrorCode::Unauthorized, err.to_string())
         })?;
+        check_endpoint_count(hello.endpoints.len(), self.config.services.max_endpoints).map_err(|err| {
+            tracing::warn!(%peer, %service, %instance, reason = %err, "service registration refused");
+            (ErrorCode::RegistrationRefused, err.to_string())
+        })?;
         grant.check(service, &hello.endpoints).map_err(|err| {
             tracing::warn!(%peer, %service, %instance, reason = %err, "service registration refused");
             (ErrorCode::RegistrationRefused, err.to_string())
@@ -93,7 +116,8 @@ impl Gateway {
     }
 
     /// Applies a registered link's events until it closes. Endpoint updates must stay
-    /// within the service's `grant`, like the Hello's endpoints.
+    /// within the service's `grant` and `services.max_endpoints`, like the Hello's
+    /// endpoints, and are paced (see [`super::updates`]).
     async fn follow_link(
         &self,
         conn_id: u64,
@@ -101,21 +125,27 @@ impl Gateway {
         mut events: mpsc::UnboundedReceiver<LinkEvent>,
         (service, grant): (&str, &Grant),
     ) {
+        let mut pacer = UpdatePacer::default();
         loop {
             let event = tokio::select! {
                 event = events.recv() => event,
+                () = pacer.turn() => {
+                    if let Some(update) = pacer.take(tokio::time::Instant::now()) {
+                        self.apply_update(conn_id, &update, (service, grant));
+                    }
+                    continue;
+                }
                 _ = link.closed() => None,
             };
             match event {
                 None => return,
                 Some(LinkEvent::Heartbeat(heartbeat)) => self.routing.heartbeat(conn_id, &heartbeat, Instant::now()),
                 Some(LinkEvent::EndpointsUpdate(update)) => {
-                    let allowed = grant.check(service, &update.endpoints).map_err(|e| e.to_string());
-                    let applied = allowed.and_then(|()| {
-                        self.routing.update_endpoints(conn_id, &update.endpoints).map_err(|e| e.to_string())
-                    });
-                    if let Err(err) = applied {
+                    let max = self.config.services.max_endpoints;
+                    if let Err(err) = check_endpoint_count(update.endpoints.len(), max) {
                         tracing::warn!(conn_id, reason = %err, "endpoints update refused; the previous endpoints stay");
+                    } else if let Some(update) = pacer.offer(update, tokio::time::Instant::now()) {
+                        self.apply_update(conn_id, &update, (service, grant));
                     }
                 }
                 Some(LinkEvent::Request(_)) => {
@@ -123,6 +153,17 @@ impl Gateway {
                     return;
                 }
             }
+        }
+    }
+
+    /// Replaces the endpoints of `conn_id` with `update`'s if its grant allows them;
+    /// refused, the previous endpoints stay (logged).
+    fn apply_update(&self, conn_id: u64, update: &EndpointsUpdate, (service, grant): (&str, &Grant)) {
+        let allowed = grant.check(service, &update.endpoints).map_err(|e| e.to_string());
+        let applied =
+            allowed.and_then(|()| self.routing.update_endpoints(conn_id, &update.endpoints).map_err(|e| e.to_string()));
+        if let Err(err) = applied {
+            tracing::warn!(conn_id, reason = %err, "endpoints update refused; the previous endpoints stay");
         }
     }
 
@@ -154,10 +195,31 @@ impl Gateway {
                 link.close_with_error(ErrorCode::ProtocolViolation, "no heartbeat received in time; evicted");
             }
         }
-        for link in self.links.all() {
+        self.sweep_stalled_writes(now);
+        for (_, link) in self.links.all() {
             let heartbeat =
                 Heartbeat { status: HealthStatus::Healthy, in_flight: link.open_streams() as u32, error_rate: 0.0 };
             let _ = link.send_heartbeat(&heartbeat);
+        }
+    }
+
+    /// Degrades instances whose link writes are stuck past `degraded_after`; evicts those
+    /// stuck past `evict_after`.
+    fn sweep_stalled_writes(&self, now: Instant) {
+        let routing = &self.config.routing;
+        for (conn_id, link) in self.links.all() {
+            let stalled = link.write_stalled_for(now);
+            if stalled <= routing.evict_after {
+                self.routing.set_write_stalled(conn_id, stalled > routing.degraded_after);
+                continue;
+            }
+            tracing::warn!(conn_id, ?stalled, "evicting a service that stopped reading: writes to it are stuck");
+            self.routing.remove(conn_id);
+            self.links.remove(conn_id);
+            link.close_with_error(
+                ErrorCode::ProtocolViolation,
+                "the gateway could not write to this service in time; evicted",
+            );
         }
     }
 

@@ -4,7 +4,9 @@
 //! the TLS handshake (when configured), bounded by `services.handshake_timeout`, then
 //! [`Gateway::accept_service`] (Hello, authentication, registration, the link's life). A
 //! connection that sends garbage, fails its TLS handshake or stalls costs only its own
-//! task and a log line; the accept loop never waits on any connection. Accept errors
+//! task and a log line; the accept loop never waits on any connection. At most
+//! `services.max_pending_handshakes` connections may be in their handshake at once: one
+//! accepted beyond that is closed at once (logged), before any byte of it is read. Accept errors
 //! (for example running out of file descriptors) are logged and retried after a pause.
 
 use std::net::SocketAddr;
@@ -16,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use weir_transport::tls::{self, TlsAcceptor};
 
 use super::auth::ServicePeer;
+use super::HandshakeSlot;
 use crate::Gateway;
 
 /// Pause after a failed accept, so a persistent error (EMFILE) does not spin.
@@ -47,7 +50,12 @@ impl Gateway {
             };
             match accepted {
                 Ok((stream, addr)) => {
-                    tokio::spawn(Arc::clone(self).open_service_connection(stream, addr, tls.clone()));
+                    let Ok(slot) = Arc::clone(&self.pending_handshakes).try_acquire_owned() else {
+                        let max = self.config().services.max_pending_handshakes;
+                        tracing::warn!(peer = %addr, max, "service connection closed: too many handshakes in progress");
+                        continue;
+                    };
+                    tokio::spawn(Arc::clone(self).open_service_connection(stream, addr, tls.clone(), slot));
                 }
                 Err(err) => {
                     tracing::warn!(error = %err, "accepting a service connection failed");
@@ -59,9 +67,16 @@ impl Gateway {
     }
 
     /// One accepted socket: TLS handshake if configured, then the service's whole life.
-    async fn open_service_connection(self: Arc<Self>, stream: TcpStream, addr: SocketAddr, tls: Option<TlsAcceptor>) {
+    async fn open_service_connection(
+        self: Arc<Self>,
+        stream: TcpStream,
+        addr: SocketAddr,
+        tls: Option<TlsAcceptor>,
+        slot: HandshakeSlot,
+    ) {
         let Some(acceptor) = tls else {
-            return self.accept_service(stream, ServicePeer::network(format!("tcp://{addr}"), None)).await;
+            let peer = ServicePeer::network(format!("tcp://{addr}"), None);
+            return self.accept_service(stream, peer, Some(slot)).await;
         };
         let peer = format!("tls://{addr}");
         let timeout = self.config().services.handshake_timeout;
@@ -70,7 +85,7 @@ impl Gateway {
             Ok(Err(err)) => tracing::warn!(%peer, error = %err, "service connection dropped: TLS handshake failed"),
             Ok(Ok(stream)) => {
                 let identity = tls::peer_identity(&stream);
-                self.accept_service(stream, ServicePeer::network(peer, identity)).await;
+                self.accept_service(stream, ServicePeer::network(peer, identity), Some(slot)).await;
             }
         }
     }

@@ -1,11 +1,14 @@
 //! The service side: services dialling in ([`listener`] for TCP and TLS, in memory through
 //! [`crate::Gateway::attach_memory`]), proving who they are and which paths they may serve
-//! ([`auth`]), and each connection's life from Hello to close ([`connection`]). The live
-//! links are kept in [`ServiceLinks`], so that eviction and shutdown reach every one.
+//! ([`auth`]), and each connection's life from Hello to close ([`connection`]), with its
+//! endpoint updates capped and paced ([`updates`]). The live links are kept in
+//! [`ServiceLinks`], so that eviction and shutdown reach every one; network connections
+//! still in their handshake each hold a [`HandshakeSlot`].
 
 pub(crate) mod auth;
 mod connection;
 mod listener;
+mod updates;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -14,6 +17,11 @@ use std::sync::Mutex;
 use weir_transport::Link;
 
 use crate::limits::lock;
+
+/// A network service connection's place among the `services.max_pending_handshakes`
+/// connections allowed in their handshake at once; given back when it is welcomed or
+/// dropped.
+pub(crate) type HandshakeSlot = tokio::sync::OwnedSemaphorePermit;
 
 /// The live service links by connection id.
 #[derive(Debug)]
@@ -47,9 +55,10 @@ impl ServiceLinks {
         lock(&self.links).len()
     }
 
-    /// Every live link (cloned, so that no lock is held while they are used).
-    pub(crate) fn all(&self) -> Vec<Link> {
-        lock(&self.links).values().cloned().collect()
+    /// Every live link with its connection id (cloned, so that no lock is held while
+    /// they are used).
+    pub(crate) fn all(&self) -> Vec<(u64, Link)> {
+        lock(&self.links).iter().map(|(id, link)| (*id, link.clone())).collect()
     }
 
     /// Every live link, forgotten here (shutdown).

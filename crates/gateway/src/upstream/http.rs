@@ -19,7 +19,7 @@ use weir_proto::{BodyMode, CancelReason, EndpointDescriptor, RequestHead};
 use weir_transport::{DataSender, Link, StreamError};
 
 use super::request_body::{ClientBody, ReadPolicy};
-use super::{await_response, budget_error, request_head, respond, unsent_call_error, Admitted, Forwarded, Upstream};
+use super::{await_response, budget_error, open_call, request_head, respond, Admitted, Forwarded, Upstream};
 use crate::config::MountSettings;
 use crate::limits::bandwidth::Shaper;
 use crate::limits::body_size::{check_declared_length, content_length};
@@ -135,10 +135,10 @@ async fn forward_buffered(
         buffer.extend_from_slice(&chunk);
     }
     head.body = buffer.freeze();
-    let call = decision.instance.link.call(head, 0).await.map_err(unsent_call_error)?;
+    let (call, deadline) = open_call(decision, head, 0).await?;
     // The body now sits in the link's queue until written; the reservation goes with the
     // request until the response arrives, which is when the service certainly has it.
-    Ok(Forwarded { call, pump: None, held: Some(reservation) })
+    Ok(Forwarded { call, deadline, pump: None, held: Some(reservation) })
 }
 
 /// Streamed: reserves a window, sends the head, starts the pump.
@@ -150,11 +150,11 @@ async fn forward_streamed(
     plan: &BodyPlan,
 ) -> Result<Forwarded, GatewayError> {
     let (reservation, window) = upstream.reserve_window(decision.instance.conn_id, plan.per_call, plan.length)?;
-    let mut call = decision.instance.link.call(head, window).await.map_err(unsent_call_error)?;
+    let (mut call, deadline) = open_call(decision, head, window).await?;
     let sender =
         call.body.take().ok_or_else(|| GatewayError::UpstreamFailed("streamed call without a body sender".into()))?;
     let pump = Pump { sender, reservation, max_total: plan.max_total, chunk_size: plan.chunk_size };
-    Ok(Forwarded { call, pump: Some(tokio::spawn(pump.run(body))), held: None })
+    Ok(Forwarded { call, deadline, pump: Some(tokio::spawn(pump.run(body))), held: None })
 }
 
 /// Copies a client body to a service stream.

@@ -5,6 +5,11 @@
 //! wait for the service's answer ([`await_response`]) and the client's response built from
 //! it ([`respond`]).
 //!
+//! The endpoint's timeout starts when a call is first offered to the service's link
+//! ([`open_call`]): waiting for room in the link's send queue (full when the service
+//! stopped reading) counts against it like waiting for the answer, so such a caller gets
+//! 504 in time instead of waiting for room forever.
+//!
 //! Invariants: every reservation is an RAII value owned by the step that needs it, so every
 //! exit path releases it; every stream is owned by a [`weir_transport::StreamHandle`] that
 //! cancels it unless completed, so a dropped request future (client gone) sends Cancel.
@@ -22,6 +27,7 @@ use ::http::header::{HeaderName, HeaderValue};
 use ::http::{HeaderMap, Method, Response, StatusCode};
 use bytes::Bytes;
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use weir_proto::{BodyMode, CancelReason, Headers, RequestHead};
 use weir_transport::{IncomingResponse, Link, OutgoingCall, StreamError};
@@ -147,6 +153,8 @@ fn request_head(parts: &::http::request::Parts, admitted: &Admitted<'_>, mode: B
 /// A request handed to a service, awaiting its response.
 struct Forwarded {
     call: OutgoingCall,
+    /// When the endpoint's timeout runs out, counted from the call's first offer to the link.
+    deadline: Instant,
     /// Streaming: the task copying the client's body; it reports 408/413 failures.
     pump: Option<JoinHandle<Result<(), GatewayError>>>,
     /// Buffered: the body's bytes, held until the response shows the service has them.
@@ -160,7 +168,7 @@ async fn await_response(
     timeout: Duration,
     operator: Option<CancellationToken>,
 ) -> Result<(IncomingResponse, OutgoingCall), GatewayError> {
-    let Forwarded { mut call, mut pump, held } = forwarded;
+    let Forwarded { mut call, deadline, mut pump, held } = forwarded;
     let operator_cancel = async {
         match &operator {
             Some(token) => token.cancelled().await,
@@ -168,7 +176,7 @@ async fn await_response(
         }
     };
     let outcome = tokio::select! {
-        outcome = tokio::time::timeout(timeout, &mut call.response) => outcome,
+        outcome = tokio::time::timeout_at(deadline, &mut call.response) => outcome,
         err = pump_failure(pump.as_mut()) => return Err(err),
         _ = operator_cancel => {
             call.handle.cancel(CancelReason::Administrative);
@@ -191,6 +199,21 @@ async fn await_response(
             _ => Err(upstream_error(err)),
         },
         Ok(Ok(Ok(response))) => Ok((response, call)),
+    }
+}
+
+/// Opens the call on the decision's instance and returns it with its deadline: the
+/// endpoint's timeout, starting now. Waiting for room in the link's send queue is bounded
+/// by it (504); a link that closes meanwhile is an instance that left (503).
+async fn open_call(
+    decision: &RoutingDecision<Link>,
+    head: RequestHead,
+    window: u32,
+) -> Result<(OutgoingCall, Instant), GatewayError> {
+    let deadline = Instant::now() + decision.effective_timeout;
+    match tokio::time::timeout_at(deadline, decision.instance.link.call(head, window)).await {
+        Ok(call) => Ok((call.map_err(unsent_call_error)?, deadline)),
+        Err(_) => Err(GatewayError::UpstreamTimeout(decision.effective_timeout)),
     }
 }
 

@@ -8,15 +8,19 @@
 //! kept as its own `Bytes` segment, and a flush writes every segment with `writev`.
 //!
 //! Invariant: `segments` followed by `pending` is exactly the byte sequence of the frames
-//! pushed and not yet written, in order.
+//! pushed and not yet written, in order. Flushing keeps the link's [`WriteClock`] told of
+//! its progress, so a peer that stopped reading shows as a writer stalled with bytes queued.
 
 use std::collections::VecDeque;
 use std::io::IoSlice;
+use std::sync::Arc;
 
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use weir_proto::codec::{encode_frame_header, FRAME_HEADER_LEN};
 use weir_proto::{Frame, ProtoError};
+
+use super::write_clock::WriteClock;
 
 /// Payloads at least this long are written from their own buffer instead of copied.
 const COPY_LIMIT: usize = 4096;
@@ -33,13 +37,15 @@ pub(super) struct FrameWriter<W> {
     pending: BytesMut,
     /// Total bytes in `segments` and `pending`.
     queued: usize,
+    /// Shared with the link, whose owner reads how long a flush has made no progress.
+    clock: Arc<WriteClock>,
 }
 
 impl<W: AsyncWrite + Unpin> FrameWriter<W> {
     /// A writer that first sends `leftover` (bytes an earlier writer had not flushed).
-    pub(super) fn new(io: W, max_payload: usize, leftover: BytesMut) -> Self {
+    pub(super) fn new(io: W, max_payload: usize, leftover: BytesMut, clock: Arc<WriteClock>) -> Self {
         let queued = leftover.len();
-        FrameWriter { io, max_payload, segments: VecDeque::new(), pending: leftover, queued }
+        FrameWriter { io, max_payload, segments: VecDeque::new(), pending: leftover, queued, clock }
     }
 
     /// Bytes queued and not yet written.
@@ -69,6 +75,9 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
         if !self.pending.is_empty() {
             self.segments.push_back(self.pending.split().freeze());
         }
+        if !self.segments.is_empty() {
+            self.clock.waiting();
+        }
         while !self.segments.is_empty() {
             let mut slices = [IoSlice::new(&[]); MAX_SLICES];
             let count = self.segments.len().min(MAX_SLICES);
@@ -80,8 +89,11 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
                 return Err(std::io::ErrorKind::WriteZero.into());
             }
             self.consume(written);
+            self.clock.progressed();
         }
-        self.io.flush().await
+        self.io.flush().await?;
+        self.clock.idle();
+        Ok(())
     }
 
     /// Drops `written` bytes from the front of `segments`.
@@ -175,7 +187,8 @@ mod tests {
             FrameCodec::default().encode(frame, &mut expected).unwrap();
         }
         for step in [1, 7, 4096, 65_536, 1 << 20] {
-            let mut writer = FrameWriter::new(Trickle { out: Vec::new(), step }, 1 << 20, BytesMut::from(&b"x"[..]));
+            let mut writer =
+                FrameWriter::new(Trickle { out: Vec::new(), step }, 1 << 20, BytesMut::from(&b"x"[..]), Arc::default());
             for frame in frames() {
                 writer.push(frame).unwrap();
             }
@@ -198,7 +211,8 @@ mod tests {
             FrameCodec::default().encode(frame, &mut expected).unwrap();
         }
         // Each frame is two segments (header, payload): twice what one writev is given.
-        let mut writer = FrameWriter::new(Trickle { out: Vec::new(), step: usize::MAX }, 1 << 20, BytesMut::new());
+        let mut writer =
+            FrameWriter::new(Trickle { out: Vec::new(), step: usize::MAX }, 1 << 20, BytesMut::new(), Arc::default());
         for frame in frames {
             writer.push(frame).unwrap();
         }
@@ -209,7 +223,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_oversized_payload_is_refused_and_nothing_is_queued() {
-        let mut writer = FrameWriter::new(Trickle { out: Vec::new(), step: 10 }, 16, BytesMut::new());
+        let mut writer = FrameWriter::new(Trickle { out: Vec::new(), step: 10 }, 16, BytesMut::new(), Arc::default());
         let frame = Frame::data(FrameType::RequestStreamData, 1, Bytes::from(vec![0; 17]), false);
         assert_eq!(writer.push(frame).unwrap_err(), ProtoError::FrameTooLarge { len: 17, max: 16 });
         assert_eq!(writer.queued(), 0);

@@ -35,6 +35,7 @@ mod frame_writer;
 mod handles;
 mod reader;
 mod streams;
+mod write_clock;
 mod writer;
 
 pub use handles::{Responder, StreamHandle};
@@ -42,6 +43,7 @@ pub use handles::{Responder, StreamHandle};
 use self::flow::{CreditGate, DataReceiver, DataSender, StreamError};
 use crate::ByteStream;
 use streams::{LinkClosed, StreamEntry, StreamTable, Streams};
+use write_clock::WriteClock;
 
 /// Why the reader closes a link: a description of the peer's violation.
 type Violation = String;
@@ -159,6 +161,9 @@ struct Shared {
     last_received_ms: AtomicU64,
     /// Heartbeats read from the peer: liveness is judged only against a peer that sends them.
     peer_heartbeats: AtomicU64,
+    /// How long the writer has been stuck on bytes the peer does not take: a peer that
+    /// stopped reading still heartbeats, so only this shows it.
+    write_clock: Arc<WriteClock>,
 }
 
 /// A handle on one multiplexed connection; cheap to clone.
@@ -195,14 +200,18 @@ impl Link {
                 started: Instant::now(),
                 last_received_ms: AtomicU64::new(0),
                 peer_heartbeats: AtomicU64::new(0),
+                write_clock: Arc::default(),
             }),
         };
         let parts = framed.into_parts();
         let (read_half, write_half) = tokio::io::split(parts.io);
-        let mut source = FramedRead::new(read_half, parts.codec);
+        // The handshake may have read with a smaller maximum (a peer not yet authenticated);
+        // from here on frames may be as large as the link's configuration allows.
+        let mut source = FramedRead::new(read_half, FrameCodec::new(config.max_frame_payload));
         // Bytes the handshake read past its last frame belong to the first frames here.
         source.read_buffer_mut().extend_from_slice(&parts.read_buf);
-        let sink = frame_writer::FrameWriter::new(write_half, config.max_frame_payload, parts.write_buf);
+        let clock = Arc::clone(&link.shared.write_clock);
+        let sink = frame_writer::FrameWriter::new(write_half, config.max_frame_payload, parts.write_buf, clock);
         tokio::spawn(link.clone().write_loop(sink, control_rx, data_rx));
         tokio::spawn(link.clone().read_loop(source, events_tx));
         (link, events_rx)
@@ -242,6 +251,13 @@ impl Link {
     /// When the last frame arrived from the peer (the link's start if none has).
     pub fn last_received(&self) -> Instant {
         self.shared.started + Duration::from_millis(self.shared.last_received_ms.load(Ordering::Relaxed))
+    }
+
+    /// How long, at `now`, bytes have waited to be written without the peer taking any:
+    /// zero while the writer is idle or making progress. A peer that stopped reading its
+    /// socket shows here, however regularly it still sends heartbeats.
+    pub fn write_stalled_for(&self, now: Instant) -> Duration {
+        self.shared.write_clock.stalled_for(now)
     }
 
     /// How many heartbeats the peer has sent on this link.

@@ -6,6 +6,8 @@
 //! overtake its own head.
 //! The data queue is not served while the link is held (see [`Link::open_with`]); the
 //! frame that opens it is a control frame, so the loop always wakes to see it open.
+//! A write blocked on a peer that stopped reading is abandoned when the link closes, so
+//! closing (eviction) frees the connection instead of waiting on it forever.
 //! Frames are queued in batches (see [`FrameWriter`](super::frame_writer::FrameWriter)) and flushed once per batch, or
 //! sooner once [`FLUSH_AT`] bytes are queued.
 
@@ -38,7 +40,13 @@ impl Link {
             // Let the tasks already woken queue their frames too, so that one write (and
             // one wake-up of the peer) carries many requests instead of one each.
             tokio::task::yield_now().await;
-            if let Err(err) = self.write_batch(&mut sink, first, &mut control, &mut data).await {
+            // Biased: a closing link still sends what can go at once (its Error frame).
+            let written = tokio::select! {
+                biased;
+                written = self.write_batch(&mut sink, first, &mut control, &mut data) => written,
+                _ = self.shared.closed.cancelled() => break,
+            };
+            if let Err(err) = written {
                 tracing::debug!(error = %err, "service link write failed");
                 self.close(format!("write failed: {err}"));
                 return;

@@ -33,6 +33,8 @@ pub(super) fn read_routing(s: &mut Section<'_, '_>, c: &mut RoutingConfig) {
     s.value("heartbeat_interval", &mut c.heartbeat_interval, duration);
     s.value("degraded_after", &mut c.degraded_after, duration);
     s.value("evict_after", &mut c.evict_after, duration);
+    s.value("forget_after", &mut c.forget_after, duration);
+    s.value("max_routes", &mut c.max_routes, count_of);
 }
 
 /// `[limits]`: one line per key, with its absolute bounds in bytes.
@@ -50,6 +52,9 @@ pub(super) fn read_limits(s: &mut Section<'_, '_>, c: &mut LimitsConfig) {
 pub(super) fn read_services(s: &mut Section<'_, '_>, c: &mut ServicesConfig) {
     s.value("listen", &mut c.listen, socket_addr);
     s.value("handshake_timeout", &mut c.handshake_timeout, duration);
+    s.value("max_hello_size", &mut c.max_hello_size, size(KIB, MAX_CHUNK));
+    s.value("max_pending_handshakes", &mut c.max_pending_handshakes, count_of);
+    s.value("max_endpoints", &mut c.max_endpoints, count_of);
     s.section("tls", |t| {
         if t.present() {
             c.tls = read_services_tls(t);
@@ -57,6 +62,12 @@ pub(super) fn read_services(s: &mut Section<'_, '_>, c: &mut ServicesConfig) {
     });
     let mutual_tls = c.tls.as_ref().is_some_and(|tls| tls.client_ca.is_some());
     s.tables("credentials", &mut c.credentials, |e| read_credential(e, mutual_tls));
+}
+
+/// A positive count (`1..=u32::MAX`) as a `usize`.
+fn count_of(item: &Item) -> Result<usize, String> {
+    let n = mounts::count(item)?;
+    usize::try_from(n).map_err(|_| format!("{n} is too large for this platform"))
 }
 
 /// `[services.tls]`: `cert` and `key` are required once the table is there.

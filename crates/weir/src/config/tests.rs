@@ -473,6 +473,31 @@ prefixes = [\"/\"]
 }
 
 #[test]
+fn service_side_caps_are_read_and_bounded() {
+    let text = "[services]\nmax_hello_size = \"8KiB\"\nmax_pending_handshakes = 4\nmax_endpoints = 10\n\
+                [routing]\nforget_after = \"2m\"\nmax_routes = 100\n";
+    let c = load_config(text).unwrap();
+    assert_eq!((c.services.max_hello_size, c.services.max_pending_handshakes, c.services.max_endpoints), (8192, 4, 10));
+    assert_eq!((c.routing.forget_after, c.routing.max_routes), (Duration::from_secs(120), 100));
+    let defaults = GatewayConfig::default();
+    assert_eq!((defaults.services.max_hello_size, defaults.services.max_pending_handshakes), (64 * 1024, 256));
+    assert_eq!((defaults.services.max_endpoints, defaults.routing.max_routes), (1024, 16384));
+    assert_eq!(defaults.routing.forget_after, Duration::from_secs(300));
+    for (text, key) in [
+        ("[services]\nmax_hello_size = \"17MiB\"", "services.max_hello_size"),
+        ("[services]\nmax_hello_size = 100", "services.max_hello_size"),
+        ("[services]\nmax_pending_handshakes = 0", "services.max_pending_handshakes"),
+        ("[services]\nmax_endpoints = -1", "services.max_endpoints"),
+        ("[routing]\nmax_routes = 0", "routing.max_routes"),
+        ("[routing]\nforget_after = \"48h\"", "routing.forget_after"),
+    ] {
+        let errors = load_config(text).unwrap_err().errors;
+        assert_eq!(errors.len(), 1, "{text}: {errors:?}");
+        assert_eq!(errors[0].key, key, "{text}");
+    }
+}
+
+#[test]
 fn services_default_to_plain_tcp_on_7070_without_credentials() {
     let c = services("[services]\n");
     assert_eq!(c, ServicesConfig::default());

@@ -10,9 +10,7 @@ use reqwest::StatusCode;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_util::codec::Framed;
-use weir_proto::{
-    EndpointDescriptor, ErrorCode, ErrorMessage, FrameCodec, FrameType, Hello, Message, PROTOCOL_VERSION,
-};
+use weir_proto::{EndpointDescriptor, ErrorCode, ErrorMessage, FrameCodec, FrameType, Hello, Message};
 use weir_transport::{dial, HandshakeError, LinkConfig};
 
 use crate::common::*;
@@ -58,19 +56,6 @@ async fn invalid_version_header_gets_400() {
 async fn assert_demo_still_serves(h: &Harness) {
     let response = h.client.get(h.url("/api/hello")).send().await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);
-}
-
-fn hello(service: &str, endpoints: Vec<EndpointDescriptor>) -> Hello {
-    Hello {
-        protocol_version: PROTOCOL_VERSION,
-        service: service.into(),
-        version: "1.0.0".into(),
-        region: String::new(),
-        instance_id: format!("{service}-1"),
-        initial_window: 65536,
-        token: String::new(),
-        endpoints,
-    }
 }
 
 /// A registered raw service connection sends `bytes`; the gateway must close it with a

@@ -476,3 +476,17 @@ pub async fn until(mut condition: impl FnMut() -> bool) {
     .await
     .expect("condition never held");
 }
+
+/// The Hello of a hand-driven service `service`, version 1.0.0, without a token.
+pub fn hello(service: &str, endpoints: Vec<weir_proto::EndpointDescriptor>) -> weir_proto::Hello {
+    weir_proto::Hello {
+        protocol_version: weir_proto::PROTOCOL_VERSION,
+        service: service.into(),
+        version: "1.0.0".into(),
+        region: String::new(),
+        instance_id: format!("{service}-1"),
+        initial_window: 65536,
+        token: String::new(),
+        endpoints,
+    }
+}

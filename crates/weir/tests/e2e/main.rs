@@ -20,6 +20,7 @@ mod protections;
 mod registry;
 mod response_framing;
 mod routing;
+mod service_abuse;
 mod service_auth;
 mod static_files;
 mod streaming;

@@ -29,7 +29,7 @@ use hyper::body::Incoming;
 use weir_proto::{BodyMode, Headers};
 use weir_transport::{DataReceiver, IncomingResponse};
 
-use super::{await_response, request_head, respond, unsent_call_error, Admitted, Forwarded, Upstream};
+use super::{await_response, open_call, request_head, respond, Admitted, Forwarded, Upstream};
 use crate::limits::client_key;
 use crate::limits::slots::Permit;
 use crate::response::error::GatewayError;
@@ -54,11 +54,11 @@ pub(crate) async fn relay(
     let (parts, _) = request.into_parts();
     let head = request_head(&parts, &admitted, BodyMode::Streamed);
     let Admitted { settings, decision, shaper, registered, conn, .. } = admitted;
-    let mut call = decision.instance.link.call(head, window).await.map_err(unsent_call_error)?;
+    let (mut call, deadline) = open_call(&decision, head, window).await?;
     let sender =
         call.body.take().ok_or_else(|| GatewayError::UpstreamFailed("streamed call without a body sender".into()))?;
     let operator = registered.as_ref().map(|r| r.cancel.clone());
-    let forwarded = Forwarded { call, pump: None, held: None };
+    let forwarded = Forwarded { call, deadline, pump: None, held: None };
     let (response, call) = await_response(forwarded, decision.effective_timeout, operator).await?;
     let (receiver, headers) = match classify(response)? {
         Answer::Accepted { messages, headers } => (messages, headers),
