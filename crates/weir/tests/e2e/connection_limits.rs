@@ -218,6 +218,12 @@ async fn at_max_connections_idle_connections_are_shed_for_legitimate_clients() {
     for _ in 0..CAP {
         let mut socket = TcpStream::connect(h.addr).await.unwrap();
         socket.write_all(PREFACE).await.unwrap();
+        // The gateway's SETTINGS: it speaks HTTP/2 on this connection, so a shed says GOAWAY.
+        let mut head = [0u8; 9];
+        socket.read_exact(&mut head).await.unwrap();
+        assert_eq!(head[3], SETTINGS);
+        let mut payload = vec![0u8; usize::from(head[2]) | usize::from(head[1]) << 8];
+        socket.read_exact(&mut payload).await.unwrap();
         attackers.push(socket);
     }
     until(|| h.gateway.connections().open() == CAP as usize).await;
