@@ -21,6 +21,7 @@ use serde::Serialize;
 use thiserror::Error;
 use tokio::sync::futures::Notified;
 use tokio::sync::Notify;
+use tokio::time::Instant;
 
 use super::lock;
 use crate::config::PayloadLimits;
@@ -230,6 +231,26 @@ impl Reservation {
         self.budget.grow(self, bytes)?;
         self.bytes += bytes;
         Ok(())
+    }
+
+    /// Reserves `bytes` more, waiting while a shared limit (client, connection, gateway)
+    /// is full until someone gives bytes back, at most until `deadline`. The per-call
+    /// limit is refused at once: only this request could free it.
+    pub(crate) async fn grow_until(&mut self, bytes: u64, deadline: Instant) -> Result<(), BudgetExceeded> {
+        let budget = Arc::clone(&self.budget);
+        loop {
+            let released = budget.released();
+            tokio::pin!(released);
+            released.as_mut().enable();
+            match self.try_grow(bytes) {
+                Err(shared) if shared != BudgetExceeded::PerCall => {
+                    if tokio::time::timeout_at(deadline, released).await.is_err() {
+                        return Err(shared);
+                    }
+                }
+                outcome => return outcome,
+            }
+        }
     }
 
     /// Gives back what is held above `bytes`, keeping the reservation open.

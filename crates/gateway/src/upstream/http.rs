@@ -5,7 +5,8 @@
 //! streaming and its length is unknown or above the per-call limit, else buffered (a
 //! buffered body declared over the per-call limit is 413 at once). A buffered body is
 //! read under the budget (413 the moment it crosses the per-call limit, 503 if the
-//! client's, the connection's or the aggregate budget is exhausted) and sent inline. A
+//! client's, the connection's or the aggregate budget has no room within the read
+//! timeout) and sent inline. A
 //! streamed body is copied by a [`Pump`] task as credit allows, holding in the budget
 //! only its bytes in flight: read from the client and not yet acknowledged by the
 //! service's credit. So a slow or idle sender holds next to nothing, however wide its
@@ -124,9 +125,9 @@ fn declared_length<B: http_body::Body>(request: &Request<B>) -> Result<Option<u6
     }
 }
 
-/// Buffered: reads the whole body under the budget, then sends it inline. A refusal is
-/// 503 at once, without waiting for room: the bytes already read would be held while
-/// waiting, and a client over its own limit is the one to slow down.
+/// Buffered: reads the whole body under the budget, then sends it inline. When a shared
+/// limit is full, each chunk waits for room at most the read timeout (as the pump does),
+/// then 503: room comes back as soon as streams' bytes are acknowledged.
 async fn forward_buffered(
     upstream: &Upstream<'_>,
     decision: &RoutingDecision<Link>,
@@ -142,7 +143,8 @@ async fn forward_buffered(
         if buffer.len() as u64 + chunk.len() as u64 > plan.max_total {
             return Err(GatewayError::PayloadTooLarge(format!("body exceeds the limit of {} bytes", plan.max_total)));
         }
-        reservation.try_grow(chunk.len() as u64).map_err(|e| budget_error(e, per_call))?;
+        let deadline = Instant::now() + upstream.server.read_timeout;
+        reservation.grow_until(chunk.len() as u64, deadline).await.map_err(|e| budget_error(e, per_call))?;
         buffer.extend_from_slice(&chunk);
     }
     head.body = buffer.freeze();
@@ -202,8 +204,8 @@ enum Stop {
 
 /// One stream's bytes in flight: read from the client and not yet acknowledged by the
 /// service's credit. Invariant: the reservation is at least the unacknowledged bytes
-/// plus the piece being handed over, and is shrunk back to the unacknowledged bytes
-/// whenever the pump waits.
+/// plus the piece being handed over, at most the window, and is shrunk back to the
+/// unacknowledged bytes whenever the pump waits.
 struct InFlight {
     sender: DataSender,
     reservation: Reservation,
@@ -277,8 +279,9 @@ impl Pump {
         Ok(())
     }
 
-    /// Reserves `bytes` for the piece in hand. While the call's own limit is full, waits
-    /// for the service to acknowledge bytes (it always does, or the stream ends); while a
+    /// Reserves `bytes` for the piece in hand. While the stream's window or the call's
+    /// own limit is full, waits for the service to acknowledge bytes (it always does, or
+    /// the stream ends); while a
     /// shared limit (client, connection, gateway) is full, waits for anyone to give bytes
     /// back, at most `room_wait`, then 503.
     async fn reserve(&mut self, bytes: u64) -> Result<(), Stop> {
@@ -290,14 +293,19 @@ impl Pump {
             released.as_mut().enable();
             self.flight.settle();
             let seen = self.flight.sender.credit();
-            let refusal = match self.flight.reservation.try_grow(bytes) {
-                Ok(()) => return Ok(()),
-                Err(refusal) => refusal,
+            // A piece is reserved only once the window has room for it, so the stream
+            // never holds more than its window.
+            let refusal = match self.flight.reservation.bytes() + bytes <= self.flight.window {
+                true => match self.flight.reservation.try_grow(bytes) {
+                    Ok(()) => return Ok(()),
+                    Err(refusal) => Some(refusal),
+                },
+                false => None,
             };
             let acknowledged = self.flight.sender.credit_above(seen);
             let outcome = match refusal {
-                BudgetExceeded::PerCall => acknowledged.await,
-                shared => tokio::select! {
+                None | Some(BudgetExceeded::PerCall) => acknowledged.await,
+                Some(shared) => tokio::select! {
                     acknowledged = acknowledged => acknowledged,
                     () = released => Ok(()),
                     () = tokio::time::sleep_until(deadline) => {

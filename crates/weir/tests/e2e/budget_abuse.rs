@@ -159,8 +159,8 @@ async fn a_client_over_its_inflight_cap_gets_503_and_another_client_does_not() {
     }
     let view: serde_json::Value = h.client.get(h.admin_url("/budget")).send().await.unwrap().json().await.unwrap();
     assert_eq!(view["top_clients"][0], serde_json::json!({"client": "127.0.0.1", "bytes": 128 * KIB}));
-    // Over the cap, on another service connection too: a buffered body at once, a
-    // streamed one once it has waited the read timeout for room.
+    // Over the cap, on another service connection too: buffered or streamed, a body
+    // that has waited the read timeout for room gets 503.
     overloaded(h.client.post(h.url("/api/echo")).body(vec![2u8; 1024]).send().await.unwrap()).await;
     overloaded(h.client.post(h.url("/stream/upload")).body(chunked(16 * 1024, 4096)).send().await.unwrap()).await;
     // Another client is under its own cap, and the connection has room.
