@@ -10,7 +10,10 @@ to /api/echo for DURATION seconds, and the script reports its success rate, the
 gateway's budget (`/budget`) and RSS as sampled during the attack.
 
     python3 bench/attacks/slow_senders.py --weir target/release/weir [--senders 80]
-        [--rate 300] [--duration 20] [--workers 4]
+        [--rate 300] [--interval 0.1] [--duration 20] [--workers 4]
+
+The issue's other variant, 64 senders writing 1 byte every 2 s (each closed by the
+minimum data rate after its grace, and reconnecting): `--senders 64 --rate 0.5 --interval 2`.
 
 Python 3 standard library only. Linux (reads /proc for RSS).
 """
@@ -57,9 +60,9 @@ def rss_mib(pid):
     return 0.0
 
 
-def slow_sender(port, rate, stop, counts):
+def slow_sender(port, rate, interval, stop, counts):
     """One attacker connection at a time, reconnecting whenever the gateway closes it."""
-    piece = max(1, rate // 10)
+    piece = max(1, round(rate * interval))
     chunk = f"{piece:x}\r\n".encode() + b"x" * piece + b"\r\n"
     while not stop.is_set():
         try:
@@ -68,7 +71,7 @@ def slow_sender(port, rate, stop, counts):
             counts["connects"] += 1
             while not stop.is_set():
                 s.sendall(chunk)
-                time.sleep(0.1)
+                time.sleep(interval)
             s.close()
         except OSError:
             counts["dropped"] += 1
@@ -126,7 +129,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--weir", default="target/release/weir")
     parser.add_argument("--senders", type=int, default=80)
-    parser.add_argument("--rate", type=int, default=300, help="bytes/s per slow sender")
+    parser.add_argument("--rate", type=float, default=300, help="bytes/s per slow sender")
+    parser.add_argument("--interval", type=float, default=0.1, help="seconds between a sender's writes")
     parser.add_argument("--duration", type=float, default=20.0)
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--ramp", type=float, default=6.0, help="seconds of attack before measuring")
@@ -135,7 +139,7 @@ def main():
     port, admin_port = free_port(), free_port()
     proc, config = start_weir(args.weir, port, admin_port)
     stop, counts = threading.Event(), {"connects": 0, "dropped": 0}
-    attackers = [threading.Thread(target=slow_sender, args=(port, args.rate, stop, counts), daemon=True)
+    attackers = [threading.Thread(target=slow_sender, args=(port, args.rate, args.interval, stop, counts), daemon=True)
                  for _ in range(args.senders)]
     for t in attackers:
         t.start()
