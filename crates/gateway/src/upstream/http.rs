@@ -185,7 +185,9 @@ async fn forward_streamed(
 /// Copies a client body to a service stream, holding in the budget only the bytes in
 /// flight.
 struct Pump {
+    /// The stream and the bytes it holds in the budget.
     flight: InFlight,
+    /// Largest total body (upload size, endpoint maximum): 413 past it, mid-stream.
     max_total: u64,
     /// Largest piece reserved and sent at once.
     piece: usize,
@@ -207,7 +209,9 @@ enum Stop {
 /// plus the piece being handed over, at most the window, and is shrunk back to the
 /// unacknowledged bytes whenever the pump waits.
 struct InFlight {
+    /// The stream's sending half: its credit tells what the service has acknowledged.
     sender: DataSender,
+    /// The bytes in flight, as counted against every limit of the budget.
     reservation: Reservation,
     /// The stream's initial credit: the window minus the credit left is unacknowledged.
     window: u64,
