@@ -108,6 +108,9 @@ pub struct PayloadLimits {
     pub max_request_bytes_per_connection: u64,
     /// In-flight bytes across the whole gateway.
     pub max_aggregate_inflight_bytes: u64,
+    /// In-flight bytes of all requests of one client (authenticated subject, else IP), so
+    /// that one client cannot hold a service connection's whole budget.
+    pub max_inflight_bytes_per_client: u64,
 }
 
 impl Default for PayloadLimits {
@@ -116,6 +119,7 @@ impl Default for PayloadLimits {
             max_request_bytes_per_call: 1024 * 1024,
             max_request_bytes_per_connection: 16 * 1024 * 1024,
             max_aggregate_inflight_bytes: 256 * 1024 * 1024,
+            max_inflight_bytes_per_client: 8 * 1024 * 1024,
         }
     }
 }

@@ -1,20 +1,27 @@
 //! The payload budget: every request-body byte the gateway holds is reserved here first.
 //!
-//! Three limits (`[limits]` in `docs/configuration.md`) apply at once: per call, per service connection, and for
-//! the whole gateway. A [`Reservation`] belongs to one request on one connection; it grows
-//! as bytes are read and is released when dropped, so no exit path (error, timeout,
-//! client disconnect, panic unwinding) can leak bytes. All three counters change under
-//! one lock, so a reservation is all-or-nothing and the counters never go below zero.
+//! Four limits (`[limits]` in `docs/configuration.md`) apply at once: per call, per
+//! service connection, per client (authenticated subject, else IP) and for the whole
+//! gateway. A [`Reservation`] belongs to one request of one client on one connection; it
+//! grows as bytes are read, shrinks as they leave, and is released when dropped, so no
+//! exit path (error, timeout, client disconnect, panic unwinding) can leak bytes. All
+//! counters change under one lock, so a reservation is all-or-nothing and the counters
+//! never go below zero.
 //!
-//! Streaming requests reserve their whole flow-control window at admission (see
-//! `upstream/mod.rs`): they fail fast with 503 instead of being cut off mid-transfer.
+//! A streamed body holds only the bytes actually in flight (read from the client, not yet
+//! acknowledged by the service's credit; see `upstream/http.rs`), so an idle or trickling
+//! upload holds next to nothing. A request waiting for room listens to
+//! [`PayloadBudget::released`], woken whenever bytes are given back. A WebSocket session
+//! still reserves its whole window when it opens (`upstream/mod.rs`).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use serde::Serialize;
 use thiserror::Error;
+use tokio::sync::futures::Notified;
 use tokio::sync::Notify;
+use tokio::time::Instant;
 
 use super::lock;
 use crate::config::PayloadLimits;
@@ -28,6 +35,19 @@ pub enum BudgetExceeded {
     PerConnection,
     #[error("gateway exceeds its aggregate in-flight limit")]
     Aggregate,
+    #[error("client exceeds its in-flight limit")]
+    PerClient,
+}
+
+/// How many of the largest holders the admin view lists.
+const TOP_CLIENTS: usize = 10;
+
+/// What one client holds, as the admin endpoint shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ClientHolding {
+    /// The client key: authenticated subject, else IP address.
+    pub client: String,
+    pub bytes: u64,
 }
 
 /// A snapshot of the budget's counters, served by the admin endpoint.
@@ -39,12 +59,17 @@ pub struct BudgetCounters {
     pub per_connection_bytes: HashMap<u64, u64>,
     /// Live reservations (requests holding or able to hold bytes).
     pub reservations: u64,
+    /// The clients holding the most bytes, largest first (at most ten): who to look at
+    /// when the budget is full.
+    pub top_clients: Vec<ClientHolding>,
 }
 
 #[derive(Debug, Default)]
 struct Counters {
     aggregate: u64,
     per_connection: HashMap<u64, u64>,
+    /// Only clients holding bytes: the map stays as small as the set of active holders.
+    per_client: HashMap<String, u64>,
     reservations: u64,
 }
 
@@ -57,34 +82,58 @@ pub struct PayloadBudget {
     counters: Mutex<Counters>,
     /// Woken whenever the budget becomes idle (no bytes, no reservations).
     idle: Notify,
+    /// Woken whenever bytes are given back: requests waiting for room retry then.
+    released: Notify,
 }
 
 impl PayloadBudget {
     /// A budget enforcing `limits`.
     pub(crate) fn new(limits: PayloadLimits) -> Arc<Self> {
-        Arc::new(PayloadBudget { limits, counters: Mutex::new(Counters::default()), idle: Notify::new() })
+        let counters = Mutex::new(Counters::default());
+        Arc::new(PayloadBudget { limits, counters, idle: Notify::new(), released: Notify::new() })
     }
 
-    /// Opens an empty reservation for request traffic on `connection`, held to the
-    /// budget's per-call limit.
+    /// Opens an empty reservation for request traffic of `client` on `connection`, held
+    /// to the budget's per-call limit.
     #[cfg(test)]
-    pub(crate) fn open(self: &Arc<Self>, connection: u64) -> Reservation {
-        self.open_with_call_limit(connection, self.limits.max_request_bytes_per_call)
+    pub(crate) fn open(self: &Arc<Self>, connection: u64, client: Option<&str>) -> Reservation {
+        self.open_with_call_limit(connection, client, self.limits.max_request_bytes_per_call)
     }
 
-    /// Like [`PayloadBudget::open`] with another per-call limit (a mount's override).
-    pub(crate) fn open_with_call_limit(self: &Arc<Self>, connection: u64, per_call: u64) -> Reservation {
+    /// Like [`PayloadBudget::open`] with another per-call limit (a mount's override). A
+    /// reservation without a client counts under no per-client limit.
+    pub(crate) fn open_with_call_limit(
+        self: &Arc<Self>,
+        connection: u64,
+        client: Option<&str>,
+        per_call: u64,
+    ) -> Reservation {
         self.lock().reservations += 1;
-        Reservation { budget: Arc::clone(self), connection, bytes: 0, per_call }
+        let client = client.map(str::to_owned);
+        Reservation { budget: Arc::clone(self), connection, client, bytes: 0, per_call }
+    }
+
+    /// A wait for bytes to be given back. Enable it before trying to reserve, so that a
+    /// release between the attempt and the wait is not missed.
+    pub(crate) fn released(&self) -> Notified<'_> {
+        self.released.notified()
     }
 
     /// Current counters.
     pub fn counters(&self) -> BudgetCounters {
         let c = self.lock();
+        let mut top_clients: Vec<ClientHolding> = c
+            .per_client
+            .iter()
+            .map(|(client, bytes)| ClientHolding { client: client.clone(), bytes: *bytes })
+            .collect();
+        top_clients.sort_by(|a, b| b.bytes.cmp(&a.bytes).then_with(|| a.client.cmp(&b.client)));
+        top_clients.truncate(TOP_CLIENTS);
         BudgetCounters {
             aggregate_bytes: c.aggregate,
             per_connection_bytes: c.per_connection.clone(),
             reservations: c.reservations,
+            top_clients,
         }
     }
 
@@ -113,11 +162,15 @@ impl PayloadBudget {
         lock(&self.counters)
     }
 
-    fn grow(&self, connection: u64, held: u64, bytes: u64, per_call: u64) -> Result<(), BudgetExceeded> {
+    fn grow(&self, holder: &Reservation, bytes: u64) -> Result<(), BudgetExceeded> {
         let mut c = self.lock();
-        let conn = c.per_connection.get(&connection).copied().unwrap_or(0);
-        if held.saturating_add(bytes) > per_call {
+        let conn = c.per_connection.get(&holder.connection).copied().unwrap_or(0);
+        if holder.bytes.saturating_add(bytes) > holder.per_call {
             return Err(BudgetExceeded::PerCall);
+        }
+        let client = holder.client.as_ref().map(|key| (key, c.per_client.get(key).copied().unwrap_or(0)));
+        if client.is_some_and(|(_, held)| held.saturating_add(bytes) > self.limits.max_inflight_bytes_per_client) {
+            return Err(BudgetExceeded::PerClient);
         }
         if conn.saturating_add(bytes) > self.limits.max_request_bytes_per_connection {
             return Err(BudgetExceeded::PerConnection);
@@ -126,21 +179,35 @@ impl PayloadBudget {
             return Err(BudgetExceeded::Aggregate);
         }
         c.aggregate += bytes;
-        c.per_connection.insert(connection, conn + bytes);
+        c.per_connection.insert(holder.connection, conn + bytes);
+        if let Some((key, held)) = client {
+            c.per_client.insert(key.clone(), held + bytes);
+        }
         Ok(())
     }
 
-    fn shrink(&self, connection: u64, bytes: u64) {
+    fn shrink(&self, holder: &Reservation, bytes: u64) {
         if bytes == 0 {
             return;
         }
-        let mut c = self.lock();
-        c.aggregate = c.aggregate.saturating_sub(bytes);
-        if let Some(conn) = c.per_connection.get_mut(&connection) {
-            *conn = conn.saturating_sub(bytes);
-            if *conn == 0 {
-                c.per_connection.remove(&connection);
+        {
+            let mut c = self.lock();
+            c.aggregate = c.aggregate.saturating_sub(bytes);
+            release_from(&mut c.per_connection, &holder.connection, bytes);
+            if let Some(key) = &holder.client {
+                release_from(&mut c.per_client, key, bytes);
             }
+        }
+        self.released.notify_waiters();
+    }
+}
+
+/// Takes `bytes` off `key`'s count, forgetting the key at zero.
+fn release_from<K: Eq + std::hash::Hash>(counts: &mut HashMap<K, u64>, key: &K, bytes: u64) {
+    if let Some(held) = counts.get_mut(key) {
+        *held = held.saturating_sub(bytes);
+        if *held == 0 {
+            counts.remove(key);
         }
     }
 }
@@ -150,6 +217,9 @@ impl PayloadBudget {
 pub(crate) struct Reservation {
     budget: Arc<PayloadBudget>,
     connection: u64,
+    /// The client key the bytes count under (subject, else IP); `None`: no per-client
+    /// limit (a WebSocket session's window).
+    client: Option<String>,
     bytes: u64,
     /// This request's per-call limit.
     per_call: u64,
@@ -158,20 +228,49 @@ pub(crate) struct Reservation {
 impl Reservation {
     /// Reserves `bytes` more, or nothing if any limit would be crossed.
     pub(crate) fn try_grow(&mut self, bytes: u64) -> Result<(), BudgetExceeded> {
-        self.budget.grow(self.connection, self.bytes, bytes, self.per_call)?;
+        self.budget.grow(self, bytes)?;
         self.bytes += bytes;
         Ok(())
+    }
+
+    /// Reserves `bytes` more, waiting while a shared limit (client, connection, gateway)
+    /// is full until someone gives bytes back, at most until `deadline`. The per-call
+    /// limit is refused at once: only this request could free it.
+    pub(crate) async fn grow_until(&mut self, bytes: u64, deadline: Instant) -> Result<(), BudgetExceeded> {
+        let budget = Arc::clone(&self.budget);
+        loop {
+            let released = budget.released();
+            tokio::pin!(released);
+            released.as_mut().enable();
+            match self.try_grow(bytes) {
+                Err(shared) if shared != BudgetExceeded::PerCall => {
+                    if tokio::time::timeout_at(deadline, released).await.is_err() {
+                        return Err(shared);
+                    }
+                }
+                outcome => return outcome,
+            }
+        }
+    }
+
+    /// Gives back what is held above `bytes`, keeping the reservation open.
+    pub(crate) fn shrink_to(&mut self, bytes: u64) {
+        let excess = self.bytes.saturating_sub(bytes);
+        self.budget.shrink(self, excess);
+        self.bytes -= excess;
+    }
+
+    /// The budget this reservation draws on.
+    pub(crate) fn budget(&self) -> &Arc<PayloadBudget> {
+        &self.budget
     }
 
     #[cfg(test)]
     /// Releases `bytes` (at most what is held) while keeping the reservation open.
     pub(crate) fn release(&mut self, bytes: u64) {
-        let bytes = bytes.min(self.bytes);
-        self.budget.shrink(self.connection, bytes);
-        self.bytes -= bytes;
+        self.shrink_to(self.bytes.saturating_sub(bytes));
     }
 
-    #[cfg(test)]
     /// Bytes currently held.
     pub(crate) fn bytes(&self) -> u64 {
         self.bytes
@@ -180,7 +279,7 @@ impl Reservation {
 
 impl Drop for Reservation {
     fn drop(&mut self) {
-        self.budget.shrink(self.connection, self.bytes);
+        self.budget.shrink(self, self.bytes);
         let idle = {
             let mut c = self.budget.lock();
             c.reservations = c.reservations.saturating_sub(1);
@@ -202,19 +301,20 @@ mod tests {
             max_request_bytes_per_call: call,
             max_request_bytes_per_connection: conn,
             max_aggregate_inflight_bytes: all,
+            max_inflight_bytes_per_client: all,
         }
     }
 
     #[test]
     fn each_limit_refuses_the_byte_that_crosses_it() {
         let budget = PayloadBudget::new(limits(10, 15, 20));
-        let mut a = budget.open(1);
+        let mut a = budget.open(1, None);
         a.try_grow(10).unwrap();
         assert_eq!(a.try_grow(1), Err(BudgetExceeded::PerCall));
-        let mut b = budget.open(1);
+        let mut b = budget.open(1, None);
         b.try_grow(5).unwrap();
         assert_eq!(b.try_grow(1), Err(BudgetExceeded::PerConnection));
-        let mut c = budget.open(2);
+        let mut c = budget.open(2, None);
         c.try_grow(5).unwrap();
         assert_eq!(c.try_grow(1), Err(BudgetExceeded::Aggregate));
         assert_eq!(budget.counters().aggregate_bytes, 20);
@@ -223,9 +323,35 @@ mod tests {
     }
 
     #[test]
+    fn one_client_cannot_cross_its_limit_and_the_admin_view_ranks_holders() {
+        let budget = PayloadBudget::new(PayloadLimits { max_inflight_bytes_per_client: 10, ..limits(10, 100, 100) });
+        let mut a = budget.open(1, Some("10.0.0.1"));
+        let mut b = budget.open(2, Some("10.0.0.1"));
+        a.try_grow(6).unwrap();
+        assert_eq!(b.try_grow(5), Err(BudgetExceeded::PerClient), "across requests and connections");
+        b.try_grow(4).unwrap();
+        let mut other = budget.open(1, Some("10.0.0.2"));
+        other.try_grow(3).unwrap();
+        let mut anonymous = budget.open(1, None);
+        anonymous.try_grow(10).unwrap();
+        let top = budget.counters().top_clients;
+        assert_eq!(
+            top,
+            vec![
+                ClientHolding { client: "10.0.0.1".into(), bytes: 10 },
+                ClientHolding { client: "10.0.0.2".into(), bytes: 3 },
+            ]
+        );
+        a.shrink_to(2);
+        b.try_grow(4).unwrap();
+        drop((a, b, other, anonymous));
+        assert_eq!(budget.counters(), BudgetCounters::default());
+    }
+
+    #[test]
     fn release_never_goes_below_zero() {
         let budget = PayloadBudget::new(limits(10, 10, 10));
-        let mut a = budget.open(1);
+        let mut a = budget.open(1, None);
         a.try_grow(4).unwrap();
         a.release(100);
         assert_eq!(a.bytes(), 0);
@@ -245,7 +371,7 @@ mod tests {
                     scope.spawn(move || {
                         let mut held: Vec<Reservation> = Vec::new();
                         for &(conn, bytes, release) in thread_ops {
-                            let mut r = budget.open(conn);
+                            let mut r = budget.open(conn, Some(if conn % 2 == 0 { "a" } else { "b" }));
                             if r.try_grow(bytes).is_ok() {
                                 let c = budget.counters();
                                 assert!(c.aggregate_bytes <= 2500);

@@ -26,7 +26,8 @@ pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// The key per-client limits count under (request rates, WebSocket slots): the
+/// The key per-client limits count under (request rates, WebSocket slots, in-flight
+/// body bytes): the
 /// authenticated subject, else the client's IP address.
 pub(crate) fn client_key(subject: Option<&str>, client: SocketAddr) -> String {
     subject.map_or_else(|| client.ip().to_string(), str::to_owned)

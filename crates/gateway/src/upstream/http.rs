@@ -5,25 +5,32 @@
 //! streaming and its length is unknown or above the per-call limit, else buffered (a
 //! buffered body declared over the per-call limit is 413 at once). A buffered body is
 //! read under the budget (413 the moment it crosses the per-call limit, 503 if the
-//! connection or aggregate budget is exhausted) and sent inline. A streamed body first
-//! reserves the stream's whole window (503 at once if it does not fit), then a [`Pump`]
-//! task copies chunks as credit allows. The answer is awaited and relayed by the helpers
-//! of [`crate::upstream`] shared with the WebSocket relay.
+//! client's, the connection's or the aggregate budget has no room within the read
+//! timeout) and sent inline. A
+//! streamed body is copied by a [`Pump`] task as credit allows, holding in the budget
+//! only its bytes in flight: read from the client and not yet acknowledged by the
+//! service's credit. So a slow or idle sender holds next to nothing, however wide its
+//! window; when the budget has no room the pump waits (at most the read timeout, then
+//! 503) rather than refusing at admission. The answer is awaited and relayed by the
+//! helpers of [`crate::upstream`] shared with the WebSocket relay.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http::{Request, Response};
 use hyper::body::Incoming;
+use tokio::time::Instant;
 use weir_proto::{BodyMode, CancelReason, EndpointDescriptor, RequestHead};
-use weir_transport::{DataSender, Link, StreamError};
+use weir_transport::{DataSender, Link};
 
 use super::request_body::{ClientBody, ReadPolicy};
 use super::{await_response, budget_error, open_call, request_head, respond, Admitted, Forwarded, Upstream};
 use crate::config::MountSettings;
 use crate::limits::bandwidth::Shaper;
 use crate::limits::body_size::{check_declared_length, content_length};
-use crate::limits::budget::Reservation;
+use crate::limits::budget::{BudgetExceeded, Reservation};
+use crate::limits::client_key;
 use crate::limits::in_flight::Traffic;
 use crate::response::error::GatewayError;
 use crate::response::{GatewayBody, RelayLimits};
@@ -42,9 +49,11 @@ pub(crate) async fn dispatch(
     let policy = read_policy(&upstream, admitted.settings, admitted.shaper.clone(), traffic);
     let body = ClientBody::new(body, policy);
     let head = request_head(&parts, &admitted, plan.mode);
+    let client = client_key(admitted.subject.as_deref(), admitted.client);
+    let decision = &admitted.decision;
     let forwarded = match plan.mode {
-        BodyMode::Buffered => forward_buffered(&upstream, &admitted.decision, head, body, &plan).await?,
-        BodyMode::Streamed => forward_streamed(&upstream, &admitted.decision, head, body, &plan).await?,
+        BodyMode::Buffered => forward_buffered(&upstream, decision, head, body, &plan, &client).await?,
+        BodyMode::Streamed => forward_streamed(&upstream, decision, head, body, &plan, &client).await?,
     };
     let Admitted { settings, decision, shaper, registered, .. } = admitted;
     let operator = registered.as_ref().map(|r| r.cancel.clone());
@@ -116,22 +125,26 @@ fn declared_length<B: http_body::Body>(request: &Request<B>) -> Result<Option<u6
     }
 }
 
-/// Buffered: reads the whole body under the budget, then sends it inline.
+/// Buffered: reads the whole body under the budget, then sends it inline. When a shared
+/// limit is full, each chunk waits for room at most the read timeout (as the pump does),
+/// then 503: room comes back as soon as streams' bytes are acknowledged.
 async fn forward_buffered(
     upstream: &Upstream<'_>,
     decision: &RoutingDecision<Link>,
     mut head: RequestHead,
     mut body: ClientBody,
     plan: &BodyPlan,
+    client: &str,
 ) -> Result<Forwarded, GatewayError> {
     let per_call = plan.per_call;
-    let mut reservation = upstream.budget.open_with_call_limit(decision.instance.conn_id, per_call);
+    let mut reservation = upstream.budget.open_with_call_limit(decision.instance.conn_id, Some(client), per_call);
     let mut buffer = BytesMut::with_capacity(plan.length.unwrap_or(0).min(per_call) as usize);
     while let Some(chunk) = body.next().await? {
         if buffer.len() as u64 + chunk.len() as u64 > plan.max_total {
             return Err(GatewayError::PayloadTooLarge(format!("body exceeds the limit of {} bytes", plan.max_total)));
         }
-        reservation.try_grow(chunk.len() as u64).map_err(|e| budget_error(e, per_call))?;
+        let deadline = Instant::now() + upstream.server.read_timeout;
+        reservation.grow_until(chunk.len() as u64, deadline).await.map_err(|e| budget_error(e, per_call))?;
         buffer.extend_from_slice(&chunk);
     }
     head.body = buffer.freeze();
@@ -141,40 +154,108 @@ async fn forward_buffered(
     Ok(Forwarded { call, deadline, pump: None, held: Some(reservation) })
 }
 
-/// Streamed: reserves a window, sends the head, starts the pump.
+/// Streamed: sends the head with the stream's window and starts the pump. Nothing is
+/// reserved yet: the pump reserves what it reads.
 async fn forward_streamed(
     upstream: &Upstream<'_>,
     decision: &RoutingDecision<Link>,
     head: RequestHead,
     body: ClientBody,
     plan: &BodyPlan,
+    client: &str,
 ) -> Result<Forwarded, GatewayError> {
-    let (reservation, window) = upstream.reserve_window(decision.instance.conn_id, plan.per_call, plan.length)?;
-    let (mut call, deadline) = open_call(decision, head, window).await?;
+    let window = upstream.window(plan.per_call, plan.length);
+    let reservation = upstream.budget.open_with_call_limit(decision.instance.conn_id, Some(client), plan.per_call);
+    // The window fits in u32: it is at most `stream_window`.
+    let initial_credit = u32::try_from(window).unwrap_or(u32::MAX);
+    let (mut call, deadline) = open_call(decision, head, initial_credit).await?;
     let sender =
         call.body.take().ok_or_else(|| GatewayError::UpstreamFailed("streamed call without a body sender".into()))?;
-    let pump = Pump { sender, reservation, max_total: plan.max_total, chunk_size: plan.chunk_size };
+    let pump = Pump {
+        flight: InFlight { sender, reservation, window },
+        max_total: plan.max_total,
+        // At most the window, so a piece always fits the per-call limit once the service
+        // has caught up; `window` ≥ 1 and is at most `stream_window`, so it fits usize.
+        piece: plan.chunk_size.min(usize::try_from(window).unwrap_or(usize::MAX)),
+        room_wait: upstream.server.read_timeout,
+    };
     Ok(Forwarded { call, deadline, pump: Some(tokio::spawn(pump.run(body))), held: None })
 }
 
-/// Copies a client body to a service stream.
+/// Copies a client body to a service stream, holding in the budget only the bytes in
+/// flight.
 struct Pump {
-    sender: DataSender,
-    /// Held for the pump's life: the window it reserved at admission.
-    reservation: Reservation,
+    /// The stream and the bytes it holds in the budget.
+    flight: InFlight,
+    /// Largest total body (upload size, endpoint maximum): 413 past it, mid-stream.
     max_total: u64,
-    chunk_size: usize,
+    /// Largest piece reserved and sent at once.
+    piece: usize,
+    /// Longest wait for room in the shared budget before 503: the read timeout, which
+    /// is how long the client could have stalled us anyway.
+    room_wait: Duration,
+}
+
+/// Why the pump stopped forwarding before the body's end.
+enum Stop {
+    /// The stream is over (answered early or cancelled): stop reading quietly.
+    StreamOver,
+    /// The request fails with this error.
+    Refused(GatewayError),
+}
+
+/// One stream's bytes in flight: read from the client and not yet acknowledged by the
+/// service's credit. Invariant: the reservation is at least the unacknowledged bytes
+/// plus the piece being handed over, at most the window, and is shrunk back to the
+/// unacknowledged bytes whenever the pump waits.
+struct InFlight {
+    /// The stream's sending half: its credit tells what the service has acknowledged.
+    sender: DataSender,
+    /// The bytes in flight, as counted against every limit of the budget.
+    reservation: Reservation,
+    /// The stream's initial credit: the window minus the credit left is unacknowledged.
+    window: u64,
+}
+
+impl InFlight {
+    /// Gives back what the service has acknowledged.
+    fn settle(&mut self) {
+        let unacknowledged = self.window.saturating_sub(self.sender.credit());
+        self.reservation.shrink_to(unacknowledged);
+    }
+
+    /// The client's next chunk; meanwhile gives back what the service acknowledges, so a
+    /// stalled client holds nothing the service already has.
+    async fn next_settling(&mut self, body: &mut ClientBody) -> Result<Option<Bytes>, GatewayError> {
+        let next = body.next();
+        tokio::pin!(next);
+        loop {
+            self.settle();
+            if self.reservation.bytes() == 0 {
+                return next.await;
+            }
+            let seen = self.sender.credit();
+            let acknowledged = tokio::select! {
+                biased;
+                chunk = &mut next => return chunk,
+                acknowledged = self.sender.credit_above(seen) => acknowledged,
+            };
+            if acknowledged.is_err() {
+                // The stream is over: the next send says so.
+                return next.await;
+            }
+        }
+    }
 }
 
 impl Pump {
     async fn run(mut self, mut body: ClientBody) -> Result<(), GatewayError> {
         let mut total: u64 = 0;
         loop {
-            let chunk = match body.next().await {
+            let chunk = match self.flight.next_settling(&mut body).await {
                 Ok(Some(chunk)) => chunk,
                 Ok(None) => {
-                    let _ = self.sender.finish().await;
-                    drop(self.reservation);
+                    let _ = self.flight.sender.finish().await;
                     return Ok(());
                 }
                 Err(err) => return Err(self.abort(err)),
@@ -184,29 +265,72 @@ impl Pump {
                 let err = GatewayError::PayloadTooLarge(format!("body exceeds the limit of {} bytes", self.max_total));
                 return Err(self.abort(err));
             }
-            if self.send(chunk).await.is_err() {
-                // The stream is over (answered early or cancelled): stop reading quietly.
-                return Ok(());
+            match self.forward(chunk).await {
+                Ok(()) => {}
+                Err(Stop::StreamOver) => return Ok(()),
+                Err(Stop::Refused(err)) => return Err(self.abort(err)),
             }
         }
     }
 
-    async fn send(&mut self, mut chunk: Bytes) -> Result<(), StreamError> {
+    /// Reserves and sends `chunk`, piece by piece.
+    async fn forward(&mut self, mut chunk: Bytes) -> Result<(), Stop> {
         while !chunk.is_empty() {
-            let piece = chunk.split_to(chunk.len().min(self.chunk_size));
-            self.sender.send(piece).await?;
+            let piece = chunk.split_to(chunk.len().min(self.piece));
+            self.reserve(piece.len() as u64).await?;
+            self.flight.sender.send(piece).await.map_err(|_| Stop::StreamOver)?;
         }
         Ok(())
     }
 
+    /// Reserves `bytes` for the piece in hand. While the stream's window or the call's
+    /// own limit is full, waits for the service to acknowledge bytes (it always does, or
+    /// the stream ends); while a
+    /// shared limit (client, connection, gateway) is full, waits for anyone to give bytes
+    /// back, at most `room_wait`, then 503.
+    async fn reserve(&mut self, bytes: u64) -> Result<(), Stop> {
+        let deadline = Instant::now() + self.room_wait;
+        let budget = Arc::clone(self.flight.reservation.budget());
+        loop {
+            let released = budget.released();
+            tokio::pin!(released);
+            released.as_mut().enable();
+            self.flight.settle();
+            let seen = self.flight.sender.credit();
+            // A piece is reserved only once the window has room for it, so the stream
+            // never holds more than its window.
+            let refusal = match self.flight.reservation.bytes() + bytes <= self.flight.window {
+                true => match self.flight.reservation.try_grow(bytes) {
+                    Ok(()) => return Ok(()),
+                    Err(refusal) => Some(refusal),
+                },
+                false => None,
+            };
+            let acknowledged = self.flight.sender.credit_above(seen);
+            let outcome = match refusal {
+                None | Some(BudgetExceeded::PerCall) => acknowledged.await,
+                Some(shared) => tokio::select! {
+                    acknowledged = acknowledged => acknowledged,
+                    () = released => Ok(()),
+                    () = tokio::time::sleep_until(deadline) => {
+                        let detail = format!("{shared} (no room for {:?})", self.room_wait);
+                        return Err(Stop::Refused(GatewayError::Overloaded(detail)));
+                    }
+                },
+            };
+            outcome.map_err(|_| Stop::StreamOver)?;
+        }
+    }
+
     fn abort(self, err: GatewayError) -> GatewayError {
         let reason = match &err {
-            GatewayError::PayloadTooLarge(_) => CancelReason::PayloadLimitExceeded,
+            // No room in the budget is a payload limit too, as seen from the service.
+            GatewayError::PayloadTooLarge(_) | GatewayError::Overloaded(_) => CancelReason::PayloadLimitExceeded,
             GatewayError::RequestTimeout(_) => CancelReason::Timeout,
             _ => CancelReason::ClientDisconnected,
         };
         tracing::info!(reason = ?reason, error = %err, "request body stream aborted");
-        self.sender.abort(reason);
+        self.flight.sender.abort(reason);
         err
     }
 }

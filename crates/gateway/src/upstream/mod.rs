@@ -96,17 +96,24 @@ impl Upstream<'_> {
         settings.max_request_bytes_per_call.unwrap_or(self.limits.payload.max_request_bytes_per_call)
     }
 
-    /// Reserves a stream's window in the budget (the bytes queued towards the service): at
-    /// most the per-call limit, the stream window and the declared `length`. 503 at once
-    /// when it does not fit: a transfer is never cut halfway for budget.
+    /// A stream's flow-control window towards the service: the smallest of the per-call
+    /// limit, `limits.stream_window` and the declared `length`, never empty.
+    fn window(&self, per_call: u64, length: Option<u64>) -> u64 {
+        per_call.min(u64::from(self.limits.stream_window)).min(length.unwrap_or(u64::MAX)).max(1)
+    }
+
+    /// Reserves a WebSocket session's whole window in the budget (the bytes queued towards
+    /// the service): at most the per-call limit, the stream window and the declared
+    /// `length`. 503 at once when it does not fit. (A streamed HTTP body reserves only its
+    /// bytes in flight instead, see `http.rs`.)
     fn reserve_window(
         &self,
         conn_id: u64,
         per_call: u64,
         length: Option<u64>,
     ) -> Result<(Reservation, u32), GatewayError> {
-        let window = per_call.min(u64::from(self.limits.stream_window)).min(length.unwrap_or(u64::MAX)).max(1);
-        let mut reservation = self.budget.open_with_call_limit(conn_id, per_call);
+        let window = self.window(per_call, length);
+        let mut reservation = self.budget.open_with_call_limit(conn_id, None, per_call);
         reservation.try_grow(window).map_err(|e| budget_error(e, per_call))?;
         // The window fits in u32: it is at most `stream_window`.
         Ok((reservation, u32::try_from(window).unwrap_or(u32::MAX)))
@@ -114,7 +121,7 @@ impl Upstream<'_> {
 }
 
 /// The client's answer when a reservation does not fit: 413 for the request's own limit,
-/// 503 for the connection's or the gateway's.
+/// 503 for the client's, the connection's or the gateway's.
 fn budget_error(err: BudgetExceeded, per_call: u64) -> GatewayError {
     match err {
         BudgetExceeded::PerCall => {
@@ -321,6 +328,7 @@ mod tests {
             max_request_bytes_per_call: 1000,
             max_request_bytes_per_connection: aggregate,
             max_aggregate_inflight_bytes: aggregate,
+            max_inflight_bytes_per_client: aggregate,
         })
     }
 

@@ -83,6 +83,30 @@ impl CreditGate {
         self.notify.notify_waiters();
     }
 
+    /// Credit left to send with.
+    fn available(&self) -> u64 {
+        self.lock().available
+    }
+
+    /// Waits until the credit left exceeds `seen`, or the stream has closed (its error).
+    async fn wait_above(&self, seen: u64) -> Result<(), StreamError> {
+        loop {
+            let notified = self.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let s = self.lock();
+                if let Some(err) = &s.closed {
+                    return Err(err.clone());
+                }
+                if s.available > seen {
+                    return Ok(());
+                }
+            }
+            notified.await;
+        }
+    }
+
     /// Waits until some credit is available and takes up to `want` bytes of it.
     async fn acquire(&self, want: usize) -> Result<usize, StreamError> {
         loop {
@@ -126,6 +150,18 @@ impl DataSender {
     /// The stream's correlation id.
     pub fn id(&self) -> u64 {
         self.id
+    }
+
+    /// Credit left: how many more bytes may be sent before the peer grants more. The
+    /// initial window minus this is what the peer has not acknowledged yet.
+    pub fn credit(&self) -> u64 {
+        self.gate.available()
+    }
+
+    /// Resolves once the credit left exceeds `seen` (the peer acknowledged bytes), or
+    /// with the stream's error once it has closed.
+    pub async fn credit_above(&self, seen: u64) -> Result<(), StreamError> {
+        self.gate.wait_above(seen).await
     }
 
     /// Sends `chunk`, waiting for credit; splits it when credit or frame size is smaller.

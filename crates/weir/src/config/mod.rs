@@ -128,6 +128,8 @@ fn check_relations(r: &mut Reader<'_>, c: &GatewayConfig) {
     let all = ("limits.max_aggregate_inflight_bytes", p.max_aggregate_inflight_bytes);
     r.relate(call, Order::AtMost, conn, show_size);
     r.relate(conn, Order::AtMost, all, show_size);
+    let client = ("limits.max_inflight_bytes_per_client", p.max_inflight_bytes_per_client);
+    r.relate(call, Order::AtMost, client, show_size);
     let chunk = u64::try_from(l.chunk_size).unwrap_or(u64::MAX);
     let upload = ("limits.max_upload_size", l.max_upload_size);
     r.relate(("limits.chunk_size", chunk), Order::AtMost, upload, show_size);

@@ -43,6 +43,7 @@ pub(super) fn read_limits(s: &mut Section<'_, '_>, c: &mut LimitsConfig) {
     s.value("max_request_bytes_per_call", &mut p.max_request_bytes_per_call, size(1, MAX_BUFFERED_CALL));
     s.value("max_request_bytes_per_connection", &mut p.max_request_bytes_per_connection, size(1, u64::MAX));
     s.value("max_aggregate_inflight_bytes", &mut p.max_aggregate_inflight_bytes, size(1, u64::MAX));
+    s.value("max_inflight_bytes_per_client", &mut p.max_inflight_bytes_per_client, size(1, u64::MAX));
     s.value("max_upload_size", &mut c.max_upload_size, size(1, u64::MAX));
     s.value("chunk_size", &mut c.chunk_size, size(1, MAX_CHUNK));
     s.value("stream_window", &mut c.stream_window, size(KIB, GIB));

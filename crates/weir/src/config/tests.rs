@@ -58,6 +58,7 @@ fn documented_example_loads_with_every_key() {
     assert_eq!(c.limits.payload.max_request_bytes_per_call, 2 * MIB);
     assert_eq!(c.limits.payload.max_request_bytes_per_connection, 32 * MIB);
     assert_eq!(c.limits.payload.max_aggregate_inflight_bytes, GIB);
+    assert_eq!(c.limits.payload.max_inflight_bytes_per_client, 16 * MIB);
     assert_eq!(c.limits.max_upload_size, 5 * GIB);
     assert_eq!(c.limits.chunk_size, 128 * 1024);
     assert_eq!(c.limits.stream_window, 512 * 1024);
@@ -370,6 +371,11 @@ fn cross_field_rules_name_the_key_set_in_the_file() {
             "[limits]\nmax_aggregate_inflight_bytes = \"8MiB\"",
             "limits.max_aggregate_inflight_bytes",
             "8 MiB must be at least limits.max_request_bytes_per_connection (16 MiB)",
+        ),
+        (
+            "[limits]\nmax_inflight_bytes_per_client = \"512KiB\"",
+            "limits.max_inflight_bytes_per_client",
+            "512 KiB must be at least limits.max_request_bytes_per_call (1 MiB)",
         ),
         (
             "[limits]\nmax_upload_size = 1000",

@@ -1,6 +1,7 @@
 //! Payload limits (the budget of `ARCHITECTURE.md`, "The budget"), each crossed: the
 //! streaming happy path above the per-call limit, the buffered per-call limit with the
-//! handler never invoked, the aggregate and per-connection budgets refusing at admission,
+//! handler never invoked, the aggregate and per-connection budgets refusing a stream
+//! that finds no room within the read timeout,
 //! the total upload size, a slow body (408), and a client vanishing mid-upload.
 //! Every test ends with the budget back at zero.
 
@@ -126,7 +127,10 @@ async fn budget_refuses_at_admission(cfg: GatewayConfig, admitted: usize, transp
         uploads.push(tokio::spawn(request.send()));
         tokio::time::timeout(WAIT, started.recv()).await.unwrap();
     }
-    // The admitted uploads hold the whole budget: the next one is refused at once.
+    // The admitted uploads fill their windows, which the gated handlers do not read: the
+    // budget is full, and the next upload is refused once it has waited the read timeout.
+    let full = admitted as u64 * 64 * KIB;
+    until(|| h.gateway.budget().counters().aggregate_bytes >= full).await;
     let refused = h.client.post(h.url("/gated")).body(chunked(1024 * 1024, 16 * 1024)).send().await.unwrap();
     assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(refused.headers()["retry-after"], "1");
@@ -140,12 +144,14 @@ async fn budget_refuses_at_admission(cfg: GatewayConfig, admitted: usize, transp
 
 async fn aggregate_budget_refuses_new_streams_with_503(transport: Transport) {
     let mut cfg = small_limits();
+    cfg.server.read_timeout = Duration::from_millis(300);
     cfg.limits.payload.max_aggregate_inflight_bytes = 128 * KIB;
     budget_refuses_at_admission(cfg, 2, transport).await;
 }
 
 async fn per_connection_budget_refuses_new_streams_with_503(transport: Transport) {
     let mut cfg = small_limits();
+    cfg.server.read_timeout = Duration::from_millis(300);
     cfg.limits.payload.max_request_bytes_per_connection = 192 * KIB;
     budget_refuses_at_admission(cfg, 3, transport).await;
 }

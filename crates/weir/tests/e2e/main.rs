@@ -9,6 +9,7 @@ mod common;
 
 mod auth;
 mod bad_input;
+mod budget_abuse;
 mod cancel;
 mod cli;
 mod concurrency;
