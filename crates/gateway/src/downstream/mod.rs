@@ -9,6 +9,7 @@
 
 mod admin;
 mod client_io;
+mod h2_streams;
 pub(crate) mod metrics;
 
 use std::convert::Infallible;
@@ -19,7 +20,7 @@ use std::time::Duration;
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -27,6 +28,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
 use self::client_io::{ClientIo, SendLimits};
+use self::h2_streams::StreamExecutor;
 use crate::limits::connection::ClientConn;
 use crate::limits::slots::KeyedLimiter;
 use crate::request;
@@ -99,7 +101,7 @@ async fn serve_connection(
     stream: TcpStream,
     conn: Arc<ClientConn>,
     surface: Surface,
-    builder: Arc<auto::Builder<TokioExecutor>>,
+    builder: Arc<auto::Builder<StreamExecutor>>,
     watcher: Watcher,
 ) {
     let client = conn.addr;
@@ -180,14 +182,32 @@ fn answer_head_timeout(socket: &TcpStream) {
     tracing::info!("request head timed out: answered 408");
 }
 
-fn connection_builder(gateway: &Gateway) -> auto::Builder<TokioExecutor> {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
+/// Response bytes hyper holds per HTTP/1.1 connection before it stops taking more from
+/// the body (one more chunk may come on top), and the largest request head it reads. A
+/// client reading slowly costs this much plus its stream's window; hyper's default
+/// (about 400 KiB) would hold that much more per slow reader.
+const H1_BUFFER: usize = 32 * 1024;
+/// Response bytes h2 holds per stream waiting for the client's window before hyper
+/// stops taking more from the body (hyper's default is 400 KiB).
+const H2_SEND_BUFFER: usize = 16 * 1024;
+/// Streams one HTTP/2 connection may have open at once; each can hold its window's
+/// worth of response bytes while its client does not read.
+const H2_MAX_STREAMS: u32 = 128;
+
+fn connection_builder(gateway: &Gateway) -> auto::Builder<StreamExecutor> {
+    let executor = StreamExecutor::new(send_limits(gateway), Arc::clone(&gateway.metrics));
+    let mut builder = auto::Builder::new(executor);
     builder
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(gateway.config().server.header_timeout)
+        .max_buf_size(H1_BUFFER)
         .keep_alive(true);
-    builder.http2().timer(TokioTimer::new()).max_concurrent_streams(256);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(H2_MAX_STREAMS)
+        .max_send_buf_size(H2_SEND_BUFFER);
     builder
 }
 

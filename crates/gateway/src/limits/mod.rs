@@ -1,7 +1,8 @@
 //! The protections, each a unit of its own: per-IP connection slots and WebSocket slots
 //! ([`slots`]), request rates ([`rate`]), bandwidth ([`bandwidth`]), the payload budget
 //! ([`budget`]), the registry of requests in flight ([`in_flight`]), a client connection's
-//! share of them ([`connection`]) and declared body sizes ([`body_size`]).
+//! share of them ([`connection`]), declared body sizes ([`body_size`]) and how slowly a
+//! client may take a response ([`stall`]).
 //!
 //! Invariant: a slot, a reservation or a registration is a value that releases what it
 //! holds when dropped, so no exit path of a request can leak one.
@@ -16,6 +17,7 @@ pub(crate) mod connection;
 pub mod in_flight;
 pub(crate) mod rate;
 pub mod slots;
+pub(crate) mod stall;
 
 /// Locks `mutex`, recovering from poisoning: every mutex of the gateway guards data that
 /// each critical section leaves consistent (plain inserts, removals and counters, no

@@ -20,6 +20,7 @@ mod registry;
 mod response_framing;
 mod routing;
 mod service_auth;
+mod slow_readers;
 mod static_files;
 mod streaming;
 mod websocket;
