@@ -20,8 +20,8 @@ use std::sync::{Arc, Mutex};
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
-pub(crate) use crate::limits::stall::SendLimits;
 use crate::limits::lock;
+pub(crate) use crate::limits::stall::SendLimits;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};

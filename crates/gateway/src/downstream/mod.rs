@@ -203,11 +203,7 @@ fn connection_builder(gateway: &Gateway) -> auto::Builder<StreamExecutor> {
         .header_read_timeout(gateway.config().server.header_timeout)
         .max_buf_size(H1_BUFFER)
         .keep_alive(true);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(H2_MAX_STREAMS)
-        .max_send_buf_size(H2_SEND_BUFFER);
+    builder.http2().timer(TokioTimer::new()).max_concurrent_streams(H2_MAX_STREAMS).max_send_buf_size(H2_SEND_BUFFER);
     builder
 }
 
