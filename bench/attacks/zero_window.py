@@ -57,7 +57,7 @@ class Attacker(threading.Thread):
     def __init__(self, args, stop):
         super().__init__(daemon=True)
         self.args, self.stop = args, stop
-        self.resets = 0
+        self.resets = {}
         self.goaway = False
         self.closed_at = None
         self.data_bytes = 0
@@ -90,7 +90,8 @@ class Attacker(threading.Thread):
                 elif kind == PING and not flags & ACK:
                     sock.sendall(frame(PING, ACK, 0, payload))
                 elif kind == RST_STREAM:
-                    self.resets += 1
+                    code = int.from_bytes(payload[:4], "big")
+                    self.resets[code] = self.resets.get(code, 0) + 1
                 elif kind == DATA:
                     self.data_bytes += length
                 elif kind == GOAWAY:
@@ -142,14 +143,19 @@ def main():
         after_peak = max(after_peak, rss())
         time.sleep(0.25)
     after = rss()
-    resets = sum(t.resets for t in attackers)
+    resets = {}
+    for t in attackers:
+        for code, n in t.resets.items():
+            resets[code] = resets.get(code, 0) + n
+    named = {0x7: "REFUSED_STREAM", 0x8: "CANCEL"}
+    by_code = ", ".join(f"{named.get(c, hex(c))} {n}" for c, n in sorted(resets.items())) or "none"
     closed = sum(1 for t in attackers if t.closed_at is not None)
     print(f"connections {a.conns} x streams {a.streams} for {a.hold:.0f}s")
     print(f"rss_before_mib {before / 1024:.1f}")
     print(f"rss_peak_mib {peak / 1024:.1f}")
     print(f"rss_at_end_of_hold_mib {held / 1024:.1f}")
     print(f"rss_after_leaving_mib {after / 1024:.1f} (after {a.after:.0f}s)")
-    print(f"streams_reset_by_server {resets} of {a.conns * a.streams}")
+    print(f"streams_reset_by_server {sum(resets.values())} of {a.conns * a.streams} ({by_code})")
     print(f"connections_closed_by_server {closed} goaway {sum(t.goaway for t in attackers)}")
     print(f"data_bytes_received {sum(t.data_bytes for t in attackers)}")
 
