@@ -67,6 +67,9 @@ pub async fn dial<T: ByteStream>(
             let welcome = Welcome::decode(frame.payload)?;
             config.send_window = welcome.initial_window;
             config.recv_window = hello.initial_window;
+            // The gateway reserves a request body's window in its payload budget: a
+            // service's windows never grow past what its Hello announced.
+            config.recv_window_max = hello.initial_window;
             let (link, events) = Link::start(framed, Role::Service, config, true);
             Ok((link, events, welcome))
         }
@@ -134,8 +137,8 @@ impl<T: ByteStream> PendingService<T> {
     /// Starts the link held: nothing but control frames is written until
     /// [`Link::open_with`] sends the Welcome. This lets the owner register the service
     /// first and refuse it (an Error frame, then close) without a Welcome ever going out.
-    /// The gateway's receive window is `welcome.initial_window`; its send window is the
-    /// Hello's.
+    /// The gateway's receive window starts at `welcome.initial_window` (and may grow to
+    /// `config.recv_window_max`); its send window is the Hello's.
     pub fn start(self, welcome: &Welcome, mut config: LinkConfig) -> (Link, mpsc::UnboundedReceiver<LinkEvent>) {
         config.recv_window = welcome.initial_window;
         config.send_window = self.hello.initial_window;

@@ -99,7 +99,7 @@ pub struct LimitsConfig {
     pub stream_window: u32,
 }
 
-/// The payload budget's three limits, in bytes.
+/// The payload budget's limits, in bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PayloadLimits {
     /// In-flight bytes of one request.

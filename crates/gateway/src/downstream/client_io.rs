@@ -22,6 +22,7 @@ use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use crate::limits::lock;
+pub(crate) use crate::limits::stall::SendLimits;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
@@ -91,14 +92,6 @@ impl ConnState {
         // A poisoned slot still holds a valid socket (or none).
         lock(&self.released).take()
     }
-}
-
-/// Limits on how slowly a client may take its responses.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct SendLimits {
-    pub send_timeout: Duration,
-    pub min_rate: u64,
-    pub grace: Duration,
 }
 
 /// A period in which the client is the bottleneck (writes keep hitting a full socket).

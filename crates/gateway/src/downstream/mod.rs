@@ -12,6 +12,7 @@
 
 mod admin;
 mod client_io;
+mod h2_streams;
 mod lifetime;
 pub(crate) mod metrics;
 
@@ -24,7 +25,7 @@ use std::time::Duration;
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -33,6 +34,7 @@ use tokio_util::task::task_tracker::TaskTrackerToken;
 use tokio_util::task::TaskTracker;
 
 use self::client_io::{ClientIo, Protocol, SendLimits};
+use self::h2_streams::StreamExecutor;
 use self::lifetime::{Bounds, InFlight, Watched};
 use crate::limits::connection::ClientConn;
 use crate::limits::slots::KeyedLimiter;
@@ -125,7 +127,7 @@ struct Connection {
 async fn serve_connection(
     connection: Connection,
     stream: TcpStream,
-    builder: Arc<auto::Builder<TokioExecutor>>,
+    builder: Arc<auto::Builder<StreamExecutor>>,
     open: TaskTrackerToken,
 ) {
     let Connection { gateway, conn, surface, shutdown } = connection;
@@ -209,17 +211,36 @@ fn answer_head_timeout(socket: &TcpStream) {
     tracing::info!("request head timed out: answered 408");
 }
 
-fn connection_builder(gateway: &Gateway) -> auto::Builder<TokioExecutor> {
+/// Response bytes hyper holds per HTTP/1.1 connection before it stops taking more from
+/// the body (one more chunk may come on top), and the largest request head it reads. A
+/// client reading slowly costs this much plus its stream's window; hyper's default
+/// (about 400 KiB) would hold that much more per slow reader.
+const H1_BUFFER: usize = 32 * 1024;
+/// Response bytes h2 holds per stream waiting for the client's window before hyper
+/// stops taking more from the body (hyper's default is 400 KiB).
+const H2_SEND_BUFFER: usize = 16 * 1024;
+/// Streams one HTTP/2 connection may have open at once; each can hold its window's
+/// worth of response bytes while its client does not read.
+const H2_MAX_STREAMS: u32 = 128;
+
+fn connection_builder(gateway: &Gateway) -> auto::Builder<StreamExecutor> {
     let server = &gateway.config().server;
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new()).header_read_timeout(server.header_timeout).keep_alive(true);
+    let executor = StreamExecutor::new(send_limits(gateway), Arc::clone(&gateway.metrics));
+    let mut builder = auto::Builder::new(executor);
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(server.header_timeout)
+        .max_buf_size(H1_BUFFER)
+        .keep_alive(true);
     // A peer that stops answering pings is gone, even with requests in flight: pinged
     // after half `idle_timeout` of silence, it has the other half to answer.
     let ping = server.idle_timeout / 2;
     builder
         .http2()
         .timer(TokioTimer::new())
-        .max_concurrent_streams(256)
+        .max_concurrent_streams(H2_MAX_STREAMS)
+        .max_send_buf_size(H2_SEND_BUFFER)
         .keep_alive_interval(ping)
         .keep_alive_timeout(ping);
     builder

@@ -1,8 +1,9 @@
 //! The protections, each a unit of its own: per-IP connection slots and WebSocket slots
 //! ([`slots`]), request rates ([`rate`]), bandwidth ([`bandwidth`]), the payload budget
 //! ([`budget`]), the registry of requests in flight ([`in_flight`]), a client connection's
-//! share of them ([`connection`]), declared body sizes ([`body_size`]) and the global cap
-//! on open client connections, which sheds idle ones ([`connections`]).
+//! share of them ([`connection`]), declared body sizes ([`body_size`]), how slowly a
+//! client may take a response ([`stall`]) and the global cap on open client connections,
+//! which sheds idle ones ([`connections`]).
 //!
 //! Invariant: a slot, a reservation or a registration is a value that releases what it
 //! holds when dropped, so no exit path of a request can leak one.
@@ -18,6 +19,7 @@ pub mod connections;
 pub mod in_flight;
 pub(crate) mod rate;
 pub mod slots;
+pub(crate) mod stall;
 
 /// Locks `mutex`, recovering from poisoning: every mutex of the gateway guards data that
 /// each critical section leaves consistent (plain inserts, removals and counters, no

@@ -30,6 +30,7 @@ use weir_transport::{DataReceiver, StreamError, StreamHandle};
 use crate::downstream::metrics::Metrics;
 use crate::limits::bandwidth::Shaper;
 use crate::limits::in_flight::Registered;
+use crate::limits::stall::{self, StreamWatch};
 use crate::response::file::FileBody;
 use crate::routing::InFlightGuard;
 
@@ -51,6 +52,10 @@ pub(crate) enum BodyError {
     /// A static file shrank while it was sent.
     #[error("the file shrank while it was sent")]
     FileShrank,
+    /// An HTTP/2 client left a chunk of this stream waiting past `send_timeout`, or took
+    /// it under the minimum response rate: the stream was reset.
+    #[error("the client stalled the stream")]
+    ClientStalled,
     /// The service's body did not match the length it declared.
     #[error("the service declared {declared} bytes and sent {sent}{}", if *.longer { " or more" } else { "" })]
     LengthMismatch {
@@ -64,8 +69,8 @@ pub(crate) enum BodyError {
 impl BodyError {
     /// Why a relayed body can fail, in the order of [`BodyError::relay_index`] (metrics
     /// count relayed bodies' failures by it).
-    pub(crate) const RELAY_REASONS: [&'static str; 4] =
-        ["service_failed", "download_timeout", "cancelled", "length_mismatch"];
+    pub(crate) const RELAY_REASONS: [&'static str; 5] =
+        ["service_failed", "download_timeout", "cancelled", "length_mismatch", "client_stalled"];
 
     /// This error's position in [`BodyError::RELAY_REASONS`]; `None` for a static file's.
     pub(crate) fn relay_index(&self) -> Option<usize> {
@@ -74,6 +79,7 @@ impl BodyError {
             BodyError::DownloadTimeout => Some(1),
             BodyError::CancelledByOperator => Some(2),
             BodyError::LengthMismatch { .. } => Some(3),
+            BodyError::ClientStalled => Some(4),
             BodyError::FileUnreadable | BodyError::FileShrank => None,
         }
     }
@@ -83,6 +89,9 @@ impl BodyError {
 #[derive(Debug)]
 pub(crate) struct GatewayBody {
     kind: Kind,
+    /// On HTTP/2, the stream's watch: told when a chunk is handed to hyper and when hyper
+    /// comes back for more, so that a client holding the stream's window shut is found.
+    watch: Option<Arc<StreamWatch>>,
 }
 
 #[derive(Debug)]
@@ -133,19 +142,24 @@ pub(crate) struct RelayLimits {
 }
 
 impl GatewayBody {
+    /// A body of `kind`, reporting to the current HTTP/2 stream's watch if there is one.
+    fn of(kind: Kind) -> Self {
+        GatewayBody { kind, watch: stall::current() }
+    }
+
     /// A body of known bytes.
     pub(crate) fn full(bytes: Bytes) -> Self {
-        GatewayBody { kind: Kind::Full((!bytes.is_empty()).then_some(bytes)) }
+        GatewayBody::of(Kind::Full((!bytes.is_empty()).then_some(bytes)))
     }
 
     /// An empty body.
     pub(crate) fn empty() -> Self {
-        GatewayBody { kind: Kind::Full(None) }
+        GatewayBody::of(Kind::Full(None))
     }
 
     /// A static file's bytes, read as they are sent.
     pub(crate) fn file(file: FileBody) -> Self {
-        GatewayBody { kind: Kind::File(file) }
+        GatewayBody::of(Kind::File(file))
     }
 
     /// A relayed service body.
@@ -170,7 +184,7 @@ impl GatewayBody {
             operator_cancel: limits.registered.as_ref().map(|r| Box::pin(r.cancel.clone().cancelled_owned())),
             registered: limits.registered,
         };
-        GatewayBody { kind: Kind::Relay(relay) }
+        GatewayBody::of(Kind::Relay(relay))
     }
 }
 
@@ -179,11 +193,19 @@ impl Body for GatewayBody {
     type Error = BodyError;
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
-        match &mut self.get_mut().kind {
+        let this = self.get_mut();
+        if let Some(watch) = &this.watch {
+            watch.resumed();
+        }
+        let polled = match &mut this.kind {
             Kind::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
             Kind::Relay(relay) => relay.poll_chunk(cx),
             Kind::File(file) => file.poll_chunk(cx).map(|chunk| chunk.map(|c| c.map(Frame::data))),
+        };
+        if let (Some(watch), Poll::Ready(Some(Ok(frame)))) = (&this.watch, &polled) {
+            watch.handed(frame.data_ref().map_or(0, Bytes::len));
         }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {

@@ -31,6 +31,12 @@ use super::updates::{check_endpoint_count, UpdatePacer};
 use super::HandshakeSlot;
 use crate::Gateway;
 
+/// The window a service's response (or WebSocket) stream starts with, announced in the
+/// Welcome. It grows to `limits.stream_window` while the client takes the bytes as fast
+/// as the service sends them, and falls back while the client is slower; so a client that
+/// reads nothing (an HTTP/2 window of zero) holds this much per stream and no more.
+const RESPONSE_START_WINDOW: u32 = 16 * 1024;
+
 impl Gateway {
     /// Starts accepting in-memory service connections; returns what services dial.
     pub fn attach_memory(self: &Arc<Self>) -> MemoryConnector {
@@ -68,10 +74,11 @@ impl Gateway {
         let hello = pending.hello.clone();
         let welcome = Welcome {
             protocol_version: PROTOCOL_VERSION,
-            initial_window: self.config.limits.stream_window,
+            initial_window: self.config.limits.stream_window.min(RESPONSE_START_WINDOW),
             heartbeat_interval: self.config.routing.heartbeat_interval,
         };
-        let (link, events) = pending.start(&welcome, LinkConfig::default());
+        let link_config = LinkConfig { recv_window_max: self.config.limits.stream_window, ..LinkConfig::default() };
+        let (link, events) = pending.start(&welcome, link_config);
         let conn_id = self.links.next_id();
         if let Err(err) = self.routing.register(conn_id, &hello, link.clone(), Instant::now()) {
             tracing::warn!(%peer, service = %hello.service, instance = %hello.instance_id, reason = %err, "service registration refused");

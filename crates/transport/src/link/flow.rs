@@ -2,9 +2,11 @@
 //! credit as its consumer takes bytes.
 //!
 //! Invariant: a sender never has more unacknowledged stream bytes outstanding than the
-//! credit it started with, because the receiver grants back exactly what its consumer
-//! took. So the receiver's queue for one stream never holds more than its window, and
-//! that queue can be an unbounded channel without being unbounded memory.
+//! receiver's window for the stream: the credit it started with, for a receiver that
+//! grants back exactly what its consumer took, or the paced window (at most the link's
+//! `recv_window_max`) for a paced one (see [`DataReceiver`]). So the receiver's queue for
+//! one stream never holds more than its window, and that queue can be an unbounded
+//! channel without being unbounded memory.
 
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -200,18 +202,86 @@ impl Drop for DataSender {
 
 /// The receiving half of one stream's body: a forward-only sequence of chunks.
 ///
-/// Each chunk taken grants the sender that many bytes of credit again.
+/// Each chunk taken grants the sender that many bytes of credit again. On a link whose
+/// `recv_window_max` exceeds its `recv_window` the receiver is *paced*: it grants a
+/// chunk's credit only when its consumer asks for the next one (the chunk has left the
+/// consumer), and sizes the stream's window to the consumer, from `recv_window` up to
+/// `recv_window_max` while the consumer keeps up and back down while it does not. A
+/// consumer that stops asking (a client that reads nothing) thereby holds at most the
+/// initial window.
 #[derive(Debug)]
 pub struct DataReceiver {
     rx: mpsc::UnboundedReceiver<DataEvent>,
     link: Link,
     id: u64,
     ended: bool,
+    /// `Some` when paced: credit follows the consumer instead of the taking.
+    pacing: Option<Pacing>,
+}
+
+/// The window of a paced receiver.
+///
+/// Invariant: `window` is the credit the sender may have outstanding (unsent, in transit,
+/// queued here or taken and not yet released), and stays within `start..=max`. It grows
+/// by what the consumer released whenever the consumer finds nothing queued (the stream,
+/// not the consumer, is the bottleneck: slow start, doubling per window), and shrinks back
+/// by what it released whenever a chunk was already waiting for it (the consumer is the
+/// bottleneck, so a bigger window would only be bytes held here).
+#[derive(Debug)]
+struct Pacing {
+    window: u64,
+    /// The link's initial window: what a consumer that never takes anything costs.
+    start: u64,
+    /// The most a consumer that keeps up is given.
+    max: u64,
+    /// Bytes of the last chunk taken, granted back when the consumer asks again.
+    taken: u64,
+}
+
+impl Pacing {
+    /// The credit to grant for the bytes released now, adjusting the window by whether
+    /// the consumer found a chunk waiting.
+    fn grant_for(&mut self, released: u64, chunk_waiting: bool) -> u64 {
+        if chunk_waiting {
+            let shrink = released.min(self.window - self.start);
+            self.window -= shrink;
+            released - shrink
+        } else {
+            let grow = released.min(self.max - self.window);
+            self.window += grow;
+            released + grow
+        }
+    }
 }
 
 impl DataReceiver {
     pub(crate) fn new(rx: mpsc::UnboundedReceiver<DataEvent>, link: Link, id: u64) -> Self {
-        DataReceiver { rx, link, id, ended: false }
+        let config = &link.shared.config;
+        let (start, max) = (u64::from(config.recv_window), u64::from(config.recv_window_max));
+        let pacing = (max > start).then_some(Pacing { window: start, start, max, taken: 0 });
+        DataReceiver { rx, link, id, ended: false, pacing }
+    }
+
+    /// Grants the credit for the chunk the consumer took last, now that it asks again.
+    fn release_taken(&mut self, chunk_waiting: bool) {
+        let Some(pacing) = &mut self.pacing else { return };
+        let released = std::mem::take(&mut pacing.taken);
+        if released == 0 {
+            return;
+        }
+        let increment = pacing.grant_for(released, chunk_waiting);
+        if increment > 0 {
+            // At most twice a chunk's length, which fits in usize.
+            self.link.grant_credit(self.id, increment as usize);
+        }
+    }
+
+    /// Credit for a chunk just taken: granted now, or, paced, when the consumer asks again.
+    fn took(&mut self, len: usize) {
+        match &mut self.pacing {
+            Some(pacing) => pacing.taken = len as u64,
+            None => self.link.grant_credit(self.id, len),
+        }
     }
 
     /// The next chunk; `None` after the explicit end of the stream.
@@ -224,7 +294,9 @@ impl DataReceiver {
         if self.ended {
             return Poll::Ready(None);
         }
-        match self.rx.poll_recv(cx) {
+        let polled = self.rx.poll_recv(cx);
+        self.release_taken(polled.is_ready());
+        match polled {
             Poll::Pending => Poll::Pending,
             Poll::Ready(Some(DataEvent::Data(bytes, last))) => {
                 if last {
@@ -233,7 +305,7 @@ impl DataReceiver {
                         return Poll::Ready(None);
                     }
                 } else if !bytes.is_empty() {
-                    self.link.grant_credit(self.id, bytes.len());
+                    self.took(bytes.len());
                 }
                 Poll::Ready(Some(Ok(bytes)))
             }
@@ -260,5 +332,25 @@ impl Stream for DataReceiver {
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         self.get_mut().poll_chunk(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Pacing;
+
+    #[test]
+    fn a_paced_window_doubles_while_the_consumer_keeps_up_and_falls_back_while_it_does_not() {
+        let mut pacing = Pacing { window: 16, start: 16, max: 64, taken: 0 };
+        assert_eq!(pacing.grant_for(16, false), 32, "starved: what was released, and as much again");
+        assert_eq!(pacing.window, 32);
+        assert_eq!(pacing.grant_for(32, false), 64);
+        assert_eq!(pacing.window, 64);
+        assert_eq!(pacing.grant_for(32, false), 32, "capped at max");
+        assert_eq!(pacing.grant_for(16, true), 0, "a chunk was waiting: the window shrinks instead");
+        assert_eq!(pacing.window, 48);
+        assert_eq!(pacing.grant_for(64, true), 32, "never below the start");
+        assert_eq!(pacing.window, 16);
+        assert_eq!(pacing.grant_for(16, true), 16);
     }
 }

@@ -84,6 +84,11 @@ pub struct LinkConfig {
     pub max_frame_payload: usize,
     /// Stream bytes we let the peer send per stream before we grant more.
     pub recv_window: u32,
+    /// How far a stream's receive window may grow while its consumer keeps up. Above
+    /// `recv_window`, the link's receivers are paced (see [`DataReceiver`]):
+    /// `recv_window` is then only where a window starts, so that a consumer that never
+    /// takes anything costs that much and no more.
+    pub recv_window_max: u32,
     /// Stream bytes the peer lets us send per stream before it grants more.
     pub send_window: u32,
     /// Frames the data queue holds before senders wait (the link's backpressure).
@@ -95,6 +100,7 @@ impl Default for LinkConfig {
         LinkConfig {
             max_frame_payload: weir_proto::DEFAULT_MAX_FRAME_PAYLOAD,
             recv_window: weir_proto::DEFAULT_STREAM_WINDOW,
+            recv_window_max: weir_proto::DEFAULT_STREAM_WINDOW,
             send_window: weir_proto::DEFAULT_STREAM_WINDOW,
             data_queue: 64,
         }

@@ -23,6 +23,7 @@ mod response_framing;
 mod routing;
 mod service_abuse;
 mod service_auth;
+mod slow_readers;
 mod static_files;
 mod streaming;
 mod websocket;

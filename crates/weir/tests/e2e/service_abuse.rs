@@ -61,6 +61,8 @@ fn stuck_config() -> GatewayConfig {
     cfg.routing.degraded_after = Duration::from_millis(400);
     cfg.routing.evict_after = Duration::from_secs(4);
     cfg.server.max_connections_per_ip = 1000;
+    // The fillers all come from one address: their bodies must fit its share of the budget.
+    cfg.limits.payload.max_inflight_bytes_per_client = cfg.limits.payload.max_request_bytes_per_connection;
     cfg
 }
 
