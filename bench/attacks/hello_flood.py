@@ -26,6 +26,8 @@ import tempfile
 import threading
 import time
 
+from gateway_process import rss_kib, stop
+
 HELLO = 1
 ERROR = 10
 CHUNK = 64 * 1024
@@ -36,14 +38,6 @@ def parse_size(text):
     if not match:
         raise argparse.ArgumentTypeError(f"not a size: {text}")
     return int(match.group(1)) * {"": 1, "B": 1, "KiB": 1024, "MiB": 1024 * 1024}[match.group(2)]
-
-
-def rss_kib(pid):
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
 
 
 def start_weir(binary, handshake_timeout):
@@ -164,11 +158,7 @@ def main():
         print(f"after the handshake timeout: RSS {after / 1024:.1f} MiB")
         print(f"SUMMARY idle={idle / 1024:.1f}MiB peak={peak / 1024:.1f}MiB after={after / 1024:.1f}MiB")
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop(proc)
         os.unlink(config)
 
 

@@ -23,6 +23,8 @@ import sys
 import tempfile
 import time
 
+from gateway_process import stop
+
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
 
@@ -145,11 +147,7 @@ def main():
         print("legit success: %d/%d (%.1f%%); attacker connections still open: %d"
               % (total_ok, total, 100.0 * total_ok / max(total, 1), len(attackers)))
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop(proc)
 
 
 if __name__ == "__main__":

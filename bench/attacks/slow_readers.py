@@ -18,13 +18,7 @@ import socket
 import threading
 import time
 
-
-def rss_kib(pid):
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
+from gateway_process import rss_kib
 
 
 class SlowReader(threading.Thread):

@@ -29,6 +29,8 @@ import tempfile
 import threading
 import time
 
+from gateway_process import rss_kib, stop
+
 MIB = 1024 * 1024
 
 
@@ -50,14 +52,6 @@ def start_weir(binary, port, admin_port):
             break
     threading.Thread(target=proc.stdout.read, daemon=True).start()
     return proc, config.name
-
-
-def rss_mib(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
 
 
 def slow_sender(port, rate, interval, stop, counts):
@@ -156,7 +150,7 @@ def main():
         view = budget(admin_port)
         if view["aggregate_bytes"] >= peak_bytes:
             peak_bytes, top = view["aggregate_bytes"], view.get("top_clients", [])
-        peak_rss = max(peak_rss, rss_mib(proc.pid))
+        peak_rss = max(peak_rss, rss_kib(proc.pid) / 1024)
         time.sleep(0.5)
     for t in workers:
         t.join()
@@ -172,8 +166,7 @@ def main():
         "gateway_peak_rss_mib": round(peak_rss, 1),
     }
     print(json.dumps(report, indent=2))
-    proc.terminate()
-    proc.wait(timeout=15)
+    stop(proc)
     os.unlink(config)
     return 0
 
