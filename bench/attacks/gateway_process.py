@@ -20,3 +20,20 @@ def stop(proc):
         proc.wait(timeout=15)
     except subprocess.TimeoutExpired:
         proc.kill()
+
+
+def established(port):
+    """Connections the gateway holds on its local `port` (ESTABLISHED in /proc/net/tcp and
+    tcp6): what the server side still keeps open, whatever its clients have yet to read."""
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as rows:
+                next(rows)
+                for row in rows:
+                    fields = row.split()
+                    local_port = int(fields[1].rsplit(":", 1)[1], 16)
+                    count += local_port == port and fields[3] == "01"
+        except OSError:
+            pass
+    return count

@@ -4,7 +4,8 @@ trickle (a small receive buffer, a few hundred bytes a second). A gateway that b
 lot per connection grows with every such client; a hardened one holds tens of KiB each
 and closes them once they fall under the minimum response rate or stall past
 send_timeout. Meanwhile a legitimate client keeps fetching, and its success rate is
-reported.
+reported. The connections the gateway still holds are counted on its side (from
+/proc/net/tcp), since a reader learns of a close only after draining its buffers.
 
     python3 bench/attacks/slow_readers.py --port 8080 --pid $(pgrep -n weir) \
         --clients 340 --min-rate 50 --max-rate 512 --hold 40 --after 10
@@ -18,7 +19,7 @@ import socket
 import threading
 import time
 
-from gateway_process import rss_kib
+from gateway_process import established, rss_kib
 
 
 class SlowReader(threading.Thread):
@@ -111,9 +112,15 @@ def main():
         r.start()
     legit.start()
     peak = before
+    held = {}
     while time.monotonic() - start < a.hold:
         peak = max(peak, rss())
+        elapsed = time.monotonic() - start
+        for mark in (2, 10, 20, 30):
+            if elapsed >= mark and mark not in held:
+                held[mark] = established(a.port)
         time.sleep(0.25)
+    held["end"] = established(a.port)
     stop.set()
     for r in readers:
         r.join()
@@ -126,8 +133,10 @@ def main():
     print(f"rss_before_mib {before / 1024:.1f}")
     print(f"rss_peak_mib {peak / 1024:.1f}")
     print(f"rss_after_leaving_mib {after / 1024:.1f} (after {a.after:.0f}s)")
-    print(f"closed_by_server {len(closed)} of {a.clients}; latest after "
-          f"{max(closed) if closed else float('nan'):.1f}s")
+    print(f"closed_seen_by_readers {len(closed)} of {a.clients}; latest after "
+          f"{max(closed) if closed else float('nan'):.1f}s (a reader sees the close only once "
+          f"it has read what the kernels still hold for it)")
+    print("gateway_open_connections " + ", ".join(f"{k}{'s' if k != 'end' else ''}: {v}" for k, v in held.items()))
     total = legit.ok + legit.failed
     print(f"legit_success {legit.ok}/{total}")
 

@@ -7,7 +7,7 @@
 //! The decoder checks the length against the configured maximum before buffering a
 //! payload, so an oversized frame costs its 4 length bytes, not its size in memory.
 
-use bytes::{Buf, BufMut, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tokio_util::codec::{Decoder, Encoder};
 
 use crate::{Frame, FrameFlags, FrameType, ProtoError, DEFAULT_MAX_FRAME_PAYLOAD};
@@ -20,9 +20,16 @@ pub const FRAME_HEADER_LEN: usize = 4 + FRAME_HEADER_AFTER_LENGTH;
 /// Room the decoder asks for beyond a frame whose payload is still arriving, so that one
 /// read can take the rest of it and the start of the next: without it each read was
 /// capped by whatever the last frame's allocation had left, about 24 KiB, and a 64 KiB
-/// body chunk took almost three reads (`bench/README.md`, "Profile"). A payload shares
-/// its read buffer, so it keeps at most its frame and this much more alive.
+/// body chunk took almost three reads (`bench/README.md`, "Profile").
 const READ_AHEAD: usize = 64 * 1024;
+
+/// Payloads smaller than this are copied out of the read buffer; larger ones share it.
+/// A shared payload keeps its whole read allocation alive (its frame, the read-ahead,
+/// and any frames read with it), which for a small payload held a long time, such as a
+/// chunk waiting for a stalled client, costs several times its size: a 16 KiB chunk kept
+/// about 100 KiB. Copying a small payload is cheap; a full-size body chunk (64 KiB, the
+/// SDK's `STREAM_CHUNK`) is not copied, and pins at most about twice its size.
+const SHARE_FROM: usize = READ_AHEAD;
 
 /// Encodes and decodes [`Frame`]s, refusing payloads over `max_payload` bytes.
 #[derive(Debug, Clone, Copy)]
@@ -77,7 +84,13 @@ impl Decoder for FrameCodec {
         }
         src.advance(6);
         let correlation_id = src.get_u64();
-        let payload = src.split_to(payload_len).freeze();
+        let payload = if payload_len < SHARE_FROM {
+            let copy = Bytes::copy_from_slice(&src[..payload_len]);
+            src.advance(payload_len);
+            copy
+        } else {
+            src.split_to(payload_len).freeze()
+        };
         Ok(Some(Frame { frame_type, flags, correlation_id, payload }))
     }
 }
@@ -117,11 +130,13 @@ pub fn encode_frame_header(frame: &Frame, max_payload: usize, dst: &mut BytesMut
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bytes::Bytes;
 
     fn decode_all(bytes: &[u8], max: usize) -> Result<Vec<Frame>, ProtoError> {
+        decode_all_from(BytesMut::from(bytes), max)
+    }
+
+    fn decode_all_from(mut buf: BytesMut, max: usize) -> Result<Vec<Frame>, ProtoError> {
         let mut codec = FrameCodec::new(max);
-        let mut buf = BytesMut::from(bytes);
         let mut out = Vec::new();
         while let Some(frame) = codec.decode(&mut buf)? {
             out.push(frame);
@@ -158,5 +173,21 @@ mod tests {
             ProtoError::UnknownFlags(0x80)
         );
         assert_eq!(decode_all(&[0, 0, 0, 3], 16).unwrap_err(), ProtoError::FrameTooShort(3));
+    }
+
+    #[test]
+    fn small_payloads_are_copied_out_and_large_ones_share_the_read_buffer() {
+        let small = Frame::data(FrameType::ResponseStreamData, 1, Bytes::from(vec![1; 16 * 1024]), false);
+        let large = Frame::data(FrameType::ResponseStreamData, 1, Bytes::from(vec![2; SHARE_FROM]), false);
+        let mut buf = BytesMut::new();
+        for frame in [small.clone(), large.clone()] {
+            FrameCodec::new(1 << 20).encode(frame, &mut buf).unwrap();
+        }
+        let read = buf.as_ptr_range();
+        let inside = |frame: &Frame| read.contains(&frame.payload.as_ptr());
+        let decoded = decode_all_from(buf, 1 << 20).unwrap();
+        assert_eq!(decoded, vec![small, large]);
+        assert!(!inside(&decoded[0]), "a small payload must not keep the read buffer alive");
+        assert!(inside(&decoded[1]), "a full-size payload is not copied");
     }
 }

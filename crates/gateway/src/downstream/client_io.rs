@@ -2,7 +2,9 @@
 //! see: a write that stalls longer than `send_timeout` (the client stopped reading) and
 //! a client that reads slower than `min_response_data_rate` once `data_rate_grace` has
 //! passed (a trickling reader) both fail the connection's I/O, so hyper drops it and the
-//! response's stream is cancelled.
+//! response's stream is cancelled. Both are judged by the bytes the client acknowledged,
+//! as the kernel counts them, not by the bytes the socket took: the kernel buffers ahead
+//! of the client, and wakes a blocked writer only in steps of many kilobytes.
 //!
 //! It also counts bytes read and written, which tells the front whether a connection
 //! that timed out in its request head had started a request (answer 408) or was idle
@@ -21,6 +23,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
+use super::socket;
 use crate::limits::lock;
 pub(crate) use crate::limits::stall::SendLimits;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -98,14 +101,33 @@ impl ConnState {
 #[derive(Debug)]
 struct SlowWindow {
     since: Instant,
-    bytes: u64,
+    /// Bytes the socket took during the window: the client's progress where the kernel
+    /// cannot say how much it acknowledged.
+    written: u64,
+    /// Bytes the client had acknowledged when the window opened, as the kernel counts them.
+    acked_at_start: Option<u64>,
     last_blocked: Instant,
+}
+
+impl SlowWindow {
+    /// Bytes the client took since the window opened: acknowledged, where the kernel
+    /// says, which is what the client really read; else taken by the socket, which runs
+    /// ahead of the client by what the kernel buffers.
+    fn taken(&self, acked: Option<u64>) -> u64 {
+        match (acked, self.acked_at_start) {
+            (Some(now), Some(start)) => now.saturating_sub(start),
+            _ => self.written,
+        }
+    }
 }
 
 /// A blocked write's deadline.
 #[derive(Debug)]
 struct Stall {
+    /// Since when the client has taken nothing.
     since: Instant,
+    /// Bytes the client had acknowledged at `since`: more later means it still reads.
+    acked: Option<u64>,
     /// Wakes the writer to re-check both bounds.
     deadline: Pin<Box<Sleep>>,
 }
@@ -165,34 +187,43 @@ impl ClientIo {
             if window.last_blocked.elapsed() > CALM {
                 self.window = None;
             } else {
-                window.bytes += n as u64;
+                window.written += n as u64;
             }
         }
     }
 
-    /// The socket is full: check the stall deadline and the minimum rate.
+    /// The socket is full: check the stall deadline and the minimum rate, both judged by
+    /// what the client acknowledged (see [`super::socket::bytes_acked`]).
     fn blocked(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
         let now = Instant::now();
         let limits = self.limits;
-        let window = self.window.get_or_insert(SlowWindow { since: now, bytes: 0, last_blocked: now });
+        let acked = self.stream.as_ref().and_then(socket::bytes_acked);
+        let window =
+            self.window.get_or_insert(SlowWindow { since: now, written: 0, acked_at_start: acked, last_blocked: now });
         window.last_blocked = now;
-        let elapsed = now.duration_since(window.since);
-        if elapsed > limits.grace && (window.bytes as f64) < limits.min_rate as f64 * elapsed.as_secs_f64() {
-            let detail = format!("client read {} bytes in {elapsed:?}, under the minimum rate", window.bytes);
+        let (elapsed, taken) = (now.duration_since(window.since), window.taken(acked));
+        if elapsed > limits.grace && (taken as f64) < limits.min_rate as f64 * elapsed.as_secs_f64() {
+            let detail = format!("client read {taken} bytes in {elapsed:?}, under the minimum rate");
             return Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, detail)));
         }
-        let rate_floor = Duration::from_secs_f64(window.bytes as f64 / limits.min_rate.max(1) as f64);
+        let rate_floor = Duration::from_secs_f64(taken as f64 / limits.min_rate.max(1) as f64);
         let rate_due = window.since + limits.grace.max(rate_floor) + Duration::from_millis(1);
-        let stall = self
-            .stall
-            .get_or_insert_with(|| Stall { since: now, deadline: Box::pin(tokio::time::sleep(limits.send_timeout)) });
+        let stall = self.stall.get_or_insert_with(|| Stall {
+            since: now,
+            acked,
+            deadline: Box::pin(tokio::time::sleep(limits.send_timeout)),
+        });
+        if acked > stall.acked {
+            (stall.since, stall.acked) = (now, acked);
+        }
         if now.duration_since(stall.since) >= limits.send_timeout {
             let detail = format!("client stopped reading for {:?}", limits.send_timeout);
             return Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, detail)));
         }
         // Wake again when either bound would be crossed if nothing moves meanwhile: the
-        // socket may stay unwritable for long (Linux wakes a writer only once a third of
-        // its send buffer is free), and the checks above only run when polled.
+        // socket may stay unwritable for long (Linux wakes a writer only once the unsent
+        // bytes fall under half the low-water mark), and the checks above only run when
+        // polled.
         stall.deadline.as_mut().reset((stall.since + limits.send_timeout).min(rate_due));
         if stall.deadline.as_mut().poll(cx).is_ready() {
             cx.waker().wake_by_ref();

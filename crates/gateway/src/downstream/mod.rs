@@ -15,6 +15,7 @@ mod client_io;
 mod h2_streams;
 mod lifetime;
 pub(crate) mod metrics;
+mod socket;
 
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
@@ -86,7 +87,7 @@ pub(crate) async fn serve(
                 continue;
             }
         };
-        let _ = stream.set_nodelay(true);
+        socket::tune(&stream);
         let connection = Connection { gateway: Arc::clone(&gateway), conn, surface, shutdown: shutdown.clone() };
         tokio::spawn(serve_connection(connection, stream, builder.clone(), open.token()));
     }

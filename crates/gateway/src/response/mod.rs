@@ -92,6 +92,9 @@ pub(crate) struct GatewayBody {
     /// On HTTP/2, the stream's watch: told when a chunk is handed to hyper and when hyper
     /// comes back for more, so that a client holding the stream's window shut is found.
     watch: Option<Arc<StreamWatch>>,
+    /// On HTTP/2, the last byte of the chunk handed over last, held back to be handed
+    /// over on its own (see [`GatewayBody::hold_back_tail`]).
+    tail: Option<Bytes>,
 }
 
 #[derive(Debug)]
@@ -144,7 +147,54 @@ pub(crate) struct RelayLimits {
 impl GatewayBody {
     /// A body of `kind`, reporting to the current HTTP/2 stream's watch if there is one.
     fn of(kind: Kind) -> Self {
-        GatewayBody { kind, watch: stall::current() }
+        GatewayBody { kind, watch: stall::current(), tail: None }
+    }
+
+    fn poll_kind(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        match &mut self.kind {
+            Kind::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            Kind::Relay(relay) => relay.poll_chunk(cx),
+            Kind::File(file) => file.poll_chunk(cx).map(|chunk| chunk.map(|c| c.map(Frame::data))),
+        }
+    }
+
+    /// Whether the body has nothing more to give (its held-back tail aside).
+    fn kind_ended(&self) -> bool {
+        match &self.kind {
+            Kind::Full(bytes) => bytes.is_none(),
+            Kind::Relay(relay) => relay.handle.is_none(),
+            Kind::File(file) => file.remaining() == 0,
+        }
+    }
+
+    /// On HTTP/2, hands each chunk over as two: all of it but its last byte, then that
+    /// byte. hyper passes a chunk to h2 as soon as the stream has any window, and h2
+    /// keeps whatever the window does not cover; hyper waits for the window to cover it
+    /// only before its next chunk. After the body's last chunk hyper's stream task ends,
+    /// so nothing would watch those bytes, and a client granting one byte of window would
+    /// hold a whole chunk in h2 for as long as its connection lives. The held-back byte
+    /// is that next chunk, always: hyper waits for the window to take everything before
+    /// it (its task lives on, and the stream's watch judges the wait as for any chunk),
+    /// and when its task ends h2 is left at most one byte of the stream. It costs one
+    /// small DATA frame per chunk.
+    fn hold_back_tail(
+        &mut self,
+        polled: Poll<Option<Result<Frame<Bytes>, BodyError>>>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        if self.watch.is_none() {
+            return polled;
+        }
+        match polled {
+            Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                Ok(mut data) if data.len() > 1 => {
+                    self.tail = Some(data.split_off(data.len() - 1));
+                    Poll::Ready(Some(Ok(Frame::data(data))))
+                }
+                Ok(data) => Poll::Ready(Some(Ok(Frame::data(data)))),
+                Err(frame) => Poll::Ready(Some(Ok(frame))),
+            },
+            other => other,
+        }
     }
 
     /// A body of known bytes.
@@ -197,10 +247,12 @@ impl Body for GatewayBody {
         if let Some(watch) = &this.watch {
             watch.resumed();
         }
-        let polled = match &mut this.kind {
-            Kind::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
-            Kind::Relay(relay) => relay.poll_chunk(cx),
-            Kind::File(file) => file.poll_chunk(cx).map(|chunk| chunk.map(|c| c.map(Frame::data))),
+        let polled = match this.tail.take() {
+            Some(tail) => Poll::Ready(Some(Ok(Frame::data(tail)))),
+            None => {
+                let polled = this.poll_kind(cx);
+                this.hold_back_tail(polled)
+            }
         };
         if let (Some(watch), Poll::Ready(Some(Ok(frame)))) = (&this.watch, &polled) {
             watch.handed(frame.data_ref().map_or(0, Bytes::len));
@@ -209,11 +261,7 @@ impl Body for GatewayBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        match &self.kind {
-            Kind::Full(bytes) => bytes.is_none(),
-            Kind::Relay(relay) => relay.handle.is_none(),
-            Kind::File(file) => file.remaining() == 0,
-        }
+        self.tail.is_none() && self.kind_ended()
     }
 
     fn size_hint(&self) -> SizeHint {

@@ -2,7 +2,8 @@
 //! every stream's window at zero (each stream holds at most its start window of the
 //! service's bytes, is reset once `send_timeout` passes, and its service stream is
 //! cancelled, while the connection and other clients go on), and HTTP/1.1 readers that
-//! trickle (closed by the minimum response rate while others are served).
+//! trickle (closed by the minimum response rate, judged by what they acknowledged, while
+//! readers above it and other clients are served).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -28,8 +29,12 @@ struct Download {
     cancelled: mpsc::UnboundedReceiver<()>,
 }
 
+/// Length of the `/one` response, a body in one piece.
+const ONE: usize = 32 * 1024;
+
 /// A service whose `/big` download is endless, counts the chunks it yields and reports
-/// each stream cancelled, and whose `/small` answers 1 MiB.
+/// each stream cancelled, whose `/small` answers 1 MiB and whose `/one` answers [`ONE`]
+/// bytes in a single piece.
 fn download_service() -> Download {
     let (tx, cancelled) = mpsc::unbounded_channel();
     let yielded = Arc::new(AtomicU64::new(0));
@@ -55,14 +60,16 @@ fn download_service() -> Download {
             futures_util::stream::iter((0..64).map(|_| Ok::<_, std::io::Error>(Bytes::from(vec![1u8; CHUNK]))));
         Ok::<_, HandlerError>(RawResponse::stream(200, "application/octet-stream", chunks))
     });
-    let service = Service::builder("big", "1.0.0").endpoint(big).endpoint(small).build().unwrap();
+    let one = Endpoint::get("/one")
+        .raw(|_ctx: RawRequestContext| async move { Ok::<_, HandlerError>(RawResponse::text(200, "x".repeat(ONE))) });
+    let service = Service::builder("big", "1.0.0").endpoint(big).endpoint(small).endpoint(one).build().unwrap();
     Download { service, yielded, cancelled }
 }
 
-/// An HTTP/2 connection whose client grants no stream any window.
-async fn zero_window_client(addr: SocketAddr) -> h2::client::SendRequest<Bytes> {
+/// An HTTP/2 connection whose client grants each stream `window` bytes and never more.
+async fn stingy_client(addr: SocketAddr, window: u32) -> h2::client::SendRequest<Bytes> {
     let tcp = TcpStream::connect(addr).await.unwrap();
-    let (client, connection) = h2::client::Builder::new().initial_window_size(0).handshake(tcp).await.unwrap();
+    let (client, connection) = h2::client::Builder::new().initial_window_size(window).handshake(tcp).await.unwrap();
     tokio::spawn(connection);
     client
 }
@@ -104,7 +111,7 @@ async fn zero_window_streams_hold_one_start_window_are_reset_at_send_timeout_and
     let started = Instant::now();
     let mut bodies = Vec::new();
     for _ in 0..CONNECTIONS {
-        let mut client = zero_window_client(h.addr).await;
+        let mut client = stingy_client(h.addr, 0).await;
         for _ in 0..STREAMS {
             bodies.push(open_download(&mut client, h.addr).await);
         }
@@ -139,7 +146,7 @@ async fn a_zero_window_connection_keeps_serving_new_streams_after_its_stalled_on
     let mut h = Harness::start(cfg).await;
     let download = download_service();
     h.attach(download.service).await;
-    let mut client = zero_window_client(h.addr).await;
+    let mut client = stingy_client(h.addr, 0).await;
     let first = open_download(&mut client, h.addr).await;
     assert_eq!(reset_reason(first).await, h2::Reason::CANCEL);
     // The connection was not closed: a new stream on it gets its head.
@@ -147,40 +154,90 @@ async fn a_zero_window_connection_keeps_serving_new_streams_after_its_stalled_on
     assert_eq!(reset_reason(second).await, h2::Reason::CANCEL);
 }
 
-/// A reader that takes `rate` bytes a second through a 4 KiB receive buffer, forever
-/// (the kernel's buffers hold more than it would read in the test, so even a closed
-/// connection keeps it reading).
-async fn trickle(addr: SocketAddr, rate: usize) {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_responses_last_chunk_is_watched_until_its_client_takes_all_of_it() {
+    let send_timeout = Duration::from_millis(400);
+    let mut cfg = config();
+    cfg.server.send_timeout = send_timeout;
+    let mut h = Harness::start(cfg).await;
+    h.attach(download_service().service).await;
+    // The client grants each stream one byte of window and never more: the whole body
+    // is handed to h2 at once, and only its first byte can leave.
+    let client = stingy_client(h.addr, 1).await;
+    let mut bodies = Vec::new();
+    for _ in 0..8 {
+        let request = http::Request::get(format!("http://{}/one", h.addr)).body(()).unwrap();
+        let (response, _) = client.clone().ready().await.unwrap().send_request(request, true).unwrap();
+        let response = tokio::time::timeout(WAIT, response).await.expect("no response head").unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        bodies.push(response.into_body());
+    }
+    let started = Instant::now();
+    for mut body in bodies {
+        let mut got = 0;
+        let reason = loop {
+            match tokio::time::timeout(WAIT, body.data()).await.expect("the held stream was never reset") {
+                Some(Ok(data)) => got += data.len(),
+                Some(Err(err)) => break err.reason().expect("a stream reset"),
+                None => panic!("the stream ended after {got} of {ONE} bytes on a one-byte window"),
+            }
+        };
+        assert_eq!(reason, h2::Reason::CANCEL);
+        assert!(got < ONE, "{got} bytes through a one-byte window");
+    }
+    assert!(started.elapsed() < WAIT);
+    assert_eq!(h.gateway.metrics().relay_failures("client_stalled"), 8);
+}
+
+/// A reader of `/big` that takes `rate` bytes a second through a 4 KiB receive buffer
+/// until it has `total` bytes or the connection ends; returns the bytes it got.
+async fn read_at(addr: SocketAddr, rate: usize, total: usize) -> usize {
     let socket = TcpSocket::new_v4().unwrap();
     socket.set_recv_buffer_size(4096).unwrap();
     let mut socket = socket.connect(addr).await.unwrap();
     socket.write_all(b"GET /big HTTP/1.1\r\nhost: x\r\n\r\n").await.unwrap();
-    let mut buf = vec![0u8; rate / 10];
-    while let Ok(1..) = socket.read(&mut buf).await {
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut buf = vec![0u8; rate / 20];
+    let mut got = 0;
+    while got < total {
+        match socket.read(&mut buf).await {
+            Ok(n @ 1..) => got += n,
+            _ => break,
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    got.min(total)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn trickling_http1_readers_are_closed_by_the_minimum_rate_while_others_are_served() {
-    const READERS: usize = 12;
+async fn http1_readers_under_the_minimum_rate_are_closed_and_those_above_it_are_served() {
+    const SLOW: usize = 12;
+    const STEADY: usize = 4;
+    // Well beyond what the kernels on both sides buffer (the unsent low-water mark and a
+    // 4 KiB receive buffer): a reader only gets this far if the gateway keeps sending.
+    const STEADY_TOTAL: usize = 96 * 1024;
     let mut cfg = config();
+    // The steady readers free the socket's low-water half (16 KiB) only about once a
+    // second, so writes wake that seldom: judged by what the socket took rather than by
+    // what they acknowledged, they would look stopped for the whole grace period.
     cfg.server.data_rate_grace = Duration::from_millis(300);
-    // The kernel's send buffer takes the first megabytes at once and counts as read, so
-    // the minimum is set high above the readers' rate to cut them within the test.
-    cfg.server.min_response_data_rate = 10 * 1024 * 1024;
+    cfg.server.min_response_data_rate = 6 * 1024;
     let mut h = Harness::start(cfg).await;
     let mut download = download_service();
     h.attach(download.service).await;
-    let readers: Vec<_> = (0..READERS).map(|_| tokio::spawn(trickle(h.addr, 20 * 1024))).collect();
+    let slow: Vec<_> = (0..SLOW).map(|_| tokio::spawn(read_at(h.addr, 1024, usize::MAX))).collect();
+    let steady: Vec<_> = (0..STEADY).map(|_| tokio::spawn(read_at(h.addr, 16 * 1024, STEADY_TOTAL))).collect();
     for _ in 0..4 {
         assert_eq!(legit_download(&h).await, 64 * CHUNK);
     }
-    for _ in 0..READERS {
+    for _ in 0..SLOW {
         let cut = tokio::time::timeout(WAIT, download.cancelled.recv()).await;
-        assert!(cut.is_ok(), "20 KiB/s readers were not cut at a 10 MiB/s minimum");
+        assert!(cut.is_ok(), "1 KiB/s readers were not cut at a 6 KiB/s minimum");
     }
-    for reader in readers {
+    for reader in steady {
+        let got = tokio::time::timeout(WAIT, reader).await.expect("a steady reader stalled").unwrap();
+        assert_eq!(got, STEADY_TOTAL, "a reader above the minimum rate was cut");
+    }
+    for reader in slow {
         reader.abort();
     }
     h.assert_budget_released().await;
