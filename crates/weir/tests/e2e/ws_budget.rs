@@ -4,9 +4,11 @@
 //! a client pushing into a service that does not read is held to
 //! `limits.max_inflight_bytes_per_client` (its reads stop) while another client's
 //! WebSockets and uploads are served, and is closed with 1013 "Try again later" after
-//! the idle timeout; after every session closes the budget is back at zero. The pushing
-//! client connects from 127.0.0.1, the other client from 127.0.0.2. The budget is read
-//! from the admin listener (`/budget`, `/metrics`), as an operator would.
+//! the idle timeout, as is a client whose message the service's window cannot take in
+//! time (its stream then cancelled); after every session closes the budget is back at
+//! zero. The pushing client connects from 127.0.0.1, the other client from 127.0.0.2.
+//! The budget is read from the admin listener (`/budget`, `/metrics`), as an operator
+//! would.
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
@@ -173,19 +175,31 @@ async fn a_message_being_assembled_is_held_until_it_leaves() {
     h.assert_budget_released().await;
 }
 
+/// What the deaf service's handler reports.
+#[derive(Debug, PartialEq, Eq)]
+enum Deaf {
+    Started,
+    Cancelled,
+}
+
 /// A WebSocket endpoint `/deaf/hold` that never reads its messages (so grants no
 /// credit), reports each session's start and waits to be cancelled.
-fn deaf_service() -> (Service, mpsc::UnboundedReceiver<()>) {
-    let (started, rx) = mpsc::unbounded_channel();
+fn deaf_service() -> (Service, mpsc::UnboundedReceiver<Deaf>) {
+    let (events, rx) = mpsc::unbounded_channel();
     let hold = Endpoint::get("/deaf/hold").websocket_handler(move |ws: WebSocketContext| {
-        let started = started.clone();
+        let events = events.clone();
         async move {
-            let _ = started.send(());
+            let _ = events.send(Deaf::Started);
             ws.cancel.cancelled().await;
+            let _ = events.send(Deaf::Cancelled);
             Ok::<_, HandlerError>(())
         }
     });
     (Service::builder("deaf", "1.0.0").endpoint(hold).build().unwrap(), rx)
+}
+
+async fn deaf_event(events: &mut mpsc::UnboundedReceiver<Deaf>) -> Deaf {
+    tokio::time::timeout(2 * WAIT, events.recv()).await.expect("the handler said nothing").expect("handler gone")
 }
 
 /// Pushes [`PUSHED_MESSAGES`] messages on `ws` while reading what comes back; returns
@@ -243,12 +257,12 @@ async fn other_client_traffic(h: &Harness) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_pushing_into_a_deaf_service_is_held_to_its_cap_and_another_is_served() {
     let mut h = Harness::with_demo_on(ws_budget_config(), Transport::Tcp).await;
-    let (deaf, mut started) = deaf_service();
+    let (deaf, mut events) = deaf_service();
     h.attach(deaf).await;
     let mut pushers = JoinSet::new();
     for _ in 0..PUSHERS {
         let ws = connect_from(h.addr, ATTACKER, "/deaf/hold").await;
-        tokio::time::timeout(WAIT, started.recv()).await.expect("the handler started").unwrap();
+        assert_eq!(deaf_event(&mut events).await, Deaf::Started);
         pushers.spawn(push_until_closed(ws));
     }
     // Eight sessions with a 256 KiB window each, yet together held to the client's cap:
@@ -268,4 +282,25 @@ async fn a_client_pushing_into_a_deaf_service_is_held_to_its_cap_and_another_is_
     }
     h.assert_budget_released().await;
     assert_eq!(budget_view(&h).await["aggregate_bytes"], 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_the_service_window_cannot_take_in_time_is_1013_and_cancels_the_stream() {
+    let mut cfg = ws_budget_config();
+    cfg.limits.stream_window = 16 * 1024;
+    cfg.mounts[1].settings.ws_idle_timeout = Duration::from_secs(1);
+    let mut h = Harness::with_demo_on(cfg, Transport::Tcp).await;
+    let (deaf, mut events) = deaf_service();
+    h.attach(deaf).await;
+    let ws = connect_from(h.addr, OTHER, "/deaf/hold").await;
+    assert_eq!(deaf_event(&mut events).await, Deaf::Started);
+    let (mut sink, mut stream) = ws.split();
+    // Twice the 16 KiB window: half of it waits for credit the service never grants.
+    sink.send(Message::binary(vec![5u8; 2 * MESSAGE])).await.unwrap();
+    let frame = close_frame(&mut stream).await;
+    assert_eq!((u16::from(frame.code), frame.reason.as_str()), (1013, "Try again later"));
+    drop((sink, stream));
+    // Half a message cannot be followed by a close message: the stream is cancelled.
+    assert_eq!(deaf_event(&mut events).await, Deaf::Cancelled);
+    h.assert_budget_released().await;
 }
