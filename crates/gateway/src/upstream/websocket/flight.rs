@@ -12,14 +12,17 @@
 //! the other when the reader yields it, with its stream-framing header already counted
 //! (a client frame's header, masked, is never shorter), so the move reserves nothing.
 //!
-//! [`MeteredIo`] sits under tungstenite and reserves before it reads: as much of the read
-//! as the budget has room for, giving back what the socket did not fill. With no room at
-//! all it does not read: the client's TCP window closes, and the read waits for anyone
-//! to give bytes back ([`PayloadBudget::released`]); the session's idle bound then
-//! closes a client held back too long (1013, see `session.rs`).
+//! [`MeteredIo`] sits under tungstenite and reserves before it reads on: it first waits
+//! for one byte (so an idle client's reads touch nothing in the budget), then reserves
+//! as much of the read as the budget has room for and gives back what the socket did
+//! not fill. With no room at all it reads nothing more, keeping that one byte: the
+//! client's TCP window closes, and the read waits for anyone to give bytes back
+//! ([`PayloadBudget::released`]); the session's idle bound then closes a client held
+//! back too long (1013, see `session.rs`).
 //!
 //! Invariant: the reservation equals the client side plus the outbound side, outside of
-//! a read in progress (which holds its grant until it knows how much it read). The
+//! a read in progress (which holds its grant until it knows how much it read); a reader
+//! waiting for room also holds one byte outside it. The
 //! reservation is an RAII value owned by the [`Flight`] the session and its reader
 //! share, so every exit path releases it with them.
 
@@ -28,7 +31,7 @@ use std::future::Future;
 use std::io::{self, Cursor};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::OpCode;
@@ -247,13 +250,16 @@ type RoomWait = Pin<Box<dyn Future<Output = ()> + Send>>;
 pub(crate) struct MeteredIo<T> {
     io: T,
     flight: Flight,
+    /// The first byte of the next read, taken from the socket before reserving: it
+    /// waits here (one byte outside the budget) while there is no room.
+    first: Option<u8>,
     /// Armed while a read waits for room.
     room: Option<RoomWait>,
 }
 
 impl<T> MeteredIo<T> {
     pub(crate) fn new(io: T, flight: Flight) -> Self {
-        MeteredIo { io, flight, room: None }
+        MeteredIo { io, flight, first: None, room: None }
     }
 
     /// The socket itself, read without the budget: for draining bytes that are thrown
@@ -296,14 +302,33 @@ impl<T: AsyncRead + Unpin> AsyncRead for MeteredIo<T> {
         if buf.remaining() == 0 {
             return Poll::Ready(Ok(()));
         }
+        let first = match this.first {
+            Some(byte) => byte,
+            None => {
+                let mut one = [0u8; 1];
+                let mut probe = ReadBuf::new(&mut one);
+                ready!(Pin::new(&mut this.io).poll_read(cx, &mut probe))?;
+                // Nothing read: the client closed its side.
+                let Some(&byte) = probe.filled().first() else { return Poll::Ready(Ok(())) };
+                this.first = Some(byte);
+                byte
+            }
+        };
         let Some(granted) = this.poll_grant(cx, buf.remaining() as u64) else { return Poll::Pending };
-        // At most `remaining`, so it fits usize.
-        let mut limited = ReadBuf::new(buf.initialize_unfilled_to(granted as usize));
-        let polled = Pin::new(&mut this.io).poll_read(cx, &mut limited);
+        this.first = None;
+        let start = buf.filled().len();
+        buf.put_slice(&[first]);
+        // At most `remaining` (so it fits usize) minus the byte already in.
+        let mut limited = ReadBuf::new(buf.initialize_unfilled_to(granted as usize - 1));
+        if limited.remaining() > 0 {
+            // The byte in hand answers this read whatever this polls; an error or the
+            // end shows on the next.
+            let _ = Pin::new(&mut this.io).poll_read(cx, &mut limited);
+        }
         let read = limited.filled().len();
-        this.flight.record_read(limited.filled());
         buf.advance(read);
-        polled
+        this.flight.record_read(&buf.filled()[start..]);
+        Poll::Ready(Ok(()))
     }
 }
 
@@ -406,8 +431,10 @@ mod tests {
         let flight = Flight::new(budget.open_with_call_limit(1, Some("c"), 1000));
         let (mut client, server) = tokio::io::duplex(64);
         let mut io = MeteredIo::new(server, flight.clone());
-        client.write_all(&frame(true, 0x2, &[9u8; 20])).await.unwrap();
         let mut buf = [0u8; 64];
+        assert!(io.read(&mut buf).now_or_never().is_none(), "nothing to read");
+        assert_eq!(budget.counters().aggregate_bytes, 24, "an idle reader reserves nothing, even in passing");
+        client.write_all(&frame(true, 0x2, &[9u8; 20])).await.unwrap();
         assert_eq!(io.read(&mut buf).await.unwrap(), 6, "the client's room only");
         assert_eq!(budget.counters().aggregate_bytes, 30);
         assert!(io.read(&mut buf).now_or_never().is_none(), "no room: the read waits");
