@@ -12,7 +12,7 @@
 //! the other when the reader yields it, with its stream-framing header already counted
 //! (a client frame's header, masked, is never shorter), so the move reserves nothing.
 //!
-//! [`MeteredIo`] sits under tungstenite and reserves before it reads on: it first waits
+//! [`MeteredIo`] sits under tungstenite and reserves before it reads: it first waits
 //! for one byte (so an idle client's reads touch nothing in the budget), then reserves
 //! as much of the read as the budget has room for and gives back what the socket did
 //! not fill. With no room at all it reads nothing more, keeping that one byte: the
@@ -22,9 +22,9 @@
 //!
 //! Invariant: the reservation equals the client side plus the outbound side, outside of
 //! a read in progress (which holds its grant until it knows how much it read); a reader
-//! waiting for room also holds one byte outside it. The
-//! reservation is an RAII value owned by the [`Flight`] the session and its reader
-//! share, so every exit path releases it with them.
+//! waiting for room also holds one byte outside it. The reservation is an RAII value
+//! owned by the [`Flight`] the session and its reader share, so every exit path
+//! releases it with them.
 
 use std::collections::VecDeque;
 use std::future::Future;
