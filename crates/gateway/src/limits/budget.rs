@@ -12,7 +12,8 @@
 //! acknowledged by the service's credit; see `upstream/http.rs`), so an idle or trickling
 //! upload holds next to nothing. A request waiting for room listens to
 //! [`PayloadBudget::released`], woken whenever bytes are given back. A WebSocket session
-//! still reserves its whole window when it opens (`upstream/mod.rs`).
+//! holds the same way only its bytes in flight towards the service, including the
+//! message being assembled, so an idle one holds nothing (`upstream/websocket/flight.rs`).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -186,6 +187,34 @@ impl PayloadBudget {
         Ok(())
     }
 
+    /// Grows `holder` by as much of `bytes` as every limit has room for (at least one
+    /// byte), or refuses with the first limit that has none. The room is read and taken
+    /// under two locks: a holder that takes it in between makes this refuse, as if it had
+    /// come first.
+    fn grow_at_most(&self, holder: &Reservation, bytes: u64) -> Result<u64, BudgetExceeded> {
+        let rooms = {
+            let c = self.lock();
+            let limits = &self.limits;
+            let conn = c.per_connection.get(&holder.connection).copied().unwrap_or(0);
+            let client = holder.client.as_ref().map(|key| c.per_client.get(key).copied().unwrap_or(0));
+            [
+                (BudgetExceeded::PerCall, holder.per_call.saturating_sub(holder.bytes)),
+                (
+                    BudgetExceeded::PerClient,
+                    client.map_or(u64::MAX, |held| limits.max_inflight_bytes_per_client.saturating_sub(held)),
+                ),
+                (BudgetExceeded::PerConnection, limits.max_request_bytes_per_connection.saturating_sub(conn)),
+                (BudgetExceeded::Aggregate, limits.max_aggregate_inflight_bytes.saturating_sub(c.aggregate)),
+            ]
+        };
+        if let Some((full, _)) = rooms.iter().find(|(_, room)| *room == 0) {
+            return Err(*full);
+        }
+        let granted = rooms.iter().fold(bytes, |granted, (_, room)| granted.min(*room));
+        self.grow(holder, granted)?;
+        Ok(granted)
+    }
+
     fn shrink(&self, holder: &Reservation, bytes: u64) {
         if bytes == 0 {
             return;
@@ -218,7 +247,7 @@ pub(crate) struct Reservation {
     budget: Arc<PayloadBudget>,
     connection: u64,
     /// The client key the bytes count under (subject, else IP); `None`: no per-client
-    /// limit (a WebSocket session's window).
+    /// limit.
     client: Option<String>,
     bytes: u64,
     /// This request's per-call limit.
@@ -231,6 +260,16 @@ impl Reservation {
         self.budget.grow(self, bytes)?;
         self.bytes += bytes;
         Ok(())
+    }
+
+    /// Reserves as much of `bytes` as fits under every limit, at least one byte, and says
+    /// how much; refuses (reserving nothing) when a limit is already full. A reader that
+    /// may take any amount up to `bytes` (a WebSocket session, see
+    /// `upstream/websocket/flight.rs`) uses it to read no more than there is room for.
+    pub(crate) fn try_grow_at_most(&mut self, bytes: u64) -> Result<u64, BudgetExceeded> {
+        let granted = self.budget.grow_at_most(self, bytes)?;
+        self.bytes += granted;
+        Ok(granted)
     }
 
     /// Reserves `bytes` more, waiting while a shared limit (client, connection, gateway)
@@ -345,6 +384,25 @@ mod tests {
         a.shrink_to(2);
         b.try_grow(4).unwrap();
         drop((a, b, other, anonymous));
+        assert_eq!(budget.counters(), BudgetCounters::default());
+    }
+
+    #[test]
+    fn growing_at_most_takes_what_every_limit_has_room_for() {
+        let budget = PayloadBudget::new(PayloadLimits { max_inflight_bytes_per_client: 12, ..limits(10, 15, 20) });
+        let mut a = budget.open(1, Some("c"));
+        assert_eq!(a.try_grow_at_most(100), Ok(10), "the per-call limit");
+        assert_eq!(a.try_grow_at_most(1), Err(BudgetExceeded::PerCall));
+        let mut b = budget.open(1, Some("c"));
+        assert_eq!(b.try_grow_at_most(100), Ok(2), "the client's limit");
+        assert_eq!(b.try_grow_at_most(1), Err(BudgetExceeded::PerClient));
+        let mut other = budget.open(1, Some("d"));
+        assert_eq!(other.try_grow_at_most(100), Ok(3), "the connection's limit");
+        let mut elsewhere = budget.open(2, None);
+        assert_eq!(elsewhere.try_grow_at_most(100), Ok(5), "the gateway's limit");
+        assert_eq!(elsewhere.try_grow_at_most(1), Err(BudgetExceeded::Aggregate));
+        assert_eq!(budget.counters().aggregate_bytes, 20);
+        drop((a, b, other, elsewhere));
         assert_eq!(budget.counters(), BudgetCounters::default());
     }
 

@@ -1,9 +1,9 @@
 //! The exchange with a service over its link, after the request phases admitted a request:
 //! the HTTP exchange ([`http`]: buffered or streamed body) and the WebSocket relay
 //! ([`websocket`]). Both use the helpers here: the request head sent to the service
-//! ([`request_head`]), the window reserved in the payload budget ([`reserve_window`]), the
-//! wait for the service's answer ([`await_response`]) and the client's response built from
-//! it ([`respond`]).
+//! ([`request_head`]), the stream's window ([`Upstream::window`]; both hold in the payload
+//! budget only their bytes in flight within it), the wait for the service's answer
+//! ([`await_response`]) and the client's response built from it ([`respond`]).
 //!
 //! The endpoint's timeout starts when a call is first offered to the service's link
 //! ([`open_call`]): waiting for room in the link's send queue (full when the service
@@ -97,26 +97,11 @@ impl Upstream<'_> {
     }
 
     /// A stream's flow-control window towards the service: the smallest of the per-call
-    /// limit, `limits.stream_window` and the declared `length`, never empty.
+    /// limit, `limits.stream_window` and the declared `length`, never empty. (Nothing is
+    /// reserved for it: a streamed body or a WebSocket session reserves its bytes in
+    /// flight as it reads them.)
     fn window(&self, per_call: u64, length: Option<u64>) -> u64 {
         per_call.min(u64::from(self.limits.stream_window)).min(length.unwrap_or(u64::MAX)).max(1)
-    }
-
-    /// Reserves a WebSocket session's whole window in the budget (the bytes queued towards
-    /// the service): at most the per-call limit, the stream window and the declared
-    /// `length`. 503 at once when it does not fit. (A streamed HTTP body reserves only its
-    /// bytes in flight instead, see `http.rs`.)
-    fn reserve_window(
-        &self,
-        conn_id: u64,
-        per_call: u64,
-        length: Option<u64>,
-    ) -> Result<(Reservation, u32), GatewayError> {
-        let window = self.window(per_call, length);
-        let mut reservation = self.budget.open_with_call_limit(conn_id, None, per_call);
-        reservation.try_grow(window).map_err(|e| budget_error(e, per_call))?;
-        // The window fits in u32: it is at most `stream_window`.
-        Ok((reservation, u32::try_from(window).unwrap_or(u32::MAX)))
     }
 }
 
@@ -338,27 +323,11 @@ mod tests {
         limits.stream_window = 500;
         let metrics = Arc::default();
         let upstream = Upstream { server: &server, limits: &limits, budget: &budget, metrics: &metrics };
-        let (_held, window) = upstream.reserve_window(1, 1000, None).unwrap();
-        assert_eq!(window, 500);
-        let (_held, window) = upstream.reserve_window(1, 200, None).unwrap();
-        assert_eq!(window, 200);
-        let (_held, window) = upstream.reserve_window(1, 1000, Some(10)).unwrap();
-        assert_eq!(window, 10);
-        let (held, window) = upstream.reserve_window(1, 1000, Some(0)).unwrap();
-        assert_eq!(window, 1, "never an empty window");
-        assert_eq!(budget.counters().aggregate_bytes, 500 + 200 + 10 + 1);
-        drop(held);
-    }
-
-    #[test]
-    fn a_window_that_does_not_fit_the_budget_is_503_at_once() {
-        let (server, limits, budget) = (ServerConfig::default(), LimitsConfig::default(), budget(600));
-        let metrics = Arc::default();
-        let upstream = Upstream { server: &server, limits: &limits, budget: &budget, metrics: &metrics };
-        let _first = upstream.reserve_window(1, 500, None).unwrap();
-        let second = upstream.reserve_window(1, 500, None);
-        assert!(matches!(second, Err(GatewayError::Overloaded(_))), "{second:?}");
-        assert_eq!(budget.counters().aggregate_bytes, 500, "the refused window holds nothing");
+        assert_eq!(upstream.window(1000, None), 500);
+        assert_eq!(upstream.window(200, None), 200);
+        assert_eq!(upstream.window(1000, Some(10)), 10);
+        assert_eq!(upstream.window(1000, Some(0)), 1, "never an empty window");
+        assert_eq!(budget.counters(), Default::default(), "a window reserves nothing");
     }
 
     #[test]

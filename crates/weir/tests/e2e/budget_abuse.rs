@@ -78,7 +78,7 @@ fn chunked(total: usize, chunk: usize) -> reqwest::Body {
 
 /// The legitimate traffic: streamed uploads (unknown length, eight windows each) and
 /// small buffered POSTs, all at once, each checked.
-async fn legit_traffic(h: &Harness) {
+pub(crate) async fn legit_traffic(h: &Harness) {
     let client = legit_client();
     let mut tasks = JoinSet::new();
     for _ in 0..8 {

@@ -28,3 +28,4 @@ mod static_files;
 mod streaming;
 mod websocket;
 mod wire_faults;
+mod ws_budget;

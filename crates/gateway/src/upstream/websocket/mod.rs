@@ -8,8 +8,9 @@
 //! anything else is 400), the user's slot is taken (at most `ws_max_connections_per_user`
 //! open WebSockets per mount and user, the user being the authenticated subject or else
 //! the client IP; over it: **503 with `Retry-After`**, like every other connection limit
-//! of the gateway), the stream's window is reserved in the payload budget (503 if it does
-//! not fit), the stream is opened with a `Streamed` request head, and the service's
+//! of the gateway), an empty reservation is opened in the payload budget under the
+//! client's key (the session then holds only its bytes in flight, see [`flight`]), the
+//! stream is opened with a `Streamed` request head, and the service's
 //! answer is awaited within the endpoint's effective timeout (504 and Cancel(Timeout)
 //! after it). A 101 with a streamed body accepts: the client gets its 101 and
 //! [`session`] relays messages until either side ends. Any other answer is relayed to
@@ -30,13 +31,16 @@ use weir_proto::{BodyMode, Headers};
 use weir_transport::{DataReceiver, IncomingResponse};
 
 use super::{await_response, open_call, request_head, respond, Admitted, Forwarded, Upstream};
+use crate::limits::budget::Reservation;
 use crate::limits::client_key;
 use crate::limits::slots::Permit;
 use crate::response::error::GatewayError;
 use crate::response::{GatewayBody, RelayLimits};
 
+mod flight;
 mod session;
 
+use flight::Flight;
 use session::{Session, SessionLimits};
 
 /// Upgrades the request and relays messages both ways.
@@ -49,12 +53,14 @@ pub(crate) async fn relay(
     let permit = acquire_slot(&admitted)?;
     let in_flight = admitted.decision.instance.begin_call();
     let per_call = upstream.per_call(admitted.settings);
-    let (reservation, window) = upstream.reserve_window(admitted.decision.instance.conn_id, per_call, None)?;
+    let window = upstream.window(per_call, None);
+    let reservation = open_reservation(&upstream, &admitted, per_call);
     let on_upgrade = hyper::upgrade::on(&mut request);
     let (parts, _) = request.into_parts();
     let head = request_head(&parts, &admitted, BodyMode::Streamed);
     let Admitted { settings, decision, shaper, registered, conn, .. } = admitted;
-    let (mut call, deadline) = open_call(&decision, head, window).await?;
+    // The window fits in u32: it is at most `stream_window`.
+    let (mut call, deadline) = open_call(&decision, head, u32::try_from(window).unwrap_or(u32::MAX)).await?;
     let sender =
         call.body.take().ok_or_else(|| GatewayError::UpstreamFailed("streamed call without a body sender".into()))?;
     let operator = registered.as_ref().map(|r| r.cancel.clone());
@@ -77,13 +83,22 @@ pub(crate) async fn relay(
         handle: call.handle,
         limits: SessionLimits::new(settings),
         registered,
+        flight: Flight::new(reservation),
+        window,
         _permit: permit,
         _conn: conn,
-        _reservation: reservation,
         _in_flight: in_flight,
     };
     tokio::spawn(session.run(on_upgrade));
     Ok(switching_protocols(&key, protocol))
+}
+
+/// The session's reservation, empty: on the service connection, under the client's key
+/// (as an upload's), held to the session's in-flight limit.
+fn open_reservation(upstream: &Upstream<'_>, admitted: &Admitted<'_>, per_call: u64) -> Reservation {
+    let client = client_key(admitted.subject.as_deref(), admitted.client);
+    let limit = session::in_flight_limit(per_call, admitted.settings.ws_max_message_size);
+    upstream.budget.open_with_call_limit(admitted.decision.instance.conn_id, Some(&client), limit)
 }
 
 /// The user's WebSocket slot on the mount (the user being the authenticated subject, else

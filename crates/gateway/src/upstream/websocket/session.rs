@@ -12,6 +12,13 @@
 //! the end of our direction, answered by its own close within [`CLOSE_GRACE`]; or a
 //! Cancel). Both closings are bounded in time, and the session's values (slot,
 //! reservation, in-flight count, stream handle) drop when the task ends.
+//!
+//! The client is read under the payload budget ([`super::flight`]): only the bytes in
+//! flight towards the service are held, and with no room the session stops reading (the
+//! client's TCP window closes). A client that cannot hand a message to the service
+//! within the idle timeout of the previous one, because the budget or the service's
+//! window has no room, is closed with 1013 "Try again later" (silence alone is 1000
+//! "Idle timeout").
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -33,8 +40,8 @@ use weir_proto::websocket::{self as ws, WsDecoder, WsFramingError, WsMessage};
 use weir_proto::CancelReason;
 use weir_transport::{DataReceiver, DataSender, Link, StreamError, StreamHandle};
 
+use super::flight::{Flight, MeteredIo};
 use crate::config::MountSettings;
-use crate::limits::budget::Reservation;
 use crate::limits::in_flight::Registered;
 use crate::limits::rate::quota;
 use crate::limits::slots::Permit;
@@ -48,8 +55,20 @@ const DRAIN_QUIET: Duration = Duration::from_millis(250);
 const MAX_CLOSE_REASON: usize = 123;
 /// tungstenite's read buffer per connection (its default, 128 KiB, is a lot per socket).
 const READ_BUFFER: usize = 16 * 1024;
+/// Close code: the client was held back (no room in the budget or the service's window)
+/// longer than the idle timeout; RFC 6455's "Try Again Later".
+const CLOSE_TRY_AGAIN_LATER: u16 = 1013;
+/// The reason sent with [`CLOSE_TRY_AGAIN_LATER`].
+const TRY_AGAIN_LATER: &str = "Try again later";
 
-type Ws = WebSocketStream<TokioIo<Upgraded>>;
+type Ws = WebSocketStream<MeteredIo<TokioIo<Upgraded>>>;
+
+/// The most a session may hold in the budget: the per-call limit, or one largest message
+/// plus a read ahead of tungstenite's buffer if that is more, so that any message the
+/// mount accepts can be assembled.
+pub(crate) fn in_flight_limit(per_call: u64, max_message: u64) -> u64 {
+    per_call.max(max_message.saturating_add(READ_BUFFER as u64))
+}
 
 /// The mount's WebSocket limits, as the session applies them.
 #[derive(Debug)]
@@ -78,11 +97,16 @@ pub(crate) struct Session {
     pub limits: SessionLimits,
     /// Business mounts: the registry entry (bytes in/out, the operator's cancel).
     pub registered: Option<Registered>,
-    /// Held for their drops: the user's slot, the budget window, the in-flight count.
+    /// The bytes in flight towards the service, held in the budget; shared with the
+    /// reader under tungstenite.
+    pub flight: Flight,
+    /// The stream's initial credit: the window minus the credit left is what the
+    /// service has not acknowledged.
+    pub window: u64,
+    /// Held for their drops: the user's slot, the in-flight count.
     pub _permit: Permit<String>,
     /// The client connection: keeps its per-IP slot for the life of the WebSocket.
     pub _conn: std::sync::Arc<crate::limits::connection::ClientConn>,
-    pub _reservation: Reservation,
     pub _in_flight: InFlightGuard<Link>,
 }
 
@@ -95,6 +119,9 @@ enum ClientEnd {
     Gone(String),
     /// A limit or a protocol rule was broken: close with this code and reason.
     Refused(u16, &'static str),
+    /// No room to read or send for the idle timeout; `mid_message`: a message was being
+    /// sent, so the stream cannot take a close message after it.
+    HeldBack { mid_message: bool },
 }
 
 /// How the service side ended.
@@ -149,12 +176,13 @@ impl Session {
             .read_buffer_size(READ_BUFFER)
             .max_message_size(Some(self.limits.max_message))
             .max_frame_size(Some(self.limits.max_message));
-        let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config)).await;
+        let io = MeteredIo::new(TokioIo::new(upgraded), self.flight.clone());
+        let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
         let (mut to_client, mut from_client) = ws.split();
         let plan = self.relay(&mut to_client, &mut from_client).await;
         tracing::debug!(?plan, "WebSocket ending");
-        let Session { sender, receiver, handle, .. } = self;
-        let client = close_client(to_client, from_client, plan.client);
+        let Session { sender, receiver, handle, flight, .. } = self;
+        let client = close_client(to_client, from_client, plan.client, &flight);
         let service = close_service(sender, receiver, handle, plan.service);
         tokio::join!(client, service);
     }
@@ -180,8 +208,9 @@ impl Session {
             }
         };
         let max_message = self.limits.max_message;
+        let mut outbound = Outbound { sender: &mut self.sender, flight: &self.flight, window: self.window };
         tokio::select! {
-            end = upstream(from_client, &mut self.sender, &self.limits, count_in) => plan_for_client(end),
+            end = upstream(from_client, &mut outbound, &self.limits, count_in) => plan_for_client(end),
             end = downstream(&mut self.receiver, to_client, max_message, count_out) => plan_for_service(end),
             () = operator_cancel => Plan {
                 client: ClientClose::Send(close_frame(ws::CLOSE_POLICY, "Cancelled by an operator")),
@@ -191,18 +220,64 @@ impl Session {
     }
 }
 
-/// Client → service: every data message, framed, until the client ends or breaks a limit.
+/// The stream towards the service and the session's bytes in flight on it.
+struct Outbound<'s> {
+    sender: &'s mut DataSender,
+    flight: &'s Flight,
+    /// The stream's initial credit: the window minus the credit left is unacknowledged.
+    window: u64,
+}
+
+impl Outbound<'_> {
+    /// Gives back what the service has acknowledged (no message is being sent).
+    fn settle(&self) {
+        self.flight.settle(self.window.saturating_sub(self.sender.credit()));
+    }
+
+    /// The client's next message; meanwhile gives back what the service acknowledges,
+    /// so an idle session holds nothing and a reader waiting for room gets it.
+    async fn next_settling(&mut self, from_client: &mut SplitStream<Ws>) -> Option<Result<Message, WsError>> {
+        loop {
+            self.settle();
+            if self.flight.outbound() == 0 {
+                return from_client.next().await;
+            }
+            let seen = self.sender.credit();
+            let acknowledged = tokio::select! {
+                biased;
+                next = from_client.next() => return next,
+                acknowledged = self.sender.credit_above(seen) => acknowledged,
+            };
+            if acknowledged.is_err() {
+                // The stream is over: downstream sees how and ends the session.
+                return from_client.next().await;
+            }
+        }
+    }
+
+    /// How the client ends when the idle timeout passes while waiting for its next
+    /// message: held back if the reader had no room, else idle.
+    fn past_idle_timeout(&self) -> ClientEnd {
+        match self.flight.held_back() {
+            true => ClientEnd::HeldBack { mid_message: false },
+            false => ClientEnd::Refused(ws::CLOSE_NORMAL, "Idle timeout"),
+        }
+    }
+}
+
+/// Client → service: every data message, framed, until the client ends, breaks a limit
+/// or cannot hand a message over within the idle timeout of the previous one.
 async fn upstream(
     from_client: &mut SplitStream<Ws>,
-    sender: &mut DataSender,
+    outbound: &mut Outbound<'_>,
     limits: &SessionLimits,
     count: impl Fn(usize),
 ) -> ClientEnd {
     let mut deadline = idle_deadline(limits.idle);
     loop {
         let next = tokio::select! {
-            next = from_client.next() => next,
-            () = tokio::time::sleep_until(deadline) => return ClientEnd::Refused(ws::CLOSE_NORMAL, "Idle timeout"),
+            next = outbound.next_settling(from_client) => next,
+            () = tokio::time::sleep_until(deadline) => return outbound.past_idle_timeout(),
         };
         let message = match next {
             None => return ClientEnd::Gone("connection closed".into()),
@@ -219,12 +294,18 @@ async fn upstream(
             // Pings are answered by tungstenite; pongs and raw frames carry nothing.
             Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => continue,
         };
+        outbound.flight.hand_over();
         count(forward.payload_len());
-        if send_message(sender, &forward).await.is_err() {
+        let sent = tokio::select! {
+            sent = send_message(outbound.sender, &forward) => sent,
+            () = tokio::time::sleep_until(deadline) => return ClientEnd::HeldBack { mid_message: true },
+        };
+        if sent.is_err() {
             // The stream ended on the service's side; downstream sees how and ends the
             // session, so this loop just stops reading.
             return std::future::pending().await;
         }
+        outbound.settle();
         deadline = idle_deadline(limits.idle);
     }
 }
@@ -319,6 +400,14 @@ fn plan_for_client(end: ClientEnd) -> Plan {
                 service: ServiceClose::Send(WsMessage::close(code, reason)),
             }
         }
+        ClientEnd::HeldBack { mid_message } => {
+            tracing::info!(mid_message, "closing a WebSocket held back past its idle timeout");
+            let service = match mid_message {
+                true => ServiceClose::Cancel(CancelReason::Timeout),
+                false => ServiceClose::Send(WsMessage::close(CLOSE_TRY_AGAIN_LATER, TRY_AGAIN_LATER)),
+            };
+            Plan { client: ClientClose::Send(close_frame(CLOSE_TRY_AGAIN_LATER, TRY_AGAIN_LATER)), service }
+        }
     }
 }
 
@@ -364,7 +453,12 @@ async fn send_message(sender: &mut DataSender, message: &WsMessage) -> Result<()
 }
 
 /// Tells the client, bounded by [`CLOSE_GRACE`], then closes the connection.
-async fn close_client(mut to_client: SplitSink<Ws, Message>, mut from_client: SplitStream<Ws>, close: ClientClose) {
+async fn close_client(
+    mut to_client: SplitSink<Ws, Message>,
+    mut from_client: SplitStream<Ws>,
+    close: ClientClose,
+    flight: &Flight,
+) {
     let closing = async {
         match close {
             ClientClose::Abandon => {}
@@ -376,6 +470,9 @@ async fn close_client(mut to_client: SplitSink<Ws, Message>, mut from_client: Sp
                 }
                 let mut replied = false;
                 while let Some(Ok(message)) = from_client.next().await {
+                    if message.is_text() || message.is_binary() {
+                        flight.discard();
+                    }
                     replied |= message.is_close();
                 }
                 // No reply: the client's reading broke (an oversized or invalid frame) and
@@ -395,7 +492,8 @@ async fn close_client(mut to_client: SplitSink<Ws, Message>, mut from_client: Sp
 /// Ends our side of the TCP connection and reads what the client still sends, until it
 /// closes its side or falls silent for [`DRAIN_QUIET`].
 async fn drain(mut ws: Ws) {
-    let io = ws.get_mut();
+    // Thrown away as read: nothing to hold in the budget.
+    let io = ws.get_mut().unmetered();
     let _ = io.shutdown().await;
     let mut sink = [0u8; 4096];
     while let Ok(Ok(1..)) = tokio::time::timeout(DRAIN_QUIET, io.read(&mut sink)).await {}
