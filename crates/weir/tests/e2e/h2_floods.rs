@@ -4,7 +4,8 @@
 //! CONTINUATION, a flood of streams the gateway must reset for malformed headers,
 //! SETTINGS and PING floods from a client that never reads the ACKs, and an HPACK bomb.
 //! Also: the `[server.http2]` settings reach the wire (the gateway's SETTINGS and its
-//! connection WINDOW_UPDATE), a stream over `max_concurrent_streams` is refused, a
+//! connection WINDOW_UPDATE), a stream over `max_concurrent_streams` is refused, DATA
+//! beyond `initial_stream_window` resets its stream, a
 //! header list over `max_header_list_size` is answered 431, and the ping interval and
 //! timeout close a silent peer. What the gateway does against each attack, and what the
 //! RFC asks, is tabled in `docs/conformance.md`.
@@ -286,6 +287,37 @@ async fn the_http2_settings_reach_the_wire() {
     };
     let increment = u32::from_be_bytes(update.payload[..4].try_into().unwrap());
     assert_eq!(increment, 300_000 - 65_535, "the connection window is not the configured one");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn data_beyond_initial_stream_window_resets_the_stream() {
+    let h = demo_with_h2(|c| c.initial_stream_window = 8 * 1024).await;
+    let (mut reader, mut writer) = connect(h.addr).await.into_split();
+    // The window applies once the gateway's SETTINGS are acknowledged (RFC 9113 §6.5.3).
+    let first = tokio::time::timeout(WAIT, read_frame(&mut reader)).await.unwrap().expect("the gateway's SETTINGS");
+    assert_eq!(first.setting(SETTINGS_INITIAL_WINDOW_SIZE), Some(8 * 1024));
+    let upload = frame(HEADERS, END_HEADERS, 1, &request_block("POST", "/stream/upload"));
+    // The window's 8 KiB, then 1,000 bytes more, before any WINDOW_UPDATE could come.
+    let over =
+        [frame(SETTINGS, ACK, 0, &[]), upload, data(1, 0, &[b'u'; 8 * 1024]), data(1, END_STREAM, &[b'v'; 1000])];
+    let over = over.concat();
+    writer.write_all(&over).await.unwrap();
+    let reset = loop {
+        let frame = tokio::time::timeout(WAIT, read_frame(&mut reader)).await.expect("no reset").expect("closed");
+        if let Some(code) = frame.reset_code() {
+            break (frame.stream, code);
+        }
+    };
+    assert_eq!(reset, (1, FLOW_CONTROL_ERROR));
+    // The connection goes on.
+    writer.write_all(&get(3, "/api/hello")).await.unwrap();
+    let answered = loop {
+        let frame = tokio::time::timeout(WAIT, read_frame(&mut reader)).await.expect("no answer").expect("closed");
+        if frame.kind == HEADERS {
+            break frame.stream;
+        }
+    };
+    assert_eq!(answered, 3);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
