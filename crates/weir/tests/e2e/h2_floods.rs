@@ -1,6 +1,7 @@
 //! HTTP/2 attacks sent with real frames over TCP ([`crate::h2_wire`]), each ending with
 //! the attacker's connection closed while other clients, on their own connections, keep
-//! being served: rapid reset (HEADERS + RST_STREAM by the thousand), endless
+//! being served: rapid reset (HEADERS + RST_STREAM by the thousand; and streams reset
+//! one by one after they were accepted, which is not counted but cancels each call), endless
 //! CONTINUATION, a flood of streams the gateway must reset for malformed headers,
 //! SETTINGS and PING floods from a client that never reads the ACKs, and an HPACK bomb.
 //! Also: the `[server.http2]` settings reach the wire (the gateway's SETTINGS and its
@@ -119,6 +120,46 @@ async fn rapid_reset_is_closed_with_enhance_your_calm_while_others_are_served() 
     assert_eq!(closed.count(HEADERS), 0, "a reset stream was answered");
     assert!(lived < Duration::from_secs(3), "closed late: {lived:?}");
     until(|| h.gateway.connections().open() == 0).await;
+}
+
+/// Writes `bytes` and a PING, and reads until its answer: the gateway has processed
+/// everything before it. `false` once the connection is closed; a GOAWAY's code is kept.
+async fn round_trip(socket: &mut tokio::net::TcpStream, bytes: Vec<u8>, goaway: &mut Option<u32>) -> bool {
+    if socket.write_all(&[bytes, ping(1)].concat()).await.is_err() {
+        return false;
+    }
+    loop {
+        match tokio::time::timeout(WAIT, read_frame(socket)).await.expect("no PING answer") {
+            Some(frame) if frame.kind == PING && frame.flags & ACK != 0 => return true,
+            Some(frame) if frame.kind == GOAWAY => *goaway = frame.goaway_code(),
+            Some(_) => {}
+            None => return false,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resets_of_accepted_streams_are_bounded_by_cancellation_while_others_are_served() {
+    let h = demo_with_h2(|_| {}).await;
+    let bystanders = Bystanders::start(&h, 4);
+    let mut socket = connect(h.addr).await;
+    let mut goaway = None;
+    // Each stream is opened, accepted (its call started), and only then reset: resets
+    // that `max_pending_accept_reset_streams` does not count.
+    for pair in 0..300u32 {
+        let stream = pair * 2 + 1;
+        if !round_trip(&mut socket, get(stream, "/api/slow?ms=2000"), &mut goaway).await
+            || !round_trip(&mut socket, rst_stream(stream, CANCEL), &mut goaway).await
+        {
+            break;
+        }
+    }
+    eprintln!("300 accepted-then-reset streams: GOAWAY {goaway:?}");
+    assert!(bystanders.finish().await >= 4);
+    // Each reset cancelled its call at once (a call left running would take 2 s).
+    let cancelled = tokio::time::timeout(Duration::from_secs(1), until(|| h.gateway.registry().list().is_empty()));
+    cancelled.await.expect("calls outlived their streams' resets");
+    h.assert_budget_released().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
