@@ -11,8 +11,10 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+mod http2;
 mod mount;
 
+pub use http2::Http2Config;
 pub use mount::{ApiKey, AuthConfig, JwtAlgorithm, JwtConfig, MountConfig, MountSettings, Profile, Rate};
 
 /// Everything the gateway needs to run.
@@ -61,6 +63,8 @@ pub struct ServerConfig {
     /// none idle the newcomer gets 503. `None`: three quarters of the open-files limit
     /// when the gateway starts, at most 16,384.
     pub max_connections: Option<u32>,
+    /// `[server.http2]`: what one HTTP/2 connection may hold and do.
+    pub http2: Http2Config,
 }
 
 /// `[routing]`: how instances are chosen and how health follows heartbeats.
@@ -141,6 +145,7 @@ impl Default for ServerConfig {
             data_rate_grace: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(30),
             max_connections: None,
+            http2: Http2Config::default(),
         }
     }
 }

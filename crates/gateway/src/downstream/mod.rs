@@ -217,13 +217,9 @@ fn answer_head_timeout(socket: &TcpStream) {
 /// client reading slowly costs this much plus its stream's window; hyper's default
 /// (about 400 KiB) would hold that much more per slow reader.
 const H1_BUFFER: usize = 32 * 1024;
-/// Response bytes h2 holds per stream waiting for the client's window before hyper
-/// stops taking more from the body (hyper's default is 400 KiB).
-const H2_SEND_BUFFER: usize = 16 * 1024;
-/// Streams one HTTP/2 connection may have open at once; each can hold its window's
-/// worth of response bytes while its client does not read.
-const H2_MAX_STREAMS: u32 = 128;
 
+/// hyper's HTTP/1.1 and HTTP/2 settings, the latter from `[server.http2]`; extended
+/// CONNECT (RFC 8441) is on so that WebSockets can open over HTTP/2 too.
 fn connection_builder(gateway: &Gateway) -> auto::Builder<StreamExecutor> {
     let server = &gateway.config().server;
     let executor = StreamExecutor::new(send_limits(gateway), Arc::clone(&gateway.metrics));
@@ -234,16 +230,22 @@ fn connection_builder(gateway: &Gateway) -> auto::Builder<StreamExecutor> {
         .header_read_timeout(server.header_timeout)
         .max_buf_size(H1_BUFFER)
         .keep_alive(true);
-    // A peer that stops answering pings is gone, even with requests in flight: pinged
-    // after half `idle_timeout` of silence, it has the other half to answer.
-    let ping = server.idle_timeout / 2;
+    // A peer that stops answering pings is gone, even with requests in flight: by
+    // default pinged after half `idle_timeout` of silence, it has the other half to answer.
+    let h2 = &server.http2;
     builder
         .http2()
         .timer(TokioTimer::new())
-        .max_concurrent_streams(H2_MAX_STREAMS)
-        .max_send_buf_size(H2_SEND_BUFFER)
-        .keep_alive_interval(ping)
-        .keep_alive_timeout(ping);
+        .max_concurrent_streams(h2.max_concurrent_streams)
+        .initial_stream_window_size(h2.initial_stream_window)
+        .initial_connection_window_size(h2.initial_connection_window)
+        .max_send_buf_size(h2.max_send_buffer)
+        .max_header_list_size(h2.max_header_list_size)
+        .keep_alive_interval(h2.ping_interval(server.idle_timeout))
+        .keep_alive_timeout(h2.ping_timeout(server.idle_timeout))
+        .max_pending_accept_reset_streams(h2.max_pending_accept_reset_streams)
+        .max_local_error_reset_streams(h2.max_local_error_reset_streams)
+        .enable_connect_protocol();
     builder
 }
 

@@ -3,7 +3,9 @@
 //!
 //! 0. **target** — transfer codings weir does not implement are refused (501) and the
 //!    path is put in its normal form (dot segments, escapes), which every later phase
-//!    sees ([`target`]);
+//!    sees ([`target`]); an HTTP/2 extended CONNECT for a WebSocket is read as the GET
+//!    it stands for, and refused unless it reaches a WebSocket endpoint
+//!    ([`crate::upstream::websocket`]);
 //! 1. **mount** — the longest matching prefix picks the mount ([`mount`]) and its profile;
 //! 2. the profile's phases:
 //!    - **static** — the file is served by [`crate::static_files`]; done;
@@ -62,9 +64,11 @@ pub(crate) async fn handle(
     mut request: Request<Incoming>,
     conn: &Arc<ClientConn>,
 ) -> Result<Response<GatewayBody>, GatewayError> {
+    let extended_connect = upstream::websocket::accept_extended_connect(&mut request)?;
     target::normalise(&mut request)?;
     let mount = phases.mounts.select(request.uri().path()).ok_or(GatewayError::NotFound)?;
     let admitted = match mount.config.profile {
+        Profile::Static if extended_connect => return Err(upstream::websocket::not_a_websocket()),
         Profile::Static => return crate::static_files::serve(&mount.config, &request).await,
         Profile::Business => business(&phases, mount, &request, conn)?,
         Profile::Streaming => streaming(&phases, mount, &request, conn)?,
@@ -72,6 +76,9 @@ pub(crate) async fn handle(
     strip_api_key(&mount.config.auth, request.headers_mut());
     if admitted.decision.endpoint.kind == EndpointKind::WebSocket {
         return upstream::websocket::relay(phases.upstream, admitted, request).await;
+    }
+    if extended_connect {
+        return Err(upstream::websocket::not_a_websocket());
     }
     upstream::http::dispatch(phases.upstream, admitted, request).await
 }

@@ -42,6 +42,17 @@ const MAX_DURATION: Duration = Duration::from_secs(24 * 60 * 60);
 const MAX_BUFFERED_CALL: u64 = 8 * MIB;
 /// A body chunk travels as one stream data frame of at most 16 MiB.
 const MAX_CHUNK: u64 = 16 * MIB;
+/// Largest HTTP/2 flow-control window (RFC 9113 §6.9.1).
+const MAX_H2_WINDOW: u64 = (1 << 31) - 1;
+/// A connection's HTTP/2 window starts at this size (RFC 9113 §6.9.2) and cannot shrink.
+const MIN_H2_CONN_WINDOW: u64 = 65_535;
+/// Most HTTP/2 streams one connection may open at once: more is a slip, and each
+/// multiplies the per-stream windows and buffers.
+const MAX_H2_STREAMS: u32 = 10_000;
+/// Largest decoded HTTP/2 request header list: far above any real client's.
+const MAX_H2_HEADER_LIST: u64 = MIB;
+/// Most resets the HTTP/2 limits may allow before closing a connection.
+const MAX_H2_RESETS: u32 = 100_000;
 
 /// One problem in a config file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -133,4 +144,8 @@ fn check_relations(r: &mut Reader<'_>, c: &GatewayConfig) {
     let chunk = u64::try_from(l.chunk_size).unwrap_or(u64::MAX);
     let upload = ("limits.max_upload_size", l.max_upload_size);
     r.relate(("limits.chunk_size", chunk), Order::AtMost, upload, show_size);
+    let h2 = &s.http2;
+    let stream_window = ("server.http2.initial_stream_window", u64::from(h2.initial_stream_window));
+    let conn_window = ("server.http2.initial_connection_window", u64::from(h2.initial_connection_window));
+    r.relate(stream_window, Order::AtMost, conn_window, show_size);
 }

@@ -2,7 +2,7 @@
 //! key is read by exactly one line here, with its absolute bounds on that line.
 
 use weir_gateway::config::{
-    LimitsConfig, RoutingConfig, ServerConfig, ServiceCredential, ServicesConfig, ServicesTlsConfig,
+    Http2Config, LimitsConfig, RoutingConfig, ServerConfig, ServiceCredential, ServicesConfig, ServicesTlsConfig,
 };
 
 use super::*;
@@ -23,6 +23,34 @@ pub(super) fn read_server(s: &mut Section<'_, '_>, c: &mut ServerConfig) {
     s.value("data_rate_grace", &mut c.data_rate_grace, duration);
     s.value("idle_timeout", &mut c.idle_timeout, duration);
     s.value("max_connections", &mut c.max_connections, |item| mounts::count(item).map(Some));
+    s.section("http2", |h| read_http2(h, &mut c.http2));
+}
+
+/// `[server.http2]`: one line per key, windows within RFC 9113's bounds (a connection's
+/// window starts at 65,535 bytes and cannot be set lower; no window exceeds 2^31 - 1).
+fn read_http2(s: &mut Section<'_, '_>, c: &mut Http2Config) {
+    s.value("max_concurrent_streams", &mut c.max_concurrent_streams, |item| bounded_count(item, MAX_H2_STREAMS));
+    s.value("initial_stream_window", &mut c.initial_stream_window, size(KIB, MAX_H2_WINDOW));
+    s.value("initial_connection_window", &mut c.initial_connection_window, size(MIN_H2_CONN_WINDOW, MAX_H2_WINDOW));
+    s.value("max_send_buffer", &mut c.max_send_buffer, size(KIB, MAX_CHUNK));
+    s.value("max_header_list_size", &mut c.max_header_list_size, size(KIB, MAX_H2_HEADER_LIST));
+    s.value("keep_alive_interval", &mut c.keep_alive_interval, |item| duration(item).map(Some));
+    s.value("keep_alive_timeout", &mut c.keep_alive_timeout, |item| duration(item).map(Some));
+    s.value("max_pending_accept_reset_streams", &mut c.max_pending_accept_reset_streams, reset_count);
+    s.value("max_local_error_reset_streams", &mut c.max_local_error_reset_streams, reset_count);
+}
+
+/// A number of HTTP/2 stream resets within `1..=MAX_H2_RESETS`.
+fn reset_count(item: &Item) -> Result<usize, String> {
+    let n = bounded_count(item, MAX_H2_RESETS)?;
+    usize::try_from(n).map_err(|_| format!("{n} is too large for this platform"))
+}
+
+/// A count within `1..=max`.
+fn bounded_count(item: &Item, max: u32) -> Result<u32, String> {
+    let n = mounts::count(item)?;
+    within(n, 1, max, |n| n.to_string())?;
+    Ok(n)
 }
 
 /// `[routing]`: one line per key.

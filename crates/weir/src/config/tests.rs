@@ -1,7 +1,7 @@
 //! Loading config files: every key, its bounds and units, every rule between keys, and
 //! how errors are reported (key, line, all of them).
 
-use weir_gateway::config::{LimitsConfig, RoutingConfig, ServerConfig, ServicesConfig};
+use weir_gateway::config::{Http2Config, LimitsConfig, RoutingConfig, ServerConfig, ServicesConfig};
 
 use super::reader::edit_distance;
 use super::*;
@@ -48,6 +48,17 @@ fn documented_example_loads_with_every_key() {
     assert_eq!(c.server.header_timeout, Duration::from_secs(5));
     assert_eq!(c.server.read_timeout, Duration::from_millis(15_000));
     assert_eq!(c.server.admin_listen, Some("127.0.0.1:9090".parse().unwrap()));
+    let h2 = &c.server.http2;
+    assert_eq!(
+        (h2.max_concurrent_streams, h2.initial_stream_window, h2.initial_connection_window),
+        (64, 256 * 1024, 2 << 20)
+    );
+    assert_eq!((h2.max_send_buffer, h2.max_header_list_size), (32 * 1024, 32 * 1024));
+    assert_eq!(
+        (h2.keep_alive_interval, h2.keep_alive_timeout),
+        (Some(Duration::from_secs(10)), Some(Duration::from_secs(5)))
+    );
+    assert_eq!((h2.max_pending_accept_reset_streams, h2.max_local_error_reset_streams), (50, 500));
     assert_eq!(c.routing.region, "eu-west");
     assert_eq!(c.routing.version_header, "x-api-version");
     assert_eq!(c.routing.default_versions["billing"], "2.1.0");
@@ -583,4 +594,80 @@ fn tokens_never_appear_in_errors_or_debug_output() {
     assert!(!load_config(text).unwrap_err().to_string().contains("hunter2"));
     let ok = "[[services.credentials]]\nservice = \"a\"\ntoken = \"hunter2\"\nprefixes = [\"/a\"]\n";
     assert!(!format!("{:?}", load_config(ok).unwrap()).contains("hunter2"));
+}
+
+fn http2(body: &str) -> Http2Config {
+    load_config(&format!("[server.http2]\n{body}\n")).expect("valid config").server.http2
+}
+
+#[test]
+fn http2_settings_are_read_with_their_units() {
+    let h = http2(
+        "max_concurrent_streams = 64\ninitial_stream_window = \"256KiB\"\ninitial_connection_window = \"4MiB\"\n\
+         max_send_buffer = \"32KiB\"\nmax_header_list_size = \"8KiB\"\nkeep_alive_interval = \"10s\"\n\
+         keep_alive_timeout = \"5s\"\nmax_pending_accept_reset_streams = 50\nmax_local_error_reset_streams = 200",
+    );
+    assert_eq!(h.max_concurrent_streams, 64);
+    assert_eq!(h.initial_stream_window, 256 * 1024);
+    assert_eq!(h.initial_connection_window, 4 * 1024 * 1024);
+    assert_eq!(h.max_send_buffer, 32 * 1024);
+    assert_eq!(h.max_header_list_size, 8 * 1024);
+    assert_eq!(h.keep_alive_interval, Some(Duration::from_secs(10)));
+    assert_eq!(h.keep_alive_timeout, Some(Duration::from_secs(5)));
+    assert_eq!(h.max_pending_accept_reset_streams, 50);
+    assert_eq!(h.max_local_error_reset_streams, 200);
+    assert_eq!(load_config("[server.http2]\n").unwrap().server.http2, Http2Config::default());
+}
+
+#[test]
+fn http2_pings_default_to_half_the_idle_timeout() {
+    let c = load_config("[server]\nidle_timeout = \"40s\"\n").unwrap().server;
+    assert_eq!(c.http2.ping_interval(c.idle_timeout), Duration::from_secs(20));
+    assert_eq!(c.http2.ping_timeout(c.idle_timeout), Duration::from_secs(20));
+    let h = http2("keep_alive_interval = \"3s\"");
+    assert_eq!(h.ping_interval(Duration::from_secs(40)), Duration::from_secs(3));
+    assert_eq!(h.ping_timeout(Duration::from_secs(40)), Duration::from_secs(20));
+}
+
+#[test]
+fn http2_settings_stay_within_the_specs_bounds() {
+    let cases = [
+        ("max_concurrent_streams = 0", "between 1 and"),
+        ("max_concurrent_streams = 10001", "above the maximum of 10000"),
+        ("initial_stream_window = 0", "greater than zero"),
+        ("initial_stream_window = \"2GiB\"", "above the maximum of 2147483647 bytes"),
+        ("initial_connection_window = 65534", "below the minimum of 65535 bytes"),
+        ("initial_connection_window = 2147483648", "above the maximum of 2147483647 bytes"),
+        ("max_send_buffer = 1000", "below the minimum of 1 KiB"),
+        ("max_header_list_size = \"2MiB\"", "above the maximum of 1 MiB"),
+        ("keep_alive_interval = 0", "greater than zero"),
+        ("keep_alive_timeout = \"-1s\"", "negative"),
+        ("max_pending_accept_reset_streams = 0", "between 1 and"),
+        ("max_local_error_reset_streams = 100001", "above the maximum of 100000"),
+    ];
+    for (line, reason) in cases {
+        let e = only_error(&format!("[server.http2]\n{line}\n"));
+        let key = line.split(' ').next().expect("a key");
+        assert_eq!(e.key, format!("server.http2.{key}"), "{line}");
+        assert_eq!(e.line, 2, "{line}");
+        assert!(e.message.contains(reason), "{line}: {}", e.message);
+    }
+}
+
+#[test]
+fn an_http2_stream_window_may_not_exceed_the_connection_window() {
+    let e = only_error("[server.http2]\ninitial_stream_window = \"2MiB\"\n");
+    assert_eq!(e.key, "server.http2.initial_stream_window");
+    assert!(e.message.contains("must not exceed server.http2.initial_connection_window (1 MiB)"), "{}", e.message);
+    let e = only_error("[server.http2]\ninitial_connection_window = \"512KiB\"\n");
+    assert_eq!(e.key, "server.http2.initial_connection_window");
+    let h = http2("initial_stream_window = \"2MiB\"\ninitial_connection_window = \"2MiB\"");
+    assert_eq!(h.initial_stream_window, h.initial_connection_window);
+}
+
+#[test]
+fn unknown_http2_keys_are_reported() {
+    let e = only_error("[server.http2]\nmax_concurrent_stream = 10\n");
+    assert_eq!(e.key, "server.http2.max_concurrent_stream");
+    assert!(e.message.contains("did you mean `max_concurrent_streams`"), "{}", e.message);
 }

@@ -16,6 +16,15 @@
 //! [`session`] relays messages until either side ends. Any other answer is relayed to
 //! the client as an ordinary response.
 //!
+//! Over HTTP/2 a WebSocket opens with an extended CONNECT (RFC 8441): `:protocol
+//! websocket` and `Sec-WebSocket-Version: 13`, no key. It is turned into the GET it
+//! stands for before routing ([`accept_extended_connect`]), so the routing table and the
+//! service see what an HTTP/1.1 upgrade shows them; one whose target is not a WebSocket
+//! endpoint is 400, one for another protocol 501. Accepted, the client gets a 200 (not
+//! a 101) and its stream carries the WebSocket's bytes: the session relays them the same
+//! way. An HTTP/2 WebSocket counts as a request in flight on its connection while its
+//! session runs, so the connection is neither closed as idle nor shed under it.
+//!
 //! Invariant: the slot, the reservation, the instance's in-flight count and the stream
 //! are values owned by whoever runs the WebSocket at each moment (this function, then
 //! the session task), so every exit path, including a client that never completes the
@@ -27,6 +36,7 @@ use http::header::{HeaderValue, CONNECTION, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_
 use http::header::{SEC_WEBSOCKET_VERSION, UPGRADE};
 use http::{HeaderMap, Method, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
+use hyper::ext::Protocol;
 use weir_proto::{BodyMode, Headers};
 use weir_transport::{DataReceiver, IncomingResponse};
 
@@ -49,7 +59,7 @@ pub(crate) async fn relay(
     admitted: Admitted<'_>,
     mut request: Request<Incoming>,
 ) -> Result<Response<GatewayBody>, GatewayError> {
-    let key = check_upgrade(&request)?;
+    let handshake = check_upgrade(&request)?;
     let permit = acquire_slot(&admitted)?;
     let in_flight = admitted.decision.instance.begin_call();
     let per_call = upstream.per_call(admitted.settings);
@@ -77,6 +87,8 @@ pub(crate) async fn relay(
         }
     };
     let protocol = subprotocol(&headers);
+    // An HTTP/2 WebSocket is one stream among others: its connection must count it.
+    let stream_in_flight = (handshake == Handshake::Http2).then(|| conn.slot.request_started());
     let session = Session {
         sender,
         receiver,
@@ -89,8 +101,43 @@ pub(crate) async fn relay(
         _conn: conn,
         _in_flight: in_flight,
     };
-    tokio::spawn(session.run(on_upgrade));
-    Ok(switching_protocols(&key, protocol))
+    tokio::spawn(async move {
+        session.run(on_upgrade).await;
+        drop(stream_in_flight);
+    });
+    Ok(accepted(&handshake, protocol))
+}
+
+/// Turns an RFC 8441 extended CONNECT for `websocket` into the GET it stands for (the
+/// `:protocol` stays in the extensions, for [`check_upgrade`]) and says whether it was
+/// one; an extended CONNECT for another protocol is 501.
+pub(crate) fn accept_extended_connect<B>(request: &mut Request<B>) -> Result<bool, GatewayError> {
+    if request.method() != Method::CONNECT {
+        return Ok(false);
+    }
+    let Some(protocol) = request.extensions().get::<Protocol>() else {
+        return Ok(false);
+    };
+    if !protocol.as_str().eq_ignore_ascii_case("websocket") {
+        let detail = format!("extended CONNECT for `{}`: weir serves only `websocket`", protocol.as_str());
+        return Err(GatewayError::NotImplemented(detail));
+    }
+    *request.method_mut() = Method::GET;
+    Ok(true)
+}
+
+/// The refusal of an extended CONNECT whose target is not a WebSocket endpoint.
+pub(crate) fn not_a_websocket() -> GatewayError {
+    GatewayError::BadRequest("extended CONNECT: this is not a WebSocket endpoint".into())
+}
+
+/// How the client asked for its WebSocket.
+#[derive(Debug, PartialEq, Eq)]
+enum Handshake {
+    /// An HTTP/1.1 upgrade with its `Sec-WebSocket-Key`.
+    Http1 { key: String },
+    /// An HTTP/2 extended CONNECT: no key, the stream is the WebSocket's byte stream.
+    Http2,
 }
 
 /// The session's reservation, empty: on the service connection, under the client's key
@@ -111,15 +158,25 @@ fn acquire_slot(admitted: &Admitted<'_>) -> Result<Permit<String>, GatewayError>
     })
 }
 
-/// The client's `Sec-WebSocket-Key` if the request is a valid upgrade, else 400.
-fn check_upgrade(request: &Request<Incoming>) -> Result<String, GatewayError> {
+/// How the client asked, if the request is a valid upgrade, else 400.
+fn check_upgrade<B>(request: &Request<B>) -> Result<Handshake, GatewayError> {
     let bad = |detail: &str| Err(GatewayError::BadRequest(format!("invalid WebSocket upgrade: {detail}")));
     let headers = request.headers();
     if request.method() != Method::GET {
         return bad("the method must be GET");
     }
+    if request.version() == Version::HTTP_2 {
+        let protocol = request.extensions().get::<Protocol>();
+        if !protocol.is_some_and(|p| p.as_str().eq_ignore_ascii_case("websocket")) {
+            return bad("over HTTP/2, a WebSocket opens with an extended CONNECT (`:protocol websocket`)");
+        }
+        if headers.get(SEC_WEBSOCKET_VERSION).map(HeaderValue::as_bytes) != Some(b"13") {
+            return bad("`Sec-WebSocket-Version` must be 13");
+        }
+        return Ok(Handshake::Http2);
+    }
     if request.version() != Version::HTTP_11 {
-        return bad("WebSockets are served over HTTP/1.1");
+        return bad("WebSockets are served over HTTP/1.1, or HTTP/2 with an extended CONNECT");
     }
     if !has_token(headers, &UPGRADE, "websocket") {
         return bad("missing `Upgrade: websocket`");
@@ -131,7 +188,7 @@ fn check_upgrade(request: &Request<Incoming>) -> Result<String, GatewayError> {
         return bad("`Sec-WebSocket-Version` must be 13");
     }
     match headers.get(SEC_WEBSOCKET_KEY).and_then(|v| v.to_str().ok()) {
-        Some(key) if is_websocket_key(key) => Ok(key.to_owned()),
+        Some(key) if is_websocket_key(key) => Ok(Handshake::Http1 { key: key.to_owned() }),
         _ => bad("`Sec-WebSocket-Key` must be 16 bytes in base64"),
     }
 }
@@ -174,19 +231,22 @@ fn subprotocol(headers: &Headers) -> Option<HeaderValue> {
     HeaderValue::from_bytes(value).ok()
 }
 
-/// The client's 101.
-fn switching_protocols(key: &str, protocol: Option<HeaderValue>) -> Response<GatewayBody> {
-    let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+/// The client's acceptance: 101 for an HTTP/1.1 upgrade, 200 for an extended CONNECT
+/// (whose stream then carries the WebSocket, with no key to answer).
+fn accepted(handshake: &Handshake, protocol: Option<HeaderValue>) -> Response<GatewayBody> {
     let mut response = Response::new(GatewayBody::empty());
-    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let headers = response.headers_mut();
-    headers.insert(UPGRADE, HeaderValue::from_static("websocket"));
-    headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
-    if let Ok(accept) = HeaderValue::from_str(&accept) {
-        headers.insert(SEC_WEBSOCKET_ACCEPT, accept);
-    }
     if let Some(protocol) = protocol {
         headers.insert(SEC_WEBSOCKET_PROTOCOL, protocol);
+    }
+    if let Handshake::Http1 { key } = handshake {
+        let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+        headers.insert(UPGRADE, HeaderValue::from_static("websocket"));
+        headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+        if let Ok(accept) = HeaderValue::from_str(&accept) {
+            headers.insert(SEC_WEBSOCKET_ACCEPT, accept);
+        }
+        *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     }
     response
 }
@@ -217,7 +277,8 @@ mod tests {
 
     #[test]
     fn the_accept_key_is_rfc_6455s() {
-        let response = switching_protocols("dGhlIHNhbXBsZSBub25jZQ==", None);
+        let handshake = Handshake::Http1 { key: "dGhlIHNhbXBsZSBub25jZQ==".into() };
+        let response = accepted(&handshake, None);
         assert_eq!(response.status(), StatusCode::SWITCHING_PROTOCOLS);
         assert_eq!(response.headers()[SEC_WEBSOCKET_ACCEPT], "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
     }
