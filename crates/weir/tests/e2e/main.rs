@@ -14,6 +14,7 @@ mod cancel;
 mod cli;
 mod concurrency;
 mod connection_limits;
+mod https;
 mod limits;
 mod liveness;
 mod paths;
