@@ -5,9 +5,8 @@
 //! each connection's lifetime bounds ([`lifetime`]: first request head, idleness),
 //! HTTP/1.1 and HTTP/2 (told apart by hyper-util's auto builder from the first bytes,
 //! which over TLS must say what ALPN agreed on: see [`client_io`]), `/healthz`, and the
-//! hand-over
-//! of every other request to the request phases ([`crate::request`]), whose errors
-//! become responses here.
+//! hand-over of every other request to the request phases ([`crate::request`]), whose
+//! errors become responses here.
 //!
 //! The same front serves the admin surface ([`admin`]) and the plain-HTTP redirect to
 //! HTTPS ([`redirect`]) on their own listeners; their connections count under the same
