@@ -78,6 +78,14 @@ fn https_config(pki: &TestPki, pems: &Pems) -> GatewayConfig {
     config
 }
 
+/// One test's PEM files (removed when the first is dropped), CA and HTTPS configuration.
+fn https_setup(name: &str) -> (Pems, TestPki, GatewayConfig) {
+    let pems = Pems::new(name);
+    let pki = TestPki::new();
+    let config = https_config(&pki, &pems);
+    (pems, pki, config)
+}
+
 /// A client trusting `pki`'s CA, offering `alpn`.
 fn client(pki: &TestPki, alpn: &[&[u8]]) -> Arc<ClientConfig> {
     let mut config = Arc::unwrap_or_clone(pki.client_config(None));
@@ -179,9 +187,8 @@ async fn get_all(stream: ClientTlsStream<TcpStream>, paths: &[&str]) -> Vec<(Ver
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn alpn_chooses_http2_or_http1_for_many_clients_at_once() {
-    let pems = Pems::new("alpn");
-    let pki = TestPki::new();
-    let h = Harness::with_demo(https_config(&pki, &pems)).await;
+    let (_pems, pki, config) = https_setup("alpn");
+    let h = Harness::with_demo(config).await;
     let clients = (0..40).map(|i| {
         let (addr, offers_h2) = (h.addr, i % 2 == 0);
         let alpn: &[&[u8]] = if offers_h2 { &[b"h2", b"http/1.1"] } else { &[b"http/1.1"] };
@@ -257,9 +264,7 @@ async fn counted(count: impl Fn() -> u64, expected: u64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_handshake_that_does_not_end_in_time_is_closed_and_counted() {
-    let pems = Pems::new("handshake");
-    let pki = TestPki::new();
-    let mut config = https_config(&pki, &pems);
+    let (_pems, pki, mut config) = https_setup("handshake");
     let bound = Duration::from_millis(400);
     config.server.tls.as_mut().unwrap().handshake_timeout = bound;
     let h = Harness::start(config).await;
@@ -294,9 +299,7 @@ async fn a_handshake_that_does_not_end_in_time_is_closed_and_counted() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_head_that_never_completes_over_tls_gets_408() {
-    let pems = Pems::new("slow-head");
-    let pki = TestPki::new();
-    let mut config = https_config(&pki, &pems);
+    let (_pems, pki, mut config) = https_setup("slow-head");
     config.server.header_timeout = Duration::from_millis(300);
     let h = Harness::with_demo(config).await;
     let slow = (0..8).map(|_| {
@@ -350,9 +353,7 @@ async fn exchange(addr: SocketAddr, request: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_redirect_listener_answers_308_to_https_with_the_same_path() {
-    let pems = Pems::new("redirect");
-    let pki = TestPki::new();
-    let mut config = https_config(&pki, &pems);
+    let (_pems, pki, mut config) = https_setup("redirect");
     config.server.header_timeout = Duration::from_millis(300);
     let r = start_redirecting(config).await;
     let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
@@ -445,4 +446,34 @@ fn dev_cert_writes_a_certificate_check_config_accepts() {
     assert!(ok, "{printed}");
     let again = std::process::Command::new(env!("CARGO_BIN_EXE_weir")).args(["dev-cert", "--out"]).arg(&out).output();
     assert!(!again.unwrap().status.success(), "overwrote the files");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_clients_that_stop_reading_are_cut_at_send_timeout() {
+    let (_pems, pki, mut config) = https_setup("stalled");
+    config.server.send_timeout = Duration::from_millis(300);
+    let mut h = Harness::start(config).await;
+    let (service, mut cancelled) = crate::protections::reporting_download(512 * 1024 * 1024);
+    h.attach(service).await;
+    let (mut held, mut unread) = (Vec::new(), Vec::new());
+    for _ in 0..4 {
+        // HTTP/1.1: the connection's writes stall once the socket buffers are full.
+        let mut stream = connect(h.addr, "localhost", client(&pki, &[b"http/1.1"])).await.unwrap();
+        stream.write_all(b"GET /big HTTP/1.1\r\nhost: localhost\r\n\r\n").await.unwrap();
+        held.push(stream);
+        // HTTP/2: the stream's window runs out; the response head comes, the body is
+        // never read.
+        let stream = connect(h.addr, "localhost", client(&pki, &[b"h2"])).await.unwrap();
+        let (mut sender, connection) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream)).await.unwrap();
+        tokio::spawn(connection);
+        let request = Request::get("https://localhost/big").body(Empty::<Bytes>::new()).unwrap();
+        let response = sender.send_request(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        unread.push(response);
+    }
+    for _ in 0..8 {
+        tokio::time::timeout(WAIT, cancelled.recv()).await.expect("a stalled stream was never cancelled");
+    }
+    assert_eq!(h.gateway.service_connections(), 1, "only the streams end, not the service link");
 }
