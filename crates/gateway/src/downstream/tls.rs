@@ -14,8 +14,9 @@
 //!   `weir check-config` as well as at start-up, which refuses to run with any;
 //! - the handshake runs after the connection holds its per-IP slot and its place under
 //!   the connection cap, and ends within `handshake_timeout`, when the connection is
-//!   shed, or at shutdown; a failed handshake is counted and logged, and the socket
-//!   closed without a word (there is no protocol yet to say one in).
+//!   shed, or at shutdown; a failed handshake is counted (a timed-out one also logged
+//!   at info, others at debug), and the socket closed without a word (there is no
+//!   protocol yet to say one in).
 
 use std::collections::HashMap;
 use std::fmt;
@@ -123,7 +124,13 @@ impl ClientTls {
         if let Some(reason) = failure.counted_as() {
             metrics.tls_handshake_failed(reason);
         }
-        tracing::info!(client = ?client, error = %failure, "TLS handshake failed");
+        // A timeout holds a slot for long and is worth a line; other failures are
+        // cheap for anyone to cause (and a client that closes right after its Finished
+        // fails the session tickets' write), so they are only counted.
+        match failure {
+            HandshakeFailure::TimedOut(_) => tracing::info!(?client, error = %failure, "TLS handshake failed"),
+            _ => tracing::debug!(?client, error = %failure, "TLS handshake failed"),
+        }
         None
     }
 }
