@@ -30,6 +30,7 @@ use weir_transport::Link;
 
 pub use config::GatewayConfig;
 pub use downstream::metrics::Metrics;
+pub use downstream::tls::{CertificateProblem, ClientTls, ClientTlsError};
 pub use limits::budget::{BudgetCounters, PayloadBudget};
 pub use limits::connections::{default_max_connections, open_files_limit, raise_open_files_limit, ConnectionCap};
 pub use limits::in_flight::{RequestRegistry, RequestSnapshot};
@@ -64,6 +65,8 @@ pub struct Gateway {
     /// One permit per network service connection in its handshake
     /// (`services.max_pending_handshakes`), so unauthenticated peers are bounded.
     pending_handshakes: Arc<tokio::sync::Semaphore>,
+    /// HTTPS on the public listener (`[server.tls]`), its certificates loaded and checked.
+    client_tls: Option<ClientTls>,
 }
 
 /// The sockets [`Gateway::run`] serves.
@@ -72,6 +75,9 @@ pub struct Listeners {
     pub public: TcpListener,
     /// The admin surface (`/budget`, `/routes`, `/requests`, `/metrics`), if enabled.
     pub admin: Option<TcpListener>,
+    /// Plain HTTP answered with redirects to `public` over HTTPS
+    /// (`server.http_redirect_listen`), if enabled.
+    pub redirect: Option<TcpListener>,
     /// Where services in other processes dial in, over TLS when an acceptor is given;
     /// `None`: only in-memory services ([`Gateway::attach_memory`]).
     pub services: Option<(TcpListener, Option<TlsAcceptor>)>,
@@ -83,6 +89,7 @@ impl std::fmt::Debug for Listeners {
         f.debug_struct("Listeners")
             .field("public", &self.public)
             .field("admin", &self.admin)
+            .field("redirect", &self.redirect)
             .field("services", &services)
             .finish()
     }
@@ -90,10 +97,13 @@ impl std::fmt::Debug for Listeners {
 
 impl Gateway {
     /// A gateway with `config`; nothing runs until [`Gateway::run`] or a service attaches.
-    /// Fails when a mount's authentication cannot be set up (an unreadable RS256 key).
+    /// Fails when a mount's authentication cannot be set up (an unreadable RS256 key), or
+    /// a client certificate (`[server.tls]`) cannot be served.
     pub fn new(config: GatewayConfig) -> Result<Arc<Self>, GatewayStartError> {
         let server = &config.server;
+        let client_tls = server.tls.as_ref().map(ClientTls::load).transpose()?;
         Ok(Arc::new(Gateway {
+            client_tls,
             mounts: MountTable::new(&config)?,
             registry: Arc::new(RequestRegistry::default()),
             routing: RoutingTable::new(config.routing.clone(), server.default_timeout, server.max_timeout),
@@ -120,8 +130,15 @@ impl Gateway {
         let admin = listeners.admin.map(|listener| {
             tokio::spawn(downstream::serve(Arc::clone(self), listener, Surface::Admin, shutdown.clone()))
         });
+        let redirect = match listeners.redirect {
+            Some(listener) => {
+                let surface = Surface::Redirect { https_port: listeners.public.local_addr()?.port() };
+                Some(tokio::spawn(downstream::serve(Arc::clone(self), listener, surface, shutdown.clone())))
+            }
+            None => None,
+        };
         let served = downstream::serve(Arc::clone(self), listeners.public, Surface::Public, shutdown).await;
-        if let Some(task) = admin {
+        for task in [admin, redirect].into_iter().flatten() {
             let _ = task.await;
         }
         if let Some(task) = services {
@@ -166,6 +183,11 @@ impl Gateway {
     /// Live service connections.
     pub fn service_connections(&self) -> usize {
         self.links.len()
+    }
+
+    /// HTTPS on the public listener, if configured.
+    pub fn client_tls(&self) -> Option<&ClientTls> {
+        self.client_tls.as_ref()
     }
 
     /// The cap on open client connections: its limit and how many are open.

@@ -240,6 +240,12 @@ pub fn certificate_identity(cert: &CertificateDer<'_>) -> Option<String> {
     cert.valid_dns_names().next().map(str::to_owned)
 }
 
+/// Splits one DER tag-length-value off `input`: `(tag, value, rest)`; `None` when
+/// `input` is too short for what its header announces (or announces over 4 GiB).
+pub fn split_der(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    der::tlv(input)
+}
+
 /// Just enough DER to find a common name in an X.509 subject.
 mod der {
     /// OID 2.5.4.3, id-at-commonName, as encoded content bytes.
@@ -252,7 +258,7 @@ mod der {
     const TEXT: [u8; 3] = [0x0c, 0x13, 0x16];
 
     /// Splits one tag-length-value off `input`: `(tag, value, rest)`.
-    fn tlv(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    pub(super) fn tlv(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
         let (&tag, rest) = input.split_first()?;
         let (&first, rest) = rest.split_first()?;
         let (len, rest) = if first < 0x80 {

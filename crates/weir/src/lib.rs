@@ -1,9 +1,10 @@
-//! The `weir` binary's library half: configuration loading, `weir serve`, and the
-//! embedded demo service, kept in a library so that tests can drive them directly.
+//! The `weir` binary's library half: configuration loading, `weir serve`, `weir
+//! dev-cert` and the embedded demo service, kept in a library so that tests can drive them directly.
 
 pub mod config;
 pub mod demo;
 pub mod demo_service;
+pub mod dev_cert;
 pub mod logging;
 pub mod runtime;
 pub mod serve;

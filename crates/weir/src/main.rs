@@ -1,6 +1,7 @@
 //! The `weir` command: `serve` runs the gateway (with the embedded demo service unless
 //! `--no-demo`), `demo-service` runs the demo service in its own process against a
-//! gateway, `check-config` validates a configuration file and prints every error.
+//! gateway, `check-config` validates a configuration file (and the TLS files it names)
+//! and prints every error, `dev-cert` writes a self-signed certificate for trying HTTPS.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -72,6 +73,15 @@ enum Command {
         /// The TOML file to check.
         file: PathBuf,
     },
+    /// Write a self-signed certificate and key (cert.pem, key.pem) for trying HTTPS locally.
+    DevCert {
+        /// Directory to write them to (created if missing; existing files are kept).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// A DNS name or IP address the certificate is for; repeat for more.
+        #[arg(long = "name", value_name = "NAME", default_value = "localhost")]
+        names: Vec<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -97,5 +107,6 @@ fn main() -> ExitCode {
             weir::demo_service::run(options)
         }
         Command::CheckConfig { file } => weir::serve::check_config(&file),
+        Command::DevCert { out, names } => weir::dev_cert::run(weir::dev_cert::DevCertOptions { out, names }),
     }
 }

@@ -3,7 +3,9 @@
 //! shut down gracefully on SIGINT or SIGTERM.
 //!
 //! When the front is listening, one line goes to stdout: `weir listening on http://ADDR`
-//! (with the real port when `:0` was asked for), so scripts and tests can find it; then
+//! (`https://` with `[server.tls]`; the real port when `:0` was asked for), so scripts
+//! and tests can find it; `weir redirecting on http://ADDR` for the redirect listener
+//! (`server.http_redirect_listen`) if there is one; then
 //! `weir services on tcp://ADDR` (or `tls://ADDR`) for the service listener
 //! (`[services]`), which services in other processes dial.
 
@@ -94,6 +96,14 @@ async fn serve(config: GatewayConfig, demo: bool) -> std::io::Result<()> {
         Some(addr) => Some(TcpListener::bind(addr).await?),
         None => None,
     };
+    let redirect = match config.server.http_redirect_listen {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .map_err(|e| std::io::Error::new(e.kind(), format!("server.http_redirect_listen {addr}: {e}")))?,
+        ),
+        None => None,
+    };
     let (services, tls) = bind_services(&config.services).await?;
     let gateway = Gateway::new(config).map_err(std::io::Error::other)?;
     tracing::info!(max_connections = gateway.connections().max(), "client connection cap");
@@ -104,13 +114,17 @@ async fn serve(config: GatewayConfig, demo: bool) -> std::io::Result<()> {
     }
     let shutdown = CancellationToken::new();
     tokio::spawn(wait_for_signal(shutdown.clone()));
-    println!("weir listening on http://{}", listener.local_addr()?);
+    let scheme = if gateway.client_tls().is_some() { "https" } else { "http" };
+    println!("weir listening on {scheme}://{}", listener.local_addr()?);
+    if let Some(redirect) = &redirect {
+        println!("weir redirecting on http://{}", redirect.local_addr()?);
+    }
     if let Some(admin) = &admin {
         println!("weir admin on http://{}", admin.local_addr()?);
     }
     let scheme = if tls.is_some() { "tls" } else { "tcp" };
     println!("weir services on {scheme}://{}", services.local_addr()?);
-    let listeners = Listeners { public: listener, admin, services: Some((services, tls)) };
+    let listeners = Listeners { public: listener, admin, redirect, services: Some((services, tls)) };
     let served = gateway.run(listeners, shutdown).await;
     if let Some(handle) = demo_handle {
         handle.shutdown();

@@ -65,6 +65,61 @@ pub struct ServerConfig {
     pub max_connections: Option<u32>,
     /// `[server.http2]`: what one HTTP/2 connection may hold and do.
     pub http2: Http2Config,
+    /// `[server.tls]`: HTTPS on `listen`; `None` serves plain HTTP (and h2c).
+    pub tls: Option<ServerTlsConfig>,
+    /// A plain-HTTP listener that answers every request with a 308 to the same path on
+    /// `https://` (`None`: no such listener). Meaningful only with `tls`.
+    pub http_redirect_listen: Option<SocketAddr>,
+}
+
+/// `[server.tls]`: the client listener's certificates, chosen by the name the client
+/// asks for (SNI).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerTlsConfig {
+    /// PEM file with the default certificate chain, leaf first: served for the DNS names
+    /// it carries, and for any name no entry of `certificates` claims (unless
+    /// `strict_sni`).
+    pub cert: PathBuf,
+    /// PEM file with the default certificate's private key.
+    pub key: PathBuf,
+    /// More certificates, each served for the names it lists; the first listing a
+    /// name wins.
+    pub certificates: Vec<SniCertificateConfig>,
+    /// Refuse a handshake whose name (or lack of one) no certificate claims, instead of
+    /// answering it with the default certificate, which would reveal the names it
+    /// carries to anyone who asks.
+    pub strict_sni: bool,
+    /// Longest a TLS handshake may take once the connection is admitted: a client that
+    /// connects and sends nothing (or half a ClientHello) holds a slot until then.
+    pub handshake_timeout: Duration,
+}
+
+/// `[[server.tls.certificates]]`: one certificate and the names it is served for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SniCertificateConfig {
+    /// Exact DNS names (`api.example.com`) and one-label wildcards (`*.example.com`,
+    /// which matches `a.example.com` but neither `example.com` nor `a.b.example.com`).
+    pub names: Vec<String>,
+    /// PEM file with the certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// PEM file with its private key.
+    pub key: PathBuf,
+}
+
+impl ServerTlsConfig {
+    /// The default `handshake_timeout`.
+    pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+    /// HTTPS with the certificate in `cert` and its key in `key`, other settings default.
+    pub fn new(cert: impl Into<PathBuf>, key: impl Into<PathBuf>) -> Self {
+        ServerTlsConfig {
+            cert: cert.into(),
+            key: key.into(),
+            certificates: Vec::new(),
+            strict_sni: false,
+            handshake_timeout: Self::DEFAULT_HANDSHAKE_TIMEOUT,
+        }
+    }
 }
 
 /// `[routing]`: how instances are chosen and how health follows heartbeats.
@@ -146,6 +201,8 @@ impl Default for ServerConfig {
             idle_timeout: Duration::from_secs(30),
             max_connections: None,
             http2: Http2Config::default(),
+            tls: None,
+            http_redirect_listen: None,
         }
     }
 }

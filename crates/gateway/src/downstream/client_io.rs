@@ -11,9 +11,17 @@
 //! (close quietly), and whether the first bytes were HTTP/2's preface, which tells the
 //! connection's supervisor which protocol bounds apply. Reads and writes go through tokio's own `TcpStream` I/O, which reads
 //! into hyper's buffer without zeroing it and skips the read that would only find the
-//! socket empty. A dropped `ClientIo` hands its socket back in [`ConnState`] instead of
+//! socket empty. A dropped `ClientIo` hands its stream back in [`ConnState`] instead of
 //! closing it, so that the front can still write a 408 after hyper has given up on the
-//! connection, and close it gracefully (see `close_lingering` in the parent module).
+//! connection, and close it gracefully ([`ClientStream::close_lingering`]).
+//!
+//! The same holds over TLS ([`ClientStream::Tls`]): bytes counted and compared with the
+//! preface are the decrypted ones, and must say what ALPN agreed on (the preface after
+//! `h2`, anything else otherwise: hyper-util's builder would take either), or the read
+//! fails and hyper drops the connection. A write the TLS session cannot pass on to a full
+//! socket is a blocked write like any other. Only a TLS stream buffers, so only its
+//! flush goes to the stream (under the same stall and rate checks); a plain socket's
+//! flush has nothing to do.
 
 use std::future::Future;
 use std::io;
@@ -27,8 +35,9 @@ use super::socket;
 use crate::limits::lock;
 pub(crate) use crate::limits::stall::SendLimits;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
+
+use super::stream::ClientStream;
 
 /// What the I/O shares with the front: byte counts, and the socket once hyper lets go
 /// of it.
@@ -39,7 +48,7 @@ pub(crate) struct ConnState {
     read_at_last_write: AtomicU64,
     /// Set when the I/O is dropped: the front may still owe the client a 408 on it, and
     /// closes it.
-    released: Mutex<Option<TcpStream>>,
+    released: Mutex<Option<ClientStream>>,
     /// A [`Protocol`] as a number: what the first bytes read said.
     protocol: AtomicU8,
 }
@@ -89,9 +98,9 @@ impl ConnState {
         self.protocol.store(protocol as u8, Ordering::Relaxed);
     }
 
-    /// The socket, once hyper has dropped its I/O (`None` while an upgraded connection
+    /// The stream, once hyper has dropped its I/O (`None` while an upgraded connection
     /// still uses it, or once taken).
-    pub(crate) fn take_socket(&self) -> Option<TcpStream> {
+    pub(crate) fn take_socket(&self) -> Option<ClientStream> {
         // A poisoned slot still holds a valid socket (or none).
         lock(&self.released).take()
     }
@@ -136,11 +145,13 @@ struct Stall {
 #[derive(Debug)]
 pub(crate) struct ClientIo {
     /// Always `Some` until `drop` takes it.
-    stream: Option<TcpStream>,
+    stream: Option<ClientStream>,
     state: Arc<ConnState>,
     limits: SendLimits,
     stall: Option<Stall>,
     window: Option<SlowWindow>,
+    /// The protocol ALPN agreed on (TLS only): the first bytes must speak it.
+    agreed: Option<Protocol>,
 }
 
 /// A window ends when the socket has not been full for this long.
@@ -148,14 +159,28 @@ const CALM: Duration = Duration::from_secs(1);
 
 impl ClientIo {
     /// Wraps `stream`; returns the I/O and what the front keeps of it.
-    pub(crate) fn new(stream: TcpStream, limits: SendLimits) -> (ClientIo, Arc<ConnState>) {
+    pub(crate) fn new(stream: ClientStream, limits: SendLimits) -> (ClientIo, Arc<ConnState>) {
         let state = Arc::new(ConnState::default());
-        let io = ClientIo { stream: Some(stream), state: Arc::clone(&state), limits, stall: None, window: None };
+        let agreed = stream.alpn_h2().map(|h2| if h2 { Protocol::Http2 } else { Protocol::Http1 });
+        let io =
+            ClientIo { stream: Some(stream), state: Arc::clone(&state), limits, stall: None, window: None, agreed };
         (io, state)
     }
 
+    /// Fails once the first bytes speak another protocol than the one ALPN agreed on.
+    fn check_agreed(&self) -> io::Result<()> {
+        let seen = self.state.protocol();
+        match self.agreed {
+            Some(agreed) if seen != Protocol::Unknown && seen != agreed => {
+                let detail = format!("the client speaks {seen:?} after agreeing on {agreed:?} by ALPN");
+                Err(io::Error::new(io::ErrorKind::InvalidData, detail))
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// The socket, pinned for tokio's I/O; `None` only after `drop` took it.
-    fn socket(&mut self) -> io::Result<Pin<&mut TcpStream>> {
+    fn socket(&mut self) -> io::Result<Pin<&mut ClientStream>> {
         match &mut self.stream {
             Some(stream) => Ok(Pin::new(stream)),
             None => Err(io::Error::new(io::ErrorKind::NotConnected, "client socket already released")),
@@ -167,7 +192,7 @@ impl ClientIo {
     fn poll_write_with(
         &mut self,
         cx: &mut Context<'_>,
-        write: impl FnOnce(Pin<&mut TcpStream>, &mut Context<'_>) -> Poll<io::Result<usize>>,
+        write: impl FnOnce(Pin<&mut ClientStream>, &mut Context<'_>) -> Poll<io::Result<usize>>,
     ) -> Poll<io::Result<usize>> {
         match write(self.socket()?, cx) {
             Poll::Pending => self.blocked(cx),
@@ -197,7 +222,7 @@ impl ClientIo {
     fn blocked(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
         let now = Instant::now();
         let limits = self.limits;
-        let acked = self.stream.as_ref().and_then(socket::bytes_acked);
+        let acked = self.stream.as_ref().and_then(|stream| socket::bytes_acked(stream.tcp()));
         let window =
             self.window.get_or_insert(SlowWindow { since: now, written: 0, acked_at_start: acked, last_blocked: now });
         window.last_blocked = now;
@@ -241,6 +266,7 @@ impl AsyncRead for ClientIo {
         let offset = this.state.read.fetch_add(n as u64, Ordering::Relaxed);
         if offset < H2_PREFACE.len() as u64 && this.state.protocol() == Protocol::Unknown {
             this.state.saw(offset, &buf.filled()[before..]);
+            this.check_agreed()?;
         }
         Poll::Ready(Ok(()))
     }
@@ -263,8 +289,21 @@ impl AsyncWrite for ClientIo {
         true
     }
 
-    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if !this.socket()?.is_tls() {
+            return Poll::Ready(Ok(()));
+        }
+        // Not a write: hyper flushes while a request head is half read too, which must
+        // still count as a request in progress.
+        match this.socket()?.poll_flush(cx) {
+            Poll::Pending => this.blocked(cx).map_ok(drop),
+            Poll::Ready(Ok(())) => {
+                this.stall = None;
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(Err(err)) => Poll::Ready(Err(err)),
+        }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -282,7 +321,7 @@ impl Drop for ClientIo {
 #[cfg(test)]
 mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    use tokio::net::TcpListener;
+    use tokio::net::{TcpListener, TcpStream};
 
     use super::*;
 
@@ -291,7 +330,7 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let client = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
         let (server, _) = listener.accept().await.unwrap();
-        let (io, state) = ClientIo::new(server, limits);
+        let (io, state) = ClientIo::new(ClientStream::Plain(server), limits);
         (io, state, client)
     }
 
@@ -322,8 +361,8 @@ mod tests {
         let _ = io.read(&mut buf).await.unwrap();
         drop(io);
         assert!(state.request_in_progress());
-        let socket = state.take_socket().expect("the socket, handed back");
-        socket.try_write(b"late").unwrap();
+        let mut socket = state.take_socket().expect("the socket, handed back");
+        socket.answer_late(b"late");
         let n = client.read(&mut buf).await.unwrap();
         assert_eq!(&buf[..n], b"late");
         assert!(state.take_socket().is_none(), "handed back once");

@@ -1,7 +1,7 @@
 //! Counters the admin endpoint serves in Prometheus' text format: requests, answers by
-//! status class, every gateway error by its code, and relayed response bodies that
-//! failed midway by their reason. Plain atomics; no registry crate,
-//! because a handful of counters does not need one.
+//! status class, every gateway error by its code, relayed response bodies that failed
+//! midway by their reason, and client TLS handshakes that failed by theirs. Plain
+//! atomics; no registry crate, because a handful of counters does not need one.
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -19,9 +19,29 @@ pub struct Metrics {
     /// Relayed response bodies that failed after their head was sent, indexed like
     /// [`BodyError::RELAY_REASONS`]: the client saw a cut connection or a reset stream.
     relay_failures: [AtomicU64; BodyError::RELAY_REASONS.len()],
+    /// Client TLS handshakes that failed, indexed like [`Metrics::TLS_HANDSHAKE_FAILURES`].
+    tls_handshake_failures: [AtomicU64; Metrics::TLS_HANDSHAKE_FAILURES.len()],
 }
 
 impl Metrics {
+    /// Why a client TLS handshake failed: it did not end within `handshake_timeout`, or
+    /// it broke (a bad ClientHello, a name refused under `strict_sni`, a closed socket).
+    pub const TLS_HANDSHAKE_FAILURES: [&'static str; 2] = ["timeout", "error"];
+
+    /// Counts a failed client TLS handshake; `reason` is one of
+    /// [`Metrics::TLS_HANDSHAKE_FAILURES`].
+    pub(crate) fn tls_handshake_failed(&self, reason: &str) {
+        if let Some(index) = Self::TLS_HANDSHAKE_FAILURES.iter().position(|r| *r == reason) {
+            self.tls_handshake_failures[index].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Client TLS handshakes that failed with `reason` so far.
+    pub fn tls_handshake_failures(&self, reason: &str) -> u64 {
+        let index = Self::TLS_HANDSHAKE_FAILURES.iter().position(|r| *r == reason);
+        index.map_or(0, |i| self.tls_handshake_failures[i].load(Ordering::Relaxed))
+    }
+
     /// Counts a request.
     pub(crate) fn request(&self) {
         self.requests.fetch_add(1, Ordering::Relaxed);
@@ -64,6 +84,11 @@ impl Metrics {
         for (i, reason) in BodyError::RELAY_REASONS.iter().enumerate() {
             let count = self.relay_failures[i].load(Ordering::Relaxed);
             let _ = writeln!(out, "weir_relayed_body_failures_total{{reason=\"{reason}\"}} {count}");
+        }
+        let _ = writeln!(out, "# TYPE weir_tls_handshake_failures_total counter");
+        for reason in Self::TLS_HANDSHAKE_FAILURES {
+            let count = self.tls_handshake_failures(reason);
+            let _ = writeln!(out, "weir_tls_handshake_failures_total{{reason=\"{reason}\"}} {count}");
         }
         let _ = writeln!(out, "# TYPE weir_budget_reserved_bytes gauge");
         let _ = writeln!(out, "weir_budget_reserved_bytes {}", budget.aggregate_bytes);

@@ -1,12 +1,16 @@
 //! The client's side of a request: the listener, the per-IP admission and the global
-//! connection cap (which sheds idle connections), the socket and its timeouts
-//! ([`client_io`]), each connection's lifetime bounds ([`lifetime`]: first request head,
-//! idleness), HTTP/1.1 and HTTP/2 with prior knowledge (told apart by hyper-util's auto
-//! builder), `/healthz`, and the hand-over of every other request to the request phases
-//! ([`crate::request`]), whose errors become responses here.
+//! connection cap (which sheds idle connections), TLS when `[server.tls]` is set
+//! ([`tls`]: a bounded handshake once both places are held, the certificate chosen by
+//! SNI), the socket and its timeouts ([`client_io`], over a plain or TLS [`stream`]),
+//! each connection's lifetime bounds ([`lifetime`]: first request head, idleness),
+//! HTTP/1.1 and HTTP/2 (told apart by hyper-util's auto builder from the first bytes,
+//! which over TLS must say what ALPN agreed on: see [`client_io`]), `/healthz`, and the
+//! hand-over of every other request to the request phases ([`crate::request`]), whose
+//! errors become responses here.
 //!
-//! The same front serves the admin surface ([`admin`]) on its own listener; its
-//! connections count under the same cap, since they hold file descriptors too. Shutdown:
+//! The same front serves the admin surface ([`admin`]) and the plain-HTTP redirect to
+//! HTTPS ([`redirect`]) on their own listeners; their connections count under the same
+//! cap, since they hold file descriptors too. Shutdown:
 //! stop accepting, let in-flight requests finish within the grace period, then return;
 //! the caller closes service links after.
 
@@ -15,7 +19,11 @@ mod client_io;
 mod h2_streams;
 mod lifetime;
 pub(crate) mod metrics;
+mod redirect;
 mod socket;
+mod stream;
+pub(crate) mod tls;
+mod validity;
 
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
@@ -28,7 +36,7 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::task_tracker::TaskTrackerToken;
@@ -37,6 +45,7 @@ use tokio_util::task::TaskTracker;
 use self::client_io::{ClientIo, Protocol, SendLimits};
 use self::h2_streams::StreamExecutor;
 use self::lifetime::{Bounds, InFlight, Watched};
+use self::stream::ClientStream;
 use crate::limits::connection::ClientConn;
 use crate::limits::slots::KeyedLimiter;
 use crate::request;
@@ -51,6 +60,8 @@ pub(crate) enum Surface {
     Public,
     /// Operator endpoints: budget, routes, metrics.
     Admin,
+    /// Plain HTTP answered with redirects to the HTTPS listener on this port.
+    Redirect { https_port: u16 },
 }
 
 /// Serves `listener` until `shutdown` fires, then drains for at most the grace period.
@@ -64,6 +75,10 @@ pub(crate) async fn serve(
     let open = TaskTracker::new();
     // Shared: each connection's task would otherwise carry a copy of every setting.
     let builder = Arc::new(connection_builder(&gateway));
+    let tls = match surface {
+        Surface::Public => gateway.client_tls().cloned(),
+        Surface::Admin | Surface::Redirect { .. } => None,
+    };
     let per_ip = KeyedLimiter::new(gateway.config().server.max_connections_per_ip);
     loop {
         let (stream, client) = tokio::select! {
@@ -83,12 +98,15 @@ pub(crate) async fn serve(
             Err(refusal) => {
                 gateway.metrics().error(&refusal);
                 tracing::info!(%client, error = %refusal, "connection refused");
+                // A TLS client would read a plain answer as garbage: it is only closed.
+                let refusal = tls.is_none().then_some(refusal);
                 tokio::spawn(refuse_connection(stream, refusal));
                 continue;
             }
         };
         socket::tune(&stream);
-        let connection = Connection { gateway: Arc::clone(&gateway), conn, surface, shutdown: shutdown.clone() };
+        let connection =
+            Connection { gateway: Arc::clone(&gateway), conn, surface, tls: tls.clone(), shutdown: shutdown.clone() };
         tokio::spawn(serve_connection(connection, stream, builder.clone(), open.token()));
     }
     drop(listener);
@@ -119,8 +137,21 @@ struct Connection {
     gateway: Arc<Gateway>,
     conn: Arc<ClientConn>,
     surface: Surface,
+    /// The listener's TLS, if it speaks HTTPS: the handshake comes first.
+    tls: Option<tls::ClientTls>,
     /// The gateway's shutdown, on which the connection closes gracefully.
     shutdown: CancellationToken,
+}
+
+/// The connection's stream, over TLS if its listener speaks it; `None` if the TLS
+/// handshake failed (already counted and logged).
+async fn open_stream(connection: &Connection, stream: TcpStream) -> Option<ClientStream> {
+    let Some(tls) = &connection.tls else {
+        return Some(ClientStream::Plain(stream));
+    };
+    let Connection { gateway, conn, shutdown, .. } = connection;
+    let secured = tls.handshake(stream, &conn.slot, shutdown, gateway.metrics()).await?;
+    Some(ClientStream::Tls(Box::new(secured)))
 }
 
 /// One client connection, from its first byte to its close; `open` counts it for the
@@ -131,7 +162,10 @@ async fn serve_connection(
     builder: Arc<auto::Builder<StreamExecutor>>,
     open: TaskTrackerToken,
 ) {
-    let Connection { gateway, conn, surface, shutdown } = connection;
+    let Some(stream) = open_stream(&connection, stream).await else {
+        return;
+    };
+    let Connection { gateway, conn, surface, shutdown, .. } = connection;
     let client = conn.addr;
     let server = &gateway.config().server;
     let bounds = Bounds { header_timeout: server.header_timeout, idle_timeout: server.idle_timeout };
@@ -145,7 +179,7 @@ async fn serve_connection(
     };
     drop(open);
     // Upgraded connections keep their socket in the WebSocket relay, which closes it.
-    let Some(socket) = state.take_socket() else {
+    let Some(mut socket) = state.take_socket() else {
         conn.slot.pin_busy();
         return;
     };
@@ -153,36 +187,11 @@ async fn serve_connection(
         // An HTTP/2 client would read an HTTP/1.1 answer as garbage.
         let http1 = state.protocol() == Protocol::Http1;
         if http1 && is_timeout(&*err) && state.request_in_progress() {
-            answer_head_timeout(&socket);
+            answer_head_timeout(&mut socket);
         }
         tracing::debug!(%client, error = %err, "client connection ended with an error");
     }
-    close_lingering(socket).await;
-}
-
-/// How long a closing connection keeps reading what its client still sends.
-const LINGER_TIME: Duration = Duration::from_secs(2);
-/// How much of it is read and discarded, at most.
-const LINGER_BYTES: usize = 4 * 1024 * 1024;
-
-/// Closes a connection hyper is done with: stops sending (the client sees the end of the
-/// response), then reads and discards what the client is still sending, for at most
-/// [`LINGER_TIME`] and [`LINGER_BYTES`], before closing. Closing a socket with unread
-/// bytes in it makes the kernel answer with a reset, which can destroy the response just
-/// written: a client still uploading a refused body would see a broken pipe instead of
-/// its 413 or 503. A client that already closed costs one read that finds the end.
-async fn close_lingering(mut socket: TcpStream) {
-    let _ = socket.shutdown().await;
-    let deadline = tokio::time::Instant::now() + LINGER_TIME;
-    // Allocated only here, so an open connection's task does not carry it.
-    let mut discard = vec![0u8; 16 * 1024];
-    let mut discarded = 0;
-    while discarded < LINGER_BYTES {
-        match tokio::time::timeout_at(deadline, socket.read(&mut discard)).await {
-            Ok(Ok(n @ 1..)) => discarded += n,
-            _ => return,
-        }
-    }
+    socket.close_lingering().await;
 }
 
 fn send_limits(gateway: &Gateway) -> SendLimits {
@@ -194,10 +203,13 @@ fn send_limits(gateway: &Gateway) -> SendLimits {
     }
 }
 
-/// A connection over the per-IP limit gets a 503 it can read, then is closed.
-async fn refuse_connection(mut stream: TcpStream, refusal: GatewayError) {
-    let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(&refusal.to_http1())).await;
-    close_lingering(stream).await;
+/// A connection over the per-IP limit gets a 503 it can read (on a plain listener:
+/// `refusal`), then is closed.
+async fn refuse_connection(mut stream: TcpStream, refusal: Option<GatewayError>) {
+    if let Some(refusal) = refusal {
+        let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(&refusal.to_http1())).await;
+    }
+    ClientStream::Plain(stream).close_lingering().await;
 }
 
 fn is_timeout(err: &(dyn std::error::Error + Send + Sync + 'static)) -> bool {
@@ -206,9 +218,9 @@ fn is_timeout(err: &(dyn std::error::Error + Send + Sync + 'static)) -> bool {
 
 /// hyper closes a connection whose request head did not arrive in time without a word;
 /// when a request had begun, the client still gets its 408 (best effort, never blocking).
-fn answer_head_timeout(socket: &TcpStream) {
+fn answer_head_timeout(socket: &mut ClientStream) {
     let answer = GatewayError::RequestTimeout("request head not received in time".into());
-    let _ = socket.try_write(&answer.to_http1());
+    socket.answer_late(&answer.to_http1());
     tracing::info!("request head timed out: answered 408");
 }
 
@@ -269,6 +281,12 @@ async fn respond(
     surface: Surface,
 ) -> Response<GatewayBody> {
     let client = conn.addr;
+    if let Surface::Redirect { https_port } = surface {
+        return redirect::answer(&request, https_port).unwrap_or_else(|err| {
+            gateway.metrics().error(&err);
+            err.into_response()
+        });
+    }
     if request.uri().path() == "/healthz" {
         return admin::json(StatusCode::OK, r#"{"status":"ok"}"#.into());
     }

@@ -27,6 +27,9 @@ pub enum GatewayStartError {
         #[source]
         source: AuthSetupError,
     },
+    /// The client listener's certificates (`[server.tls]`) cannot be served.
+    #[error("{0}")]
+    Tls(#[from] crate::ClientTlsError),
 }
 
 /// A mount as the running gateway uses it: its configuration and the state its phases

@@ -7,7 +7,8 @@
 //! reported as unknown; a missing key keeps its default; a config returned as `Ok` passes
 //! every bound and cross-field rule here. Each known key is read by exactly one line in
 //! `sections.rs` (or `mounts.rs`), with its absolute bounds on that line; rules relating
-//! two keys live in `check_relations`. `docs/configuration.md` is the user-facing
+//! two keys live in `check_relations`; the TLS files `[server.tls]` names are read and
+//! checked last (`check_tls_files`). `docs/configuration.md` is the user-facing
 //! reference for all of it.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -118,6 +119,7 @@ pub fn load_config(text: &str) -> Result<GatewayConfig, ConfigErrors> {
     root.tables("mount", &mut config.mounts, |s| mounts::read_mount(s, &mut prefixes));
     root.finish();
     check_relations(&mut reader, &config);
+    check_tls_files(&mut reader, &config);
     reader.finish(config)
 }
 
@@ -128,6 +130,7 @@ fn check_relations(r: &mut Reader<'_>, c: &GatewayConfig) {
         let line = r.lines.get("server.admin_listen").copied().unwrap_or(1);
         r.error("server.admin_listen", line, "must differ from server.listen");
     }
+    check_redirect_listener(r, s);
     let d = show_duration;
     r.relate(("server.default_timeout", s.default_timeout), Order::AtMost, ("server.max_timeout", s.max_timeout), d);
     let heartbeat = ("routing.heartbeat_interval", rt.heartbeat_interval);
@@ -148,4 +151,31 @@ fn check_relations(r: &mut Reader<'_>, c: &GatewayConfig) {
     let stream_window = ("server.http2.initial_stream_window", u64::from(h2.initial_stream_window));
     let conn_window = ("server.http2.initial_connection_window", u64::from(h2.initial_connection_window));
     r.relate(stream_window, Order::AtMost, conn_window, show_size);
+}
+
+/// `server.http_redirect_listen` redirects to HTTPS, so it needs `[server.tls]`, and an
+/// address of its own.
+fn check_redirect_listener(r: &mut Reader<'_>, s: &weir_gateway::config::ServerConfig) {
+    let Some(redirect) = s.http_redirect_listen else { return };
+    let key = "server.http_redirect_listen";
+    let line = r.lines.get(key).copied().unwrap_or(1);
+    if s.tls.is_none() && !r.lines.contains_key("server.tls") {
+        r.error(key, line, "redirects to HTTPS: requires [server.tls]");
+    }
+    let taken = [Some(s.listen), s.admin_listen].contains(&Some(redirect));
+    if taken && redirect.port() != 0 {
+        r.error(key, line, "must differ from server.listen and server.admin_listen");
+    }
+}
+
+/// The files `[server.tls]` names: readable, PEM, keys matching their certificates,
+/// certificates valid now and for the names they are listed for. Each problem is
+/// reported on the key it names (the table's line when that key is not in the file).
+fn check_tls_files(r: &mut Reader<'_>, c: &GatewayConfig) {
+    let Some(tls) = &c.server.tls else { return };
+    for problem in weir_gateway::ClientTls::check(tls, std::time::SystemTime::now()) {
+        let table = problem.key.rsplit_once('.').map_or("server.tls", |(table, _)| table);
+        let line = r.lines.get(&problem.key).or_else(|| r.lines.get(table)).copied().unwrap_or(1);
+        r.error(&problem.key, line, problem.message);
+    }
 }

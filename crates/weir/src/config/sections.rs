@@ -2,7 +2,8 @@
 //! key is read by exactly one line here, with its absolute bounds on that line.
 
 use weir_gateway::config::{
-    Http2Config, LimitsConfig, RoutingConfig, ServerConfig, ServiceCredential, ServicesConfig, ServicesTlsConfig,
+    Http2Config, LimitsConfig, RoutingConfig, ServerConfig, ServerTlsConfig, ServiceCredential, ServicesConfig,
+    ServicesTlsConfig, SniCertificateConfig,
 };
 
 use super::*;
@@ -24,6 +25,12 @@ pub(super) fn read_server(s: &mut Section<'_, '_>, c: &mut ServerConfig) {
     s.value("idle_timeout", &mut c.idle_timeout, duration);
     s.value("max_connections", &mut c.max_connections, |item| mounts::count(item).map(Some));
     s.section("http2", |h| read_http2(h, &mut c.http2));
+    s.value("http_redirect_listen", &mut c.http_redirect_listen, |item| socket_addr(item).map(Some));
+    s.section("tls", |t| {
+        if t.present() {
+            c.tls = read_server_tls(t);
+        }
+    });
 }
 
 /// `[server.http2]`: one line per key, windows within RFC 9113's bounds (a connection's
@@ -51,6 +58,23 @@ fn bounded_count(item: &Item, max: u32) -> Result<u32, String> {
     let n = mounts::count(item)?;
     within(n, 1, max, |n| n.to_string())?;
     Ok(n)
+}
+
+/// `[server.tls]`: `cert` and `key` are required once the table is there; then
+/// `[[server.tls.certificates]]`, each with its `names`, `cert` and `key`.
+fn read_server_tls(s: &mut Section<'_, '_>) -> Option<ServerTlsConfig> {
+    let cert = s.required("cert", file_path);
+    let key = s.required("key", file_path);
+    let mut tls = ServerTlsConfig::new(cert?, key?);
+    s.value("strict_sni", &mut tls.strict_sni, boolean);
+    s.value("handshake_timeout", &mut tls.handshake_timeout, duration);
+    s.tables("certificates", &mut tls.certificates, |e| {
+        let names = e.required("names", server_names);
+        let cert = e.required("cert", file_path);
+        let key = e.required("key", file_path);
+        Some(SniCertificateConfig { names: names?, cert: cert?, key: key? })
+    });
+    Some(tls)
 }
 
 /// `[routing]`: one line per key.

@@ -228,6 +228,29 @@ fn scalar_values_are_checked() {
 }
 
 #[test]
+fn server_tls_keys_are_read_and_their_files_checked_by_key() {
+    assert_eq!(server("").tls, None);
+    let text = "[server]\nhttp_redirect_listen = \"127.0.0.1:8081\"\n\n[server.tls]\n\
+                cert = \"/nonexistent/weir/c.pem\"\nkey = \"/nonexistent/weir/k.pem\"\nstrict_sni = \"yes\"\n\
+                handshake_timeout = \"2s\"\n\n[[server.tls.certificates]]\nnames = [\"*.com\", \"ok.example.com\"]\n\
+                cert = \"c.pem\"\nkey = \"k.pem\"\n\n[[server.tls.certificates]]\nnames = [\"A.example.com\"]\n";
+    let expected = [
+        (5, "server.tls.cert"),
+        (6, "server.tls.key"),
+        (7, "server.tls.strict_sni"),
+        (11, "server.tls.certificates[0].names"),
+        (15, "server.tls.certificates[1].cert"),
+        (15, "server.tls.certificates[1].key"),
+    ];
+    let found = problems(text);
+    let found: Vec<(usize, &str)> = found.iter().map(|(line, key)| (*line, key.as_str())).collect();
+    assert_eq!(found, expected);
+    let e = only_error("[server]\nhttp_redirect_listen = \"127.0.0.1:8081\"\n");
+    assert_eq!((e.line, e.key.as_str()), (2, "server.http_redirect_listen"));
+    assert!(e.message.contains("requires [server.tls]"), "{}", e.message);
+}
+
+#[test]
 fn admin_listen_is_optional_and_apart_from_listen() {
     assert_eq!(server("").admin_listen, None);
     let admin = server("admin_listen = \"[::1]:9000\"").admin_listen;

@@ -1,6 +1,6 @@
-//! Value grammar: strings, paths, path prefixes, addresses, header names, versions, and
-//! sizes and durations with their units and bounds, each parsed to its typed value or a
-//! message saying what was expected.
+//! Value grammar: strings, booleans, paths, path prefixes, TLS server names, addresses,
+//! header names, versions, and sizes and durations with their units and bounds, each
+//! parsed to its typed value or a message saying what was expected.
 
 use super::*;
 
@@ -47,6 +47,40 @@ pub(super) fn path_prefixes(item: &Item) -> Result<Vec<String>, String> {
         prefixes.push(prefix.to_owned());
     }
     Ok(prefixes)
+}
+
+pub(super) fn boolean(item: &Item) -> Result<bool, String> {
+    item.as_bool().ok_or_else(|| expected("true or false", item))
+}
+
+/// A non-empty array of TLS server names: DNS names (`api.example.com`) or one-label
+/// wildcards (`*.example.com`), compared without regard to case.
+pub(super) fn server_names(item: &Item) -> Result<Vec<String>, String> {
+    let array = item.as_array().ok_or_else(|| expected("an array of names such as [\"example.com\"]", item))?;
+    if array.is_empty() {
+        return Err("must list at least one name".to_owned());
+    }
+    let mut names = Vec::with_capacity(array.len());
+    for value in array.iter() {
+        let name = value.as_str().ok_or_else(|| format!("expected name strings, found {}", value.type_name()))?;
+        let base = name.strip_prefix("*.").unwrap_or(name);
+        // A wildcard over a top-level domain (`*.com`) is no name anyone can hold.
+        let labels_ok = base.split('.').count() >= 2 || name == base;
+        let valid = !base.is_empty()
+            && labels_ok
+            && base.parse::<std::net::IpAddr>().is_err()
+            && base.split('.').all(|label| {
+                (1..=63).contains(&label.len())
+                    && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                    && !label.starts_with('-')
+                    && !label.ends_with('-')
+            });
+        if !valid {
+            return Err(format!("`{name}` is not a DNS name or a one-label wildcard such as `*.example.com`"));
+        }
+        names.push(name.to_ascii_lowercase());
+    }
+    Ok(names)
 }
 
 pub(super) fn socket_addr(item: &Item) -> Result<SocketAddr, String> {

@@ -280,6 +280,7 @@ fn an_unreadable_rs256_key_file_stops_the_gateway_from_starting() {
             let message = err.to_string();
             assert!(message.contains("\"/api\"") && message.contains("no-such-key.pem"), "{message}");
         }
+        Err(other) => panic!("the gateway failed for another reason: {other}"),
         Ok(_) => panic!("the gateway started without its key"),
     }
 }

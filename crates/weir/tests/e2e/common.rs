@@ -205,7 +205,7 @@ impl Harness {
         let client = reqwest::Client::builder().pool_max_idle_per_host(0).build().unwrap();
         let pki = TestPki::new();
         let memory = gateway.attach_memory();
-        let listeners = Listeners { public: listener, admin: Some(admin), services: None };
+        let listeners = Listeners { public: listener, admin: Some(admin), redirect: None, services: None };
         {
             let (gateway, shutdown) = (Arc::clone(&gateway), shutdown.clone());
             tokio::spawn(async move { gateway.run(listeners, shutdown).await });

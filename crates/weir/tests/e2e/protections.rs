@@ -137,7 +137,7 @@ async fn an_upload_past_upload_timeout_gets_408() {
 }
 
 /// A service whose `/big` download reports when its stream is cancelled.
-fn reporting_download(total: usize) -> (Service, mpsc::UnboundedReceiver<()>) {
+pub(crate) fn reporting_download(total: usize) -> (Service, mpsc::UnboundedReceiver<()>) {
     let (tx, rx) = mpsc::unbounded_channel();
     let endpoint = Endpoint::get("/big").raw(move |ctx: RawRequestContext| {
         let tx = tx.clone();
