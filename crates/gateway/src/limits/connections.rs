@@ -114,7 +114,10 @@ pub(crate) struct CapReached {
 
 /// An idle slot the cap may shed, and the state word it was seen with.
 struct Candidate<'a> {
+    /// The slot, borrowed from the registry the cap holds locked.
     slot: &'a SlotState,
+    /// Its state word when chosen: the shed swaps from exactly this value, so a request
+    /// begun since makes the shed fail instead of cutting it.
     seen: u64,
 }
 
@@ -339,6 +342,8 @@ mod tests {
     use std::sync::atomic::AtomicBool;
     use std::time::Duration;
 
+    use proptest::prelude::*;
+
     use super::*;
 
     #[test]
@@ -496,6 +501,107 @@ mod tests {
             assert_eq!(registry.len(), cap.open());
         }
         newcomers
+    }
+
+    /// One operation on the cap in a generated sequence; indices pick among the open
+    /// connections, modulo their number.
+    #[derive(Debug, Clone)]
+    enum Op {
+        Admit,
+        Start(usize),
+        End(usize),
+        Pin(usize),
+        Close(usize),
+    }
+
+    /// An open connection as the sequence drives it.
+    struct Open {
+        slot: Arc<ConnectionSlot>,
+        /// Its requests in flight, ended by dropping.
+        requests: Vec<RequestGuard>,
+        pinned: bool,
+    }
+
+    impl Open {
+        fn busy(&self) -> bool {
+            self.pinned || !self.requests.is_empty()
+        }
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            3 => Just(Op::Admit),
+            3 => any::<usize>().prop_map(Op::Start),
+            3 => any::<usize>().prop_map(Op::End),
+            1 => any::<usize>().prop_map(Op::Pin),
+            1 => any::<usize>().prop_map(Op::Close),
+        ]
+    }
+
+    /// Admits one newcomer and checks the outcome against the connections before it: a
+    /// refusal only with every counted connection busy, an admission at the cap by
+    /// shedding exactly one idle connection, and a busy one never shed.
+    fn admit_and_check(cap: &Arc<ConnectionCap>, open: &mut Vec<Open>) -> Result<(), TestCaseError> {
+        let before: Vec<(bool, bool)> = open.iter().map(|o| (o.slot.is_shed(), o.busy())).collect();
+        let counted = before.iter().filter(|(shed, _)| !shed).count();
+        let admitted = cap.admit();
+        let newly_shed: Vec<bool> = open
+            .iter()
+            .zip(&before)
+            .filter(|(o, (shed, _))| !shed && o.slot.is_shed())
+            .map(|(_, (_, busy))| *busy)
+            .collect();
+        prop_assert!(!newly_shed.contains(&true), "a busy connection was shed");
+        match admitted {
+            Ok(slot) => {
+                let expected_sheds = usize::from(counted >= cap.max());
+                prop_assert_eq!(newly_shed.len(), expected_sheds);
+                open.push(Open { slot, requests: Vec::new(), pinned: false });
+            }
+            Err(_) => {
+                prop_assert!(counted >= cap.max() && before.iter().all(|(shed, busy)| *shed || *busy));
+                prop_assert!(newly_shed.is_empty());
+            }
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #[test]
+        fn any_sequence_keeps_the_counts_and_never_sheds_a_busy_connection(
+            max in 1u32..5,
+            ops in prop::collection::vec(op(), 1..200),
+        ) {
+            let cap = ConnectionCap::new(max);
+            let mut open: Vec<Open> = Vec::new();
+            for op in ops {
+                let count = open.len().max(1);
+                match op {
+                    Op::Admit => admit_and_check(&cap, &mut open)?,
+                    Op::Start(i) => if let Some(o) = open.get_mut(i % count) {
+                        let request = o.slot.request_started();
+                        o.requests.push(request);
+                    },
+                    Op::End(i) => if let Some(o) = open.get_mut(i % count) {
+                        o.requests.pop();
+                    },
+                    Op::Pin(i) => if let Some(o) = open.get_mut(i % count) {
+                        o.slot.pin_busy();
+                        o.pinned = true;
+                    },
+                    Op::Close(i) => if i % count < open.len() {
+                        open.swap_remove(i % count);
+                    },
+                }
+                prop_assert_eq!(cap.open(), open.len());
+                let shed = open.iter().filter(|o| o.slot.is_shed()).count();
+                prop_assert_eq!(cap.shed.load(Ordering::Relaxed), shed);
+                prop_assert!(open.len() - shed <= cap.max());
+                for o in &open {
+                    prop_assert_eq!(o.slot.idle_since().is_none(), o.busy());
+                }
+            }
+        }
     }
 
     #[test]
