@@ -441,6 +441,15 @@ impl Message for EndpointsUpdate {
     }
 }
 
+impl EndpointsUpdate {
+    /// How many endpoints `payload` declares, read from the list's count prefix alone: a
+    /// receiver that accepts fewer refuses the update before decoding (and allocating
+    /// for) any of them. The rest of the payload is not looked at.
+    pub fn declared_count(payload: &Bytes) -> Result<usize, ProtoError> {
+        Reader::new(payload.clone()).u16("endpoints").map(usize::from)
+    }
+}
+
 /// Room reserved for a head's fields besides its body (grown if the headers need more).
 const HEAD_ROOM: usize = 512;
 

@@ -141,7 +141,7 @@ impl SessionLoop {
             tokio::select! {
                 event = events.recv() => match event {
                     Some(LinkEvent::Request(request)) => exchange::spawn(&self.service, &self.health, request),
-                    Some(LinkEvent::Heartbeat(_) | LinkEvent::EndpointsUpdate(_)) => {}
+                    Some(LinkEvent::Heartbeat(_) | LinkEvent::EndpointsUpdate(_) | LinkEvent::EndpointsOverLimit { .. }) => {}
                     // The link's reader has stopped: the link is closed.
                     None => break,
                 },

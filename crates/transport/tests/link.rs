@@ -156,12 +156,47 @@ async fn closing_the_service_fails_pending_calls() {
 
 /// A gateway link whose peer is a raw frame writer, to send what a real SDK never would.
 async fn gateway_with_raw_peer() -> (Link, Framed<DuplexStream, FrameCodec>) {
+    let (gateway, raw, _events) = configured_gateway_with_raw_peer(LinkConfig::default()).await;
+    (gateway, raw)
+}
+
+/// [`gateway_with_raw_peer`] with the gateway link's `config`, and its events.
+async fn configured_gateway_with_raw_peer(
+    config: LinkConfig,
+) -> (Link, Framed<DuplexStream, FrameCodec>, mpsc::UnboundedReceiver<LinkEvent>) {
     let (a, b) = tokio::io::duplex(64 * 1024);
     let mut raw = Framed::new(a, FrameCodec::default());
     raw.send(hello(1024).to_frame(0).unwrap()).await.unwrap();
     let pending = accept_hello(b, 1024 * 1024, WAIT).await.unwrap();
-    let (gateway, _events) = pending.welcome(&welcome(1024), LinkConfig::default()).await.unwrap();
-    (gateway, raw)
+    let (gateway, events) = pending.welcome(&welcome(1024), config).await.unwrap();
+    (gateway, raw, events)
+}
+
+async fn next_event(events: &mut mpsc::UnboundedReceiver<LinkEvent>) -> LinkEvent {
+    tokio::time::timeout(WAIT, events.recv()).await.expect("no event arrived").expect("link closed")
+}
+
+/// An EndpointsUpdate declaring more endpoints than `max_update_endpoints` is refused
+/// from its count alone: its body, here not even present, is never decoded, and the link
+/// stays open. Within the limit, updates are decoded (and a malformed one closes the link).
+#[tokio::test]
+async fn an_update_declaring_too_many_endpoints_is_refused_undecoded() {
+    let config = LinkConfig { max_update_endpoints: 4, ..LinkConfig::default() };
+    let (gateway, mut raw, mut events) = configured_gateway_with_raw_peer(config).await;
+    let _welcome = raw.next().await;
+    // 65,535 endpoints declared, none sent: decoding would fail as truncated.
+    let forged = Frame::new(FrameType::EndpointsUpdate, 0, Bytes::from_static(b"\xff\xff"));
+    raw.send(forged).await.unwrap();
+    let event = next_event(&mut events).await;
+    assert!(matches!(event, LinkEvent::EndpointsOverLimit { declared: 65_535 }), "{event:?}");
+    let endpoints = vec![EndpointDescriptor::new("GET", "/a"); 4];
+    raw.send(EndpointsUpdate { endpoints }.to_frame(0).unwrap()).await.unwrap();
+    let event = next_event(&mut events).await;
+    assert!(matches!(&event, LinkEvent::EndpointsUpdate(u) if u.endpoints.len() == 4), "{event:?}");
+    assert!(!gateway.is_closed());
+    // Within the limit, the same lie is decoded and found out.
+    raw.send(Frame::new(FrameType::EndpointsUpdate, 0, Bytes::from_static(b"\x00\x04"))).await.unwrap();
+    assert_closed_with(&gateway, "malformed").await;
 }
 
 async fn assert_closed_with(link: &Link, needle: &str) {

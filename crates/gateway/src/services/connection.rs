@@ -27,7 +27,7 @@ use weir_transport::memory::{self, MemoryConnector};
 use weir_transport::{accept_hello, ByteStream, Link, LinkConfig, LinkEvent};
 
 use super::auth::{Grant, ServicePeer};
-use super::updates::{check_endpoint_count, UpdatePacer};
+use super::updates::{check_endpoint_count, TooManyEndpoints, UpdatePacer};
 use super::HandshakeSlot;
 use crate::Gateway;
 
@@ -36,6 +36,12 @@ use crate::Gateway;
 /// as the service sends them, and falls back while the client is slower; so a client that
 /// reads nothing (an HTTP/2 window of zero) holds this much per stream and no more.
 const RESPONSE_START_WINDOW: u32 = 16 * 1024;
+
+/// Logs an update refused for its length; the previous endpoints stay, and the service is
+/// told nothing (an Error on id 0 would close its connection).
+fn refuse_update(conn_id: u64, err: &TooManyEndpoints) {
+    tracing::warn!(conn_id, reason = %err, "endpoints update refused; the previous endpoints stay");
+}
 
 impl Gateway {
     /// Starts accepting in-memory service connections; returns what services dial.
@@ -77,7 +83,11 @@ impl Gateway {
             initial_window: self.config.limits.stream_window.min(RESPONSE_START_WINDOW),
             heartbeat_interval: self.config.routing.heartbeat_interval,
         };
-        let link_config = LinkConfig { recv_window_max: self.config.limits.stream_window, ..LinkConfig::default() };
+        let link_config = LinkConfig {
+            recv_window_max: self.config.limits.stream_window,
+            max_update_endpoints: services.max_endpoints,
+            ..LinkConfig::default()
+        };
         let (link, events) = pending.start(&welcome, link_config);
         let conn_id = self.links.next_id();
         if let Err(err) = self.routing.register(conn_id, &hello, link.clone(), Instant::now()) {
@@ -150,10 +160,15 @@ impl Gateway {
                 Some(LinkEvent::EndpointsUpdate(update)) => {
                     let max = self.config.services.max_endpoints;
                     if let Err(err) = check_endpoint_count(update.endpoints.len(), max) {
-                        tracing::warn!(conn_id, reason = %err, "endpoints update refused; the previous endpoints stay");
+                        refuse_update(conn_id, &err);
                     } else if let Some(update) = pacer.offer(update, tokio::time::Instant::now()) {
                         self.apply_update(conn_id, &update, (service, grant));
                     }
+                }
+                // The link judged it from its count alone and never decoded it.
+                Some(LinkEvent::EndpointsOverLimit { declared }) => {
+                    let max = self.config.services.max_endpoints;
+                    refuse_update(conn_id, &TooManyEndpoints { count: declared, max });
                 }
                 Some(LinkEvent::Request(_)) => {
                     link.close_with_error(ErrorCode::ProtocolViolation, "a service may not send requests");

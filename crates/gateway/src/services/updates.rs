@@ -2,7 +2,9 @@
 //!
 //! Every endpoint list (a Hello's, an EndpointsUpdate's) is held to
 //! `services.max_endpoints`: each endpoint costs routing-table memory and the checks every
-//! later registration runs. Updates are applied at most once per [`UPDATE_INTERVAL`] per
+//! later registration runs. An update's list is judged by the link from its count prefix,
+//! before any endpoint is decoded (`LinkConfig::max_update_endpoints`), so one over the
+//! limit costs no allocation for its endpoints. Updates are applied at most once per [`UPDATE_INTERVAL`] per
 //! connection: one arriving sooner is kept, replacing any kept before it (an update
 //! replaces the whole list, so only the latest matters), and applied when the interval
 //! has passed. So a service flooding updates costs the table ten rebuilds a second, not

@@ -93,6 +93,11 @@ pub struct LinkConfig {
     pub send_window: u32,
     /// Frames the data queue holds before senders wait (the link's backpressure).
     pub data_queue: usize,
+    /// Gateway role: the most endpoints an EndpointsUpdate may declare. One declaring
+    /// more is judged from its count prefix alone and never decoded, so a peer cannot make
+    /// the link allocate for a list its owner would refuse anyway; the owner gets
+    /// [`LinkEvent::EndpointsOverLimit`] instead.
+    pub max_update_endpoints: usize,
 }
 
 impl Default for LinkConfig {
@@ -103,6 +108,8 @@ impl Default for LinkConfig {
             recv_window_max: weir_proto::DEFAULT_STREAM_WINDOW,
             send_window: weir_proto::DEFAULT_STREAM_WINDOW,
             data_queue: 64,
+            // The wire's own bound on a list: no update is refused by its count.
+            max_update_endpoints: usize::from(u16::MAX),
         }
     }
 }
@@ -115,6 +122,11 @@ impl Default for LinkConfig {
 pub enum LinkEvent {
     Heartbeat(Heartbeat),
     EndpointsUpdate(EndpointsUpdate),
+    /// Gateway role: an EndpointsUpdate declaring `declared` endpoints, more than
+    /// [`LinkConfig::max_update_endpoints`]; refused undecoded, the link stays open.
+    EndpointsOverLimit {
+        declared: usize,
+    },
     /// Service role: a new request stream.
     Request(IncomingRequest),
 }

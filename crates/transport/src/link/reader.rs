@@ -11,7 +11,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use weir_proto::{
     BodyMode, Cancel, Credit, EndpointsUpdate, ErrorCode, ErrorMessage, Frame, FrameType, Heartbeat, Message,
-    RequestHead, ResponseHead,
+    ProtoError, RequestHead, ResponseHead,
 };
 
 use super::flow::{CreditGate, DataEvent, DataReceiver, StreamError};
@@ -20,7 +20,11 @@ use super::{FrameSource, IncomingRequest, IncomingResponse, Link, LinkEvent, Res
 use crate::ByteStream;
 
 fn decode<M: Message>(payload: Bytes) -> Result<M, Violation> {
-    M::decode(payload).map_err(|e| format!("malformed {:?} payload: {e}", M::FRAME_TYPE))
+    M::decode(payload).map_err(malformed::<M>)
+}
+
+fn malformed<M: Message>(err: ProtoError) -> Violation {
+    format!("malformed {:?} payload: {err}", M::FRAME_TYPE)
 }
 
 impl Link {
@@ -60,10 +64,7 @@ impl Link {
                 let _ = events.send(LinkEvent::Heartbeat(decode::<Heartbeat>(frame.payload)?));
                 Ok(())
             }
-            (Role::Gateway, FrameType::EndpointsUpdate) => {
-                let _ = events.send(LinkEvent::EndpointsUpdate(decode::<EndpointsUpdate>(frame.payload)?));
-                Ok(())
-            }
+            (Role::Gateway, FrameType::EndpointsUpdate) => self.on_endpoints_update(frame.payload, events),
             (Role::Service, FrameType::Request) => self.on_request(id, frame.payload, events),
             (Role::Gateway, FrameType::Response) => self.on_response(id, frame.payload),
             (Role::Service, FrameType::RequestStreamData) | (Role::Gateway, FrameType::ResponseStreamData) => {
@@ -77,6 +78,20 @@ impl Link {
             (_, FrameType::Error) => self.on_error(id, decode::<ErrorMessage>(frame.payload)?),
             (role, other) => Err(format!("unexpected {other:?} frame for the {role:?} side")),
         }
+    }
+
+    /// Decodes an update only if its count prefix is within `max_update_endpoints`; one
+    /// over it is passed on as refused without reading further (the rest of it is not
+    /// checked, as it is never used).
+    fn on_endpoints_update(&self, payload: Bytes, events: &mpsc::UnboundedSender<LinkEvent>) -> Result<(), Violation> {
+        let declared = EndpointsUpdate::declared_count(&payload).map_err(malformed::<EndpointsUpdate>)?;
+        let event = if declared > self.shared.config.max_update_endpoints {
+            LinkEvent::EndpointsOverLimit { declared }
+        } else {
+            LinkEvent::EndpointsUpdate(decode::<EndpointsUpdate>(payload)?)
+        };
+        let _ = events.send(event);
+        Ok(())
     }
 
     fn on_request(&self, id: u64, payload: Bytes, events: &mpsc::UnboundedSender<LinkEvent>) -> Result<(), Violation> {
