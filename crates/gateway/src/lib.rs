@@ -67,6 +67,9 @@ pub struct Gateway {
     pending_handshakes: Arc<tokio::sync::Semaphore>,
     /// HTTPS on the public listener (`[server.tls]`), its certificates loaded and checked.
     client_tls: Option<ClientTls>,
+    /// Open WebSocket sessions: told to go away at shutdown, and awaited before the
+    /// service links close, so their clients get 1001 rather than a broken stream.
+    websockets: upstream::websocket::Sessions,
 }
 
 /// The sockets [`Gateway::run`] serves.
@@ -104,6 +107,7 @@ impl Gateway {
         let client_tls = server.tls.as_ref().map(ClientTls::load).transpose()?;
         Ok(Arc::new(Gateway {
             client_tls,
+            websockets: upstream::websocket::Sessions::default(),
             mounts: MountTable::new(&config)?,
             registry: Arc::new(RequestRegistry::default()),
             routing: RoutingTable::new(config.routing.clone(), server.default_timeout, server.max_timeout),
@@ -119,8 +123,9 @@ impl Gateway {
 
     /// Serves `listeners` until `shutdown` fires: the health sweeper, the service listener,
     /// the admin surface and the public front. Then the fronts stop accepting and drain
-    /// for at most `server.shutdown_grace`, the service listener stops, every service
-    /// link is closed and the sweeper ends.
+    /// for at most `server.shutdown_grace`, every WebSocket closes its client with 1001
+    /// "Going away" (awaited for at most the grace too), the service listener stops,
+    /// every service link is closed and the sweeper ends.
     pub async fn run(self: &Arc<Self>, listeners: Listeners, shutdown: CancellationToken) -> std::io::Result<()> {
         let sweeper = self.spawn_health_sweeper();
         let services = listeners.services.map(|(listener, tls)| {
@@ -137,10 +142,19 @@ impl Gateway {
             }
             None => None,
         };
+        let going_away = {
+            let (gateway, shutdown) = (Arc::clone(self), shutdown.clone());
+            tokio::spawn(async move {
+                shutdown.cancelled().await;
+                gateway.websockets.go_away();
+            })
+        };
         let served = downstream::serve(Arc::clone(self), listeners.public, Surface::Public, shutdown).await;
         for task in [admin, redirect].into_iter().flatten() {
             let _ = task.await;
         }
+        let _ = going_away.await;
+        self.websockets.closed(self.config.server.shutdown_grace).await;
         if let Some(task) = services {
             let _ = task.await;
         }
@@ -207,6 +221,7 @@ impl Gateway {
                 limits: &self.config.limits,
                 budget: &self.budget,
                 metrics: &self.metrics,
+                sessions: &self.websockets,
             },
         }
     }

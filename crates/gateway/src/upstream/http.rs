@@ -368,8 +368,9 @@ mod tests {
         let (server, mut limits) = (ServerConfig::default(), LimitsConfig::default());
         limits.payload.max_request_bytes_per_call = PER_CALL;
         let budget = PayloadBudget::new(limits.payload);
-        let metrics = Arc::default();
-        let upstream = Upstream { server: &server, limits: &limits, budget: &budget, metrics: &metrics };
+        let (metrics, sessions) = (Arc::default(), crate::upstream::websocket::Sessions::default());
+        let upstream =
+            Upstream { server: &server, limits: &limits, budget: &budget, metrics: &metrics, sessions: &sessions };
         let mut settings = MountSettings::declared_defaults();
         settings.max_upload_size = 10_000;
         let mut request = Request::post("/upload");

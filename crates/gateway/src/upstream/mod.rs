@@ -67,6 +67,8 @@ pub(crate) struct Upstream<'g> {
     pub budget: &'g Arc<PayloadBudget>,
     /// Counts the failures of relayed response bodies.
     pub metrics: &'g Arc<Metrics>,
+    /// The open WebSocket sessions, which a new one joins.
+    pub sessions: &'g websocket::Sessions,
 }
 
 /// What the request phases established about a request, as the exchange needs it.
@@ -321,8 +323,9 @@ mod tests {
     fn a_window_is_the_smallest_of_the_call_limit_the_stream_window_and_the_length() {
         let (server, mut limits, budget) = (ServerConfig::default(), LimitsConfig::default(), budget(1 << 20));
         limits.stream_window = 500;
-        let metrics = Arc::default();
-        let upstream = Upstream { server: &server, limits: &limits, budget: &budget, metrics: &metrics };
+        let (metrics, sessions) = (Arc::default(), websocket::Sessions::default());
+        let upstream =
+            Upstream { server: &server, limits: &limits, budget: &budget, metrics: &metrics, sessions: &sessions };
         assert_eq!(upstream.window(1000, None), 500);
         assert_eq!(upstream.window(200, None), 200);
         assert_eq!(upstream.window(1000, Some(10)), 10);
@@ -333,8 +336,9 @@ mod tests {
     #[test]
     fn the_per_call_limit_is_the_mounts_override_else_the_gateways() {
         let (server, limits, budget) = (ServerConfig::default(), LimitsConfig::default(), budget(1 << 20));
-        let metrics = Arc::default();
-        let upstream = Upstream { server: &server, limits: &limits, budget: &budget, metrics: &metrics };
+        let (metrics, sessions) = (Arc::default(), websocket::Sessions::default());
+        let upstream =
+            Upstream { server: &server, limits: &limits, budget: &budget, metrics: &metrics, sessions: &sessions };
         let mut settings = MountSettings::declared_defaults();
         assert_eq!(upstream.per_call(&settings), limits.payload.max_request_bytes_per_call);
         settings.max_request_bytes_per_call = Some(42);

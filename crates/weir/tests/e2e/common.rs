@@ -317,6 +317,11 @@ impl Harness {
         }
     }
 
+    /// Begins the gateway's shutdown, as SIGTERM does; its services stay attached.
+    pub fn shut_down(&self) {
+        self.shutdown.cancel();
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
     }

@@ -322,6 +322,26 @@ async fn a_lost_service_link_closes_the_client_with_1011() {
     h.assert_budget_released().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_shutting_down_closes_its_websockets_with_1001_going_away() {
+    const SESSIONS: usize = 8;
+    let mut h = Harness::start(config()).await;
+    let (service, mut rx) = holding_service();
+    h.attach(service).await;
+    let mut sockets = Vec::new();
+    for _ in 0..SESSIONS {
+        sockets.push(connect(&h, "/ws/hold").await);
+        assert_eq!(seen(&mut rx).await, Seen::Started);
+    }
+    h.shut_down();
+    // Every client gets the goodbye, not the 1011 of a service link that closed under it.
+    let closes = sockets.into_iter().map(|mut ws| async move { closed_with(&mut ws, 1001, "Going away").await });
+    futures_util::future::join_all(closes).await;
+    for _ in 0..SESSIONS {
+        assert_eq!(seen(&mut rx).await, Seen::Cancelled);
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // The wire format, against a hand-driven service
 // ---------------------------------------------------------------------------------------

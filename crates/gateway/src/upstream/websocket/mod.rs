@@ -25,12 +25,18 @@
 //! way. An HTTP/2 WebSocket counts as a request in flight on its connection while its
 //! session runs, so the connection is neither closed as idle nor shed under it.
 //!
+//! Every session runs as a task of [`Sessions`], the gateway's record of its open
+//! WebSockets: when the gateway shuts down, each session closes its client with 1001
+//! "Going away" and cancels its service stream (Shutdown), and the gateway waits for
+//! those closes (within `shutdown_grace`) before it closes its service links.
+//!
 //! Invariant: the slot, the reservation, the instance's in-flight count and the stream
 //! are values owned by whoever runs the WebSocket at each moment (this function, then
 //! the session task), so every exit path, including a client that never completes the
 //! upgrade, releases them; the stream is cancelled unless it completed.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use http::header::{HeaderValue, CONNECTION, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_PROTOCOL};
 use http::header::{SEC_WEBSOCKET_VERSION, UPGRADE};
@@ -50,8 +56,35 @@ use crate::response::{GatewayBody, RelayLimits};
 mod flight;
 mod session;
 
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
 use flight::Flight;
 use session::{Session, SessionLimits};
+
+/// The open WebSocket sessions, so that a shutting-down gateway can close them properly.
+#[derive(Debug, Default)]
+pub(crate) struct Sessions {
+    /// Each session's task, for the wait at shutdown.
+    tracker: TaskTracker,
+    /// Cancelled when the gateway begins to shut down: each session then says goodbye.
+    going_away: CancellationToken,
+}
+
+impl Sessions {
+    /// Tells every session, open or opening, to close with 1001 "Going away".
+    pub(crate) fn go_away(&self) {
+        self.going_away.cancel();
+    }
+
+    /// Waits, at most `grace`, for every session to finish its close.
+    pub(crate) async fn closed(&self, grace: Duration) {
+        self.tracker.close();
+        if tokio::time::timeout(grace, self.tracker.wait()).await.is_err() {
+            tracing::warn!(?grace, "WebSocket sessions still closing after the grace period");
+        }
+    }
+}
 
 /// Upgrades the request and relays messages both ways.
 pub(crate) async fn relay(
@@ -97,11 +130,12 @@ pub(crate) async fn relay(
         registered,
         flight: Flight::new(reservation),
         window,
+        going_away: upstream.sessions.going_away.clone(),
         _permit: permit,
         _conn: conn,
         _in_flight: in_flight,
     };
-    tokio::spawn(async move {
+    upstream.sessions.tracker.spawn(async move {
         session.run(on_upgrade).await;
         drop(stream_in_flight);
     });

@@ -103,6 +103,8 @@ pub(crate) struct Session {
     /// The stream's initial credit: the window minus the credit left is what the
     /// service has not acknowledged.
     pub window: u64,
+    /// Cancelled when the gateway shuts down: close the client with 1001 "Going away".
+    pub going_away: tokio_util::sync::CancellationToken,
     /// Held for their drops: the user's slot, the in-flight count.
     pub _permit: Permit<String>,
     /// The client connection: keeps its per-IP slot for the life of the WebSocket.
@@ -215,6 +217,10 @@ impl Session {
             () = operator_cancel => Plan {
                 client: ClientClose::Send(close_frame(ws::CLOSE_POLICY, "Cancelled by an operator")),
                 service: ServiceClose::Cancel(CancelReason::Administrative),
+            },
+            () = self.going_away.cancelled() => Plan {
+                client: ClientClose::Send(close_frame(ws::CLOSE_GOING_AWAY, "Going away")),
+                service: ServiceClose::Cancel(CancelReason::Shutdown),
             },
         }
     }
