@@ -31,7 +31,9 @@ use std::pin::pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use http::header::{HeaderValue, CONTENT_LENGTH};
 use http::{Method, Request, Response, StatusCode};
+use http_body::Body as _;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -295,17 +297,45 @@ async fn respond(
     }
     gateway.metrics().request();
     let method = request.method().clone();
+    if method == Method::OPTIONS && request.uri() == "*" {
+        return server_options();
+    }
     let path = request.uri().path().to_owned();
     // Boxed: hyper keeps room for this future in every connection, idle or not, so the
     // phases' large state machine is allocated per request instead.
-    match Box::pin(request::handle(gateway.phases(), request, conn)).await {
+    let response = match Box::pin(request::handle(gateway.phases(), request, conn)).await {
         Ok(response) => response,
         Err(err) => {
             gateway.metrics().error(&err);
             log_error(&err, &method, &path, client);
             err.into_response()
         }
+    };
+    if method == Method::HEAD {
+        without_body(response)
+    } else {
+        response
     }
+}
+
+/// The answer to `OPTIONS *`, a question about the server as a whole (RFC 9110 §9.3.7):
+/// 204. No `Allow`: which methods are served depends on the path and on the services
+/// registered at the moment, and a request for a path gets its own 405 with `Allow`.
+fn server_options() -> Response<GatewayBody> {
+    let mut response = Response::new(GatewayBody::empty());
+    *response.status_mut() = StatusCode::NO_CONTENT;
+    response
+}
+
+/// A response to HEAD carries no content (RFC 9110 §9.3.2), whatever the service or the
+/// file sent: hyper drops it on HTTP/1.1 but would send it as DATA on HTTP/2. A length the
+/// body knew is kept as `Content-Length`, the length a GET would have had.
+fn without_body(response: Response<GatewayBody>) -> Response<GatewayBody> {
+    let (mut parts, body) = response.into_parts();
+    if let (false, Some(length)) = (parts.headers.contains_key(CONTENT_LENGTH), body.size_hint().exact()) {
+        parts.headers.insert(CONTENT_LENGTH, HeaderValue::from(length));
+    }
+    Response::from_parts(parts, GatewayBody::empty())
 }
 
 fn log_error(err: &GatewayError, method: &Method, path: &str, client: SocketAddr) {

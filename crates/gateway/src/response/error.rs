@@ -62,6 +62,8 @@ pub(crate) enum GatewayError {
     RangeNotSatisfiable { length: u64 },
     #[error("not implemented: {0}")]
     NotImplemented(String),
+    #[error("unsupported WebSocket version: {0}")]
+    UnsupportedWebSocketVersion(String),
 }
 
 /// One kind of answer: its status and its stable code.
@@ -72,7 +74,7 @@ struct Answer {
 
 /// The status and code of every [`GatewayError`], indexed by [`GatewayError::index`]:
 /// the one table from failure to status code (the README's status table describes it).
-const ANSWERS: [Answer; 17] = [
+const ANSWERS: [Answer; 18] = [
     Answer { status: StatusCode::NOT_FOUND, code: "not_found" },
     Answer { status: StatusCode::METHOD_NOT_ALLOWED, code: "method_not_allowed" },
     Answer { status: StatusCode::BAD_REQUEST, code: "bad_request" },
@@ -90,6 +92,7 @@ const ANSWERS: [Answer; 17] = [
     Answer { status: StatusCode::PRECONDITION_FAILED, code: "precondition_failed" },
     Answer { status: StatusCode::RANGE_NOT_SATISFIABLE, code: "range_not_satisfiable" },
     Answer { status: StatusCode::NOT_IMPLEMENTED, code: "not_implemented" },
+    Answer { status: StatusCode::UPGRADE_REQUIRED, code: "unsupported_websocket_version" },
 ];
 
 impl GatewayError {
@@ -124,6 +127,7 @@ impl GatewayError {
             GatewayError::PreconditionFailed => 14,
             GatewayError::RangeNotSatisfiable { .. } => 15,
             GatewayError::NotImplemented(_) => 16,
+            GatewayError::UnsupportedWebSocketVersion(_) => 17,
         }
     }
 
@@ -189,6 +193,10 @@ impl GatewayError {
             }
             GatewayError::TooManyRequests { retry_after_secs } => {
                 headers.insert(RETRY_AFTER, HeaderValue::from(*retry_after_secs));
+            }
+            GatewayError::UnsupportedWebSocketVersion(_) => {
+                // RFC 6455 §4.2.2: the versions the server speaks.
+                headers.insert(http::header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
             }
             GatewayError::Unauthorized(_) => {
                 headers.insert(http::header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));

@@ -24,6 +24,7 @@ mod paths;
 mod protections;
 mod registry;
 mod response_framing;
+mod rfc_rules;
 mod routing;
 mod service_abuse;
 mod service_auth;

@@ -204,9 +204,7 @@ fn check_upgrade<B>(request: &Request<B>) -> Result<Handshake, GatewayError> {
         if !protocol.is_some_and(|p| p.as_str().eq_ignore_ascii_case("websocket")) {
             return bad("over HTTP/2, a WebSocket opens with an extended CONNECT (`:protocol websocket`)");
         }
-        if headers.get(SEC_WEBSOCKET_VERSION).map(HeaderValue::as_bytes) != Some(b"13") {
-            return bad("`Sec-WebSocket-Version` must be 13");
-        }
+        check_version(headers)?;
         return Ok(Handshake::Http2);
     }
     if request.version() != Version::HTTP_11 {
@@ -218,12 +216,23 @@ fn check_upgrade<B>(request: &Request<B>) -> Result<Handshake, GatewayError> {
     if !has_token(headers, &CONNECTION, "upgrade") {
         return bad("missing `Connection: upgrade`");
     }
-    if headers.get(SEC_WEBSOCKET_VERSION).map(HeaderValue::as_bytes) != Some(b"13") {
-        return bad("`Sec-WebSocket-Version` must be 13");
-    }
+    check_version(headers)?;
     match headers.get(SEC_WEBSOCKET_KEY).and_then(|v| v.to_str().ok()) {
         Some(key) if is_websocket_key(key) => Ok(Handshake::Http1 { key: key.to_owned() }),
         _ => bad("`Sec-WebSocket-Key` must be 16 bytes in base64"),
+    }
+}
+
+/// 426 with `Sec-WebSocket-Version: 13` unless the client asks for version 13 (RFC 6455
+/// §4.2.2): the one version weir speaks, named so that the client may retry with it.
+fn check_version(headers: &HeaderMap) -> Result<(), GatewayError> {
+    match headers.get(SEC_WEBSOCKET_VERSION) {
+        Some(version) if version.as_bytes() == b"13" => Ok(()),
+        Some(version) => Err(GatewayError::UnsupportedWebSocketVersion(format!(
+            "`Sec-WebSocket-Version: {}`; weir speaks 13",
+            String::from_utf8_lossy(version.as_bytes())
+        ))),
+        None => Err(GatewayError::UnsupportedWebSocketVersion("no `Sec-WebSocket-Version`; weir speaks 13".into())),
     }
 }
 
