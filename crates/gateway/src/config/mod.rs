@@ -70,6 +70,11 @@ pub struct ServerConfig {
     /// A plain-HTTP listener that answers every request with a 308 to the same path on
     /// `https://` (`None`: no such listener). Meaningful only with `tls`.
     pub http_redirect_listen: Option<SocketAddr>,
+    /// Peers (proxies in front of weir) whose `X-Forwarded-For`/`Forwarded` name the
+    /// client; from anyone else those fields say nothing about who the client is.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Whether services also get an RFC 7239 `Forwarded` field (beside `X-Forwarded-*`).
+    pub forwarded_header: bool,
 }
 
 /// `[server.tls]`: the client listener's certificates, chosen by the name the client
@@ -203,6 +208,8 @@ impl Default for ServerConfig {
             http2: Http2Config::default(),
             tls: None,
             http_redirect_listen: None,
+            trusted_proxies: Vec::new(),
+            forwarded_header: false,
         }
     }
 }

@@ -24,6 +24,7 @@
 //! whole gateway.
 
 pub(crate) mod authenticate;
+pub(crate) mod forwarded;
 pub(crate) mod mount;
 mod route;
 mod target;
@@ -90,7 +91,7 @@ fn business<'m, B>(
     request: &Request<B>,
     conn: &Arc<ClientConn>,
 ) -> Result<Admitted<'m>, GatewayError> {
-    let client = conn.addr;
+    let client = client_of(phases, request, conn);
     let identity = mount.authenticator.authenticate(request.headers())?;
     let decision = route::route(phases.routing, phases.version_header, request)?;
     validate::validate(&decision.endpoint, &identity, request)?;
@@ -116,7 +117,15 @@ fn streaming<'m, B>(
     conn: &Arc<ClientConn>,
 ) -> Result<Admitted<'m>, GatewayError> {
     let decision = route::route(phases.routing, phases.version_header, request)?;
-    Ok(Admitted { shaper: conn.shaper(&mount.config), ..admitted(mount, decision, conn.addr, conn) })
+    let client = client_of(phases, request, conn);
+    Ok(Admitted { shaper: conn.shaper(&mount.config), ..admitted(mount, decision, client, conn) })
+}
+
+/// The client the request speaks for: the peer, or the address a trusted proxy names
+/// ([`forwarded`]); the port is the peer's.
+fn client_of<B>(phases: &Phases<'_>, request: &Request<B>, conn: &ClientConn) -> SocketAddr {
+    let trusted = &phases.upstream.server.trusted_proxies;
+    SocketAddr::new(forwarded::client_address(request.headers(), conn.addr.ip(), trusted), conn.addr.port())
 }
 
 /// An anonymous, unregistered, unshaped request on `mount`: what every profile starts from.

@@ -48,7 +48,7 @@ pub(crate) async fn dispatch(
     let traffic = admitted.registered.as_ref().map(|r| Arc::clone(&r.traffic));
     let policy = read_policy(&upstream, admitted.settings, admitted.shaper.clone(), traffic);
     let body = ClientBody::new(body, policy);
-    let head = request_head(&parts, &admitted, plan.mode);
+    let head = request_head(&parts, &admitted, plan.mode, upstream.server);
     let client = client_key(admitted.subject.as_deref(), admitted.client);
     let decision = &admitted.decision;
     let forwarded = match plan.mode {

@@ -29,7 +29,7 @@ use bytes::Bytes;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use weir_proto::{BodyMode, CancelReason, Headers, RequestHead};
+use weir_proto::{BodyMode, CancelReason, EndpointKind, Headers, RequestHead};
 use weir_transport::{IncomingResponse, Link, OutgoingCall, StreamError};
 
 use crate::config::{LimitsConfig, MountSettings, ServerConfig};
@@ -40,6 +40,7 @@ use crate::limits::budget::{BudgetExceeded, PayloadBudget, Reservation};
 use crate::limits::connection::ClientConn;
 use crate::limits::in_flight::Registered;
 use crate::limits::slots::KeyedLimiter;
+use crate::request::forwarded;
 use crate::response::error::GatewayError;
 use crate::response::{GatewayBody, RelayLimits};
 use crate::routing::{InFlightGuard, RoutingDecision};
@@ -118,18 +119,37 @@ fn budget_error(err: BudgetExceeded, per_call: u64) -> GatewayError {
     }
 }
 
-/// The head sent to the service: the client's request minus hop-by-hop headers and any
-/// client-sent `x-weir-*` header, plus `x-forwarded-for`, `x-forwarded-proto` and the
-/// caller's identity headers.
-fn request_head(parts: &::http::request::Parts, admitted: &Admitted<'_>, mode: BodyMode) -> RequestHead {
+/// The head sent to the service: the client's request minus hop-by-hop fields (those of
+/// [`HOP_BY_HOP`], every field `Connection` names, and `Upgrade` except on a WebSocket's
+/// handshake) and any client-sent `x-weir-*` field, plus the proxy fields of
+/// [`forwarded`] and the caller's identity headers.
+fn request_head(
+    parts: &::http::request::Parts,
+    admitted: &Admitted<'_>,
+    mode: BodyMode,
+    server: &ServerConfig,
+) -> RequestHead {
+    let peer = admitted.conn.addr.ip();
+    let hop = forwarded::Hop {
+        peer,
+        scheme: if server.tls.is_some() { "https" } else { "http" },
+        trusted_peer: server.trusted_proxies.iter().any(|net| net.contains(&peer)),
+        forwarded_header: server.forwarded_header,
+        authority: parts.uri.authority().map(|a| a.as_str()),
+    };
+    let websocket = admitted.decision.endpoint.kind == EndpointKind::WebSocket;
+    let named = connection_named(&parts.headers);
     let mut headers: Headers = parts
         .headers
         .iter()
-        .filter(|(name, _)| !is_hop_by_hop(name.as_str()) && !name.as_str().starts_with(IDENTITY_PREFIX))
-        .map(|(name, value)| (name.as_str().to_owned(), Bytes::copy_from_slice(value.as_bytes())))
+        .map(|(name, value)| (name.as_str(), value))
+        .filter(|(name, _)| !is_hop_by_hop(name) && !name.starts_with(IDENTITY_PREFIX) && !hop.rewrites(name))
+        .filter(|(name, _)| {
+            (websocket && *name == "upgrade") || !(*name == "upgrade" || named.iter().any(|n| n == name))
+        })
+        .map(|(name, value)| (name.to_owned(), Bytes::copy_from_slice(value.as_bytes())))
         .collect();
-    headers.push(("x-forwarded-for".to_owned(), Bytes::from(admitted.client.ip().to_string())));
-    headers.push(("x-forwarded-proto".to_owned(), Bytes::from_static(b"http")));
+    headers.extend(hop.fields(&parts.headers));
     headers.extend(admitted.identity_headers.iter().cloned());
     let decision = &admitted.decision;
     RequestHead {
@@ -272,6 +292,19 @@ fn unsent_call_error(err: StreamError) -> GatewayError {
         StreamError::ConnectionLost(reason) => GatewayError::NoHealthyInstance(format!("the instance left: {reason}")),
         other => upstream_error(other),
     }
+}
+
+/// The fields a request's `Connection` names (lower case): hop-by-hop by declaration
+/// (RFC 9110 §7.6.1).
+fn connection_named(headers: &HeaderMap) -> Vec<String> {
+    headers
+        .get_all(::http::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|token| token.trim().to_ascii_lowercase())
+        .filter(|token| !token.is_empty())
+        .collect()
 }
 
 fn is_hop_by_hop(name: &str) -> bool {

@@ -48,6 +48,9 @@ fn documented_example_loads_with_every_key() {
     assert_eq!(c.server.header_timeout, Duration::from_secs(5));
     assert_eq!(c.server.read_timeout, Duration::from_millis(15_000));
     assert_eq!(c.server.admin_listen, Some("127.0.0.1:9090".parse().unwrap()));
+    let trusted: Vec<String> = c.server.trusted_proxies.iter().map(ToString::to_string).collect();
+    assert_eq!(trusted, ["10.0.0.0/8", "fd00::/8", "192.0.2.1/32"]);
+    assert!(c.server.forwarded_header);
     let h2 = &c.server.http2;
     assert_eq!(
         (h2.max_concurrent_streams, h2.initial_stream_window, h2.initial_connection_window),
@@ -217,6 +220,9 @@ fn scalar_values_are_checked() {
         ("[routing]\nversion_header = \"x version\"", "routing.version_header", "' ' is not allowed"),
         ("[routing]\nversion_header = \"x:v\"", "routing.version_header", "':' is not allowed"),
         ("[routing]\nversion_header = \"\"", "routing.version_header", "must not be empty"),
+        ("[server]\ntrusted_proxies = [\"10.0.0.0/33\"]", "server.trusted_proxies", "not an address or a network"),
+        ("[server]\ntrusted_proxies = \"10.0.0.0/8\"", "server.trusted_proxies", "expected an array of networks"),
+        ("[server]\nforwarded_header = \"yes\"", "server.forwarded_header", "expected true or false"),
     ];
     for (text, key, reason) in cases {
         let e = only_error(text);

@@ -49,6 +49,22 @@ pub(super) fn path_prefixes(item: &Item) -> Result<Vec<String>, String> {
     Ok(prefixes)
 }
 
+/// An array of networks in CIDR notation (`10.0.0.0/8`, `fd00::/8`), or single addresses
+/// (`192.0.2.1`, taken as the one-address network). May be empty.
+pub(super) fn networks(item: &Item) -> Result<Vec<ipnet::IpNet>, String> {
+    let array = item.as_array().ok_or_else(|| expected("an array of networks such as [\"10.0.0.0/8\"]", item))?;
+    let mut networks = Vec::with_capacity(array.len());
+    for value in array.iter() {
+        let text = value.as_str().ok_or_else(|| format!("expected network strings, found {}", value.type_name()))?;
+        let network = text
+            .parse::<ipnet::IpNet>()
+            .or_else(|_| text.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+            .map_err(|_| format!("`{text}` is not an address or a network in CIDR notation (`10.0.0.0/8`)"))?;
+        networks.push(network);
+    }
+    Ok(networks)
+}
+
 pub(super) fn boolean(item: &Item) -> Result<bool, String> {
     item.as_bool().ok_or_else(|| expected("true or false", item))
 }

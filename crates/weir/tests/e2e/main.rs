@@ -22,6 +22,7 @@ mod limits;
 mod liveness;
 mod paths;
 mod protections;
+mod proxy_headers;
 mod registry;
 mod response_framing;
 mod rfc_rules;

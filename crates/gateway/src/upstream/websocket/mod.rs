@@ -100,7 +100,7 @@ pub(crate) async fn relay(
     let reservation = open_reservation(&upstream, &admitted, per_call);
     let on_upgrade = hyper::upgrade::on(&mut request);
     let (parts, _) = request.into_parts();
-    let head = request_head(&parts, &admitted, BodyMode::Streamed);
+    let head = request_head(&parts, &admitted, BodyMode::Streamed, upstream.server);
     let Admitted { settings, decision, shaper, registered, conn, .. } = admitted;
     // The window fits in u32: it is at most `stream_window`.
     let (mut call, deadline) = open_call(&decision, head, u32::try_from(window).unwrap_or(u32::MAX)).await?;
