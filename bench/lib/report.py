@@ -23,7 +23,10 @@ import subprocess
 import sys
 from collections import OrderedDict
 
-SCENARIOS = ["small_get", "echo_1k", "echo_64k", "stream_upload", "stream_download", "idle_1k", "idle_10k"]
+SCENARIOS = [
+    "small_get", "echo_1k", "echo_64k", "stream_upload", "stream_download", "idle_1k", "idle_10k",
+    "tls_small_get", "tls_handshakes", "h2_small_get",
+]
 SYSTEMS = ["weir", "nginx", "haproxy", "upstream"]
 PLACEMENTS = OrderedDict(
     [
@@ -39,6 +42,7 @@ SUMMED = {
     "non2xx", "fixed_non2xx", "fixed_errors", "connect_errors", "read_errors", "write_errors", "timeouts",
     "failed", "closed", "curl_exit", "wrk_exit", "idle_script_failed",
     "canary_requests", "canary_non2xx", "canary_errors", "canary_failures", "canary_oha_exit", "fixed_oha_exit",
+    "errors", "resumed", "handshakes_script_failed", "h2_failed", "h2_errored", "h2_timeout", "h2load_exit",
 }
 # What a failure count makes invalid: the fixed-rate figures follow fixed_failures, all
 # the others failures.
@@ -51,6 +55,8 @@ METRICS = OrderedDict(
         ("p50_ms", ("p50", "ms", False, 3)),
         ("p99_ms", ("p99", "ms", False, 3)),
         ("p999_ms", ("p99.9", "ms", False, 3)),
+        ("mean_ms", ("mean latency", "ms", False, 3)),
+        ("cpu_us_per_req", ("CPU of the system under test per request", "µs", False, 1)),
         ("fixed_rate_rps", ("fixed rate: achieved requests/s", "", True, 0)),
         ("fixed_p50_ms", ("fixed rate: p50", "ms", False, 3)),
         ("fixed_p99_ms", ("fixed rate: p99", "ms", False, 3)),
@@ -62,6 +68,8 @@ METRICS = OrderedDict(
         ("rss_kib", ("RSS with connections open", "KiB", False, 0)),
     ]
 )
+# What a TLS scenario's client negotiated, listed under each table.
+TLS_FIELDS = ["tls_version", "tls_cipher", "tls_group", "tls_signature", "alpn"]
 # Figures kept in the JSON but not worth a Markdown row of their own.
 QUIET = {"rss_baseline_kib", "rss_kib"}
 
@@ -167,6 +175,13 @@ def table(results, placement, systems):
             name = f"{label} ({unit}) {arrow}" if unit else f"{label} {arrow}"
             cells = [cell(v, base, decimals, failed_for(e, metric) if e else 0) for v, e in zip(row, entries)]
             lines.append(f"| {scenario} | {name} | " + " | ".join(cells) + " |")
+    negotiated = [
+        f"{scenario} {system}: " + ", ".join(str(r[k]) for k in TLS_FIELDS if r.get(k) not in (None, "none"))
+        for (scenario, system), r in sorted(by.items(), key=lambda item: SCENARIOS.index(item[0][0]))
+        if "tls_version" in r
+    ]
+    if negotiated:
+        lines += ["", "TLS negotiated (version, cipher, key exchange, signature, ALPN): " + "; ".join(negotiated) + "."]
     targets = sorted({r["fixed_rate_target"] for r in by.values() if "fixed_rate_target" in r})
     if targets:
         lines.append("")
@@ -182,7 +197,8 @@ def describe_failures(entry):
             "non2xx", "connect_errors", "read_errors", "write_errors", "timeouts", "warmup_failures",
             "canary_non2xx", "canary_errors", "canary_oha_exit", "fixed_non2xx", "fixed_errors",
             "fixed_warmup_failures", "fixed_oha_exit", "failed", "closed", "curl_exit", "wrk_exit",
-            "idle_script_failed",
+            "idle_script_failed", "errors", "resumed", "handshakes_script_failed", "h2_failed", "h2_errored",
+            "h2_timeout", "h2load_exit",
         )
         if entry.get(name)
     ]
