@@ -20,6 +20,7 @@ mod h2_streams;
 mod lifetime;
 pub(crate) mod metrics;
 mod redirect;
+mod refusal;
 mod socket;
 mod stream;
 pub(crate) mod tls;
@@ -38,7 +39,6 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::task_tracker::TaskTrackerToken;
@@ -100,9 +100,8 @@ pub(crate) async fn serve(
             Err(refusal) => {
                 gateway.metrics().error(&refusal);
                 tracing::info!(%client, error = %refusal, "connection refused");
-                // A TLS client would read a plain answer as garbage: it is only closed.
                 let refusal = tls.is_none().then_some(refusal);
-                tokio::spawn(refuse_connection(stream, refusal));
+                tokio::spawn(refusal::refuse_connection(stream, refusal));
                 continue;
             }
         };
@@ -203,15 +202,6 @@ fn send_limits(gateway: &Gateway) -> SendLimits {
         min_rate: server.min_response_data_rate,
         grace: server.data_rate_grace,
     }
-}
-
-/// A connection over the per-IP limit gets a 503 it can read (on a plain listener:
-/// `refusal`), then is closed.
-async fn refuse_connection(mut stream: TcpStream, refusal: Option<GatewayError>) {
-    if let Some(refusal) = refusal {
-        let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(&refusal.to_http1())).await;
-    }
-    ClientStream::Plain(stream).close_lingering().await;
 }
 
 fn is_timeout(err: &(dyn std::error::Error + Send + Sync + 'static)) -> bool {

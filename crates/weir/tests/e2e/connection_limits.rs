@@ -4,7 +4,8 @@
 //! closed at `idle_timeout`; an HTTP/2 peer that stops answering pings closed with its
 //! request in flight; an HTTP/2 request body that never comes answered 408; at
 //! `max_connections`, idle connections shed so that every legitimate client is served,
-//! and a 503 for the newcomer when every connection is busy.
+//! and a 503 for the newcomer when every connection is busy; an HTTP/2 client over the
+//! per-IP limit refused in HTTP/2 (GOAWAY `ENHANCE_YOUR_CALM`), not with an HTTP/1.1 503.
 //!
 //! The HTTP/2 attackers speak raw frames (a preface, SETTINGS, a HEADERS block of static
 //! HPACK entries), since no client library sends half of anything.
@@ -268,4 +269,35 @@ async fn at_max_connections_with_none_idle_the_newcomer_gets_503() {
         socket.read_exact(&mut head).await.unwrap();
         assert_eq!(&head, b"HTTP/1.1 200", "a busy connection was cut");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_client_over_the_per_ip_limit_is_refused_in_http2() {
+    const LIMIT: usize = 3;
+    let h = demo_with(|s| s.max_connections_per_ip = LIMIT as u32).await;
+    let mut held = Vec::new();
+    for _ in 0..LIMIT {
+        let mut socket = h2_connect(&h).await;
+        h2_get(&mut socket, "/api/slow?ms=3000").await;
+        held.push(socket);
+    }
+    until(|| h.gateway.registry().list().len() == LIMIT).await;
+    // Real HTTP/2 clients, several at once: each sees a GOAWAY, not an HTTP/1.1 answer.
+    let refused = (0..4).map(|_| async {
+        let tcp = TcpStream::connect(h.addr).await.unwrap();
+        let (client, connection) = h2::client::handshake(tcp).await.unwrap();
+        let error = connection.await.expect_err("the connection was refused");
+        drop(client);
+        error
+    });
+    for error in join_all(refused).await {
+        assert!(error.is_go_away(), "{error:?}");
+        assert_eq!(error.reason(), Some(h2::Reason::ENHANCE_YOUR_CALM), "{error:?}");
+    }
+    // An HTTP/1.1 client over the limit still gets its 503.
+    let mut plain = TcpStream::connect(h.addr).await.unwrap();
+    plain.write_all(b"GET /api/hello HTTP/1.1\r\nhost: x\r\n\r\n").await.unwrap();
+    let answer = read_to_close(&mut plain).await;
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert_eq!(h.gateway.metrics().errors("overloaded"), 5);
 }
