@@ -23,6 +23,7 @@ mod liveness;
 mod paths;
 mod protections;
 mod registry;
+mod reload;
 mod response_framing;
 mod routing;
 mod service_abuse;
