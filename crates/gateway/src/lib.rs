@@ -9,11 +9,17 @@
 //! in), `routing` (the table they fill), `limits` (the protections, as RAII units) and
 //! [`config`] (plain values).
 //!
-//! [`Gateway`] holds the shared state; [`Gateway::run`] serves it until shutdown.
+//! [`Gateway`] holds the shared state; [`Gateway::run`] serves it until shutdown. What a
+//! configuration reload replaces ([`reload`]: mounts, service credentials, client
+//! certificates and the settings read per request or per connection) is one immutable
+//! [`reload::Live`] behind an `ArcSwap`: a request, connection or handshake loads it once
+//! and keeps that snapshot to its end, so a reload never changes anything under work in
+//! progress.
 
 pub mod config;
 mod downstream;
 mod limits;
+pub mod reload;
 mod request;
 mod response;
 mod routing;
@@ -21,8 +27,9 @@ mod services;
 mod static_files;
 mod upstream;
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
+use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use weir_transport::tls::TlsAcceptor;
@@ -34,10 +41,12 @@ pub use downstream::tls::{CertificateProblem, ClientTls, ClientTlsError};
 pub use limits::budget::{BudgetCounters, PayloadBudget};
 pub use limits::connections::{default_max_connections, open_files_limit, raise_open_files_limit, ConnectionCap};
 pub use limits::in_flight::{RequestRegistry, RequestSnapshot};
+pub use reload::{ConfigSource, ReloadError, ReloadReport};
 pub use request::mount::GatewayStartError;
 pub use routing::RoutingTable;
 
 use downstream::Surface;
+use reload::Live;
 use request::mount::MountTable;
 use request::Phases;
 use services::auth::ServiceAuth;
@@ -47,17 +56,20 @@ use upstream::Upstream;
 /// The running gateway's shared state.
 #[derive(Debug)]
 pub struct Gateway {
-    config: GatewayConfig,
+    /// The configuration in force and the state built from it that a reload replaces
+    /// whole; loaded once per request, connection or handshake (see [`reload`]).
+    live: ArcSwap<Live>,
+    /// Where [`Gateway::reload_from_source`] reads the configuration again, if the
+    /// gateway was started from a file; set once, at start.
+    config_source: reload::SourceSlot,
+    /// One reload at a time: two interleaved would each build from the same old state.
+    reloading: Mutex<()>,
     routing: RoutingTable<Link>,
     budget: Arc<PayloadBudget>,
     /// Shared with every relayed response body, which counts its own failures.
     metrics: Arc<Metrics>,
-    /// The mounts, each with its authenticator, rate limiter and WebSocket slots.
-    mounts: MountTable,
     /// Business requests in flight, for the admin surface.
     registry: Arc<RequestRegistry>,
-    /// Checks service Hellos against `[services]` credentials.
-    service_auth: ServiceAuth,
     /// Live service links: eviction and shutdown must reach them.
     links: ServiceLinks,
     /// The cap on open client connections, shared by both listeners (one fd each).
@@ -65,8 +77,6 @@ pub struct Gateway {
     /// One permit per network service connection in its handshake
     /// (`services.max_pending_handshakes`), so unauthenticated peers are bounded.
     pending_handshakes: Arc<tokio::sync::Semaphore>,
-    /// HTTPS on the public listener (`[server.tls]`), its certificates loaded and checked.
-    client_tls: Option<ClientTls>,
     /// Open WebSocket sessions: told to go away at shutdown, and awaited before the
     /// service links close, so their clients get 1001 rather than a broken stream.
     websockets: upstream::websocket::Sessions,
@@ -104,20 +114,25 @@ impl Gateway {
     /// a client certificate (`[server.tls]`) cannot be served.
     pub fn new(config: GatewayConfig) -> Result<Arc<Self>, GatewayStartError> {
         let server = &config.server;
-        let client_tls = server.tls.as_ref().map(ClientTls::load).transpose()?;
-        Ok(Arc::new(Gateway {
-            client_tls,
-            websockets: upstream::websocket::Sessions::default(),
+        let live = Live {
+            client_tls: server.tls.as_ref().map(ClientTls::load).transpose()?,
             mounts: MountTable::new(&config)?,
+            service_auth: ServiceAuth::new(&config.services),
+            config: Arc::new(config.clone()),
+        };
+        let server = &config.server;
+        Ok(Arc::new(Gateway {
+            live: ArcSwap::from_pointee(live),
+            config_source: reload::SourceSlot::default(),
+            reloading: Mutex::new(()),
+            websockets: upstream::websocket::Sessions::default(),
             registry: Arc::new(RequestRegistry::default()),
             routing: RoutingTable::new(config.routing.clone(), server.default_timeout, server.max_timeout),
             budget: PayloadBudget::new(config.limits.payload),
             metrics: Arc::default(),
             links: ServiceLinks::default(),
-            service_auth: ServiceAuth::new(&config.services),
             connections: ConnectionCap::new(server.max_connections.unwrap_or_else(default_max_connections)),
             pending_handshakes: Arc::new(tokio::sync::Semaphore::new(config.services.max_pending_handshakes)),
-            config,
         }))
     }
 
@@ -154,7 +169,7 @@ impl Gateway {
             let _ = task.await;
         }
         let _ = going_away.await;
-        self.websockets.closed(self.config.server.shutdown_grace).await;
+        self.websockets.closed(self.config().server.shutdown_grace).await;
         if let Some(task) = services {
             let _ = task.await;
         }
@@ -163,9 +178,14 @@ impl Gateway {
         served
     }
 
-    /// The configuration it runs with.
-    pub fn config(&self) -> &GatewayConfig {
-        &self.config
+    /// The configuration in force: the one it started with, or the last reloaded.
+    pub fn config(&self) -> Arc<GatewayConfig> {
+        Arc::clone(&self.live.load().config)
+    }
+
+    /// The configuration and the state built from it, as one snapshot.
+    pub(crate) fn live(&self) -> Arc<Live> {
+        self.live.load_full()
     }
 
     /// The routing table.
@@ -190,7 +210,8 @@ impl Gateway {
 
     /// Open WebSockets of `user` (subject or client IP) on the mount with `prefix`.
     pub fn open_websockets(&self, prefix: &str, user: &str) -> u32 {
-        let mount = self.mounts.iter().find(|m| m.config.prefix == prefix);
+        let live = self.live();
+        let mount = live.mounts.iter().find(|m| m.config.prefix == prefix);
         mount.map_or(0, |m| m.websockets.count(&user.to_owned()))
     }
 
@@ -199,9 +220,9 @@ impl Gateway {
         self.links.len()
     }
 
-    /// HTTPS on the public listener, if configured.
-    pub fn client_tls(&self) -> Option<&ClientTls> {
-        self.client_tls.as_ref()
+    /// HTTPS on the public listener, if configured: the certificates in force.
+    pub fn client_tls(&self) -> Option<ClientTls> {
+        self.live.load().client_tls.clone()
     }
 
     /// The cap on open client connections: its limit and how many are open.
@@ -209,16 +230,17 @@ impl Gateway {
         &self.connections
     }
 
-    /// The settings and state of one request's phases.
-    fn phases(&self) -> Phases<'_> {
+    /// The settings and state of one request's phases, from the snapshot `live` it
+    /// loaded when it began.
+    fn phases<'g>(&'g self, live: &'g Live) -> Phases<'g> {
         Phases {
-            mounts: &self.mounts,
+            mounts: &live.mounts,
             routing: &self.routing,
-            version_header: &self.config.routing.version_header,
+            version_header: &live.config.routing.version_header,
             registry: &self.registry,
             upstream: Upstream {
-                server: &self.config.server,
-                limits: &self.config.limits,
+                server: &live.config.server,
+                limits: &live.config.limits,
                 budget: &self.budget,
                 metrics: &self.metrics,
                 sessions: &self.websockets,

@@ -2,6 +2,12 @@
 //! HTTP front, the admin surface and (unless disabled) the embedded demo service, and
 //! shut down gracefully on SIGINT or SIGTERM.
 //!
+//! The configuration file is also the gateway's [`ConfigSource`]: on SIGHUP (or the admin
+//! `POST /reload`) it is read and validated again exactly as `weir check-config` does
+//! ([`read_config`], TLS files included), with the same command-line overrides as at
+//! start, and applied by [`Gateway::reload_from_source`]. Without `--config`, SIGHUP is
+//! logged and ignored.
+//!
 //! When the front is listening, one line goes to stdout: `weir listening on http://ADDR`
 //! (`https://` with `[server.tls]`; the real port when `:0` was asked for), so scripts
 //! and tests can find it; `weir redirecting on http://ADDR` for the redirect listener
@@ -12,10 +18,11 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use weir_gateway::config::{ServicesConfig, ServicesTlsConfig};
-use weir_gateway::{Gateway, GatewayConfig, Listeners};
+use weir_gateway::{ConfigSource, Gateway, GatewayConfig, Listeners, ReloadError};
 use weir_transport::tls::{self, TlsAcceptor, TlsError};
 
 use crate::config::load_config;
@@ -46,22 +53,19 @@ pub fn check_config(file: &Path) -> ExitCode {
     }
 }
 
-fn read_config(file: &Path) -> Result<GatewayConfig, String> {
+/// Reads and validates `file` as `weir check-config` does (TLS files included); the
+/// error lists every problem with its key and line.
+pub fn read_config(file: &Path) -> Result<GatewayConfig, String> {
     let text = std::fs::read_to_string(file).map_err(|e| format!("{}: cannot read: {e}", file.display()))?;
     load_config(&text).map_err(|errors| format!("{}: invalid configuration\n{errors}", file.display()))
 }
 
-/// `weir serve`: runs until SIGINT/SIGTERM and a drain; exit 0 after a clean drain.
-pub fn run(options: ServeOptions) -> ExitCode {
+/// The configuration `options` ask for: the file (or the defaults) with the
+/// command-line overrides applied.
+fn configure(options: &ServeOptions) -> Result<GatewayConfig, String> {
     let mut config = match &options.config {
         None => GatewayConfig::default(),
-        Some(file) => match read_config(file) {
-            Ok(config) => config,
-            Err(message) => {
-                eprintln!("{message}");
-                return ExitCode::FAILURE;
-            }
-        },
+        Some(file) => read_config(file)?,
     };
     if let Some(listen) = options.listen {
         config.server.listen = listen;
@@ -69,6 +73,22 @@ pub fn run(options: ServeOptions) -> ExitCode {
     if let Some(listen) = options.services_listen {
         config.services.listen = listen;
     }
+    Ok(config)
+}
+
+/// `weir serve`: runs until SIGINT/SIGTERM and a drain; exit 0 after a clean drain.
+pub fn run(options: ServeOptions) -> ExitCode {
+    let config = match configure(&options) {
+        Ok(config) => config,
+        Err(message) => {
+            eprintln!("{message}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let source = options.config.is_some().then(|| {
+        let options = options.clone();
+        Box::new(move || configure(&options)) as ConfigSource
+    });
     let runtime = match crate::runtime::build(options.workers) {
         Ok(runtime) => runtime,
         Err(err) => {
@@ -76,7 +96,7 @@ pub fn run(options: ServeOptions) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(serve(config, options.demo)) {
+    match runtime.block_on(serve(config, source, options.demo)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("weir: {err}");
@@ -85,7 +105,7 @@ pub fn run(options: ServeOptions) -> ExitCode {
     }
 }
 
-async fn serve(config: GatewayConfig, demo: bool) -> std::io::Result<()> {
+async fn serve(config: GatewayConfig, source: Option<ConfigSource>, demo: bool) -> std::io::Result<()> {
     // Before the gateway derives its default connection cap from it.
     match weir_gateway::raise_open_files_limit() {
         Ok(limit) => tracing::info!(limit, "open files limit raised to the hard limit"),
@@ -106,6 +126,11 @@ async fn serve(config: GatewayConfig, demo: bool) -> std::io::Result<()> {
     };
     let (services, tls) = bind_services(&config.services).await?;
     let gateway = Gateway::new(config).map_err(std::io::Error::other)?;
+    if let Some(source) = source {
+        gateway.set_config_source(source);
+    }
+    #[cfg(unix)]
+    tokio::spawn(reload_on_hangup(Arc::clone(&gateway)));
     tracing::info!(max_connections = gateway.connections().max(), "client connection cap");
     let demo_handle = demo.then(|| crate::demo::attach(&gateway));
     if let Some(handle) = &demo_handle {
@@ -153,6 +178,29 @@ fn load_tls(files: &ServicesTlsConfig) -> Result<TlsAcceptor, TlsError> {
         None => None,
     };
     Ok(TlsAcceptor::from(tls::server_config(identity, client_ca)?))
+}
+
+/// Reloads the configuration on every SIGHUP, for the life of the process (a failed
+/// reload is logged and counted by the gateway; the previous configuration stays).
+#[cfg(unix)]
+async fn reload_on_hangup(gateway: Arc<Gateway>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hangups = match signal(SignalKind::hangup()) {
+        Ok(hangups) => hangups,
+        Err(err) => {
+            tracing::error!(error = %err, "cannot listen for SIGHUP: reload only through POST /reload");
+            return;
+        }
+    };
+    while hangups.recv().await.is_some() {
+        tracing::info!("SIGHUP received: reloading the configuration");
+        let reloading = Arc::clone(&gateway);
+        match tokio::task::spawn_blocking(move || reloading.reload_from_source()).await {
+            Ok(Err(ReloadError::NoSource)) => tracing::warn!("SIGHUP ignored: weir was started without --config"),
+            Ok(_) => {}
+            Err(err) => tracing::error!(error = %err, "the reload did not complete"),
+        }
+    }
 }
 
 /// Resolves on SIGINT or SIGTERM, cancelling `shutdown`.

@@ -1,20 +1,33 @@
 //! The admin surface, on its own listener: `/healthz`, `/budget` (the payload budget's
 //! counters), `/routes` (the routing table), `/requests` (business requests in flight;
-//! `DELETE /requests/{id}` cancels one) and `/metrics` (Prometheus text). Read-only but
-//! for the cancel; every other path is 404, every other method 405.
+//! `DELETE /requests/{id}` cancels one), `/metrics` (Prometheus text) and `POST /reload`
+//! (the configuration file read again and applied, see [`crate::reload`]). Read-only but
+//! for the cancel and the reload; every other path is 404, every other method 405.
+//!
+//! `POST /reload` answers JSON: 200 `{"status":"reloaded","restart_required":[...],
+//! "services_disconnected":[...]}`; 422 `{"status":"failed","error":"..."}` when the file
+//! is unreadable or invalid (the error as `weir check-config` prints it) or a key or
+//! certificate cannot be loaded; 409 with the same shape when the gateway was started
+//! without a configuration file. This is the one place reload errors become statuses.
 
 use bytes::Bytes;
 use http::header::{HeaderValue, CONTENT_TYPE};
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
+use std::sync::Arc;
+
+use crate::reload::ReloadError;
 use crate::response::error::GatewayError;
 use crate::response::GatewayBody;
 use crate::Gateway;
 
 /// The admin surface's answer to `request`.
-pub(super) fn answer(gateway: &Gateway, request: &Request<Incoming>) -> Response<GatewayBody> {
+pub(super) async fn answer(gateway: &Arc<Gateway>, request: Request<Incoming>) -> Response<GatewayBody> {
     let path = request.uri().path();
+    if path == "/reload" {
+        return reload(gateway, request.method()).await;
+    }
     if let Some(id) = path.strip_prefix("/requests/") {
         return cancel_request(gateway, request.method(), id);
     }
@@ -34,6 +47,36 @@ pub(super) fn answer(gateway: &Gateway, request: &Request<Incoming>) -> Response
             response
         }
         _ => GatewayError::NotFound.into_response(),
+    }
+}
+
+/// `POST /reload`: reads the configuration file again and applies it, off the async
+/// workers (it reads files).
+async fn reload(gateway: &Arc<Gateway>, method: &Method) -> Response<GatewayBody> {
+    if method != Method::POST {
+        return GatewayError::MethodNotAllowed { allow: vec!["POST".into()] }.into_response();
+    }
+    let reloading = Arc::clone(gateway);
+    let outcome = match tokio::task::spawn_blocking(move || reloading.reload_from_source()).await {
+        Ok(outcome) => outcome,
+        Err(err) => Err(ReloadError::Invalid(format!("the reload did not complete: {err}"))),
+    };
+    match outcome {
+        Ok(report) => {
+            let body = serde_json::json!({
+                "status": "reloaded",
+                "restart_required": report.restart_required,
+                "services_disconnected": report.services_disconnected,
+            });
+            json(StatusCode::OK, body.to_string())
+        }
+        Err(err) => {
+            let status = match err {
+                ReloadError::NoSource => StatusCode::CONFLICT,
+                ReloadError::Invalid(_) | ReloadError::Start(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            };
+            json(status, serde_json::json!({ "status": "failed", "error": err.to_string() }).to_string())
+        }
     }
 }
 

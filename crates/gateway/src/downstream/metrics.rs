@@ -1,6 +1,7 @@
 //! Counters the admin endpoint serves in Prometheus' text format: requests, answers by
 //! status class, every gateway error by its code, relayed response bodies that failed
-//! midway by their reason, and client TLS handshakes that failed by theirs. Plain
+//! midway by their reason, client TLS handshakes that failed by theirs, and
+//! configuration reloads by their result. Plain
 //! atomics; no registry crate, because a handful of counters does not need one.
 
 use std::fmt::Write as _;
@@ -21,12 +22,28 @@ pub struct Metrics {
     relay_failures: [AtomicU64; BodyError::RELAY_REASONS.len()],
     /// Client TLS handshakes that failed, indexed like [`Metrics::TLS_HANDSHAKE_FAILURES`].
     tls_handshake_failures: [AtomicU64; Metrics::TLS_HANDSHAKE_FAILURES.len()],
+    /// Configuration reloads, indexed like [`Metrics::RELOAD_RESULTS`].
+    config_reloads: [AtomicU64; Metrics::RELOAD_RESULTS.len()],
 }
 
 impl Metrics {
     /// Why a client TLS handshake failed: it did not end within `handshake_timeout`, or
     /// it broke (a bad ClientHello, a name refused under `strict_sni`, a closed socket).
     pub const TLS_HANDSHAKE_FAILURES: [&'static str; 2] = ["timeout", "error"];
+
+    /// A configuration reload applied, or refused (nothing changed).
+    pub const RELOAD_RESULTS: [&'static str; 2] = ["ok", "failed"];
+
+    /// Counts a configuration reload.
+    pub(crate) fn config_reloaded(&self, ok: bool) {
+        self.config_reloads[usize::from(!ok)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Configuration reloads with `result` (one of [`Metrics::RELOAD_RESULTS`]) so far.
+    pub fn config_reloads(&self, result: &str) -> u64 {
+        let index = Self::RELOAD_RESULTS.iter().position(|r| *r == result);
+        index.map_or(0, |i| self.config_reloads[i].load(Ordering::Relaxed))
+    }
 
     /// Counts a failed client TLS handshake; `reason` is one of
     /// [`Metrics::TLS_HANDSHAKE_FAILURES`].
@@ -89,6 +106,10 @@ impl Metrics {
         for reason in Self::TLS_HANDSHAKE_FAILURES {
             let count = self.tls_handshake_failures(reason);
             let _ = writeln!(out, "weir_tls_handshake_failures_total{{reason=\"{reason}\"}} {count}");
+        }
+        let _ = writeln!(out, "# TYPE weir_config_reloads_total counter");
+        for result in Self::RELOAD_RESULTS {
+            let _ = writeln!(out, "weir_config_reloads_total{{result=\"{result}\"}} {}", self.config_reloads(result));
         }
         let _ = writeln!(out, "# TYPE weir_budget_reserved_bytes gauge");
         let _ = writeln!(out, "weir_budget_reserved_bytes {}", budget.aggregate_bytes);

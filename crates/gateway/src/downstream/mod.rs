@@ -47,6 +47,7 @@ use tokio_util::task::TaskTracker;
 use self::client_io::{ClientIo, Protocol, SendLimits};
 use self::h2_streams::StreamExecutor;
 use self::lifetime::{Bounds, InFlight, Watched};
+use self::metrics::Metrics;
 use self::stream::ClientStream;
 use crate::limits::connection::ClientConn;
 use crate::limits::slots::KeyedLimiter;
@@ -76,12 +77,10 @@ pub(crate) async fn serve(
     // Counts connections until hyper is done with them, for the drain.
     let open = TaskTracker::new();
     // Shared: each connection's task would otherwise carry a copy of every setting.
-    let builder = Arc::new(connection_builder(&gateway));
-    let tls = match surface {
-        Surface::Public => gateway.client_tls().cloned(),
-        Surface::Admin | Surface::Redirect { .. } => None,
-    };
-    let per_ip = KeyedLimiter::new(gateway.config().server.max_connections_per_ip);
+    // Rebuilt when a reload changed the configuration, for the connections after it.
+    let mut built_for = gateway.config();
+    let mut builder = Arc::new(connection_builder(&built_for.server, gateway.metrics.clone()));
+    let per_ip = KeyedLimiter::new(built_for.server.max_connections_per_ip);
     loop {
         let (stream, client) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -95,6 +94,16 @@ pub(crate) async fn serve(
             },
             _ = shutdown.cancelled() => break,
         };
+        let live = gateway.live();
+        if !Arc::ptr_eq(&live.config, &built_for) {
+            built_for = Arc::clone(&live.config);
+            builder = Arc::new(connection_builder(&built_for.server, gateway.metrics.clone()));
+        }
+        // Loaded per connection: a reload's certificates serve the handshakes after it.
+        let tls = match surface {
+            Surface::Public => live.client_tls.clone(),
+            Surface::Admin | Surface::Redirect { .. } => None,
+        };
         let conn = match admit(&gateway, &per_ip, client) {
             Ok(conn) => conn,
             Err(refusal) => {
@@ -106,8 +115,14 @@ pub(crate) async fn serve(
             }
         };
         socket::tune(&stream);
-        let connection =
-            Connection { gateway: Arc::clone(&gateway), conn, surface, tls: tls.clone(), shutdown: shutdown.clone() };
+        let connection = Connection {
+            gateway: Arc::clone(&gateway),
+            server: Arc::clone(&built_for),
+            conn,
+            surface,
+            tls,
+            shutdown: shutdown.clone(),
+        };
         tokio::spawn(serve_connection(connection, stream, builder.clone(), open.token()));
     }
     drop(listener);
@@ -136,6 +151,9 @@ fn admit(
 /// An accepted client connection and what serving it needs.
 struct Connection {
     gateway: Arc<Gateway>,
+    /// The configuration in force when it was accepted: its timeouts and data rates
+    /// hold for the connection's life, whatever a reload changes meanwhile.
+    server: Arc<crate::GatewayConfig>,
     conn: Arc<ClientConn>,
     surface: Surface,
     /// The listener's TLS, if it speaks HTTPS: the handshake comes first.
@@ -166,11 +184,11 @@ async fn serve_connection(
     let Some(stream) = open_stream(&connection, stream).await else {
         return;
     };
-    let Connection { gateway, conn, surface, shutdown, .. } = connection;
+    let Connection { gateway, server: config, conn, surface, shutdown, .. } = connection;
     let client = conn.addr;
-    let server = &gateway.config().server;
+    let server = &config.server;
     let bounds = Bounds { header_timeout: server.header_timeout, idle_timeout: server.idle_timeout };
-    let (io, state) = ClientIo::new(stream, send_limits(&gateway));
+    let (io, state) = ClientIo::new(stream, send_limits(server));
     let ended = {
         let (gateway, served) = (Arc::clone(&gateway), Arc::clone(&conn));
         let service = service_fn(move |request| handle(Arc::clone(&gateway), request, Arc::clone(&served), surface));
@@ -195,8 +213,7 @@ async fn serve_connection(
     socket.close_lingering().await;
 }
 
-fn send_limits(gateway: &Gateway) -> SendLimits {
-    let server = &gateway.config().server;
+fn send_limits(server: &crate::config::ServerConfig) -> SendLimits {
     SendLimits {
         send_timeout: server.send_timeout,
         min_rate: server.min_response_data_rate,
@@ -224,9 +241,8 @@ const H1_BUFFER: usize = 32 * 1024;
 
 /// hyper's HTTP/1.1 and HTTP/2 settings, the latter from `[server.http2]`; extended
 /// CONNECT (RFC 8441) is on so that WebSockets can open over HTTP/2 too.
-fn connection_builder(gateway: &Gateway) -> auto::Builder<StreamExecutor> {
-    let server = &gateway.config().server;
-    let executor = StreamExecutor::new(send_limits(gateway), Arc::clone(&gateway.metrics));
+fn connection_builder(server: &crate::config::ServerConfig, metrics: Arc<Metrics>) -> auto::Builder<StreamExecutor> {
+    let executor = StreamExecutor::new(send_limits(server), metrics);
     let mut builder = auto::Builder::new(executor);
     builder
         .http1()
@@ -283,7 +299,7 @@ async fn respond(
         return admin::json(StatusCode::OK, r#"{"status":"ok"}"#.into());
     }
     if surface == Surface::Admin {
-        return admin::answer(&gateway, &request);
+        return admin::answer(&gateway, request).await;
     }
     gateway.metrics().request();
     let method = request.method().clone();
@@ -291,9 +307,11 @@ async fn respond(
         return server_options();
     }
     let path = request.uri().path().to_owned();
+    // The configuration this request keeps to its end, whatever a reload does meanwhile.
+    let live = gateway.live();
     // Boxed: hyper keeps room for this future in every connection, idle or not, so the
     // phases' large state machine is allocated per request instead.
-    let response = match Box::pin(request::handle(gateway.phases(), request, conn)).await {
+    let response = match Box::pin(request::handle(gateway.phases(&live), request, conn)).await {
         Ok(response) => response,
         Err(err) => {
             gateway.metrics().error(&err);

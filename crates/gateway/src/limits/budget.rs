@@ -10,7 +10,12 @@
 //!
 //! A streamed body holds only the bytes actually in flight (read from the client, not yet
 //! acknowledged by the service's credit; see `upstream/http.rs`), so an idle or trickling
-//! upload holds next to nothing. A request waiting for room listens to
+//! upload holds next to nothing.
+//!
+//! The limits can change while the gateway runs ([`PayloadBudget::set_limits`], on a
+//! configuration reload): they are read under the same lock as the counters, so every
+//! reservation is judged by one set of limits. Bytes already held stay held; a lower
+//! limit only refuses the next growth. A request waiting for room listens to
 //! [`PayloadBudget::released`], woken whenever bytes are given back. A WebSocket session
 //! holds the same way only its bytes in flight towards the service, including the
 //! message being assembled, so an idle one holds nothing (`upstream/websocket/flight.rs`).
@@ -65,8 +70,11 @@ pub struct BudgetCounters {
     pub top_clients: Vec<ClientHolding>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Counters {
+    /// Under the counters' lock so that a reload's new limits and the counts they judge
+    /// are always read together.
+    limits: PayloadLimits,
     aggregate: u64,
     per_connection: HashMap<u64, u64>,
     /// Only clients holding bytes: the map stays as small as the set of active holders.
@@ -77,7 +85,6 @@ struct Counters {
 /// Tracks reserved bytes against [`PayloadLimits`]. Shared as `Arc<PayloadBudget>`.
 #[derive(Debug)]
 pub struct PayloadBudget {
-    limits: PayloadLimits,
     /// One lock for all counters: reservations are rare enough (one per chunk) that
     /// consistency across the three limits is worth more than lock-free counters.
     counters: Mutex<Counters>,
@@ -90,15 +97,34 @@ pub struct PayloadBudget {
 impl PayloadBudget {
     /// A budget enforcing `limits`.
     pub(crate) fn new(limits: PayloadLimits) -> Arc<Self> {
-        let counters = Mutex::new(Counters::default());
-        Arc::new(PayloadBudget { limits, counters, idle: Notify::new(), released: Notify::new() })
+        let counters = Counters {
+            limits,
+            aggregate: 0,
+            per_connection: HashMap::new(),
+            per_client: HashMap::new(),
+            reservations: 0,
+        };
+        Arc::new(PayloadBudget { counters: Mutex::new(counters), idle: Notify::new(), released: Notify::new() })
+    }
+
+    /// Replaces the limits (a configuration reload). Held bytes stay held; requests
+    /// waiting for room retry at once, since a higher limit may have made some.
+    pub(crate) fn set_limits(&self, limits: PayloadLimits) {
+        self.lock().limits = limits;
+        self.released.notify_waiters();
+    }
+
+    /// The limits in force.
+    pub fn limits(&self) -> PayloadLimits {
+        self.lock().limits
     }
 
     /// Opens an empty reservation for request traffic of `client` on `connection`, held
     /// to the budget's per-call limit.
     #[cfg(test)]
     pub(crate) fn open(self: &Arc<Self>, connection: u64, client: Option<&str>) -> Reservation {
-        self.open_with_call_limit(connection, client, self.limits.max_request_bytes_per_call)
+        let per_call = self.limits().max_request_bytes_per_call;
+        self.open_with_call_limit(connection, client, per_call)
     }
 
     /// Like [`PayloadBudget::open`] with another per-call limit (a mount's override). A
@@ -170,13 +196,13 @@ impl PayloadBudget {
             return Err(BudgetExceeded::PerCall);
         }
         let client = holder.client.as_ref().map(|key| (key, c.per_client.get(key).copied().unwrap_or(0)));
-        if client.is_some_and(|(_, held)| held.saturating_add(bytes) > self.limits.max_inflight_bytes_per_client) {
+        if client.is_some_and(|(_, held)| held.saturating_add(bytes) > c.limits.max_inflight_bytes_per_client) {
             return Err(BudgetExceeded::PerClient);
         }
-        if conn.saturating_add(bytes) > self.limits.max_request_bytes_per_connection {
+        if conn.saturating_add(bytes) > c.limits.max_request_bytes_per_connection {
             return Err(BudgetExceeded::PerConnection);
         }
-        if c.aggregate.saturating_add(bytes) > self.limits.max_aggregate_inflight_bytes {
+        if c.aggregate.saturating_add(bytes) > c.limits.max_aggregate_inflight_bytes {
             return Err(BudgetExceeded::Aggregate);
         }
         c.aggregate += bytes;
@@ -194,7 +220,7 @@ impl PayloadBudget {
     fn grow_at_most(&self, holder: &Reservation, bytes: u64) -> Result<u64, BudgetExceeded> {
         let rooms = {
             let c = self.lock();
-            let limits = &self.limits;
+            let limits = &c.limits;
             let conn = c.per_connection.get(&holder.connection).copied().unwrap_or(0);
             let client = holder.client.as_ref().map(|key| c.per_client.get(key).copied().unwrap_or(0));
             [

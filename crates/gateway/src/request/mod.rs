@@ -196,7 +196,8 @@ mod tests {
     #[test]
     fn business_mounts_authenticate_before_they_route() {
         let gateway = gateway(vec![mount("/api", Profile::Business, api_keys())]);
-        let phases = gateway.phases();
+        let live = gateway.live();
+        let phases = gateway.phases(&live);
         let api = phases.mounts.select("/api/x").unwrap();
         let anonymous = business(&phases, api, &request("/api/x", &[]), &conn());
         assert!(matches!(anonymous, Err(GatewayError::Unauthorized(_))), "{anonymous:?}");
@@ -208,7 +209,8 @@ mod tests {
     #[test]
     fn streaming_mounts_only_route() {
         let gateway = gateway(vec![mount("/stream", Profile::Streaming, AuthConfig::None)]);
-        let phases = gateway.phases();
+        let live = gateway.live();
+        let phases = gateway.phases(&live);
         let stream = phases.mounts.select("/stream/up").unwrap();
         let routed = streaming(&phases, stream, &request("/stream/up", &[]), &conn());
         assert!(matches!(routed, Err(GatewayError::NotFound)), "{routed:?}");
@@ -217,7 +219,8 @@ mod tests {
     #[test]
     fn a_version_header_that_is_not_ascii_is_400() {
         let gateway = gateway(vec![]);
-        let phases = gateway.phases();
+        let live = gateway.live();
+        let phases = gateway.phases(&live);
         let root = phases.mounts.select("/x").unwrap();
         let mut bad = request("/x", &[]);
         bad.headers_mut().insert("x-weir-version", http::HeaderValue::from_bytes(b"\xff").unwrap());

@@ -6,6 +6,12 @@
 //!
 //! Without any `[[mount]]`, one implicit business mount at `/` carries the `[limits]`
 //! values and no authentication, rate or bandwidth limit, so the quick start just works.
+//!
+//! A configuration reload builds a new table from the old one ([`MountTable::rebuild`]):
+//! a mount keeps its rate limiter (and the buckets in it) when its prefix and request
+//! rate are unchanged, and its WebSocket slots when its prefix and per-user WebSocket
+//! limit are; everything else, the authenticator included (its keys may be files that
+//! changed), is built afresh. Requests in flight keep the `Arc<Mount>` they started with.
 
 use std::sync::Arc;
 
@@ -39,19 +45,34 @@ pub(crate) struct Mount {
     pub config: MountConfig,
     /// Business mounts: who the caller is.
     pub authenticator: Authenticator,
-    /// Requests per client key, when the mount limits them.
-    pub request_rate: Option<RequestRate>,
-    /// Open WebSockets per user (`ws_max_connections_per_user`).
+    /// Requests per client key, when the mount limits them; shared with the mount that
+    /// replaces this one on a reload if the rate did not change, so buckets survive it.
+    pub request_rate: Option<Arc<RequestRate>>,
+    /// Open WebSockets per user (`ws_max_connections_per_user`); kept across a reload
+    /// that does not change the limit, so open sessions still count.
     pub websockets: Arc<KeyedLimiter<String>>,
 }
 
 impl Mount {
-    /// The mount for `config`; fails when its authentication cannot be set up.
-    fn new(config: MountConfig) -> Result<Self, GatewayStartError> {
+    /// The mount for `config`, keeping the rate limiter and WebSocket slots of
+    /// `previous` (the mount it replaces, if any) that still apply; fails when its
+    /// authentication cannot be set up.
+    fn new(config: MountConfig, previous: Option<&Mount>) -> Result<Self, GatewayStartError> {
         let authenticator = Authenticator::new(&config.auth)
             .map_err(|source| GatewayStartError::Auth { prefix: config.prefix.clone(), source })?;
-        let request_rate = config.settings.rate_limit_requests.and_then(RequestRate::new);
-        let websockets = KeyedLimiter::new(config.settings.ws_max_connections_per_user);
+        let settings = &config.settings;
+        let request_rate = match previous {
+            Some(old) if old.config.settings.rate_limit_requests == settings.rate_limit_requests => {
+                old.request_rate.clone()
+            }
+            _ => settings.rate_limit_requests.and_then(RequestRate::new).map(Arc::new),
+        };
+        let websockets = match previous {
+            Some(old) if old.config.settings.ws_max_connections_per_user == settings.ws_max_connections_per_user => {
+                Arc::clone(&old.websockets)
+            }
+            _ => KeyedLimiter::new(settings.ws_max_connections_per_user),
+        };
         Ok(Mount { config, authenticator, request_rate, websockets })
     }
 }
@@ -65,6 +86,12 @@ pub(crate) struct MountTable {
 impl MountTable {
     /// The table for `config`: its mounts, or the implicit root mount.
     pub(crate) fn new(config: &GatewayConfig) -> Result<Self, GatewayStartError> {
+        Self::rebuild(&MountTable { mounts: Vec::new() }, config)
+    }
+
+    /// The table for `config`, each mount keeping what it can of the mount of `self`
+    /// with the same prefix (see the module documentation).
+    pub(crate) fn rebuild(&self, config: &GatewayConfig) -> Result<Self, GatewayStartError> {
         let mut configs = config.mounts.clone();
         if configs.is_empty() {
             configs.push(MountConfig {
@@ -76,7 +103,13 @@ impl MountTable {
             });
         }
         configs.sort_by_key(|m| std::cmp::Reverse(m.prefix.len()));
-        let mounts = configs.into_iter().map(|config| Mount::new(config).map(Arc::new)).collect::<Result<_, _>>()?;
+        let mounts = configs
+            .into_iter()
+            .map(|config| {
+                let previous = self.mounts.iter().find(|m| m.config.prefix == config.prefix);
+                Mount::new(config, previous.map(|m| &**m)).map(Arc::new)
+            })
+            .collect::<Result<_, _>>()?;
         Ok(MountTable { mounts })
     }
 
@@ -132,5 +165,31 @@ mod tests {
         assert_eq!(root.config.profile, Profile::Business);
         assert_eq!(root.config.settings.rate_limit_requests, None);
         assert_eq!(root.config.settings.max_upload_size, 100 * 1024 * 1024);
+    }
+
+    #[test]
+    fn a_rebuilt_mount_keeps_the_state_whose_limit_did_not_change() {
+        let rate = |count| Some(crate::config::Rate { count, per: std::time::Duration::from_secs(1) });
+        let mut api = mount("/api", Profile::Business);
+        api.settings.rate_limit_requests = rate(5);
+        let mut ws = mount("/ws", Profile::Business);
+        ws.settings.ws_max_connections_per_user = 3;
+        let config = GatewayConfig { mounts: vec![api.clone(), ws.clone()], ..GatewayConfig::default() };
+        let old = MountTable::new(&config).unwrap();
+        ws.settings.rate_limit_requests = rate(7);
+        let mut lower = api.clone();
+        lower.settings.rate_limit_requests = rate(1);
+        let kept = old.rebuild(&GatewayConfig { mounts: vec![api, ws], ..GatewayConfig::default() }).unwrap();
+        let changed = old.rebuild(&GatewayConfig { mounts: vec![lower], ..GatewayConfig::default() }).unwrap();
+        let (old_api, old_ws) = (old.select("/api").unwrap(), old.select("/ws").unwrap());
+        let same_rate = |a: &Mount, b: &Mount| match (&a.request_rate, &b.request_rate) {
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        };
+        assert!(same_rate(old_api, kept.select("/api").unwrap()), "same rate: same buckets");
+        assert!(Arc::ptr_eq(&old_ws.websockets, &kept.select("/ws").unwrap().websockets), "same ws limit: same slots");
+        assert!(kept.select("/ws").unwrap().request_rate.is_some(), "a new rate limit applies");
+        assert!(!same_rate(old_api, changed.select("/api").unwrap()), "a new rate: new buckets");
+        assert!(changed.select("/ws").is_none(), "a removed mount is gone");
     }
 }

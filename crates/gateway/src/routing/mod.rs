@@ -85,6 +85,14 @@
 //! The connection layer also marks an instance degraded while writes to its connection are
 //! stuck ([`RoutingTable::set_write_stalled`]; a heartbeat does not clear that) and removes
 //! it when they stay stuck (see `services::connection`).
+//!
+//! # Preferences
+//!
+//! What selection and health judge by (`[routing]`'s region, version header, default
+//! versions and silence bounds, the server's default and maximum timeouts) can be
+//! replaced while the table runs ([`RoutingTable::set_preferences`], on a configuration
+//! reload); each request and each sweep reads one consistent set. `routing.max_routes`
+//! is fixed when the table is built.
 
 mod error;
 mod instance;
@@ -166,13 +174,28 @@ pub struct InstanceInfo {
     pub in_flight: u32,
 }
 
-/// Registered instances and the endpoints they serve; see the module documentation.
-pub struct RoutingTable<L> {
+/// What selection and health judge by: replaced whole on a reload, so one request or
+/// one sweep never mixes two configurations.
+#[derive(Debug)]
+struct Preferences {
     config: RoutingConfig,
     /// `config.default_versions`, parsed; invalid entries are left out (and logged).
     default_versions: BTreeMap<String, Version>,
     default_timeout: Duration,
     max_timeout: Duration,
+}
+
+impl Preferences {
+    fn new(config: RoutingConfig, default_timeout: Duration, max_timeout: Duration) -> Self {
+        let default_versions = parse_default_versions(&config.default_versions);
+        Preferences { config, default_versions, default_timeout, max_timeout }
+    }
+}
+
+/// Registered instances and the endpoints they serve; see the module documentation.
+pub struct RoutingTable<L> {
+    /// Read lock-free by every request; replaced by [`RoutingTable::set_preferences`].
+    preferences: ArcSwap<Preferences>,
     /// What `route` reads, lock-free. Replaced only while `state` is locked.
     published: ArcSwap<Snapshot<L>>,
     /// The authoritative state; every write holds this lock until it has published.
@@ -183,9 +206,7 @@ impl<L> fmt::Debug for RoutingTable<L> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let snapshot = self.published.load();
         f.debug_struct("RoutingTable")
-            .field("config", &self.config)
-            .field("default_timeout", &self.default_timeout)
-            .field("max_timeout", &self.max_timeout)
+            .field("preferences", &self.preferences.load())
             .field("templates", &snapshot.templates().len())
             .field("instances", &snapshot.instances.len())
             .finish_non_exhaustive()
@@ -195,21 +216,24 @@ impl<L> fmt::Debug for RoutingTable<L> {
 impl<L: Clone + Send + Sync + 'static> RoutingTable<L> {
     /// An empty table. `default_timeout` and `max_timeout` are the server's.
     pub fn new(config: RoutingConfig, default_timeout: Duration, max_timeout: Duration) -> Self {
-        let default_versions = parse_default_versions(&config.default_versions);
         let state = State::new(config.max_routes);
         RoutingTable {
-            config,
-            default_versions,
-            default_timeout,
-            max_timeout,
+            preferences: ArcSwap::from_pointee(Preferences::new(config, default_timeout, max_timeout)),
             published: ArcSwap::from_pointee(Snapshot::empty()),
             state: Mutex::new(state),
         }
     }
 
-    /// The routing configuration the table was built with.
-    pub fn config(&self) -> &RoutingConfig {
-        &self.config
+    /// The routing configuration in force.
+    pub fn config(&self) -> RoutingConfig {
+        self.preferences.load().config.clone()
+    }
+
+    /// Replaces the preferences (a configuration reload): requests routed from now on
+    /// and the next sweep use them. `config.max_routes` is ignored: the bound is fixed
+    /// when the table is built.
+    pub fn set_preferences(&self, config: RoutingConfig, default_timeout: Duration, max_timeout: Duration) {
+        self.preferences.store(Arc::new(Preferences::new(config, default_timeout, max_timeout)));
     }
 
     /// Registers connection `conn_id` from its Hello, healthy and heard from at `now`.
@@ -279,7 +303,7 @@ impl<L: Clone + Send + Sync + 'static> RoutingTable<L> {
     pub fn sweep(&self, now: Instant) -> Vec<u64> {
         let evicted = self.evict_silent(now);
         let mut state = self.lock_state();
-        if state.forget_unserved(now, self.config.forget_after) {
+        if state.forget_unserved(now, self.preferences.load().config.forget_after) {
             self.publish(&mut state);
         }
         evicted
@@ -287,13 +311,15 @@ impl<L: Clone + Send + Sync + 'static> RoutingTable<L> {
 
     /// The silence half of [`RoutingTable::sweep`]: degrades, then evicts.
     fn evict_silent(&self, now: Instant) -> Vec<u64> {
+        let preferences = self.preferences.load();
+        let (degraded_after, evict_after) = (preferences.config.degraded_after, preferences.config.evict_after);
         let mut overdue = Vec::new();
         for instance in self.published.load().instances.values() {
             let silence = instance.silence(now);
-            if silence > self.config.degraded_after {
+            if silence > degraded_after {
                 instance.mark_silent();
             }
-            if silence > self.config.evict_after {
+            if silence > evict_after {
                 overdue.push(instance.conn_id);
             }
         }
@@ -306,7 +332,7 @@ impl<L: Clone + Send + Sync + 'static> RoutingTable<L> {
             .into_iter()
             .filter(|id| {
                 let registration = state.instances.get(id);
-                registration.is_some_and(|r| r.instance.silence(now) > self.config.evict_after)
+                registration.is_some_and(|r| r.instance.silence(now) > evict_after)
             })
             .collect();
         evicted.sort_unstable();
@@ -334,18 +360,19 @@ impl<L: Clone + Send + Sync + 'static> RoutingTable<L> {
             .endpoint_for(method)
             .ok_or_else(|| RouteError::MethodNotAllowed { allow: routes.allowed_methods() })?;
         let requested = requested_version.map(parse_requested_version).transpose()?;
-        let configured_default = self.default_versions.get(&endpoint.service);
+        let preferences = self.preferences.load();
+        let configured_default = preferences.default_versions.get(&endpoint.service);
         let version = select::target_version(endpoint, requested, configured_default)
             .ok_or_else(|| no_instance(endpoint, None))?;
-        let chosen = select::pick(endpoint, &version, &self.config.region)
+        let chosen = select::pick(endpoint, &version, &preferences.config.region)
             .ok_or_else(|| no_instance(endpoint, Some(&version)))?;
-        let timeout = chosen.descriptor.timeout.unwrap_or(self.default_timeout);
+        let timeout = chosen.descriptor.timeout.unwrap_or(preferences.default_timeout);
         Ok(RoutingDecision {
             endpoint: Arc::clone(&chosen.descriptor),
             template: routes.template.clone(),
             params,
             instance: Arc::clone(&chosen.instance),
-            effective_timeout: timeout.min(self.max_timeout),
+            effective_timeout: timeout.min(preferences.max_timeout),
         })
     }
 

@@ -28,7 +28,7 @@ use weir_transport::{accept_hello, ByteStream, Link, LinkConfig, LinkEvent};
 
 use super::auth::{Grant, ServicePeer};
 use super::updates::{check_endpoint_count, TooManyEndpoints, UpdatePacer};
-use super::HandshakeSlot;
+use super::{HandshakeSlot, ServiceProof};
 use crate::Gateway;
 
 /// The window a service's response (or WebSocket) stream starts with, announced in the
@@ -65,7 +65,8 @@ impl Gateway {
         peer: ServicePeer,
         slot: Option<HandshakeSlot>,
     ) {
-        let services = &self.config.services;
+        let config = self.config();
+        let services = &config.services;
         let pending = match accept_hello(io, services.max_hello_size, services.handshake_timeout).await {
             Ok(pending) => pending,
             Err(err) => {
@@ -73,18 +74,17 @@ impl Gateway {
                 return;
             }
         };
-        let grant = match self.authorize_hello(&pending.hello, &peer) {
-            Ok(grant) => grant,
-            Err((code, reason)) => return pending.refuse(code, &reason).await,
-        };
+        if let Err((code, reason)) = self.authorize_hello(&pending.hello, &peer) {
+            return pending.refuse(code, &reason).await;
+        }
         let hello = pending.hello.clone();
         let welcome = Welcome {
             protocol_version: PROTOCOL_VERSION,
-            initial_window: self.config.limits.stream_window.min(RESPONSE_START_WINDOW),
-            heartbeat_interval: self.config.routing.heartbeat_interval,
+            initial_window: config.limits.stream_window.min(RESPONSE_START_WINDOW),
+            heartbeat_interval: config.routing.heartbeat_interval,
         };
         let link_config = LinkConfig {
-            recv_window_max: self.config.limits.stream_window,
+            recv_window_max: config.limits.stream_window,
             max_update_endpoints: services.max_endpoints,
             ..LinkConfig::default()
         };
@@ -103,10 +103,18 @@ impl Gateway {
             self.routing.remove(conn_id);
             return;
         }
-        self.links.insert(conn_id, link.clone());
+        let proof = Arc::new(ServiceProof { hello: hello.clone(), trust: peer.trust.clone() });
+        self.links.insert(conn_id, link.clone(), Arc::clone(&proof));
         drop(slot);
+        // A reload between the check above and the insert would have missed this link.
+        if self.authorize_hello(&hello, &peer).is_err() {
+            self.routing.remove(conn_id);
+            self.links.remove(conn_id);
+            link.close_with_error(ErrorCode::Unauthorized, "credentials withdrawn by a configuration reload");
+            return;
+        }
         tracing::info!(%peer, conn_id, service = %hello.service, version = %hello.version, instance = %hello.instance_id, endpoints = hello.endpoints.len(), "service registered");
-        self.follow_link(conn_id, &link, events, (&hello.service, &grant)).await;
+        self.follow_link(conn_id, &link, events, &proof).await;
         self.routing.remove(conn_id);
         self.links.remove(conn_id);
         let reason = link.close_reason().unwrap_or_default();
@@ -115,13 +123,13 @@ impl Gateway {
 
     /// Authenticates `hello` and checks its paths; a refusal is logged here and returned
     /// as the Error to send. Tokens are never logged.
-    fn authorize_hello(&self, hello: &weir_proto::Hello, peer: &ServicePeer) -> Result<Grant, (ErrorCode, String)> {
+    fn authorize_hello(&self, hello: &weir_proto::Hello, peer: &ServicePeer) -> Result<(), (ErrorCode, String)> {
         let (service, instance) = (&hello.service, &hello.instance_id);
-        let grant = self.service_auth.authenticate(hello, &peer.trust).map_err(|err| {
+        let grant = self.live().service_auth.authenticate(hello, &peer.trust).map_err(|err| {
             tracing::warn!(%peer, %service, %instance, reason = %err, "service connection refused: unauthorized");
             (ErrorCode::Unauthorized, err.to_string())
         })?;
-        check_endpoint_count(hello.endpoints.len(), self.config.services.max_endpoints).map_err(|err| {
+        check_endpoint_count(hello.endpoints.len(), self.config().services.max_endpoints).map_err(|err| {
             tracing::warn!(%peer, %service, %instance, reason = %err, "service registration refused");
             (ErrorCode::RegistrationRefused, err.to_string())
         })?;
@@ -129,18 +137,19 @@ impl Gateway {
             tracing::warn!(%peer, %service, %instance, reason = %err, "service registration refused");
             (ErrorCode::RegistrationRefused, err.to_string())
         })?;
-        Ok(grant)
+        Ok(())
     }
 
     /// Applies a registered link's events until it closes. Endpoint updates must stay
-    /// within the service's `grant` and `services.max_endpoints`, like the Hello's
-    /// endpoints, and are paced (see [`super::updates`]).
+    /// within what the service's `proof` grants under the credentials in force and
+    /// `services.max_endpoints`, like the Hello's endpoints, and are paced (see
+    /// [`super::updates`]).
     async fn follow_link(
         &self,
         conn_id: u64,
         link: &Link,
         mut events: mpsc::UnboundedReceiver<LinkEvent>,
-        (service, grant): (&str, &Grant),
+        proof: &ServiceProof,
     ) {
         let mut pacer = UpdatePacer::default();
         loop {
@@ -148,7 +157,7 @@ impl Gateway {
                 event = events.recv() => event,
                 () = pacer.turn() => {
                     if let Some(update) = pacer.take(tokio::time::Instant::now()) {
-                        self.apply_update(conn_id, &update, (service, grant));
+                        self.apply_update(conn_id, &update, proof);
                     }
                     continue;
                 }
@@ -158,16 +167,16 @@ impl Gateway {
                 None => return,
                 Some(LinkEvent::Heartbeat(heartbeat)) => self.routing.heartbeat(conn_id, &heartbeat, Instant::now()),
                 Some(LinkEvent::EndpointsUpdate(update)) => {
-                    let max = self.config.services.max_endpoints;
+                    let max = self.config().services.max_endpoints;
                     if let Err(err) = check_endpoint_count(update.endpoints.len(), max) {
                         refuse_update(conn_id, &err);
                     } else if let Some(update) = pacer.offer(update, tokio::time::Instant::now()) {
-                        self.apply_update(conn_id, &update, (service, grant));
+                        self.apply_update(conn_id, &update, proof);
                     }
                 }
                 // The link judged it from its count alone and never decoded it.
                 Some(LinkEvent::EndpointsOverLimit { declared }) => {
-                    let max = self.config.services.max_endpoints;
+                    let max = self.config().services.max_endpoints;
                     refuse_update(conn_id, &TooManyEndpoints { count: declared, max });
                 }
                 Some(LinkEvent::Request(_)) => {
@@ -178,10 +187,12 @@ impl Gateway {
         }
     }
 
-    /// Replaces the endpoints of `conn_id` with `update`'s if its grant allows them;
-    /// refused, the previous endpoints stay (logged).
-    fn apply_update(&self, conn_id: u64, update: &EndpointsUpdate, (service, grant): (&str, &Grant)) {
-        let allowed = grant.check(service, &update.endpoints).map_err(|e| e.to_string());
+    /// Replaces the endpoints of `conn_id` with `update`'s if the credentials in force
+    /// still grant them to `proof`; refused, the previous endpoints stay (logged).
+    fn apply_update(&self, conn_id: u64, update: &EndpointsUpdate, proof: &ServiceProof) {
+        let service = &proof.hello.service;
+        let grant = self.live().service_auth.authenticate(&proof.hello, &proof.trust).map_err(|e| e.to_string());
+        let allowed = grant.and_then(|grant: Grant| grant.check(service, &update.endpoints).map_err(|e| e.to_string()));
         let applied =
             allowed.and_then(|()| self.routing.update_endpoints(conn_id, &update.endpoints).map_err(|e| e.to_string()));
         if let Err(err) = applied {
@@ -192,7 +203,7 @@ impl Gateway {
     /// Starts the task that evicts silent services and sends the gateway's heartbeats.
     pub(crate) fn spawn_health_sweeper(self: &Arc<Self>) -> JoinHandle<()> {
         let gateway = Arc::downgrade(self);
-        let every = self.config.routing.heartbeat_interval;
+        let every = self.config().routing.heartbeat_interval;
         tokio::spawn(async move {
             let mut ticker = tokio::time::interval(every);
             ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -208,7 +219,7 @@ impl Gateway {
 
     /// One sweep: evict services silent past `evict_after`, heartbeat the others.
     pub fn sweep_once(&self, now: Instant) {
-        for rate in self.mounts.iter().filter_map(|m| m.request_rate.as_ref()) {
+        for rate in self.live().mounts.iter().filter_map(|m| m.request_rate.as_ref()) {
             rate.forget_idle();
         }
         for conn_id in self.routing.sweep(now) {
@@ -228,7 +239,7 @@ impl Gateway {
     /// Degrades instances whose link writes are stuck past `degraded_after`; evicts those
     /// stuck past `evict_after`.
     fn sweep_stalled_writes(&self, now: Instant) {
-        let routing = &self.config.routing;
+        let routing = self.routing.config();
         for (conn_id, link) in self.links.all() {
             let stalled = link.write_stalled_for(now);
             if stalled <= routing.evict_after {

@@ -36,7 +36,7 @@ impl Gateway {
     ) {
         let scheme = if tls.is_some() { "tls" } else { "tcp" };
         let local = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
-        if self.service_auth.is_open() {
+        if self.live().service_auth.is_open() {
             tracing::warn!(
                 listen = %local,
                 "no [[services.credentials]] configured: any service that can reach the service listener may register any path"

@@ -12,14 +12,14 @@ use tokio::sync::mpsc;
 use crate::common::*;
 
 /// A child process killed if the test fails, with its stdout as a stream of lines.
-struct Proc {
+pub(crate) struct Proc {
     /// `None` once waited for.
     child: Option<Child>,
     lines: mpsc::UnboundedReceiver<String>,
 }
 
 impl Proc {
-    fn spawn(args: &[&str]) -> Proc {
+    pub(crate) fn spawn(args: &[&str]) -> Proc {
         let mut child = Command::new(env!("CARGO_BIN_EXE_weir"))
             .args(args)
             .stdout(Stdio::piped())
@@ -37,7 +37,7 @@ impl Proc {
     }
 
     /// The rest of the first stdout line that starts with `prefix`.
-    async fn line(&mut self, prefix: &str) -> String {
+    pub(crate) async fn line(&mut self, prefix: &str) -> String {
         loop {
             let line = tokio::time::timeout(WAIT, self.lines.recv()).await.expect("no such line").expect("exited");
             if let Some(rest) = line.strip_prefix(prefix) {
@@ -46,11 +46,16 @@ impl Proc {
         }
     }
 
+    /// Sends `signal` (as `kill` names it: `-HUP`) to the running process.
+    pub(crate) fn signal(&self, signal: &str) {
+        let pid = self.child.as_ref().expect("running").id().to_string();
+        assert!(Command::new("kill").args([signal, &pid]).status().unwrap().success());
+    }
+
     /// Sends SIGTERM and waits for the exit.
-    async fn terminate(mut self) -> ExitStatus {
+    pub(crate) async fn terminate(mut self) -> ExitStatus {
+        self.signal("-TERM");
         let mut child = self.child.take().expect("running");
-        let pid = child.id().to_string();
-        assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
         let waited = tokio::task::spawn_blocking(move || child.wait());
         tokio::time::timeout(WAIT, waited).await.expect("did not exit").unwrap().unwrap()
     }

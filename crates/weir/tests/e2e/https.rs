@@ -30,16 +30,16 @@ use weir_transport::tls::{certificate_identity, ClientConfig, ClientTlsStream, T
 use crate::common::*;
 
 /// PEM files of one test, in a fresh directory removed when dropped.
-struct Pems(PathBuf);
+pub(crate) struct Pems(PathBuf);
 
 impl Pems {
-    fn new(name: &str) -> Pems {
+    pub(crate) fn new(name: &str) -> Pems {
         let dir = std::env::temp_dir().join(format!("weir-https-{}-{name}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         Pems(dir)
     }
 
-    fn write(&self, name: &str, text: &str) -> PathBuf {
+    pub(crate) fn write(&self, name: &str, text: &str) -> PathBuf {
         let path = self.0.join(name);
         std::fs::write(&path, text).unwrap();
         path
@@ -87,7 +87,7 @@ fn https_setup(name: &str) -> (Pems, TestPki, GatewayConfig) {
 }
 
 /// A client trusting `pki`'s CA, offering `alpn`.
-fn client(pki: &TestPki, alpn: &[&[u8]]) -> Arc<ClientConfig> {
+pub(crate) fn client(pki: &TestPki, alpn: &[&[u8]]) -> Arc<ClientConfig> {
     let mut config = Arc::unwrap_or_clone(pki.client_config(None));
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Arc::new(config)
@@ -145,21 +145,25 @@ fn trusting_anything() -> Arc<ClientConfig> {
 }
 
 /// A TLS connection to `addr` asking for `name` (an IP address sends no SNI).
-async fn connect(addr: SocketAddr, name: &str, config: Arc<ClientConfig>) -> io::Result<ClientTlsStream<TcpStream>> {
+pub(crate) async fn connect(
+    addr: SocketAddr,
+    name: &str,
+    config: Arc<ClientConfig>,
+) -> io::Result<ClientTlsStream<TcpStream>> {
     let tcp = TcpStream::connect(addr).await?;
     let name = ServerName::try_from(name.to_owned()).unwrap();
     tokio::time::timeout(WAIT, TlsConnector::from(config).connect(name, tcp)).await.expect("handshake hangs")
 }
 
 /// The common name of the certificate the gateway presented.
-fn presented(stream: &ClientTlsStream<TcpStream>) -> String {
+pub(crate) fn presented(stream: &ClientTlsStream<TcpStream>) -> String {
     let certificate = &stream.get_ref().1.peer_certificates().expect("a certificate")[0];
     certificate_identity(certificate).expect("a common name")
 }
 
 /// GETs each of `paths` on one connection, as HTTP/2 if ALPN said so, else HTTP/1.1;
 /// returns each answer's version and status.
-async fn get_all(stream: ClientTlsStream<TcpStream>, paths: &[&str]) -> Vec<(Version, StatusCode)> {
+pub(crate) async fn get_all(stream: ClientTlsStream<TcpStream>, paths: &[&str]) -> Vec<(Version, StatusCode)> {
     let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
     let io = TokioIo::new(stream);
     let mut answers = Vec::new();

@@ -24,6 +24,7 @@ mod paths;
 mod protections;
 mod proxy_headers;
 mod registry;
+mod reload;
 mod response_framing;
 mod rfc_rules;
 mod routing;
