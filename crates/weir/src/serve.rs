@@ -8,10 +8,15 @@
 //! (`server.http_redirect_listen`) if there is one; then
 //! `weir services on tcp://ADDR` (or `tls://ADDR`) for the service listener
 //! (`[services]`), which services in other processes dial.
+//!
+//! With `server.handover_socket`, the listeners are first asked of a `weir serve`
+//! already running there (`crate::handover`), the configuration having loaded; clients
+//! are then accepted once that process's services have moved here, and it drains.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use weir_gateway::config::{ServicesConfig, ServicesTlsConfig};
@@ -19,6 +24,7 @@ use weir_gateway::{Gateway, GatewayConfig, Listeners};
 use weir_transport::tls::{self, TlsAcceptor, TlsError};
 
 use crate::config::load_config;
+use crate::handover::{self, Handover, Role};
 
 /// What `weir serve` was asked to do.
 #[derive(Debug, Clone)]
@@ -91,20 +97,25 @@ async fn serve(config: GatewayConfig, demo: bool) -> std::io::Result<()> {
         Ok(limit) => tracing::info!(limit, "open files limit raised to the hard limit"),
         Err(err) => tracing::warn!(error = %err, "cannot raise the open files limit"),
     }
-    let listener = TcpListener::bind(config.server.listen).await?;
+    let mut taken = match &config.server.handover_socket {
+        Some(path) => handover::take(path).await.map_err(std::io::Error::other)?,
+        None => None,
+    };
+    let listener = handover::acquire(&mut taken, Role::Public, config.server.listen).await?;
     let admin = match config.server.admin_listen {
-        Some(addr) => Some(TcpListener::bind(addr).await?),
+        Some(addr) => Some(handover::acquire(&mut taken, Role::Admin, addr).await?),
         None => None,
     };
     let redirect = match config.server.http_redirect_listen {
         Some(addr) => Some(
-            TcpListener::bind(addr)
+            handover::acquire(&mut taken, Role::Redirect, addr)
                 .await
                 .map_err(|e| std::io::Error::new(e.kind(), format!("server.http_redirect_listen {addr}: {e}")))?,
         ),
         None => None,
     };
-    let (services, tls) = bind_services(&config.services).await?;
+    let (services, tls) = bind_services(&config.services, &mut taken).await?;
+    let server = config.server.clone();
     let gateway = Gateway::new(config).map_err(std::io::Error::other)?;
     tracing::info!(max_connections = gateway.connections().max(), "client connection cap");
     let demo_handle = demo.then(|| crate::demo::attach(&gateway));
@@ -125,7 +136,19 @@ async fn serve(config: GatewayConfig, demo: bool) -> std::io::Result<()> {
     let scheme = if tls.is_some() { "tls" } else { "tcp" };
     println!("weir services on {scheme}://{}", services.local_addr()?);
     let listeners = Listeners { public: listener, admin, redirect, services: Some((services, tls)) };
-    let served = gateway.run(listeners, shutdown).await;
+    let handover = match server.handover_socket {
+        Some(path) => Some(Handover::new(path, taken, &listeners, server.handover_wait)?),
+        None => None,
+    };
+    let public_gate = {
+        let (gateway, shutdown) = (Arc::clone(&gateway), shutdown.clone());
+        async move {
+            if let Some(handover) = handover {
+                handover.start(gateway, shutdown).await;
+            }
+        }
+    };
+    let served = gateway.run_public_after(listeners, shutdown, public_gate).await;
     if let Some(handle) = demo_handle {
         handle.shutdown();
     }
@@ -134,13 +157,17 @@ async fn serve(config: GatewayConfig, demo: bool) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Binds the service listener and loads its TLS files; errors name the key at fault.
-async fn bind_services(config: &ServicesConfig) -> std::io::Result<(TcpListener, Option<TlsAcceptor>)> {
+/// Binds (or takes over) the service listener and loads its TLS files; errors name the
+/// key at fault.
+async fn bind_services(
+    config: &ServicesConfig,
+    taken: &mut Option<handover::Taken>,
+) -> std::io::Result<(TcpListener, Option<TlsAcceptor>)> {
     let tls = match &config.tls {
         None => None,
         Some(files) => Some(load_tls(files).map_err(|e| std::io::Error::other(format!("services.tls: {e}")))?),
     };
-    let listener = TcpListener::bind(config.listen)
+    let listener = handover::acquire(taken, Role::Services, config.listen)
         .await
         .map_err(|e| std::io::Error::new(e.kind(), format!("services.listen {}: {e}", config.listen)))?;
     Ok((listener, tls))

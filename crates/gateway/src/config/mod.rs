@@ -70,6 +70,12 @@ pub struct ServerConfig {
     /// A plain-HTTP listener that answers every request with a 308 to the same path on
     /// `https://` (`None`: no such listener). Meaningful only with `tls`.
     pub http_redirect_listen: Option<SocketAddr>,
+    /// A Unix socket where the running `weir serve` hands its listening sockets over to
+    /// a successor (an upgrade that drops nothing); `None`: no hand-over.
+    pub handover_socket: Option<PathBuf>,
+    /// How long a successor waits for the services of the process it takes over from
+    /// to register with it before it accepts client connections anyway.
+    pub handover_wait: Duration,
 }
 
 /// `[server.tls]`: the client listener's certificates, chosen by the name the client
@@ -203,6 +209,8 @@ impl Default for ServerConfig {
             http2: Http2Config::default(),
             tls: None,
             http_redirect_listen: None,
+            handover_socket: None,
+            handover_wait: Duration::from_secs(5),
         }
     }
 }

@@ -104,6 +104,7 @@ impl Gateway {
             return;
         }
         self.links.insert(conn_id, link.clone());
+        self.intake.registered();
         drop(slot);
         tracing::info!(%peer, conn_id, service = %hello.service, version = %hello.version, instance = %hello.instance_id, endpoints = hello.endpoints.len(), "service registered");
         self.follow_link(conn_id, &link, events, (&hello.service, &grant)).await;
@@ -170,7 +171,8 @@ impl Gateway {
                     let max = self.config.services.max_endpoints;
                     refuse_update(conn_id, &TooManyEndpoints { count: declared, max });
                 }
-                Some(LinkEvent::Request(_)) => {
+                // The link's reader passes neither on for the gateway side: never reached.
+                Some(LinkEvent::Request(_) | LinkEvent::GoAway(_)) => {
                     link.close_with_error(ErrorCode::ProtocolViolation, "a service may not send requests");
                     return;
                 }

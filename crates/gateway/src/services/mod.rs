@@ -3,10 +3,12 @@
 //! ([`auth`]), and each connection's life from Hello to close ([`connection`]), with its
 //! endpoint updates capped and paced ([`updates`]). The live links are kept in
 //! [`ServiceLinks`], so that eviction and shutdown reach every one; network connections
-//! still in their handshake each hold a [`HandshakeSlot`].
+//! still in their handshake each hold a [`HandshakeSlot`]. [`intake`] pauses and resumes
+//! the listener and tells services to dial again, for a hand-over to another process.
 
 pub(crate) mod auth;
 mod connection;
+pub(crate) mod intake;
 mod listener;
 mod updates;
 

@@ -26,6 +26,8 @@ pub(super) fn read_server(s: &mut Section<'_, '_>, c: &mut ServerConfig) {
     s.value("max_connections", &mut c.max_connections, |item| mounts::count(item).map(Some));
     s.section("http2", |h| read_http2(h, &mut c.http2));
     s.value("http_redirect_listen", &mut c.http_redirect_listen, |item| socket_addr(item).map(Some));
+    s.value("handover_socket", &mut c.handover_socket, |item| file_path(item).map(Some));
+    s.value("handover_wait", &mut c.handover_wait, duration);
     s.section("tls", |t| {
         if t.present() {
             c.tls = read_server_tls(t);

@@ -48,6 +48,8 @@ fn documented_example_loads_with_every_key() {
     assert_eq!(c.server.header_timeout, Duration::from_secs(5));
     assert_eq!(c.server.read_timeout, Duration::from_millis(15_000));
     assert_eq!(c.server.admin_listen, Some("127.0.0.1:9090".parse().unwrap()));
+    assert_eq!(c.server.handover_socket, Some("/run/weir/handover.sock".into()));
+    assert_eq!(c.server.handover_wait, Duration::from_secs(3));
     let h2 = &c.server.http2;
     assert_eq!(
         (h2.max_concurrent_streams, h2.initial_stream_window, h2.initial_connection_window),

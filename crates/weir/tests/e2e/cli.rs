@@ -12,14 +12,14 @@ use tokio::sync::mpsc;
 use crate::common::*;
 
 /// A child process killed if the test fails, with its stdout as a stream of lines.
-struct Proc {
+pub(crate) struct Proc {
     /// `None` once waited for.
     child: Option<Child>,
     lines: mpsc::UnboundedReceiver<String>,
 }
 
 impl Proc {
-    fn spawn(args: &[&str]) -> Proc {
+    pub(crate) fn spawn(args: &[&str]) -> Proc {
         let mut child = Command::new(env!("CARGO_BIN_EXE_weir"))
             .args(args)
             .stdout(Stdio::piped())
@@ -37,7 +37,7 @@ impl Proc {
     }
 
     /// The rest of the first stdout line that starts with `prefix`.
-    async fn line(&mut self, prefix: &str) -> String {
+    pub(crate) async fn line(&mut self, prefix: &str) -> String {
         loop {
             let line = tokio::time::timeout(WAIT, self.lines.recv()).await.expect("no such line").expect("exited");
             if let Some(rest) = line.strip_prefix(prefix) {
@@ -46,8 +46,20 @@ impl Proc {
         }
     }
 
+    /// The process id.
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// Waits for the exit, without a signal.
+    pub(crate) async fn exited(mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("running");
+        let waited = tokio::task::spawn_blocking(move || child.wait());
+        tokio::time::timeout(WAIT, waited).await.expect("did not exit").unwrap().unwrap()
+    }
+
     /// Sends SIGTERM and waits for the exit.
-    async fn terminate(mut self) -> ExitStatus {
+    pub(crate) async fn terminate(mut self) -> ExitStatus {
         let mut child = self.child.take().expect("running");
         let pid = child.id().to_string();
         assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
@@ -66,13 +78,13 @@ impl Drop for Proc {
 }
 
 /// A scratch directory for one test's files.
-fn scratch(name: &str) -> PathBuf {
+pub(crate) fn scratch(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("weir-cli-{}-{name}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
 
-fn write(dir: &Path, name: &str, text: &str) -> String {
+pub(crate) fn write(dir: &Path, name: &str, text: &str) -> String {
     let path = dir.join(name);
     std::fs::write(&path, text).unwrap();
     path.to_str().unwrap().to_owned()
