@@ -126,11 +126,9 @@ async fn a_successor_takes_the_listeners_and_services_over_without_a_failed_requ
     old.line("weir handed over; draining").await;
 
     // The old process's WebSocket is told goodbye; the old process exits 0.
-    let close = loop {
-        match ws.next().await.expect("a close frame").expect("a clean close") {
-            Message::Close(frame) => break frame.expect("a close code"),
-            other => panic!("unexpected message {other:?}"),
-        }
+    let close = match ws.next().await.expect("a close frame").expect("a clean close") {
+        Message::Close(frame) => frame.expect("a close code"),
+        other => panic!("unexpected message {other:?}"),
     };
     assert_eq!((u16::from(close.code), close.reason.as_str()), (1001, "Going away"));
     assert!(old.exited().await.success(), "the old process exits 0");
