@@ -101,20 +101,7 @@ async fn serve(config: GatewayConfig, demo: bool) -> std::io::Result<()> {
         Some(path) => handover::take(path).await.map_err(std::io::Error::other)?,
         None => None,
     };
-    let listener = handover::acquire(&mut taken, Role::Public, config.server.listen).await?;
-    let admin = match config.server.admin_listen {
-        Some(addr) => Some(handover::acquire(&mut taken, Role::Admin, addr).await?),
-        None => None,
-    };
-    let redirect = match config.server.http_redirect_listen {
-        Some(addr) => Some(
-            handover::acquire(&mut taken, Role::Redirect, addr)
-                .await
-                .map_err(|e| std::io::Error::new(e.kind(), format!("server.http_redirect_listen {addr}: {e}")))?,
-        ),
-        None => None,
-    };
-    let (services, tls) = bind_services(&config.services, &mut taken).await?;
+    let listeners = acquire_listeners(&config, &mut taken).await?;
     let server = config.server.clone();
     let gateway = Gateway::new(config).map_err(std::io::Error::other)?;
     tracing::info!(max_connections = gateway.connections().max(), "client connection cap");
@@ -125,17 +112,7 @@ async fn serve(config: GatewayConfig, demo: bool) -> std::io::Result<()> {
     }
     let shutdown = CancellationToken::new();
     tokio::spawn(wait_for_signal(shutdown.clone()));
-    let scheme = if gateway.client_tls().is_some() { "https" } else { "http" };
-    println!("weir listening on {scheme}://{}", listener.local_addr()?);
-    if let Some(redirect) = &redirect {
-        println!("weir redirecting on http://{}", redirect.local_addr()?);
-    }
-    if let Some(admin) = &admin {
-        println!("weir admin on http://{}", admin.local_addr()?);
-    }
-    let scheme = if tls.is_some() { "tls" } else { "tcp" };
-    println!("weir services on {scheme}://{}", services.local_addr()?);
-    let listeners = Listeners { public: listener, admin, redirect, services: Some((services, tls)) };
+    print_addresses(&listeners, gateway.client_tls().is_some())?;
     let handover = match server.handover_socket {
         Some(path) => Some(Handover::new(path, taken, &listeners, server.handover_wait)?),
         None => None,
@@ -154,6 +131,43 @@ async fn serve(config: GatewayConfig, demo: bool) -> std::io::Result<()> {
     }
     served?;
     tracing::info!("weir stopped");
+    Ok(())
+}
+
+/// Every listener `config` asks for: taken over from `taken` when one matches, else bound.
+async fn acquire_listeners(config: &GatewayConfig, taken: &mut Option<handover::Taken>) -> std::io::Result<Listeners> {
+    let server = &config.server;
+    let public = handover::acquire(taken, Role::Public, server.listen).await?;
+    let admin = match server.admin_listen {
+        Some(addr) => Some(handover::acquire(taken, Role::Admin, addr).await?),
+        None => None,
+    };
+    let redirect = match server.http_redirect_listen {
+        Some(addr) => Some(
+            handover::acquire(taken, Role::Redirect, addr)
+                .await
+                .map_err(|e| std::io::Error::new(e.kind(), format!("server.http_redirect_listen {addr}: {e}")))?,
+        ),
+        None => None,
+    };
+    let services = bind_services(&config.services, taken).await?;
+    Ok(Listeners { public, admin, redirect, services: Some(services) })
+}
+
+/// The stdout lines saying where each listener is (see the module documentation).
+fn print_addresses(listeners: &Listeners, https: bool) -> std::io::Result<()> {
+    let scheme = if https { "https" } else { "http" };
+    println!("weir listening on {scheme}://{}", listeners.public.local_addr()?);
+    if let Some(redirect) = &listeners.redirect {
+        println!("weir redirecting on http://{}", redirect.local_addr()?);
+    }
+    if let Some(admin) = &listeners.admin {
+        println!("weir admin on http://{}", admin.local_addr()?);
+    }
+    if let Some((services, tls)) = &listeners.services {
+        let scheme = if tls.is_some() { "tls" } else { "tcp" };
+        println!("weir services on {scheme}://{}", services.local_addr()?);
+    }
     Ok(())
 }
 

@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::cli::{scratch, write, Proc};
@@ -156,5 +157,43 @@ async fn a_successor_takes_the_listeners_and_services_over_without_a_failed_requ
     assert!(demo_routes.count() > 0, "the demo service is registered with the new process: {routes}");
 
     assert!(new.terminate().await.success());
+    assert!(demo.terminate().await.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_successor_gone_before_ready_leaves_the_old_process_serving_its_services() {
+    let dir = scratch("handover-abandoned");
+    let socket = dir.join("weir.sock");
+    let config = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nhandover_socket = \"{}\"\n\n[services]\nlisten = \"127.0.0.1:0\"\n",
+        socket.display()
+    );
+    let config = write(&dir, "weir.toml", &config);
+    let mut old = Proc::spawn(&["serve", "--no-demo", "--config", &config]);
+    let http = old.line("weir listening on ").await;
+    let services = old.line("weir services on ").await;
+    let mut demo = Proc::spawn(&["demo-service", "--connect", services.trim_start_matches("tcp://")]);
+    assert_eq!(demo.line("weir demo-service registered with ").await, services);
+
+    // A successor that asks, reads the offer (its sockets) and goes away.
+    let mut successor = tokio::net::UnixStream::connect(&socket).await.expect("the old process listens");
+    let request = br#"{"type":"request","pid":4242}"#;
+    successor.write_all(&(request.len() as u32).to_be_bytes()).await.unwrap();
+    successor.write_all(request).await.unwrap();
+    let mut length = [0u8; 4];
+    successor.read_exact(&mut length).await.unwrap();
+    let mut offer = vec![0u8; u32::from_be_bytes(length) as usize];
+    successor.read_exact(&mut offer).await.unwrap();
+    let offer: serde_json::Value = serde_json::from_slice(&offer).unwrap();
+    assert_eq!(offer["type"], "offer");
+    assert_eq!(offer["services"], serde_json::json!(["demo"]));
+    assert_eq!(old.line("weir hand-over requested by process ").await, "4242");
+    drop(successor);
+
+    // The demo service was told to dial again; the old process accepts it again.
+    assert_eq!(demo.line("weir demo-service registered with ").await, services);
+    let response = reqwest::get(format!("{http}/api/items/7")).await.unwrap();
+    assert_eq!(response.status(), reqwest::StatusCode::OK);
+    assert!(old.terminate().await.success());
     assert!(demo.terminate().await.success());
 }
