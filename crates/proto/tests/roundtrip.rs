@@ -490,7 +490,7 @@ proptest! {
     #[test]
     fn frame_decoder_never_panics_on_frame_shaped_input(
         len in 0u32..64,
-        frame_type in 0u8..=12,
+        frame_type in 0u8..=13,
         flags in prop_oneof![Just(0u8), Just(1u8), any::<u8>()],
         rest in blob(96),
     ) {
@@ -500,7 +500,7 @@ proptest! {
         wire.put_u8(flags);
         wire.extend_from_slice(&rest);
         let (frames, err) = decode_stream(&mut FrameCodec::new(64), &wire);
-        if !(1..=11).contains(&frame_type) && wire.len() >= 14 && len >= 10 {
+        if !(1..=12).contains(&frame_type) && wire.len() >= 14 && len >= 10 {
             prop_assert_eq!(err, Some(ProtoError::UnknownFrameType(frame_type)));
         }
         for f in frames {
