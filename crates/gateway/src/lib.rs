@@ -80,6 +80,9 @@ pub struct Gateway {
     /// Open WebSocket sessions: told to go away at shutdown, and awaited before the
     /// service links close, so their clients get 1001 rather than a broken stream.
     websockets: upstream::websocket::Sessions,
+    /// Whether the service listener accepts (paused while another process takes over),
+    /// and the signal that a service registered.
+    intake: services::intake::ServiceIntake,
 }
 
 /// The sockets [`Gateway::run`] serves.
@@ -126,6 +129,7 @@ impl Gateway {
             config_source: reload::SourceSlot::default(),
             reloading: Mutex::new(()),
             websockets: upstream::websocket::Sessions::default(),
+            intake: services::intake::ServiceIntake::default(),
             registry: Arc::new(RequestRegistry::default()),
             routing: RoutingTable::new(config.routing.clone(), server.default_timeout, server.max_timeout),
             budget: PayloadBudget::new(config.limits.payload),
@@ -142,6 +146,18 @@ impl Gateway {
     /// "Going away" (awaited for at most the grace too), the service listener stops,
     /// every service link is closed and the sweeper ends.
     pub async fn run(self: &Arc<Self>, listeners: Listeners, shutdown: CancellationToken) -> std::io::Result<()> {
+        self.run_public_after(listeners, shutdown, std::future::ready(())).await
+    }
+
+    /// [`Gateway::run`], accepting on the public listener only once `public_gate`
+    /// resolves (the other listeners at once): a process taking over from another waits
+    /// for the services to register with it first. Shutdown before the gate still drains.
+    pub async fn run_public_after(
+        self: &Arc<Self>,
+        listeners: Listeners,
+        shutdown: CancellationToken,
+        public_gate: impl std::future::Future<Output = ()>,
+    ) -> std::io::Result<()> {
         let sweeper = self.spawn_health_sweeper();
         let services = listeners.services.map(|(listener, tls)| {
             let (gateway, shutdown) = (Arc::clone(self), shutdown.clone());
@@ -164,6 +180,10 @@ impl Gateway {
                 gateway.websockets.go_away();
             })
         };
+        tokio::select! {
+            () = public_gate => {}
+            () = shutdown.cancelled() => {}
+        }
         let served = downstream::serve(Arc::clone(self), listeners.public, Surface::Public, shutdown).await;
         for task in [admin, redirect].into_iter().flatten() {
             let _ = task.await;

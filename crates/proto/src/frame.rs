@@ -1,7 +1,7 @@
 //! The frame: the unit of everything that crosses a service connection.
 //!
 //! Frame type numbers 1 to 8 are the protocol's first frames and never change; 9 and up
-//! came later (credit flow control, errors, the gateway's answer to Hello).
+//! came later (credit flow control, errors, the gateway's answer to Hello, GoAway).
 
 use bytes::Bytes;
 
@@ -33,11 +33,14 @@ pub enum FrameType {
     Error = 10,
     /// Extension. Gateway → service: Hello accepted, with the gateway's parameters.
     Welcome = 11,
+    /// Extension. Gateway → service, id 0: dial again now (another gateway process is
+    /// taking over); this link stays up to finish its streams until the gateway closes it.
+    GoAway = 12,
 }
 
 impl FrameType {
     /// Every frame type, in number order.
-    pub const ALL: [FrameType; 11] = [
+    pub const ALL: [FrameType; 12] = [
         FrameType::Hello,
         FrameType::Heartbeat,
         FrameType::EndpointsUpdate,
@@ -49,6 +52,7 @@ impl FrameType {
         FrameType::Credit,
         FrameType::Error,
         FrameType::Welcome,
+        FrameType::GoAway,
     ];
 
     /// Whether this type carries raw stream bytes rather than an encoded message.

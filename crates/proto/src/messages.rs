@@ -128,6 +128,15 @@ pub struct Heartbeat {
     pub error_rate: f32,
 }
 
+/// Gateway → service, on the connection (id 0): dial the gateway again at once; this
+/// connection stays up, serving the streams it has and any request still sent on it,
+/// until the gateway closes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GoAway {
+    /// Why, for the service's log.
+    pub reason: String,
+}
+
 /// Service → gateway: the complete new endpoint list.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EndpointsUpdate {
@@ -550,6 +559,23 @@ impl Message for Credit {
         check_credit_increment(increment)?;
         r.finish()?;
         Ok(Credit { increment })
+    }
+}
+
+impl Message for GoAway {
+    const FRAME_TYPE: FrameType = FrameType::GoAway;
+
+    fn encode(&self) -> Result<Bytes, ProtoError> {
+        let mut w = Writer::new();
+        w.str("go away reason", &self.reason)?;
+        Ok(w.finish())
+    }
+
+    fn decode(payload: Bytes) -> Result<Self, ProtoError> {
+        let mut r = Reader::new(payload);
+        let reason = r.str("go away reason")?;
+        r.finish()?;
+        Ok(GoAway { reason })
     }
 }
 

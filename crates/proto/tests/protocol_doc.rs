@@ -16,7 +16,7 @@ use tokio_util::codec::{Decoder, Encoder};
 use weir_proto::websocket::{WsDecoder, WsMessage};
 use weir_proto::{
     BodyMode, Cancel, CancelReason, Credit, EndpointDescriptor, ErrorCode, ErrorMessage, Frame, FrameCodec, FrameType,
-    HealthStatus, Heartbeat, Hello, Message, RequestHead, ResponseHead, Welcome, PROTOCOL_VERSION,
+    GoAway, HealthStatus, Heartbeat, Hello, Message, RequestHead, ResponseHead, Welcome, PROTOCOL_VERSION,
 };
 
 const MARKER_PREFIX: &str = "<!-- example:";
@@ -146,6 +146,7 @@ fn examples() -> BTreeMap<&'static str, Example> {
         "error",
         message(0, ErrorMessage { code: ErrorCode::RegistrationRefused, message: "GET /api/hello is taken".into() }),
     );
+    all.insert("go-away", message(0, GoAway { reason: "upgrade".into() }));
     all
 }
 

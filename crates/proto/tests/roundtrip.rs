@@ -16,7 +16,7 @@ use proptest::sample::Index;
 use tokio_util::codec::{Decoder, Encoder};
 use weir_proto::{
     BodyMode, Cancel, CancelReason, ClaimRequirement, Credit, EndpointDescriptor, EndpointKind, EndpointsUpdate,
-    ErrorCode, ErrorMessage, Frame, FrameCodec, FrameFlags, FrameType, HealthStatus, Heartbeat, Hello, Message,
+    ErrorCode, ErrorMessage, Frame, FrameCodec, FrameFlags, FrameType, GoAway, HealthStatus, Heartbeat, Hello, Message,
     ProtoError, RequestHead, ResponseHead, Welcome, DEFAULT_MAX_FRAME_PAYLOAD,
 };
 
@@ -269,6 +269,7 @@ fn decode_as(frame_type: FrameType, payload: &Bytes) -> Result<bool, TestCaseErr
         FrameType::Credit => check::<Credit>(payload),
         FrameType::Error => check::<ErrorMessage>(payload),
         FrameType::Welcome => check::<Welcome>(payload),
+        FrameType::GoAway => check::<GoAway>(payload),
         FrameType::RequestStreamData | FrameType::ResponseStreamData => Ok(true),
     }
 }
@@ -489,7 +490,7 @@ proptest! {
     #[test]
     fn frame_decoder_never_panics_on_frame_shaped_input(
         len in 0u32..64,
-        frame_type in 0u8..=12,
+        frame_type in 0u8..=13,
         flags in prop_oneof![Just(0u8), Just(1u8), any::<u8>()],
         rest in blob(96),
     ) {
@@ -499,7 +500,7 @@ proptest! {
         wire.put_u8(flags);
         wire.extend_from_slice(&rest);
         let (frames, err) = decode_stream(&mut FrameCodec::new(64), &wire);
-        if !(1..=11).contains(&frame_type) && wire.len() >= 14 && len >= 10 {
+        if !(1..=12).contains(&frame_type) && wire.len() >= 14 && len >= 10 {
             prop_assert_eq!(err, Some(ProtoError::UnknownFrameType(frame_type)));
         }
         for f in frames {
@@ -602,6 +603,7 @@ fn samples() -> Vec<(FrameType, Bytes)> {
         enc(Cancel { reason: CancelReason::Timeout }),
         enc(Credit { increment: 4096 }),
         enc(ErrorMessage { code: ErrorCode::RegistrationRefused, message: "GET /x is taken".into() }),
+        enc(GoAway { reason: "another gateway process is taking over".into() }),
     ]
 }
 
@@ -628,6 +630,7 @@ fn decode_err(frame_type: FrameType, payload: Bytes) -> Option<ProtoError> {
         FrameType::Credit => err::<Credit>(payload),
         FrameType::Error => err::<ErrorMessage>(payload),
         FrameType::Welcome => err::<Welcome>(payload),
+        FrameType::GoAway => err::<GoAway>(payload),
         FrameType::RequestStreamData | FrameType::ResponseStreamData => None,
     }
 }

@@ -2,6 +2,10 @@
 //! session until it closes, and dials again, with exponential backoff and full jitter
 //! between attempts, until shut down.
 //!
+//! A GoAway from the gateway (another gateway process takes over) makes it dial again at
+//! once, with no backoff, while the session that got it serves on until the gateway
+//! closes it: its streams in progress finish.
+//!
 //! Backoff: the n-th consecutive wait is uniform in `[0, min(100 ms × 2ⁿ, 10 s)]`; it
 //! starts over after a session that lasted more than 10 s. Refusals (bad token,
 //! conflicting endpoints) are logged at error level and retried like any failure: the
@@ -195,11 +199,12 @@ impl<D: Dialer> RunLoop<D> {
                 opened = self.open() => opened,
             };
             match opened {
-                Ok(session) => {
-                    if self.serve_until_closed(session).await > BACKOFF_RESET_AFTER {
-                        backoff.reset();
-                    }
-                }
+                Ok(session) => match self.serve_until_closed(session).await {
+                    // The old session runs on; the new one is dialled at once.
+                    SessionEnd::GoAway => continue,
+                    SessionEnd::Closed(lasted) if lasted > BACKOFF_RESET_AFTER => backoff.reset(),
+                    SessionEnd::Closed(_) => {}
+                },
                 Err(err @ ServiceError::Refused { .. }) => tracing::error!(error = %err, "gateway refused the service"),
                 Err(err) => tracing::warn!(error = %err, "could not connect to the gateway"),
             }
@@ -218,17 +223,37 @@ impl<D: Dialer> RunLoop<D> {
         self.service.serve_with(io, Arc::clone(&self.health)).await
     }
 
-    /// Serves `session` until it closes or shutdown (which closes it); says how long it
-    /// lasted.
-    async fn serve_until_closed(&self, session: ServiceSession) -> Duration {
+    /// Serves `session` until it closes, shutdown (which closes it) or a GoAway (after
+    /// which it serves on in its own task until the gateway closes it, or shutdown).
+    async fn serve_until_closed(&self, session: ServiceSession) -> SessionEnd {
         let started = Instant::now();
         self.registered.send_replace(true);
         tokio::select! {
             () = session.closed() => {}
             () = self.shutdown.cancelled() => session.close(),
+            () = session.going_away() => {
+                tokio::spawn(serve_out(session, self.shutdown.clone()));
+                return SessionEnd::GoAway;
+            }
         }
         self.registered.send_replace(false);
-        started.elapsed()
+        SessionEnd::Closed(started.elapsed())
+    }
+}
+
+/// How a session handed to [`RunLoop::serve_until_closed`] ended.
+enum SessionEnd {
+    /// It closed after lasting this long.
+    Closed(Duration),
+    /// The gateway asked for a new connection; the session serves on meanwhile.
+    GoAway,
+}
+
+/// Keeps a session the gateway sent GoAway on until the gateway closes it, or shutdown.
+async fn serve_out(session: ServiceSession, shutdown: CancellationToken) {
+    tokio::select! {
+        () = session.closed() => {}
+        () = shutdown.cancelled() => session.close(),
     }
 }
 

@@ -2,6 +2,9 @@
 //! refusal) and spawns the session loop, which serves the link's requests, each in its
 //! own task (`exchange.rs`), and sends heartbeats until the link closes.
 //!
+//! A GoAway from the gateway fires [`ServiceSession::going_away`] and changes nothing
+//! else: the session serves on until the gateway closes it (`reconnect.rs` dials again).
+//!
 //! Heartbeats go out every `Welcome::heartbeat_interval` (none when it is zero) and at
 //! once whenever the status changes ([`ServiceSession::set_status`]). Dropping a
 //! [`ServiceSession`] does not close the connection; [`ServiceSession::close`] does, as
@@ -12,6 +15,7 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio::time::{Instant, Interval, MissedTickBehavior};
+use tokio_util::sync::CancellationToken;
 use weir_proto::{ErrorCode, HealthStatus, Welcome};
 use weir_transport::memory::MemoryConnector;
 use weir_transport::{ByteStream, Link, LinkConfig, LinkEvent};
@@ -54,10 +58,16 @@ impl Service {
             heartbeat_interval = ?welcome.heartbeat_interval,
             "registered with the gateway"
         );
-        let session_loop = SessionLoop { service: self.clone(), link: link.clone(), health: Arc::clone(&health) };
+        let going_away = CancellationToken::new();
+        let session_loop = SessionLoop {
+            service: self.clone(),
+            link: link.clone(),
+            health: Arc::clone(&health),
+            going_away: going_away.clone(),
+        };
         tokio::spawn(session_loop.run(events, welcome.heartbeat_interval));
         tokio::spawn(crate::liveness::watch(link.clone(), welcome.heartbeat_interval, self.inner.heartbeat_miss_count));
-        Ok(ServiceSession { link, welcome, health })
+        Ok(ServiceSession { link, welcome, health, going_away })
     }
 }
 
@@ -67,9 +77,17 @@ pub struct ServiceSession {
     link: Link,
     welcome: Welcome,
     health: Arc<Health>,
+    /// Fired by a GoAway: whoever keeps the service connected dials again at once.
+    going_away: CancellationToken,
 }
 
 impl ServiceSession {
+    /// Resolves once the gateway has sent GoAway: it wants a new connection, and this
+    /// one stays up (serving its streams and any new request) until the gateway closes it.
+    pub async fn going_away(&self) {
+        self.going_away.cancelled().await
+    }
+
     /// The multiplexed link under the session.
     pub fn link(&self) -> &Link {
         &self.link
@@ -128,6 +146,8 @@ struct SessionLoop {
     service: Service,
     link: Link,
     health: Arc<Health>,
+    /// Fired when the gateway sends GoAway.
+    going_away: CancellationToken,
 }
 
 impl SessionLoop {
@@ -141,6 +161,10 @@ impl SessionLoop {
             tokio::select! {
                 event = events.recv() => match event {
                     Some(LinkEvent::Request(request)) => exchange::spawn(&self.service, &self.health, request),
+                    Some(LinkEvent::GoAway(go_away)) => {
+                        tracing::info!(reason = %go_away.reason, "the gateway asked for a new connection; this one serves on until it closes");
+                        self.going_away.cancel();
+                    }
                     Some(LinkEvent::Heartbeat(_) | LinkEvent::EndpointsUpdate(_) | LinkEvent::EndpointsOverLimit { .. }) => {}
                     // The link's reader has stopped: the link is closed.
                     None => break,

@@ -5,6 +5,7 @@ pub mod config;
 pub mod demo;
 pub mod demo_service;
 pub mod dev_cert;
+mod handover;
 pub mod logging;
 pub mod runtime;
 pub mod serve;

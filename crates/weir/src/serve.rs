@@ -14,6 +14,10 @@
 //! (`server.http_redirect_listen`) if there is one; then
 //! `weir services on tcp://ADDR` (or `tls://ADDR`) for the service listener
 //! (`[services]`), which services in other processes dial.
+//!
+//! With `server.handover_socket`, the listeners are first asked of a `weir serve`
+//! already running there (`crate::handover`), the configuration having loaded; clients
+//! are then accepted once that process's services have moved here, and it drains.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -26,6 +30,7 @@ use weir_gateway::{ConfigSource, Gateway, GatewayConfig, Listeners, ReloadError}
 use weir_transport::tls::{self, TlsAcceptor, TlsError};
 
 use crate::config::load_config;
+use crate::handover::{self, Handover, Role};
 
 /// What `weir serve` was asked to do.
 #[derive(Debug, Clone)]
@@ -111,20 +116,12 @@ async fn serve(config: GatewayConfig, source: Option<ConfigSource>, demo: bool) 
         Ok(limit) => tracing::info!(limit, "open files limit raised to the hard limit"),
         Err(err) => tracing::warn!(error = %err, "cannot raise the open files limit"),
     }
-    let listener = TcpListener::bind(config.server.listen).await?;
-    let admin = match config.server.admin_listen {
-        Some(addr) => Some(TcpListener::bind(addr).await?),
+    let mut taken = match &config.server.handover_socket {
+        Some(path) => handover::take(path).await.map_err(std::io::Error::other)?,
         None => None,
     };
-    let redirect = match config.server.http_redirect_listen {
-        Some(addr) => Some(
-            TcpListener::bind(addr)
-                .await
-                .map_err(|e| std::io::Error::new(e.kind(), format!("server.http_redirect_listen {addr}: {e}")))?,
-        ),
-        None => None,
-    };
-    let (services, tls) = bind_services(&config.services).await?;
+    let listeners = acquire_listeners(&config, &mut taken).await?;
+    let server = config.server.clone();
     let gateway = Gateway::new(config).map_err(std::io::Error::other)?;
     if let Some(source) = source {
         gateway.set_config_source(source);
@@ -139,18 +136,20 @@ async fn serve(config: GatewayConfig, source: Option<ConfigSource>, demo: bool) 
     }
     let shutdown = CancellationToken::new();
     tokio::spawn(wait_for_signal(shutdown.clone()));
-    let scheme = if gateway.client_tls().is_some() { "https" } else { "http" };
-    println!("weir listening on {scheme}://{}", listener.local_addr()?);
-    if let Some(redirect) = &redirect {
-        println!("weir redirecting on http://{}", redirect.local_addr()?);
-    }
-    if let Some(admin) = &admin {
-        println!("weir admin on http://{}", admin.local_addr()?);
-    }
-    let scheme = if tls.is_some() { "tls" } else { "tcp" };
-    println!("weir services on {scheme}://{}", services.local_addr()?);
-    let listeners = Listeners { public: listener, admin, redirect, services: Some((services, tls)) };
-    let served = gateway.run(listeners, shutdown).await;
+    print_addresses(&listeners, gateway.client_tls().is_some())?;
+    let handover = match server.handover_socket {
+        Some(path) => Some(Handover::new(path, taken, &listeners, server.handover_wait)?),
+        None => None,
+    };
+    let public_gate = {
+        let (gateway, shutdown) = (Arc::clone(&gateway), shutdown.clone());
+        async move {
+            if let Some(handover) = handover {
+                handover.start(gateway, shutdown).await;
+            }
+        }
+    };
+    let served = gateway.run_public_after(listeners, shutdown, public_gate).await;
     if let Some(handle) = demo_handle {
         handle.shutdown();
     }
@@ -159,13 +158,54 @@ async fn serve(config: GatewayConfig, source: Option<ConfigSource>, demo: bool) 
     Ok(())
 }
 
-/// Binds the service listener and loads its TLS files; errors name the key at fault.
-async fn bind_services(config: &ServicesConfig) -> std::io::Result<(TcpListener, Option<TlsAcceptor>)> {
+/// Every listener `config` asks for: taken over from `taken` when one matches, else bound.
+async fn acquire_listeners(config: &GatewayConfig, taken: &mut Option<handover::Taken>) -> std::io::Result<Listeners> {
+    let server = &config.server;
+    let public = handover::acquire(taken, Role::Public, server.listen).await?;
+    let admin = match server.admin_listen {
+        Some(addr) => Some(handover::acquire(taken, Role::Admin, addr).await?),
+        None => None,
+    };
+    let redirect = match server.http_redirect_listen {
+        Some(addr) => Some(
+            handover::acquire(taken, Role::Redirect, addr)
+                .await
+                .map_err(|e| std::io::Error::new(e.kind(), format!("server.http_redirect_listen {addr}: {e}")))?,
+        ),
+        None => None,
+    };
+    let services = bind_services(&config.services, taken).await?;
+    Ok(Listeners { public, admin, redirect, services: Some(services) })
+}
+
+/// The stdout lines saying where each listener is (see the module documentation).
+fn print_addresses(listeners: &Listeners, https: bool) -> std::io::Result<()> {
+    let scheme = if https { "https" } else { "http" };
+    println!("weir listening on {scheme}://{}", listeners.public.local_addr()?);
+    if let Some(redirect) = &listeners.redirect {
+        println!("weir redirecting on http://{}", redirect.local_addr()?);
+    }
+    if let Some(admin) = &listeners.admin {
+        println!("weir admin on http://{}", admin.local_addr()?);
+    }
+    if let Some((services, tls)) = &listeners.services {
+        let scheme = if tls.is_some() { "tls" } else { "tcp" };
+        println!("weir services on {scheme}://{}", services.local_addr()?);
+    }
+    Ok(())
+}
+
+/// Binds (or takes over) the service listener and loads its TLS files; errors name the
+/// key at fault.
+async fn bind_services(
+    config: &ServicesConfig,
+    taken: &mut Option<handover::Taken>,
+) -> std::io::Result<(TcpListener, Option<TlsAcceptor>)> {
     let tls = match &config.tls {
         None => None,
         Some(files) => Some(load_tls(files).map_err(|e| std::io::Error::other(format!("services.tls: {e}")))?),
     };
-    let listener = TcpListener::bind(config.listen)
+    let listener = handover::acquire(taken, Role::Services, config.listen)
         .await
         .map_err(|e| std::io::Error::new(e.kind(), format!("services.listen {}: {e}", config.listen)))?;
     Ok((listener, tls))

@@ -75,6 +75,12 @@ pub struct ServerConfig {
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Whether services also get an RFC 7239 `Forwarded` field (beside `X-Forwarded-*`).
     pub forwarded_header: bool,
+    /// A Unix socket where the running `weir serve` hands its listening sockets over to
+    /// a successor (an upgrade that drops nothing); `None`: no hand-over.
+    pub handover_socket: Option<PathBuf>,
+    /// How long a successor waits for the services of the process it takes over from
+    /// to register with it before it accepts client connections anyway.
+    pub handover_wait: Duration,
 }
 
 /// `[server.tls]`: the client listener's certificates, chosen by the name the client
@@ -210,6 +216,8 @@ impl Default for ServerConfig {
             http_redirect_listen: None,
             trusted_proxies: Vec::new(),
             forwarded_header: false,
+            handover_socket: None,
+            handover_wait: Duration::from_secs(5),
         }
     }
 }

@@ -105,6 +105,7 @@ impl Gateway {
         }
         let proof = Arc::new(ServiceProof { hello: hello.clone(), trust: peer.trust.clone() });
         self.links.insert(conn_id, link.clone(), Arc::clone(&proof));
+        self.intake.registered();
         drop(slot);
         // A reload between the check above and the insert would have missed this link.
         if self.authorize_hello(&hello, &peer).is_err() {
@@ -179,7 +180,8 @@ impl Gateway {
                     let max = self.config().services.max_endpoints;
                     refuse_update(conn_id, &TooManyEndpoints { count: declared, max });
                 }
-                Some(LinkEvent::Request(_)) => {
+                // The link's reader passes neither on for the gateway side: never reached.
+                Some(LinkEvent::Request(_) | LinkEvent::GoAway(_)) => {
                     link.close_with_error(ErrorCode::ProtocolViolation, "a service may not send requests");
                     return;
                 }

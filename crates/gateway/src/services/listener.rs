@@ -1,6 +1,7 @@
 //! The service listener: services in other processes dial in over TCP, or TLS.
 //!
-//! [`Gateway::serve_services`] accepts sockets until shutdown and gives each its own task:
+//! [`Gateway::serve_services`] accepts sockets until shutdown (not while the intake is
+//! paused for a hand-over, see [`super::intake`]) and gives each its own task:
 //! the TLS handshake (when configured), bounded by `services.handshake_timeout`, then
 //! [`Gateway::accept_service`] (Hello, authentication, registration, the link's life). A
 //! connection that sends garbage, fails its TLS handshake or stalls costs only its own
@@ -44,8 +45,16 @@ impl Gateway {
         }
         tracing::info!(listen = %local, scheme, "accepting service connections");
         loop {
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                () = self.intake.opened() => {}
+            }
             let accepted = tokio::select! {
                 () = shutdown.cancelled() => break,
+                () = self.intake.paused() => {
+                    tracing::info!(listen = %local, "service listener paused: another process accepts services");
+                    continue;
+                }
                 accepted = weir_transport::tcp::accept(&listener) => accepted,
             };
             match accepted {

@@ -5,10 +5,12 @@
 //! [`ServiceLinks`], so that eviction, shutdown and a configuration reload reach every
 //! one, each with the proof it registered with ([`ServiceProof`], which a reload checks
 //! against the new credentials); network connections still in their handshake each hold
-//! a [`HandshakeSlot`].
+//! a [`HandshakeSlot`]. [`intake`] pauses and resumes the listener and tells services to
+//! dial again, for a hand-over to another process.
 
 pub(crate) mod auth;
 mod connection;
+pub(crate) mod intake;
 mod listener;
 mod updates;
 

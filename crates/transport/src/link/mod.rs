@@ -27,7 +27,7 @@ use tokio_util::codec::{Framed, FramedRead};
 use tokio_util::sync::CancellationToken;
 use weir_proto::{
     BodyMode, Cancel, CancelReason, Credit, EndpointsUpdate, ErrorCode, ErrorMessage, Frame, FrameCodec, FrameType,
-    Heartbeat, Message, RequestHead, ResponseHead,
+    GoAway, Heartbeat, Message, RequestHead, ResponseHead,
 };
 
 pub mod flow;
@@ -129,6 +129,9 @@ pub enum LinkEvent {
     },
     /// Service role: a new request stream.
     Request(IncomingRequest),
+    /// Service role: the gateway asks for a new connection; this one stays up until the
+    /// gateway closes it.
+    GoAway(GoAway),
 }
 
 /// Service role: one request to answer.
@@ -326,6 +329,11 @@ impl Link {
     /// Sends a heartbeat (either role).
     pub fn send_heartbeat(&self, heartbeat: &Heartbeat) -> Result<(), StreamError> {
         self.send_control(heartbeat.to_frame(0).map_err(|e| StreamError::Failed(e.to_string()))?)
+    }
+
+    /// Gateway role: tells the service to dial again while this link finishes its streams.
+    pub fn send_go_away(&self, go_away: &GoAway) -> Result<(), StreamError> {
+        self.send_control(go_away.to_frame(0).map_err(|e| StreamError::Failed(e.to_string()))?)
     }
 
     /// Service role: replaces the registered endpoint list.

@@ -10,7 +10,7 @@ use futures_util::StreamExt;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use weir_proto::{
-    BodyMode, Cancel, Credit, EndpointsUpdate, ErrorCode, ErrorMessage, Frame, FrameType, Heartbeat, Message,
+    BodyMode, Cancel, Credit, EndpointsUpdate, ErrorCode, ErrorMessage, Frame, FrameType, GoAway, Heartbeat, Message,
     ProtoError, RequestHead, ResponseHead,
 };
 
@@ -62,6 +62,10 @@ impl Link {
         match (self.role(), frame.frame_type) {
             (_, FrameType::Heartbeat) => {
                 let _ = events.send(LinkEvent::Heartbeat(decode::<Heartbeat>(frame.payload)?));
+                Ok(())
+            }
+            (Role::Service, FrameType::GoAway) if id == 0 => {
+                let _ = events.send(LinkEvent::GoAway(decode::<GoAway>(frame.payload)?));
                 Ok(())
             }
             (Role::Gateway, FrameType::EndpointsUpdate) => self.on_endpoints_update(frame.payload, events),

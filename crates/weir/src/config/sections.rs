@@ -28,6 +28,8 @@ pub(super) fn read_server(s: &mut Section<'_, '_>, c: &mut ServerConfig) {
     s.value("http_redirect_listen", &mut c.http_redirect_listen, |item| socket_addr(item).map(Some));
     s.value("trusted_proxies", &mut c.trusted_proxies, networks);
     s.value("forwarded_header", &mut c.forwarded_header, boolean);
+    s.value("handover_socket", &mut c.handover_socket, |item| file_path(item).map(Some));
+    s.value("handover_wait", &mut c.handover_wait, duration);
     s.section("tls", |t| {
         if t.present() {
             c.tls = read_server_tls(t);

@@ -51,6 +51,8 @@ fn documented_example_loads_with_every_key() {
     let trusted: Vec<String> = c.server.trusted_proxies.iter().map(ToString::to_string).collect();
     assert_eq!(trusted, ["10.0.0.0/8", "fd00::/8", "192.0.2.1/32"]);
     assert!(c.server.forwarded_header);
+    assert_eq!(c.server.handover_socket, Some("/run/weir/handover.sock".into()));
+    assert_eq!(c.server.handover_wait, Duration::from_secs(3));
     let h2 = &c.server.http2;
     assert_eq!(
         (h2.max_concurrent_streams, h2.initial_stream_window, h2.initial_connection_window),

@@ -52,12 +52,22 @@ impl Proc {
         assert!(Command::new("kill").args([signal, &pid]).status().unwrap().success());
     }
 
-    /// Sends SIGTERM and waits for the exit.
-    pub(crate) async fn terminate(mut self) -> ExitStatus {
-        self.signal("-TERM");
+    /// The process id.
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// Waits for the exit, without a signal.
+    pub(crate) async fn exited(mut self) -> ExitStatus {
         let mut child = self.child.take().expect("running");
         let waited = tokio::task::spawn_blocking(move || child.wait());
         tokio::time::timeout(WAIT, waited).await.expect("did not exit").unwrap().unwrap()
+    }
+
+    /// Sends SIGTERM and waits for the exit.
+    pub(crate) async fn terminate(self) -> ExitStatus {
+        self.signal("-TERM");
+        self.exited().await
     }
 }
 
@@ -71,13 +81,13 @@ impl Drop for Proc {
 }
 
 /// A scratch directory for one test's files.
-fn scratch(name: &str) -> PathBuf {
+pub(crate) fn scratch(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("weir-cli-{}-{name}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
 
-fn write(dir: &Path, name: &str, text: &str) -> String {
+pub(crate) fn write(dir: &Path, name: &str, text: &str) -> String {
     let path = dir.join(name);
     std::fs::write(&path, text).unwrap();
     path.to_str().unwrap().to_owned()

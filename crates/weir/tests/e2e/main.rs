@@ -17,6 +17,7 @@ mod connection_limits;
 mod h2_floods;
 mod h2_websocket;
 mod h2_wire;
+mod handover;
 mod https;
 mod limits;
 mod liveness;
