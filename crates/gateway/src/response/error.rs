@@ -270,6 +270,7 @@ mod tests {
             GatewayError::PreconditionFailed,
             GatewayError::RangeNotSatisfiable { length: 10 },
             GatewayError::NotImplemented("x".into()),
+            GatewayError::UnsupportedWebSocketVersion("x".into()),
         ]
     }
 

@@ -251,7 +251,7 @@ async fn connections_over_the_per_user_limit_get_503_with_retry_after() {
 }
 
 #[tokio::test]
-async fn a_request_that_is_not_a_valid_upgrade_is_400() {
+async fn a_request_that_is_not_a_valid_upgrade_is_400_and_another_version_426() {
     let h = Harness::with_demo(config()).await;
     let plain = h.client.get(h.url("/stream/echo")).send().await.unwrap();
     assert_eq!(plain.status(), StatusCode::BAD_REQUEST);
@@ -265,9 +265,10 @@ async fn a_request_that_is_not_a_valid_upgrade_is_400() {
         .send()
         .await
         .unwrap();
-    assert_eq!(wrong_version.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(wrong_version.status(), StatusCode::UPGRADE_REQUIRED);
+    assert_eq!(wrong_version.headers()["sec-websocket-version"], "13");
     let body: serde_json::Value = wrong_version.json().await.unwrap();
-    assert_eq!(body["error"], "bad_request");
+    assert_eq!(body["error"], "unsupported_websocket_version");
     h.assert_budget_released().await;
 }
 
