@@ -16,7 +16,7 @@ use bytes::{Bytes, BytesMut};
 use libfuzzer_sys::fuzz_target;
 use tokio_util::codec::{Decoder, Encoder};
 use weir_proto::{
-    Cancel, Credit, EndpointsUpdate, ErrorMessage, Frame, FrameCodec, FrameType, Heartbeat, Hello,
+    Cancel, Credit, EndpointsUpdate, ErrorMessage, Frame, FrameCodec, FrameType, GoAway, Heartbeat, Hello,
     Message, ProtoError, RequestHead, ResponseHead, Welcome, DEFAULT_MAX_FRAME_PAYLOAD,
 };
 
@@ -93,6 +93,7 @@ fn check_payload(frame_type: FrameType, payload: &Bytes) {
         FrameType::Credit => round_trip::<Credit>(payload),
         FrameType::Error => round_trip::<ErrorMessage>(payload),
         FrameType::Welcome => round_trip::<Welcome>(payload),
+        FrameType::GoAway => round_trip::<GoAway>(payload),
         // Raw bytes: nothing to decode.
         FrameType::RequestStreamData | FrameType::ResponseStreamData => {}
     }
