@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{ReadHalf, WriteHalf};
 use tokio::sync::{mpsc, oneshot};
-use tokio_util::codec::{Framed, FramedRead};
+use tokio_util::codec::{Framed, FramedParts};
 use tokio_util::sync::CancellationToken;
 use weir_proto::{
     BodyMode, Cancel, CancelReason, Credit, EndpointsUpdate, ErrorCode, ErrorMessage, Frame, FrameCodec, FrameType,
@@ -194,7 +194,7 @@ pub struct Link {
 }
 
 type FrameSink<T> = frame_writer::FrameWriter<WriteHalf<T>>;
-type FrameSource<T> = FramedRead<ReadHalf<T>, FrameCodec>;
+type FrameSource<T> = Framed<ReadHalf<T>, FrameCodec>;
 
 impl Link {
     /// Starts the reader and writer tasks on a connection past its Hello. A link started
@@ -228,9 +228,13 @@ impl Link {
         let (read_half, write_half) = tokio::io::split(parts.io);
         // The handshake may have read with a smaller maximum (a peer not yet authenticated);
         // from here on frames may be as large as the link's configuration allows.
-        let mut source = FramedRead::new(read_half, FrameCodec::new(config.max_frame_payload));
-        // Bytes the handshake read past its last frame belong to the first frames here.
-        source.read_buffer_mut().extend_from_slice(&parts.read_buf);
+        // Bytes the handshake read past its last frame belong to the first frames here, and
+        // are decoded before the socket is read again (built from parts, the reader knows
+        // its buffer may already hold frames: a request right behind the Welcome is not
+        // left waiting for the peer's next bytes).
+        let mut source_parts = FramedParts::new::<Frame>(read_half, FrameCodec::new(config.max_frame_payload));
+        source_parts.read_buf = parts.read_buf;
+        let source = Framed::from_parts(source_parts);
         let clock = Arc::clone(&link.shared.write_clock);
         let sink = frame_writer::FrameWriter::new(write_half, config.max_frame_payload, parts.write_buf, clock);
         tokio::spawn(link.clone().write_loop(sink, control_rx, data_rx));
