@@ -359,3 +359,23 @@ async fn the_link_records_when_the_peer_last_spoke_and_its_heartbeats() {
     .expect("the heartbeat never arrived");
     assert!(service.last_received() > before);
 }
+
+#[tokio::test]
+async fn a_request_read_with_the_welcome_is_delivered_without_further_bytes() {
+    let (a, b) = tokio::io::duplex(64 * 1024);
+    let h = hello(1024);
+    let dialing = tokio::spawn(async move { dial(a, &h, LinkConfig::default(), WAIT).await });
+    let mut raw = Framed::new(b, FrameCodec::default());
+    let _hello = raw.next().await;
+    // The Welcome and a request in one write: the handshake reads both at once.
+    let mut wire = bytes::BytesMut::new();
+    let mut codec = FrameCodec::default();
+    tokio_util::codec::Encoder::encode(&mut codec, welcome(1024).to_frame(0).unwrap(), &mut wire).unwrap();
+    tokio_util::codec::Encoder::encode(&mut codec, request(BodyMode::Buffered).to_frame(1).unwrap(), &mut wire)
+        .unwrap();
+    raw.get_mut().write_all(&wire).await.unwrap();
+    let (_service, mut events, _) = dialing.await.unwrap().unwrap();
+    // Nothing more is sent: the request must come out of what was already read.
+    let incoming = next_request(&mut events).await;
+    assert_eq!(incoming.responder.id(), 1);
+}
