@@ -31,7 +31,7 @@ const X_FORWARDED_HOST: &str = "x-forwarded-host";
 
 /// The client a request speaks for: see the module doc.
 pub(crate) fn client_address(headers: &HeaderMap, peer: IpAddr, trusted: &[IpNet]) -> IpAddr {
-    let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
+    let is_trusted = |ip: &IpAddr| is_trusted_proxy(*ip, trusted);
     if !is_trusted(&peer) {
         return peer;
     }
@@ -44,6 +44,11 @@ pub(crate) fn client_address(headers: &HeaderMap, peer: IpAddr, trusted: &[IpNet
         }
     }
     client
+}
+
+/// Whether `ip` is one of `server.trusted_proxies`.
+pub(crate) fn is_trusted_proxy(ip: IpAddr, trusted: &[IpNet]) -> bool {
+    trusted.iter().any(|net| net.contains(&ip))
 }
 
 /// The addresses the proxies before weir saw, oldest first (`None`: not an address, such

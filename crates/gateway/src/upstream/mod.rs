@@ -133,7 +133,7 @@ fn request_head(
     let hop = forwarded::Hop {
         peer,
         scheme: if server.tls.is_some() { "https" } else { "http" },
-        trusted_peer: server.trusted_proxies.iter().any(|net| net.contains(&peer)),
+        trusted_peer: forwarded::is_trusted_proxy(peer, &server.trusted_proxies),
         forwarded_header: server.forwarded_header,
         authority: parts.uri.authority().map(|a| a.as_str()),
     };
