@@ -81,6 +81,10 @@ pub struct ServerConfig {
     /// How long a successor waits for the services of the process it takes over from
     /// to register with it before it accepts client connections anyway.
     pub handover_wait: Duration,
+    /// How long an idle HTTP/1.1 connection stays open once the gateway is shutting down
+    /// (or handing over): a client that sends its next request meanwhile gets its answer,
+    /// with `Connection: close`, instead of a connection closed under its request.
+    pub keep_alive_drain: Duration,
 }
 
 /// `[server.tls]`: the client listener's certificates, chosen by the name the client
@@ -218,6 +222,7 @@ impl Default for ServerConfig {
             forwarded_header: false,
             handover_socket: None,
             handover_wait: Duration::from_secs(5),
+            keep_alive_drain: Duration::from_secs(2),
         }
     }
 }

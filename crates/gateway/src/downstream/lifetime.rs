@@ -8,8 +8,15 @@
 //! - nothing was in flight for `idle_timeout`: a graceful close (HTTP/2: GOAWAY). An
 //!   HTTP/1.1 connection in the middle of a request head is left to hyper's head timer,
 //!   so that it still gets its 408;
-//! - the connection cap sheds it to admit another ([`ConnectionSlot::shed`]), or the
-//!   gateway shuts down: a graceful close.
+//! - the connection cap sheds it to admit another ([`ConnectionSlot::shed`]): a graceful
+//!   close;
+//! - the gateway shuts down (or hands over to a successor): a graceful close, except for
+//!   an idle HTTP/1.1 connection, which first drains for `keep_alive_drain`. Closing an
+//!   idle keep-alive connection races any request its client is sending at that moment
+//!   (the client sees the connection close under its request), so it stays open a little
+//!   longer, and a request that arrives is answered with `Connection: close` (added by
+//!   the caller) after which hyper closes it. An HTTP/2 connection gets GOAWAY, which
+//!   tells its client which streams were taken, so it has no such race.
 //!
 //! A connection told to close gracefully that has still not closed [`GOODBYE_TIME`]
 //! later, with nothing in flight (a peer that never acknowledges the GOAWAY's PING, a
@@ -40,6 +47,8 @@ pub(super) struct Bounds {
     pub header_timeout: Duration,
     /// Longest time with nothing in flight.
     pub idle_timeout: Duration,
+    /// How long an idle HTTP/1.1 connection stays open once the gateway shuts down.
+    pub keep_alive_drain: Duration,
 }
 
 /// What a supervisor watches besides the connection future.
@@ -78,11 +87,14 @@ where
 {
     let started = Instant::now();
     let mut closing_since = None;
+    // Set when the gateway shut down while this HTTP/1.1 connection was idle.
+    let mut draining_until = None;
     loop {
         let now = Instant::now();
-        let step = match closing_since {
-            Some(since) => farewell(now, since, watched.slot),
-            None => next_step(now, started, &watched),
+        let step = match (closing_since, draining_until) {
+            (Some(since), _) => farewell(now, since, watched.slot),
+            (None, Some(until)) => drain_step(now, until, next_step(now, started, &watched), watched.state),
+            (None, None) => next_step(now, started, &watched),
         };
         let wake_at = match step {
             Step::WaitUntil(at) => at,
@@ -94,21 +106,45 @@ where
             }
             Step::Abandon => return Ok(()),
         };
+        let shutting_down = closing_since.is_none() && draining_until.is_none();
         let asked_to_close = tokio::select! {
             ended = connection.as_mut() => return ended,
             () = watched.slot.shed(), if closing_since.is_none() => "shed to admit another connection",
-            () = watched.shutdown.cancelled(), if closing_since.is_none() => "the gateway is shutting down",
+            () = watched.shutdown.cancelled(), if shutting_down => "the gateway is shutting down",
             () = tokio::time::sleep_until(wake_at.into()) => continue,
         };
+        if watched.shutdown.is_cancelled() && drains(&watched) {
+            draining_until = Some(Instant::now() + watched.bounds.keep_alive_drain);
+            continue;
+        }
         tracing::debug!(reason = asked_to_close, "closing a client connection");
         close_gracefully(connection.as_mut());
         closing_since = Some(Instant::now());
     }
 }
 
+/// Whether a connection the gateway's shutdown finds drains before it closes: an idle
+/// HTTP/1.1 one, whose client may be sending its next request right now. A busy one is
+/// closed gracefully at once: hyper ends it after the response in progress.
+fn drains(watched: &Watched<'_>) -> bool {
+    watched.state.protocol() == Protocol::Http1 && watched.slot.idle_since().is_some()
+}
+
+/// The next step of an HTTP/1.1 connection draining until `until`: what its bounds say
+/// (`normal`) until then, a graceful close after, unless a request head is half read
+/// (hyper's head timer bounds it; the answer will say `Connection: close`).
+fn drain_step(now: Instant, until: Instant, normal: Step, state: &ConnState) -> Step {
+    match normal {
+        Step::WaitUntil(_) if now >= until && state.request_in_progress() => Step::WaitUntil(now + GOODBYE_TIME),
+        Step::WaitUntil(_) if now >= until => Step::Close("the gateway is shutting down"),
+        Step::WaitUntil(at) => Step::WaitUntil(at.min(until)),
+        other => other,
+    }
+}
+
 /// The next step of a connection not yet closing.
 fn next_step(now: Instant, started: Instant, watched: &Watched<'_>) -> Step {
-    let Bounds { header_timeout, idle_timeout } = watched.bounds;
+    let Bounds { header_timeout, idle_timeout, .. } = watched.bounds;
     let protocol = watched.state.protocol();
     let awaiting_head = !watched.slot.served() && protocol != Protocol::Http1;
     let head_due = awaiting_head.then_some(started + header_timeout);
@@ -185,7 +221,11 @@ mod tests {
     use crate::limits::connections::ConnectionCap;
 
     fn bounds() -> Bounds {
-        Bounds { header_timeout: Duration::from_secs(10), idle_timeout: Duration::from_secs(30) }
+        Bounds {
+            header_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(30),
+            keep_alive_drain: Duration::from_secs(2),
+        }
     }
 
     /// One connection's slot and state, as a supervisor watches them.
@@ -231,5 +271,21 @@ mod tests {
         let idle_due = f.slot.idle_since().unwrap() + bounds().idle_timeout;
         assert_eq!(next_step(idle_due, start, &f.watched()), Step::Close("idle timeout"));
         assert_eq!(farewell(start + GOODBYE_TIME, start, &f.slot), Step::Abandon);
+    }
+
+    #[test]
+    fn an_http1_connection_drains_until_its_deadline_then_closes() {
+        let f = Fixture::new();
+        let start = Instant::now();
+        let until = start + Duration::from_secs(2);
+        let later = start + Duration::from_secs(60);
+        assert_eq!(drain_step(start, until, Step::WaitUntil(later), &f.state), Step::WaitUntil(until));
+        let sooner = start + Duration::from_secs(1);
+        assert_eq!(drain_step(start, until, Step::WaitUntil(sooner), &f.state), Step::WaitUntil(sooner));
+        assert_eq!(
+            drain_step(until, until, Step::WaitUntil(later), &f.state),
+            Step::Close("the gateway is shutting down")
+        );
+        assert_eq!(drain_step(start, until, Step::Close("idle timeout"), &f.state), Step::Close("idle timeout"));
     }
 }

@@ -32,8 +32,8 @@ use std::pin::pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::header::{HeaderValue, CONTENT_LENGTH};
-use http::{Method, Request, Response, StatusCode};
+use http::header::{HeaderValue, CONNECTION, CONTENT_LENGTH};
+use http::{Method, Request, Response, StatusCode, Version};
 use http_body::Body as _;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -187,11 +187,17 @@ async fn serve_connection(
     let Connection { gateway, server: config, conn, surface, shutdown, .. } = connection;
     let client = conn.addr;
     let server = &config.server;
-    let bounds = Bounds { header_timeout: server.header_timeout, idle_timeout: server.idle_timeout };
+    let bounds = Bounds {
+        header_timeout: server.header_timeout,
+        idle_timeout: server.idle_timeout,
+        keep_alive_drain: server.keep_alive_drain.min(server.shutdown_grace),
+    };
     let (io, state) = ClientIo::new(stream, send_limits(server));
     let ended = {
-        let (gateway, served) = (Arc::clone(&gateway), Arc::clone(&conn));
-        let service = service_fn(move |request| handle(Arc::clone(&gateway), request, Arc::clone(&served), surface));
+        let (gateway, served, closing) = (Arc::clone(&gateway), Arc::clone(&conn), shutdown.clone());
+        let service = service_fn(move |request| {
+            handle(Arc::clone(&gateway), request, Arc::clone(&served), surface, closing.clone())
+        });
         let connection = pin!(builder.serve_connection_with_upgrades(TokioIo::new(io), service));
         let watched = Watched { slot: &conn.slot, state: &state, bounds, shutdown: &shutdown };
         lifetime::supervise(connection, |c| c.graceful_shutdown(), watched).await
@@ -270,15 +276,21 @@ fn connection_builder(server: &crate::config::ServerConfig, metrics: Arc<Metrics
 }
 
 /// One request; it counts as in flight on its connection until its response body is
-/// sent in full (or dropped).
+/// sent in full (or dropped). Once the gateway is shutting down, an HTTP/1 answer says
+/// `Connection: close`, and hyper closes the connection after it ([`lifetime`]).
 async fn handle(
     gateway: Arc<Gateway>,
     request: Request<Incoming>,
     conn: Arc<ClientConn>,
     surface: Surface,
+    shutdown: CancellationToken,
 ) -> Result<Response<InFlight<GatewayBody>>, Infallible> {
     let in_flight = conn.slot.request_started();
-    let response = respond(gateway, request, &conn, surface).await;
+    let http1 = request.version() < Version::HTTP_2;
+    let mut response = respond(gateway, request, &conn, surface).await;
+    if http1 && shutdown.is_cancelled() && response.status() != StatusCode::SWITCHING_PROTOCOLS {
+        response.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
+    }
     Ok(response.map(|body| InFlight::new(body, in_flight)))
 }
 

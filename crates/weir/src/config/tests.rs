@@ -53,6 +53,7 @@ fn documented_example_loads_with_every_key() {
     assert!(c.server.forwarded_header);
     assert_eq!(c.server.handover_socket, Some("/run/weir/handover.sock".into()));
     assert_eq!(c.server.handover_wait, Duration::from_secs(3));
+    assert_eq!(c.server.keep_alive_drain, Duration::from_secs(3));
     let h2 = &c.server.http2;
     assert_eq!(
         (h2.max_concurrent_streams, h2.initial_stream_window, h2.initial_connection_window),
