@@ -62,7 +62,7 @@ const DRAIN_QUIET: Duration = Duration::from_millis(250);
 /// Longest close reason a client frame can carry (125-byte control payload − the code).
 const MAX_CLOSE_REASON: usize = 123;
 /// tungstenite's read buffer per connection (its default, 128 KiB, is a lot per socket).
-const READ_BUFFER: usize = 16 * 1024;
+pub(crate) const READ_BUFFER: usize = 16 * 1024;
 /// Close code: the client was held back (no room in the budget or the service's window)
 /// longer than the idle timeout; RFC 6455's "Try Again Later".
 const CLOSE_TRY_AGAIN_LATER: u16 = 1013;

@@ -41,6 +41,7 @@ const INPUT: usize = 16 * 1024;
 /// largest message (`session::in_flight_limit`), so the frame that carries a message
 /// past `ws_max_message_size` can always be read, and the message refused.
 const OUTPUT: usize = 8 * 1024;
+const _: () = assert!(OUTPUT + MAX_FRAME_HEADER <= crate::upstream::websocket::session::READ_BUFFER);
 /// Compressed bytes unmasked and inflated per step.
 const STEP: usize = 4 * 1024;
 /// Longest frame header: 2 bytes, an 8-byte length and a 4-byte mask.
