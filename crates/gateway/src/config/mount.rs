@@ -113,6 +113,10 @@ pub struct MountSettings {
     pub ws_max_connections_per_user: u32,
     /// WebSocket messages a client may send, if limited.
     pub ws_rate_limit_messages: Option<Rate>,
+    /// Whether a client may negotiate permessage-deflate (RFC 7692); off by default, as
+    /// compression costs CPU and memory per session and can leak secrets mixed with
+    /// attacker-chosen text in one compressed stream.
+    pub ws_compression: bool,
     /// Requests per client key, if limited (100 per minute by default).
     pub rate_limit_requests: Option<Rate>,
     /// Bytes per second per connection, both ways, if limited (10 MiB/s by default).
@@ -133,6 +137,7 @@ impl MountSettings {
             ws_idle_timeout: Duration::from_secs(60),
             ws_max_connections_per_user: 10,
             ws_rate_limit_messages: None,
+            ws_compression: false,
             rate_limit_requests: Some(Rate { count: 100, per: Duration::from_secs(60) }),
             rate_limit_bandwidth: Some(10 * 1024 * 1024),
             max_request_bytes_per_call: None,

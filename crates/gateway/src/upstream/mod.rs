@@ -121,7 +121,8 @@ fn budget_error(err: BudgetExceeded, per_call: u64) -> GatewayError {
 
 /// The head sent to the service: the client's request minus hop-by-hop fields (those of
 /// [`HOP_BY_HOP`], every field `Connection` names, and `Upgrade` except on a WebSocket's
-/// handshake) and any client-sent `x-weir-*` field, plus the proxy fields of
+/// handshake), a WebSocket's `Sec-WebSocket-Extensions` (the gateway's to negotiate)
+/// and any client-sent `x-weir-*` field, plus the proxy fields of
 /// [`forwarded`] and the caller's identity headers.
 fn request_head(
     parts: &::http::request::Parts,
@@ -147,6 +148,8 @@ fn request_head(
         .filter(|(name, _)| {
             (websocket && *name == "upgrade") || !(*name == "upgrade" || named.iter().any(|n| n == name))
         })
+        // The gateway negotiates a WebSocket's extensions with the client itself.
+        .filter(|(name, _)| !(websocket && *name == "sec-websocket-extensions"))
         .map(|(name, value)| (name.to_owned(), Bytes::copy_from_slice(value.as_bytes())))
         .collect();
     headers.extend(hop.fields(&parts.headers));

@@ -54,6 +54,7 @@ fn read_settings(s: &mut Section<'_, '_>, c: &mut MountSettings) {
     s.value("ws_idle_timeout", &mut c.ws_idle_timeout, duration);
     s.value("ws_max_connections_per_user", &mut c.ws_max_connections_per_user, count);
     s.value("ws_rate_limit_messages", &mut c.ws_rate_limit_messages, |item| rate(item, None));
+    s.value("ws_compression", &mut c.ws_compression, super::boolean);
     s.value("rate_limit_requests", &mut c.rate_limit_requests, |item| rate(item, Some(Duration::from_secs(60))));
     s.value("rate_limit_bandwidth", &mut c.rate_limit_bandwidth, bandwidth);
     s.value("max_request_bytes_per_call", &mut c.max_request_bytes_per_call, |item| {
@@ -283,6 +284,20 @@ rate_limit_bandwidth = "10MiB/s"
         assert_eq!(settings.rate_limit_requests, Some(Rate { count: 20, per: Duration::from_secs(1) }));
         assert_eq!(settings.ws_rate_limit_messages, Some(Rate { count: 5, per: Duration::from_secs(1) }));
         assert_eq!(settings.rate_limit_bandwidth, None);
+    }
+
+    #[test]
+    fn ws_compression_is_off_unless_a_mount_turns_it_on() {
+        let config = load_config(
+            "[[mount]]\nprefix = \"/a\"\nprofile = \"business\"\nws_compression = true\n\n[[mount]]\nprefix = \"/b\"\nprofile = \"business\"\n",
+        )
+        .unwrap();
+        assert!(config.mounts[0].settings.ws_compression);
+        assert!(!config.mounts[1].settings.ws_compression);
+        let errors = load_config("[[mount]]\nprefix = \"/a\"\nprofile = \"business\"\nws_compression = \"yes\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(errors.contains("mount[0].ws_compression"), "{errors}");
     }
 
     #[test]

@@ -4,7 +4,8 @@
 //! budget idle again afterwards; an open WebSocket keeps its connection from being
 //! closed as idle, and the connection is closed as idle once it ends; and the refusals:
 //! an extended CONNECT to an endpoint that is not a WebSocket (400), for another
-//! protocol (501), and a plain HTTP/2 GET to a WebSocket endpoint (400).
+//! protocol (501), and a plain HTTP/2 GET to a WebSocket endpoint (400); and
+//! permessage-deflate negotiated on an extended CONNECT.
 
 use std::io;
 use std::pin::Pin;
@@ -188,4 +189,38 @@ async fn extended_connects_that_are_not_websockets_are_refused() {
     let mut ws = websocket(&mut client, &h, "/stream/echo").await;
     ws.send(Message::text("after")).await.unwrap();
     assert_eq!(next_message(&mut ws).await, Message::text("after"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_websocket_negotiates_permessage_deflate() {
+    use crate::ws_compression::{streaming, DeflateClient, BINARY, TEXT};
+
+    let h = Harness::with_demo(streaming(|s| s.ws_compression = true)).await;
+    let (client, _driver) = h2_client(&h).await;
+    let offer = "permessage-deflate; client_no_context_takeover";
+    let request = Request::builder()
+        .method(Method::CONNECT)
+        .uri(format!("http://{}/stream/echo", h.addr))
+        .header("sec-websocket-version", "13")
+        .header("sec-websocket-extensions", offer)
+        .extension(h2::ext::Protocol::from("websocket"))
+        .body(())
+        .unwrap();
+    let mut client = client.ready().await.unwrap();
+    let (response, send) = client.send_request(request, false).unwrap();
+    let response = tokio::time::timeout(WAIT, response).await.expect("no answer").unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.headers()["sec-websocket-extensions"], offer, "the offer accepted as it was");
+    let io = H2Io { send, recv: response.into_body(), unread: Bytes::new() };
+    let mut ws = DeflateClient::new(io, Vec::new(), offer);
+    let text = "{\"over\":\"http/2\",\"compressed\":true}".repeat(20);
+    ws.send(TEXT, text.as_bytes(), 1, true).await;
+    let echo = ws.message().await.expect("the echo");
+    assert!(echo.compressed && echo.payload == text.as_bytes());
+    let binary: Vec<u8> = (0..200_000u32).map(|n| (n % 7) as u8).collect();
+    ws.send(BINARY, &binary, 3, true).await;
+    let echo = ws.message().await.expect("the echo");
+    assert!(echo.compressed && echo.payload == binary);
+    ws.close().await;
+    h.assert_budget_released().await;
 }

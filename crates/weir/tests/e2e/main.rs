@@ -37,3 +37,4 @@ mod streaming;
 mod websocket;
 mod wire_faults;
 mod ws_budget;
+mod ws_compression;

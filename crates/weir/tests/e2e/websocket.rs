@@ -7,8 +7,9 @@
 //! that vanishes cancels the service's handler, a lost service link closes the client
 //! with 1011, and after every test the payload budget is idle again. A hand-driven
 //! service checks the wire format byte for byte (messages split across frames, the
-//! close and END_STREAM), a refusal relayed as an ordinary response, and a malformed
-//! service message (1011 to the client, Cancel to the service).
+//! close and END_STREAM), a refusal relayed as an ordinary response, a malformed
+//! service message (1011 to the client, Cancel to the service), and that the client's
+//! extension offers stay with the gateway.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -434,6 +435,26 @@ async fn messages_travel_as_kind_length_payload_across_frames() {
     // The service answers with its own close and END_STREAM; the stream completes.
     wire.send(response_data(id, &[0x08, 0, 0, 0, 2, 0x03, 0xe8], true)).await.unwrap();
     assert_close(&close_frame(&mut ws).await, 1000, "done");
+    h.assert_budget_released().await;
+}
+
+#[tokio::test]
+async fn the_service_never_sees_the_clients_extension_offers() {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+    let h = Harness::start(config()).await;
+    let mut wire = raw_service(&h).await;
+    let mut request = format!("ws://{}/ws/raw", h.addr).into_client_request().unwrap();
+    request.headers_mut().insert("sec-websocket-extensions", http::HeaderValue::from_static("permessage-deflate"));
+    let client = tokio::spawn(async move { tokio_tungstenite::connect_async(request).await.map(|_| ()) });
+    let frame = next_frame(&mut wire).await;
+    let head = RequestHead::decode(frame.payload).unwrap();
+    let named = |field: &str| head.headers.iter().any(|(name, _)| name.eq_ignore_ascii_case(field));
+    assert!(named("sec-websocket-version"), "the rest of the upgrade goes through: {:?}", head.headers);
+    assert!(!named("sec-websocket-extensions"), "the gateway negotiates extensions itself");
+    wire.send(response_frame(frame.correlation_id, 403, BodyMode::Buffered, b"")).await.unwrap();
+    let refused = tokio::time::timeout(WAIT, client).await.unwrap().unwrap();
+    assert!(matches!(refused, Err(WsError::Http(response)) if response.status() == 403));
     h.assert_budget_released().await;
 }
 

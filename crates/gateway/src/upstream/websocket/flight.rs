@@ -11,6 +11,9 @@
 //! sent and what the service has not acknowledged yet. A message moves from one side to
 //! the other when the reader yields it, with its stream-framing header already counted
 //! (a client frame's header, masked, is never shorter), so the move reserves nothing.
+//! With permessage-deflate negotiated, the frames followed are those the client's
+//! compressed messages were inflated into (`deflate/inflate.rs`, below this reader): what
+//! is held is counted decompressed, as the gateway holds it.
 //!
 //! [`MeteredIo`] sits under tungstenite and reserves before it reads: it first waits
 //! for one byte (so an idle client's reads touch nothing in the budget), then reserves

@@ -16,6 +16,10 @@
 //! [`session`] relays messages until either side ends. Any other answer is relayed to
 //! the client as an ordinary response.
 //!
+//! On a mount with `ws_compression = true` the client may negotiate permessage-deflate
+//! ([`deflate`]): the acceptance then names it, and the session inflates the client's
+//! messages and compresses its own. The service sees plain messages either way.
+//!
 //! Over HTTP/2 a WebSocket opens with an extended CONNECT (RFC 8441): `:protocol
 //! websocket` and `Sec-WebSocket-Version: 13`, no key. It is turned into the GET it
 //! stands for before routing ([`accept_extended_connect`]), so the routing table and the
@@ -39,7 +43,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::header::{HeaderValue, CONNECTION, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_PROTOCOL};
-use http::header::{SEC_WEBSOCKET_VERSION, UPGRADE};
+use http::header::{SEC_WEBSOCKET_EXTENSIONS, SEC_WEBSOCKET_VERSION, UPGRADE};
 use http::{HeaderMap, Method, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 use hyper::ext::Protocol;
@@ -53,12 +57,14 @@ use crate::limits::slots::Permit;
 use crate::response::error::GatewayError;
 use crate::response::{GatewayBody, RelayLimits};
 
+mod deflate;
 mod flight;
 mod session;
 
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use deflate::Deflate;
 use flight::Flight;
 use session::{Session, SessionLimits};
 
@@ -93,6 +99,7 @@ pub(crate) async fn relay(
     mut request: Request<Incoming>,
 ) -> Result<Response<GatewayBody>, GatewayError> {
     let handshake = check_upgrade(&request)?;
+    let deflate = admitted.settings.ws_compression.then(|| deflate::negotiate(request.headers())).flatten();
     let permit = acquire_slot(&admitted)?;
     let in_flight = admitted.decision.instance.begin_call();
     let per_call = upstream.per_call(admitted.settings);
@@ -129,6 +136,7 @@ pub(crate) async fn relay(
         limits: SessionLimits::new(settings),
         registered,
         flight: Flight::new(reservation),
+        deflate,
         window,
         going_away: upstream.sessions.going_away.clone(),
         _permit: permit,
@@ -139,7 +147,7 @@ pub(crate) async fn relay(
         session.run(on_upgrade).await;
         drop(stream_in_flight);
     });
-    Ok(accepted(&handshake, protocol))
+    Ok(accepted(&handshake, protocol, deflate.as_ref()))
 }
 
 /// Turns an RFC 8441 extended CONNECT for `websocket` into the GET it stands for (the
@@ -275,12 +283,16 @@ fn subprotocol(headers: &Headers) -> Option<HeaderValue> {
 }
 
 /// The client's acceptance: 101 for an HTTP/1.1 upgrade, 200 for an extended CONNECT
-/// (whose stream then carries the WebSocket, with no key to answer).
-fn accepted(handshake: &Handshake, protocol: Option<HeaderValue>) -> Response<GatewayBody> {
+/// (whose stream then carries the WebSocket, with no key to answer); with the
+/// permessage-deflate offer accepted, if any.
+fn accepted(handshake: &Handshake, protocol: Option<HeaderValue>, deflate: Option<&Deflate>) -> Response<GatewayBody> {
     let mut response = Response::new(GatewayBody::empty());
     let headers = response.headers_mut();
     if let Some(protocol) = protocol {
         headers.insert(SEC_WEBSOCKET_PROTOCOL, protocol);
+    }
+    if let Some(deflate) = deflate {
+        headers.insert(SEC_WEBSOCKET_EXTENSIONS, deflate.header_value());
     }
     if let Handshake::Http1 { key } = handshake {
         let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
@@ -321,7 +333,7 @@ mod tests {
     #[test]
     fn the_accept_key_is_rfc_6455s() {
         let handshake = Handshake::Http1 { key: "dGhlIHNhbXBsZSBub25jZQ==".into() };
-        let response = accepted(&handshake, None);
+        let response = accepted(&handshake, None, None);
         assert_eq!(response.status(), StatusCode::SWITCHING_PROTOCOLS);
         assert_eq!(response.headers()[SEC_WEBSOCKET_ACCEPT], "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
     }

@@ -13,6 +13,11 @@
 //! Cancel). Both closings are bounded in time, and the session's values (slot,
 //! reservation, in-flight count, stream handle) drop when the task ends.
 //!
+//! With permessage-deflate negotiated, the client's socket is read through
+//! [`Inflating`] (its compressed messages reach tungstenite as plain frames, so the limits
+//! and the budget below apply to decompressed bytes) and the service's messages are
+//! compressed for the client ([`Compressor`]).
+//!
 //! The client is read under the payload budget ([`super::flight`]): only the bytes in
 //! flight towards the service are held, and with no room the session stops reading (the
 //! client's TCP window closes). A client that cannot hand a message to the service
@@ -40,6 +45,9 @@ use weir_proto::websocket::{self as ws, WsDecoder, WsFramingError, WsMessage};
 use weir_proto::CancelReason;
 use weir_transport::{DataReceiver, DataSender, Link, StreamError, StreamHandle};
 
+use super::deflate::compress::{CompressError, Compressor};
+use super::deflate::inflate::{inflate_error, InflateError, Inflating};
+use super::deflate::Deflate;
 use super::flight::{Flight, MeteredIo};
 use crate::config::MountSettings;
 use crate::limits::in_flight::Registered;
@@ -54,14 +62,14 @@ const DRAIN_QUIET: Duration = Duration::from_millis(250);
 /// Longest close reason a client frame can carry (125-byte control payload − the code).
 const MAX_CLOSE_REASON: usize = 123;
 /// tungstenite's read buffer per connection (its default, 128 KiB, is a lot per socket).
-const READ_BUFFER: usize = 16 * 1024;
+pub(crate) const READ_BUFFER: usize = 16 * 1024;
 /// Close code: the client was held back (no room in the budget or the service's window)
 /// longer than the idle timeout; RFC 6455's "Try Again Later".
 const CLOSE_TRY_AGAIN_LATER: u16 = 1013;
 /// The reason sent with [`CLOSE_TRY_AGAIN_LATER`].
 const TRY_AGAIN_LATER: &str = "Try again later";
 
-type Ws = WebSocketStream<MeteredIo<TokioIo<Upgraded>>>;
+type Ws = WebSocketStream<MeteredIo<Inflating<TokioIo<Upgraded>>>>;
 
 /// The most a session may hold in the budget: the per-call limit, or one largest message
 /// plus a read ahead of tungstenite's buffer if that is more, so that any message the
@@ -100,6 +108,8 @@ pub(crate) struct Session {
     /// The bytes in flight towards the service, held in the budget; shared with the
     /// reader under tungstenite.
     pub flight: Flight,
+    /// The permessage-deflate parameters the client negotiated, if any.
+    pub deflate: Option<Deflate>,
     /// The stream's initial credit: the window minus the credit left is what the
     /// service has not acknowledged.
     pub window: u64,
@@ -135,6 +145,8 @@ enum ServiceEnd {
     Broken { reason: String, cancel: Option<CancelReason> },
     /// Writing to the client failed: it is gone.
     ClientGone(String),
+    /// The gateway could not prepare a message for the client (compression failed).
+    Failed(String),
 }
 
 /// What each side is told when the session ends.
@@ -178,7 +190,9 @@ impl Session {
             .read_buffer_size(READ_BUFFER)
             .max_message_size(Some(self.limits.max_message))
             .max_frame_size(Some(self.limits.max_message));
-        let io = MeteredIo::new(TokioIo::new(upgraded), self.flight.clone());
+        let max_message = self.limits.max_message as u64;
+        let client = Inflating::new(TokioIo::new(upgraded), self.deflate.as_ref(), max_message);
+        let io = MeteredIo::new(client, self.flight.clone());
         let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
         let (mut to_client, mut from_client) = ws.split();
         let plan = self.relay(&mut to_client, &mut from_client).await;
@@ -210,10 +224,13 @@ impl Session {
             }
         };
         let max_message = self.limits.max_message;
+        let compressor = self.deflate.as_ref().map(Compressor::new);
         let mut outbound = Outbound { sender: &mut self.sender, flight: &self.flight, window: self.window };
         tokio::select! {
             end = upstream(from_client, &mut outbound, &self.limits, count_in) => plan_for_client(end),
-            end = downstream(&mut self.receiver, to_client, max_message, count_out) => plan_for_service(end),
+            end = downstream(&mut self.receiver, to_client, compressor, max_message, count_out) => {
+                plan_for_service(end)
+            }
             () = operator_cancel => Plan {
                 client: ClientClose::Send(close_frame(ws::CLOSE_POLICY, "Cancelled by an operator")),
                 service: ServiceClose::Cancel(CancelReason::Administrative),
@@ -336,14 +353,21 @@ fn client_error(err: WsError) -> ClientEnd {
             tracing::debug!(error = %err, "WebSocket client broke the protocol");
             ClientEnd::Refused(ws::CLOSE_PROTOCOL_ERROR, "Protocol error")
         }
+        WsError::Io(err) => match inflate_error(&err) {
+            Some(InflateError::FrameTooLong) => ClientEnd::Refused(ws::CLOSE_TOO_BIG, "Message too big"),
+            Some(InflateError::Corrupt) => ClientEnd::Refused(ws::CLOSE_INVALID_DATA, "Invalid compressed data"),
+            None => ClientEnd::Gone(err.to_string()),
+        },
         other => ClientEnd::Gone(other.to_string()),
     }
 }
 
-/// Service → client: every decoded message until a close, an error or the end.
+/// Service → client: every decoded message until a close, an error or the end;
+/// compressed when the client negotiated it.
 async fn downstream(
     receiver: &mut DataReceiver,
     to_client: &mut SplitSink<Ws, Message>,
+    mut compressor: Option<Compressor>,
     max_message: usize,
     count: impl Fn(usize),
 ) -> ServiceEnd {
@@ -358,8 +382,16 @@ async fn downstream(
             count(message.payload_len());
             let out = match message {
                 WsMessage::Close { code, reason } => return ServiceEnd::Closed(code, reason),
-                WsMessage::Text(text) => Message::text(text),
-                WsMessage::Binary(bytes) => Message::Binary(bytes),
+                WsMessage::Text(text) => {
+                    compressed(&mut compressor, true, text.as_bytes()).map(|c| c.unwrap_or_else(|| Message::text(text)))
+                }
+                WsMessage::Binary(bytes) => {
+                    compressed(&mut compressor, false, &bytes).map(|c| c.unwrap_or_else(|| Message::Binary(bytes)))
+                }
+            };
+            let out = match out {
+                Ok(out) => out,
+                Err(err) => return ServiceEnd::Failed(err.to_string()),
             };
             if let Err(err) = to_client.send(out).await {
                 return ServiceEnd::ClientGone(err.to_string());
@@ -376,6 +408,18 @@ async fn downstream(
                 return ServiceEnd::Broken { reason, cancel: None };
             }
         }
+    }
+}
+
+/// The message compressed, if the client negotiated compression and it is long enough.
+fn compressed(
+    compressor: &mut Option<Compressor>,
+    text: bool,
+    payload: &[u8],
+) -> Result<Option<Message>, CompressError> {
+    match compressor {
+        Some(compressor) => compressor.message(text, payload),
+        None => Ok(None),
     }
 }
 
@@ -431,6 +475,13 @@ fn plan_for_service(end: ServiceEnd) -> Plan {
         ServiceEnd::ClientGone(reason) => {
             tracing::debug!(%reason, "WebSocket client gone while writing to it");
             Plan { client: ClientClose::Abandon, service: ServiceClose::Cancel(CancelReason::ClientDisconnected) }
+        }
+        ServiceEnd::Failed(reason) => {
+            tracing::error!(%reason, "WebSocket message for the client failed; closing both sides with 1011");
+            Plan {
+                client: ClientClose::Send(close_frame(ws::CLOSE_INTERNAL, "Internal error")),
+                service: ServiceClose::Send(WsMessage::close(ws::CLOSE_INTERNAL, "Internal error")),
+            }
         }
     }
 }
@@ -499,7 +550,7 @@ async fn close_client(
 /// closes its side or falls silent for [`DRAIN_QUIET`].
 async fn drain(mut ws: Ws) {
     // Thrown away as read: nothing to hold in the budget.
-    let io = ws.get_mut().unmetered();
+    let io = ws.get_mut().unmetered().raw();
     let _ = io.shutdown().await;
     let mut sink = [0u8; 4096];
     while let Ok(Ok(1..)) = tokio::time::timeout(DRAIN_QUIET, io.read(&mut sink)).await {}
@@ -559,5 +610,10 @@ mod tests {
         assert!(matches!(client_error(too_long), ClientEnd::Refused(1009, "Message too big")));
         let reset = WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake);
         assert!(matches!(client_error(reset), ClientEnd::Gone(_)));
+        let inflated = |err| WsError::Io(std::io::Error::new(std::io::ErrorKind::InvalidData, err));
+        let bomb = inflated(InflateError::FrameTooLong);
+        assert!(matches!(client_error(bomb), ClientEnd::Refused(1009, "Message too big")));
+        let corrupt = inflated(InflateError::Corrupt);
+        assert!(matches!(client_error(corrupt), ClientEnd::Refused(1007, "Invalid compressed data")));
     }
 }
