@@ -4,6 +4,8 @@
 //! What a reload replaces lives in one immutable [`Live`] value behind the gateway's
 //! `ArcSwap`: the configuration in force, the mounts (with their authenticators, rate
 //! limiters and WebSocket slots), the service credentials and the client certificates.
+//! A mount that keeps its prefix keeps its WebSocket slots, so the sessions open on it
+//! count against its new `ws_max_connections_per_user`.
 //! The invariant: every request, client connection and TLS handshake loads `Live` once
 //! when it begins and uses that snapshot to its end, so work in progress never sees two
 //! configurations, and a reload is one atomic store. Beside it, the payload budget's

@@ -48,8 +48,8 @@ pub(crate) struct Mount {
     /// Requests per client key, when the mount limits them; shared with the mount that
     /// replaces this one on a reload if the rate did not change, so buckets survive it.
     pub request_rate: Option<Arc<RequestRate>>,
-    /// Open WebSockets per user (`ws_max_connections_per_user`); kept across a reload
-    /// that does not change the limit, so open sessions still count.
+    /// Open WebSockets per user (`ws_max_connections_per_user`); kept across a reload,
+    /// with the new limit, so open sessions still count against it.
     pub websockets: Arc<KeyedLimiter<String>>,
 }
 
@@ -68,10 +68,11 @@ impl Mount {
             _ => settings.rate_limit_requests.and_then(RequestRate::new).map(Arc::new),
         };
         let websockets = match previous {
-            Some(old) if old.config.settings.ws_max_connections_per_user == settings.ws_max_connections_per_user => {
+            Some(old) => {
+                old.websockets.set_max(settings.ws_max_connections_per_user);
                 Arc::clone(&old.websockets)
             }
-            _ => KeyedLimiter::new(settings.ws_max_connections_per_user),
+            None => KeyedLimiter::new(settings.ws_max_connections_per_user),
         };
         Ok(Mount { config, authenticator, request_rate, websockets })
     }
@@ -191,5 +192,20 @@ mod tests {
         assert!(kept.select("/ws").unwrap().request_rate.is_some(), "a new rate limit applies");
         assert!(!same_rate(old_api, changed.select("/api").unwrap()), "a new rate: new buckets");
         assert!(changed.select("/ws").is_none(), "a removed mount is gone");
+    }
+
+    #[test]
+    fn a_changed_websocket_limit_keeps_the_open_sessions_counted() {
+        let mut ws = mount("/ws", Profile::Business);
+        ws.settings.ws_max_connections_per_user = 3;
+        let old = MountTable::new(&GatewayConfig { mounts: vec![ws.clone()], ..GatewayConfig::default() }).unwrap();
+        let open: Vec<_> =
+            (0..2).map(|_| old.select("/ws").unwrap().websockets.try_acquire("alice".to_owned()).unwrap()).collect();
+        ws.settings.ws_max_connections_per_user = 2;
+        let new = old.rebuild(&GatewayConfig { mounts: vec![ws], ..GatewayConfig::default() }).unwrap();
+        let slots = &new.select("/ws").unwrap().websockets;
+        assert!(slots.try_acquire("alice".to_owned()).is_none(), "her two open sessions fill the new limit");
+        drop(open);
+        assert!(slots.try_acquire("alice".to_owned()).is_some());
     }
 }
