@@ -167,6 +167,26 @@ fn default_version_without_instances_does_not_fall_back() {
 }
 
 #[test]
+fn new_preferences_route_the_next_requests_and_keep_the_instances() {
+    let t = table();
+    let endpoints = [("GET", "/x")];
+    register(&t, 1, &hello("svc", "1.0.0", "eu", &endpoints));
+    register(&t, 2, &hello("svc", "2.0.0", "us", &endpoints));
+    assert_eq!(chosen(&t, "GET", "/x", None), 2, "the highest version");
+
+    let mut config = RoutingConfig::default();
+    config.default_versions.insert("svc".into(), "1.0.0".into());
+    t.set_preferences(config, DEFAULT_TIMEOUT, MAX_TIMEOUT);
+    assert_eq!(chosen(&t, "GET", "/x", None), 1, "the new default version");
+    assert_eq!(chosen(&t, "GET", "/x", Some("2.0.0")), 2, "both instances are still registered");
+
+    let longer = Duration::from_secs(45);
+    t.set_preferences(RoutingConfig::default(), longer, MAX_TIMEOUT);
+    let routed = t.route("GET", "/x", None).expect("routed");
+    assert_eq!((routed.instance.conn_id, routed.effective_timeout), (2, longer), "the new default timeout");
+}
+
+#[test]
 fn local_region_is_preferred_after_health() {
     let config = RoutingConfig { region: "eu".into(), ..RoutingConfig::default() };
     let t = table_with(config);
