@@ -2,13 +2,15 @@
 //! the listening sockets of the running one over `server.handover_socket`, the services
 //! move to it (GoAway), and the first drains and exits 0, while clients over HTTP/1.1
 //! (keep-alive and a new connection per request) and HTTP/2 hammer it without a single
-//! failed request. A successor whose configuration is broken never contacts the running
-//! process.
+//! failed request. The HTTPS and redirect listeners are handed over too, and a
+//! keep-alive client of the old process is answered while it drains. A successor whose
+//! configuration is broken never contacts the running process.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use futures_util::{SinkExt, StreamExt};
+use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::Message;
 
@@ -213,5 +215,70 @@ async fn a_successor_with_a_broken_configuration_never_contacts_the_running_proc
     assert!(old.exited().await.success());
     let response = reqwest::get(format!("{http}/api/items/7")).await.unwrap();
     assert_eq!(response.status(), reqwest::StatusCode::OK);
+    assert!(new.terminate().await.success());
+}
+
+/// The HTTPS and redirect listeners are handed over like the plain one, and an HTTPS
+/// keep-alive connection to the old process that sends a request while it drains gets its
+/// answer, with `Connection: close`, instead of a connection closed under it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_and_redirect_listeners_are_handed_over_and_keep_alive_clients_are_answered() {
+    use http_body_util::{BodyExt, Empty};
+
+    let dir = scratch("handover-tls");
+    let pki = TestPki::new();
+    let pems = crate::https::Pems::new("handover");
+    let (cert, key) = pki.issue("localhost", &["localhost", "127.0.0.1"]);
+    let (cert, key) = (pems.write("cert.pem", &cert), pems.write("key.pem", &key));
+    let config = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nhttp_redirect_listen = \"127.0.0.1:0\"\nhandover_socket = \"{}\"\n\
+         keep_alive_drain = \"20s\"\nshutdown_grace = \"30s\"\n\n[server.tls]\ncert = {cert:?}\nkey = {key:?}\n",
+        dir.join("weir.sock").display()
+    );
+    let config = write(&dir, "weir.toml", &config);
+    let mut old = Proc::spawn(&["serve", "--config", &config]);
+    let https = old.line("weir listening on ").await;
+    let redirect = old.line("weir redirecting on ").await;
+    let addr: std::net::SocketAddr = https.trim_start_matches("https://").parse().unwrap();
+
+    let stream = crate::https::connect(addr, "localhost", crate::https::client(&pki, &[b"http/1.1"])).await.unwrap();
+    let (mut kept, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
+    tokio::spawn(connection);
+    let get = |id: u32| {
+        let request = http::Request::get(format!("/api/items/{id}")).header("host", "localhost");
+        request.body(Empty::<bytes::Bytes>::new()).unwrap()
+    };
+    let first = kept.send_request(get(1)).await.unwrap();
+    assert_eq!((first.status(), first.headers().get("connection")), (http::StatusCode::OK, None));
+    first.into_body().collect().await.unwrap();
+    // The old process's WebSocket hears of its drain (1001) when its connections do.
+    let stream = crate::https::connect(addr, "localhost", crate::https::client(&pki, &[b"http/1.1"])).await.unwrap();
+    let (mut ws, _) = tokio_tungstenite::client_async("wss://localhost/stream/echo", stream).await.unwrap();
+
+    let mut new = Proc::spawn(&["serve", "--config", &config]);
+    assert_eq!(new.line("weir listening on ").await, https, "the same HTTPS socket");
+    assert_eq!(new.line("weir redirecting on ").await, redirect, "the same redirect socket");
+    old.line("weir handed over; draining").await;
+    let Some(Ok(Message::Close(Some(close)))) = ws.next().await else { panic!("the WebSocket is told goodbye") };
+    assert_eq!(u16::from(close.code), 1001);
+
+    // Idle when the drain began, the connection is still open a while later (the client's
+    // think time, not a wait for an event): its request is answered.
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let during = kept.send_request(get(2)).await.expect("answered, not closed under the request");
+    assert_eq!(during.status(), http::StatusCode::OK);
+    assert_eq!(during.headers()["connection"], "close");
+    during.into_body().collect().await.unwrap();
+    assert!(old.exited().await.success(), "the old process exits once its connection closed");
+
+    for alpn in [&b"h2"[..], b"http/1.1"] {
+        let stream = crate::https::connect(addr, "localhost", crate::https::client(&pki, &[alpn])).await.unwrap();
+        let answers = crate::https::get_all(stream, &["/api/items/3"]).await;
+        assert_eq!(answers[0].1, http::StatusCode::OK, "{alpn:?} to the new process");
+    }
+    let redirect: std::net::SocketAddr = redirect.trim_start_matches("http://").parse().unwrap();
+    let answer =
+        crate::https::exchange(redirect, "GET /a HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n").await;
+    assert!(answer.starts_with("HTTP/1.1 308"), "{answer:?}");
     assert!(new.terminate().await.success());
 }

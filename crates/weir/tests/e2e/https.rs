@@ -347,7 +347,7 @@ async fn start_redirecting(config: GatewayConfig) -> Redirecting {
 }
 
 /// Sends `request` on a new plain connection and reads the answer to its end.
-async fn exchange(addr: SocketAddr, request: &str) -> String {
+pub(crate) async fn exchange(addr: SocketAddr, request: &str) -> String {
     let mut socket = TcpStream::connect(addr).await.unwrap();
     socket.write_all(request.as_bytes()).await.unwrap();
     let mut answer = Vec::new();
