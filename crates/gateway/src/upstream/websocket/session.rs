@@ -530,7 +530,12 @@ async fn close_client(
                     if message.is_text() || message.is_binary() {
                         flight.discard();
                     }
-                    replied |= message.is_close();
+                    if message.is_close() {
+                        // The closing handshake is complete: the server closes the TCP
+                        // connection first (RFC 6455 §7.1.1), without waiting for the client.
+                        replied = true;
+                        break;
+                    }
                 }
                 // No reply: the client's reading broke (an oversized or invalid frame) and
                 // it may still be sending. Draining keeps unread bytes from turning the
