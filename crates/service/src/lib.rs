@@ -109,6 +109,7 @@ pub use context::{RawRequestContext, RequestBody};
 pub use endpoint::{Endpoint, EndpointBuilder};
 pub use error::{BodyError, HandlerError, ServiceError};
 pub use exchange::{INLINE_BODY_MAX, STREAM_CHUNK};
+pub use file::FileResponse;
 pub use health::ERROR_WINDOW;
 pub use reconnect::{Dialer, RunHandle};
 pub use response::{BodyStream, BoxError, RawResponse, ResponseBody};
