@@ -1,5 +1,5 @@
 //! File downloads: [`RawResponse::file`] answers a file read
-//! asynchronously in 64 KiB chunks with `Content-Length`, a `Content-Type` guessed from
+//! asynchronously in 64 KiB pieces (sent in frames of the gateway's chunk size) with `Content-Length`, a `Content-Type` guessed from
 //! its extension, `Content-Disposition` (an `attachment` under the download name when one
 //! is given, else `inline` under the file's own name, escaped as RFC 6266 asks),
 //! `Last-Modified` and a strong `ETag`. [`RawResponse::file_for`] also honours the

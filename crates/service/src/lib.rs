@@ -64,7 +64,7 @@
 //!             }
 //!             Ok(RawResponse::json(200, &serde_json::json!({ "bytes": bytes })))
 //!         }))
-//!         // A file download, streamed in 64 KiB chunks.
+//!         // A file download, streamed in chunks of the gateway's chunk size.
 //!         .endpoint(Endpoint::get("/api/report").raw(|_ctx| async move {
 //!             RawResponse::file("/var/reports/latest.pdf", Some("report.pdf")).await
 //!         }))

@@ -163,6 +163,8 @@ fn request_head(
         headers,
         body_mode: mode,
         body: Bytes::new(),
+        // At most the configuration's largest chunk size, which fits in u32.
+        chunk_size: u32::try_from(admitted.settings.chunk_size).ok(),
     }
 }
 

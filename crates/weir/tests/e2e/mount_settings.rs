@@ -244,3 +244,36 @@ async fn uploads_filling_their_mounts_share_leave_room_for_other_mounts() {
     }
     h.assert_budget_released().await;
 }
+
+/// `GET {prefix}/chunks`: says the chunk size its request head asked for, then streams
+/// 64 KiB chunks, 128 KiB in all.
+fn chunk_reporter(prefixes: &[&str]) -> Service {
+    let mut service = Service::builder("chunks", "1.0.0");
+    for prefix in prefixes {
+        service =
+            service.endpoint(Endpoint::get(&format!("{prefix}/chunks")).raw(|ctx: RawRequestContext| async move {
+                let asked = Bytes::from(format!("{:?}\n", ctx.chunk_size));
+                let chunks = [asked].into_iter().chain((0..2).map(|_| Bytes::from(vec![b'x'; 64 * 1024])));
+                Ok(RawResponse::stream(
+                    200,
+                    "text/plain",
+                    futures_util::stream::iter(chunks.map(Ok::<_, std::io::Error>)),
+                ))
+            }));
+    }
+    service.build().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_is_told_its_mounts_chunk_size() {
+    let small = mount("/small", Profile::Streaming, |s| s.chunk_size = 4 * 1024);
+    let default = mount("/default", Profile::Business, |_| {});
+    let mut h = Harness::start(GatewayConfig { mounts: vec![small, default], ..config() }).await;
+    h.attach(chunk_reporter(&["/small", "/default"])).await;
+    for (path, asked) in [("/small/chunks", "Some(4096)"), ("/default/chunks", "Some(65536)")] {
+        let body = h.client.get(h.url(path)).send().await.unwrap().text().await.unwrap();
+        let (first, rest) = body.split_once('\n').unwrap();
+        assert_eq!(first, asked, "{path}");
+        assert_eq!(rest.len(), 128 * 1024, "{path}: the whole body, whatever its frames");
+    }
+}
