@@ -2,8 +2,9 @@
 //! sockets: `rate_limit_requests` on streaming mounts (WebSocket openings counted too)
 //! and static mounts, `rate_limit_bandwidth` and `download_timeout` on static and
 //! business mounts, a static mount refusing a key it has no use for (`weir
-//! check-config`), and `max_inflight_bytes`: slow uploads filling their mount's share of
-//! the payload budget leave the rest to other mounts, many clients at once.
+//! check-config`), `max_inflight_bytes`: slow uploads filling their mount's share of
+//! the payload budget leave the rest to other mounts, many clients at once, and
+//! `chunk_size` told to the service in the request head.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
