@@ -56,6 +56,7 @@ fn request(mode: BodyMode) -> RequestHead {
         headers: vec![],
         body_mode: mode,
         body: Bytes::new(),
+        chunk_size: None,
     }
 }
 

@@ -132,7 +132,7 @@ impl Gateway {
             intake: services::intake::ServiceIntake::default(),
             registry: Arc::new(RequestRegistry::default()),
             routing: RoutingTable::new(config.routing.clone(), server.default_timeout, server.max_timeout),
-            budget: PayloadBudget::new(config.limits.payload),
+            budget: PayloadBudget::new(config.limits.payload, limits::budget::mount_shares(&config.mounts)),
             metrics: Arc::default(),
             links: ServiceLinks::default(),
             connections: ConnectionCap::new(server.max_connections.unwrap_or_else(default_max_connections)),

@@ -174,7 +174,7 @@ impl Gateway {
             config: Arc::new(config),
         };
         let config = &live.config;
-        self.budget.set_limits(config.limits.payload);
+        self.budget.set_limits(config.limits.payload, crate::limits::budget::mount_shares(&config.mounts));
         self.routing.set_preferences(config.routing.clone(), config.server.default_timeout, config.server.max_timeout);
         let grace = config.server.shutdown_grace;
         let live = Arc::new(live);

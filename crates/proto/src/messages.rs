@@ -168,7 +168,16 @@ pub struct RequestHead {
     pub body_mode: BodyMode,
     /// The body when buffered; empty when streamed.
     pub body: Bytes,
+    /// The largest response data chunk the gateway asks for (the mount's `chunk_size`);
+    /// `None` when it does not say, and the service picks. On the wire it is the header
+    /// entry [`CHUNK_SIZE_FIELD`], appended after the request's own headers, so that a
+    /// receiver that does not know it reads a header no HTTP request can carry.
+    pub chunk_size: Option<u32>,
 }
+
+/// The name of the header entry that carries [`RequestHead::chunk_size`]: a leading `:`
+/// is not a valid HTTP field name, so no client header can be mistaken for it.
+pub const CHUNK_SIZE_FIELD: &str = ":chunk-size";
 
 /// Service → gateway: a response.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -295,10 +304,23 @@ fn write_duration_ms(w: &mut Writer, d: Duration) {
 }
 
 fn write_headers(w: &mut Writer, headers: &Headers) -> Result<(), ProtoError> {
-    w.list("headers", headers, |w, (name, value)| {
+    write_header_list(w, headers.iter(), headers.len())
+}
+
+/// The `count` entries of `headers` as the counted list `write_headers` writes.
+fn write_header_list<'h>(
+    w: &mut Writer,
+    headers: impl Iterator<Item = &'h (String, Bytes)>,
+    count: usize,
+) -> Result<(), ProtoError> {
+    let max = usize::from(u16::MAX);
+    let counted = u16::try_from(count).map_err(|_| ProtoError::TooLong { field: "headers", len: count, max })?;
+    w.u16(counted);
+    for (name, value) in headers {
         w.str("header name", name)?;
-        w.bytes("header value", value)
-    })
+        w.bytes("header value", value)?;
+    }
+    Ok(())
 }
 
 fn read_headers(r: &mut Reader) -> Result<Headers, ProtoError> {
@@ -475,7 +497,13 @@ impl Message for RequestHead {
             w.str("param name", name)?;
             w.str("param value", value)
         })?;
-        write_headers(&mut w, &self.headers)?;
+        match self.chunk_size {
+            None => write_headers(&mut w, &self.headers)?,
+            Some(size) => {
+                let field = (CHUNK_SIZE_FIELD.to_owned(), Bytes::from(size.to_string()));
+                write_header_list(&mut w, self.headers.iter().chain([&field]), self.headers.len() + 1)?;
+            }
+        }
         w.u8(self.body_mode as u8);
         w.bytes("body", &self.body)?;
         Ok(w.finish())
@@ -483,7 +511,7 @@ impl Message for RequestHead {
 
     fn decode(payload: Bytes) -> Result<Self, ProtoError> {
         let mut r = Reader::new(payload);
-        let head = RequestHead {
+        let mut head = RequestHead {
             method: r.str("method")?,
             path: r.str("path")?,
             query: r.str("query")?,
@@ -492,10 +520,28 @@ impl Message for RequestHead {
             headers: read_headers(&mut r)?,
             body_mode: BodyMode::read(&mut r)?,
             body: r.bytes("body")?,
+            chunk_size: None,
         };
         r.finish()?;
+        head.chunk_size = take_chunk_size(&mut head.headers)?;
         Ok(head)
     }
+}
+
+/// Removes the [`CHUNK_SIZE_FIELD`] entry from `headers` and reads its value. As
+/// everywhere in the protocol, a head has one encoding: the entry is the last one and
+/// appears once, its value a decimal count of bytes, at least 1, without sign or leading
+/// zero.
+fn take_chunk_size(headers: &mut Headers) -> Result<Option<u32>, ProtoError> {
+    let Some(at) = headers.iter().position(|(name, _)| name == CHUNK_SIZE_FIELD) else { return Ok(None) };
+    let invalid = |detail: String| ProtoError::InvalidValue { field: "chunk size", detail };
+    if at + 1 != headers.len() {
+        return Err(invalid("its entry must be the last header, and only one".into()));
+    }
+    let (_, value) = headers.remove(at);
+    let text = std::str::from_utf8(&value).ok();
+    let size = text.and_then(|t| t.parse::<u32>().ok()).filter(|n| *n > 0 && text == Some(n.to_string().as_str()));
+    size.map(Some).ok_or_else(|| invalid(format!("{:?} is not a count of bytes", String::from_utf8_lossy(&value))))
 }
 
 impl Message for ResponseHead {

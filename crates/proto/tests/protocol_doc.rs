@@ -119,6 +119,7 @@ fn examples() -> BTreeMap<&'static str, Example> {
                 headers: text_plain(),
                 body_mode: BodyMode::Buffered,
                 body: Bytes::from_static(b"hi"),
+                chunk_size: None,
             },
         ),
     );

@@ -17,7 +17,7 @@ use tokio_util::codec::{Decoder, Encoder};
 use weir_proto::{
     BodyMode, Cancel, CancelReason, ClaimRequirement, Credit, EndpointDescriptor, EndpointKind, EndpointsUpdate,
     ErrorCode, ErrorMessage, Frame, FrameCodec, FrameFlags, FrameType, GoAway, HealthStatus, Heartbeat, Hello, Message,
-    ProtoError, RequestHead, ResponseHead, Welcome, DEFAULT_MAX_FRAME_PAYLOAD,
+    ProtoError, RequestHead, ResponseHead, Welcome, CHUNK_SIZE_FIELD, DEFAULT_MAX_FRAME_PAYLOAD,
 };
 
 // ---------------------------------------------------------------------------------------
@@ -162,8 +162,9 @@ prop_compose! {
         headers in headers(),
         body_mode in body_mode(),
         body in blob(64),
+        chunk_size in prop::option::of(1u32..),
     ) -> RequestHead {
-        RequestHead { method, path, query, template, params, headers, body_mode, body }
+        RequestHead { method, path, query, template, params, headers, body_mode, body, chunk_size }
     }
 }
 
@@ -593,6 +594,7 @@ fn samples() -> Vec<(FrameType, Bytes)> {
             headers: vec![("content-type".into(), Bytes::from_static(b"text/plain"))],
             body_mode: BodyMode::Buffered,
             body: Bytes::from_static(b"hello"),
+            chunk_size: Some(4096),
         }),
         enc(ResponseHead {
             status: 201,
@@ -741,4 +743,32 @@ fn forged_list_counts_do_not_allocate_or_panic() {
     raw.extend_from_slice(&[0, 0, 0, 0, 0]); // no params, no headers, buffered
     raw.extend_from_slice(&[0xff, 0xff, 0xff, 0xff]);
     assert_eq!(RequestHead::decode(Bytes::from(raw)), Err(ProtoError::Truncated("body")));
+}
+
+#[test]
+fn a_chunk_size_travels_as_a_header_entry_that_an_unaware_receiver_reads_as_a_header() {
+    let head = RequestHead {
+        method: "GET".into(),
+        path: "/files/a".into(),
+        query: String::new(),
+        template: "/files/{*rest}".into(),
+        params: vec![("rest".into(), "a".into())],
+        headers: vec![("accept".into(), Bytes::from_static(b"*/*"))],
+        body_mode: BodyMode::Buffered,
+        body: Bytes::new(),
+        chunk_size: Some(4096),
+    };
+    let wire = head.encode().unwrap();
+    let mut as_header = head.clone();
+    as_header.chunk_size = None;
+    as_header.headers.push((CHUNK_SIZE_FIELD.into(), Bytes::from_static(b"4096")));
+    assert_eq!(wire, as_header.encode().unwrap(), "the same bytes as one more header, last");
+    assert_eq!(RequestHead::decode(wire).unwrap(), head, "taken out of the headers again");
+    for bad in ["0", "-1", "+4096", "04096", "4 KiB", "99999999999"] {
+        let mut malformed = as_header.clone();
+        malformed.headers.last_mut().unwrap().1 = Bytes::from(bad);
+        assert!(RequestHead::decode(malformed.encode().unwrap()).is_err(), "{bad:?}");
+    }
+    as_header.headers.insert(0, (CHUNK_SIZE_FIELD.into(), Bytes::from_static(b"512")));
+    assert!(RequestHead::decode(as_header.encode().unwrap()).is_err(), "given twice, or not last");
 }

@@ -37,6 +37,9 @@ pub struct RawRequestContext {
     /// Fires when the gateway cancels the request (client gone, timeout, limit) or the
     /// connection is lost. See the crate docs, "Cancellation".
     pub cancel: CancellationToken,
+    /// The largest response data chunk the gateway asked for (its mount's `chunk_size`),
+    /// if it said: a streamed or file response is sent in pieces of at most this.
+    pub chunk_size: Option<usize>,
 }
 
 impl RawRequestContext {
@@ -55,6 +58,7 @@ impl RawRequestContext {
             headers: head.headers,
             body,
             cancel,
+            chunk_size: head.chunk_size.map(|size| size as usize),
         }
     }
 

@@ -24,8 +24,10 @@
 //!
 //! An empty body, or a whole body of at most [`INLINE_BODY_MAX`] (1 MiB), travels inline
 //! in a `Buffered` response head. A larger whole body and every generated body go as a
-//! `Streamed` head followed by stream data chunks of at most [`STREAM_CHUNK`] (64 KiB),
-//! each sent when the gateway has granted credit for it, then an explicit end. A body
+//! `Streamed` head followed by stream data chunks of at most the chunk size the request
+//! head asks for (the gateway's mount's `chunk_size`), else [`STREAM_CHUNK`] (64 KiB),
+//! and never above the largest frame payload; each is sent when the gateway has
+//! granted credit for it, then an explicit end. A body
 //! stream that yields an error aborts the response with `HandlerFailed`.
 
 use std::sync::Arc;
@@ -49,7 +51,8 @@ use crate::service::Service;
 
 /// Largest whole body sent inline in the response head (1 MiB).
 pub const INLINE_BODY_MAX: usize = 1024 * 1024;
-/// Largest stream data chunk the SDK sends (64 KiB).
+/// Largest stream data chunk the SDK sends when the gateway does not ask for a chunk
+/// size (64 KiB).
 pub const STREAM_CHUNK: usize = 64 * 1024;
 
 /// Starts serving `request` in its own task.
@@ -121,6 +124,7 @@ async fn exchange(
     responder: Responder,
     cancel: CancellationToken,
 ) -> Outcome {
+    let chunk = ctx.chunk_size.map_or(STREAM_CHUNK, |size| size.clamp(1, weir_proto::DEFAULT_MAX_FRAME_PAYLOAD));
     let response = match handler(ctx).await {
         Ok(response) => response,
         Err(err) => {
@@ -133,11 +137,17 @@ async fn exchange(
     if cancel.is_cancelled() {
         return Outcome::Cancelled;
     }
-    send_response(responder, response, &cancel).await
+    send_response(responder, response, chunk, &cancel).await
 }
 
-/// Sends `response` on `responder` as the module docs describe.
-async fn send_response(responder: Responder, response: RawResponse, cancel: &CancellationToken) -> Outcome {
+/// Sends `response` on `responder` as the module docs describe, its streamed body in
+/// pieces of at most `chunk` bytes.
+async fn send_response(
+    responder: Responder,
+    response: RawResponse,
+    chunk: usize,
+    cancel: &CancellationToken,
+) -> Outcome {
     let response = checked(response);
     let status = response.status;
     let (head, stream) = plan(response);
@@ -149,7 +159,7 @@ async fn send_response(responder: Responder, response: RawResponse, cancel: &Can
         }
     };
     match (sender, stream) {
-        (Some(sender), Some(stream)) => pump(sender, stream, cancel).await.unwrap_or(Outcome::Answered(status)),
+        (Some(sender), Some(stream)) => pump(sender, stream, chunk, cancel).await.unwrap_or(Outcome::Answered(status)),
         _ => Outcome::Answered(status),
     }
 }
@@ -188,9 +198,14 @@ fn plan(response: RawResponse) -> (ResponseHead, Option<BodyStream>) {
     (ResponseHead { status, headers, body_mode, body: inline }, stream)
 }
 
-/// Sends `stream` in chunks of at most [`STREAM_CHUNK`], then the end. `None` when the
+/// Sends `stream` in chunks of at most `chunk` bytes, then the end. `None` when the
 /// whole body was sent; otherwise how the exchange ended instead.
-async fn pump(mut sender: DataSender, mut stream: BodyStream, cancel: &CancellationToken) -> Option<Outcome> {
+async fn pump(
+    mut sender: DataSender,
+    mut stream: BodyStream,
+    chunk: usize,
+    cancel: &CancellationToken,
+) -> Option<Outcome> {
     loop {
         let item = tokio::select! {
             () = cancel.cancelled() => return Some(Outcome::Cancelled),
@@ -206,7 +221,7 @@ async fn pump(mut sender: DataSender, mut stream: BodyStream, cancel: &Cancellat
             }
         };
         while !bytes.is_empty() {
-            let piece = bytes.split_to(bytes.len().min(STREAM_CHUNK));
+            let piece = bytes.split_to(bytes.len().min(chunk));
             if let Err(err) = sender.send(piece).await {
                 tracing::debug!(error = %err, "response body not sent in full");
                 return Some(if cancel.is_cancelled() { Outcome::Cancelled } else { Outcome::Failed });

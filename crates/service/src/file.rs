@@ -1,19 +1,21 @@
 //! File downloads: [`RawResponse::file`] answers a file read
-//! asynchronously in 64 KiB chunks with `Content-Length`, a `Content-Type` guessed from
+//! asynchronously in 64 KiB pieces (sent in frames of the gateway's chunk size) with `Content-Length`, a `Content-Type` guessed from
 //! its extension, `Content-Disposition` (an `attachment` under the download name when one
 //! is given, else `inline` under the file's own name, escaped as RFC 6266 asks),
 //! `Last-Modified` and a strong `ETag`. [`RawResponse::file_for`] also honours the
 //! request's conditional and range headers: 304, 412, a single byte range as 206, 416
 //! with `Content-Range: bytes */len`, several ranges as the full 200; it announces
 //! `Accept-Ranges: bytes`. The header logic is [`weir_proto::http_file`], the same the
-//! gateway's static profile uses, so a file answers alike from either.
+//! gateway's static profile uses, so a file answers alike from either. [`FileResponse`]
+//! builds the same answers with options: a download name and a media type that replaces
+//! the guess (`application/x-ndjson` for a `.log`, say).
 //!
 //! Invariant: the body never exceeds the announced length. A file that grows while it
 //! is sent is cut at its original length; one that shrinks aborts the response (the
 //! gateway sees `HandlerFailed`) rather than sending fewer bytes than announced.
 
 use std::io;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use bytes::{Bytes, BytesMut};
 use futures_util::{Stream, StreamExt};
@@ -41,8 +43,7 @@ impl RawResponse {
     /// A missing path (or a directory) is a 404 [`HandlerError`]; any other I/O failure
     /// is a 500. Neither reveals the path to the client.
     pub async fn file(path: impl AsRef<Path>, download_name: Option<&str>) -> Result<RawResponse, HandlerError> {
-        let opened = OpenedFile::open(path.as_ref(), download_name).await?;
-        Ok(opened.send(None))
+        FileResponse::new(path.as_ref()).named(download_name).send().await
     }
 
     /// The answer to a GET (or HEAD) for the file at `path`, given the request's headers
@@ -62,7 +63,63 @@ impl RawResponse {
         path: impl AsRef<Path>,
         download_name: Option<&str>,
     ) -> Result<RawResponse, HandlerError> {
-        let mut opened = OpenedFile::open(path.as_ref(), download_name).await?;
+        FileResponse::new(path.as_ref()).named(download_name).send_for(request_headers).await
+    }
+}
+
+/// A file answer with options, sent as [`RawResponse::file`] ([`FileResponse::send`])
+/// or [`RawResponse::file_for`] ([`FileResponse::send_for`]) would send it.
+///
+/// ```no_run
+/// # use weir_service::{FileResponse, RawRequestContext, RawResponse, HandlerError};
+/// async fn events(ctx: RawRequestContext) -> Result<RawResponse, HandlerError> {
+///     FileResponse::new("/var/log/events.log").media_type("application/x-ndjson").send_for(&ctx.headers).await
+/// }
+/// ```
+#[derive(Debug, Clone)]
+pub struct FileResponse {
+    path: PathBuf,
+    /// Sent as an `attachment` under this name; `None`: `inline` under the file's name.
+    download_name: Option<String>,
+    /// Replaces the content type guessed from the extension; `None`: the guess.
+    media_type: Option<String>,
+}
+
+impl FileResponse {
+    /// The file at `path`, with the content type guessed from its extension and shown
+    /// `inline`.
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        FileResponse { path: path.into(), download_name: None, media_type: None }
+    }
+
+    /// Sends the file as an `attachment` named `name` (its extension then also guides the
+    /// content type's guess when the path's does not).
+    pub fn download_name(self, name: impl Into<String>) -> Self {
+        self.named(Some(name.into()))
+    }
+
+    /// Sends `media_type` (e.g. `"application/x-ndjson"`) as the `Content-Type`, instead
+    /// of the guess from the extension. It must be a valid header value: the gateway
+    /// drops an invalid one.
+    pub fn media_type(mut self, media_type: impl Into<String>) -> Self {
+        self.media_type = Some(media_type.into());
+        self
+    }
+
+    fn named(mut self, download_name: Option<impl Into<String>>) -> Self {
+        self.download_name = download_name.map(Into::into);
+        self
+    }
+
+    /// A 200 streaming the whole file, as [`RawResponse::file`].
+    pub async fn send(self) -> Result<RawResponse, HandlerError> {
+        Ok(OpenedFile::open(&self).await?.send(None))
+    }
+
+    /// The answer to a GET (or HEAD) given the request's headers, as
+    /// [`RawResponse::file_for`]: conditionals and ranges honoured.
+    pub async fn send_for(self, request_headers: &Headers) -> Result<RawResponse, HandlerError> {
+        let mut opened = OpenedFile::open(&self).await?;
         let conditions = Conditions::from_lookup(|name| find_header(request_headers, name));
         let response = match http_file::evaluate(&conditions, &opened.validators, opened.len) {
             Answer::NotModified => with_validators(RawResponse::new(304), &opened.validators),
@@ -95,16 +152,17 @@ struct OpenedFile {
 }
 
 impl OpenedFile {
-    async fn open(path: &Path, download_name: Option<&str>) -> Result<OpenedFile, HandlerError> {
+    async fn open(options: &FileResponse) -> Result<OpenedFile, HandlerError> {
+        let (path, download_name) = (options.path.as_path(), options.download_name.as_deref());
         let file = File::open(path).await.map_err(open_error)?;
         let metadata = file.metadata().await?;
         if !metadata.is_file() {
             return Err(HandlerError::not_found("no such file"));
         }
-        let mime = mime_guess::from_path(path)
-            .first()
-            .or_else(|| download_name.and_then(|name| mime_guess::from_path(name).first()))
-            .unwrap_or(mime_guess::mime::APPLICATION_OCTET_STREAM);
+        let content_type = match &options.media_type {
+            Some(media_type) => media_type.clone(),
+            None => guess_media_type(path, download_name),
+        };
         let disposition = match download_name {
             Some(name) => Some(http_file::content_disposition(Disposition::Attachment, name)),
             None => path
@@ -115,7 +173,7 @@ impl OpenedFile {
             file,
             len: metadata.len(),
             validators: Validators::new(metadata.len(), metadata.modified().ok()),
-            content_type: mime.essence_str().to_owned(),
+            content_type,
             disposition,
         })
     }
@@ -147,6 +205,16 @@ fn with_validators(response: RawResponse, validators: &Validators) -> RawRespons
         Some(date) => response.header("last-modified", date),
         None => response,
     }
+}
+
+/// The media type guessed from the path's extension, else from the download name's, else
+/// `application/octet-stream`.
+fn guess_media_type(path: &Path, download_name: Option<&str>) -> String {
+    let mime = mime_guess::from_path(path)
+        .first()
+        .or_else(|| download_name.and_then(|name| mime_guess::from_path(name).first()))
+        .unwrap_or(mime_guess::mime::APPLICATION_OCTET_STREAM);
+    mime.essence_str().to_owned()
 }
 
 fn open_error(err: io::Error) -> HandlerError {

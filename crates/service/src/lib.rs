@@ -64,7 +64,7 @@
 //!             }
 //!             Ok(RawResponse::json(200, &serde_json::json!({ "bytes": bytes })))
 //!         }))
-//!         // A file download, streamed in 64 KiB chunks.
+//!         // A file download, streamed in chunks of the gateway's chunk size.
 //!         .endpoint(Endpoint::get("/api/report").raw(|_ctx| async move {
 //!             RawResponse::file("/var/reports/latest.pdf", Some("report.pdf")).await
 //!         }))
@@ -109,6 +109,7 @@ pub use context::{RawRequestContext, RequestBody};
 pub use endpoint::{Endpoint, EndpointBuilder};
 pub use error::{BodyError, HandlerError, ServiceError};
 pub use exchange::{INLINE_BODY_MAX, STREAM_CHUNK};
+pub use file::FileResponse;
 pub use health::ERROR_WINDOW;
 pub use reconnect::{Dialer, RunHandle};
 pub use response::{BodyStream, BoxError, RawResponse, ResponseBody};

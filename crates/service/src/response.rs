@@ -83,8 +83,8 @@ impl RawResponse {
 
     /// A body generated chunk by chunk from `stream`, with the given content type.
     ///
-    /// Chunks are sent as they come, each split into stream data frames of at most
-    /// 64 KiB. If the stream yields an error, the response is aborted (the gateway sees
+    /// Chunks are sent as they come, each split into stream data frames of at most the
+    /// chunk size the gateway asked for (`RawRequestContext::chunk_size`), else 64 KiB. If the stream yields an error, the response is aborted (the gateway sees
     /// `HandlerFailed`, and cuts the client's response short).
     pub fn stream<S, E>(status: u16, content_type: &str, stream: S) -> Self
     where

@@ -303,3 +303,39 @@ async fn raw_context_exposes_headers_query_and_params() {
         json!({"rest": "a/b", "trace": "abc", "query": [["x", "1 2"]], "template": "/echo/{*rest}", "cancelled": false})
     );
 }
+
+#[tokio::test]
+async fn streamed_and_file_responses_use_the_chunk_size_the_gateway_asks_for() {
+    let file = std::env::temp_dir().join(format!("weir-chunk-size-{}", std::process::id()));
+    std::fs::write(&file, vec![5u8; 100 * 1024]).expect("temp file written");
+    let served = file.clone();
+    let service = Service::builder("reports", "1.0.0")
+        .endpoint(Endpoint::get("/report").raw(move |ctx: RawRequestContext| async move {
+            assert_eq!(ctx.chunk_size, Some(4096), "the handler sees it too");
+            let chunks = (0..2).map(|_| Ok::<_, std::io::Error>(Bytes::from(vec![1u8; 64 * 1024])));
+            Ok(RawResponse::stream(200, "application/octet-stream", stream::iter(chunks)))
+        }))
+        .endpoint(Endpoint::get("/file").raw(move |_| {
+            let served = served.clone();
+            async move { RawResponse::file(served, None).await }
+        }))
+        .build()
+        .expect("valid service");
+    let (gateway, _session) = connect_quiet(&service).await;
+    for (path, len) in [("/report", 128 * 1024), ("/file", 100 * 1024)] {
+        let head = weir_proto::RequestHead { chunk_size: Some(4096), ..common::get(path) };
+        let call = gateway.call(head).await;
+        let response = within(call.response).await.expect("channel").expect("a response");
+        assert_eq!(response.head.status, 200, "{path}");
+        let mut body = response.body.expect("a streamed body");
+        let mut received = 0;
+        while let Some(chunk) = within(body.next_chunk()).await {
+            let chunk = chunk.expect("a chunk");
+            assert!(chunk.len() <= 4096, "{path}: frame of {} bytes", chunk.len());
+            received += chunk.len();
+        }
+        call.handle.complete();
+        assert_eq!(received, len, "{path}");
+    }
+    let _ = std::fs::remove_file(file);
+}

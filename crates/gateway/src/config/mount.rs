@@ -123,6 +123,9 @@ pub struct MountSettings {
     pub rate_limit_bandwidth: Option<u64>,
     /// In-flight bytes of one request, overriding `[limits]` for this mount.
     pub max_request_bytes_per_call: Option<u64>,
+    /// In-flight bytes of all this mount's requests together, if limited: its share of
+    /// the payload budget, so that its traffic cannot fill what other mounts need.
+    pub max_inflight_bytes: Option<u64>,
 }
 
 impl MountSettings {
@@ -141,6 +144,7 @@ impl MountSettings {
             rate_limit_requests: Some(Rate { count: 100, per: Duration::from_secs(60) }),
             rate_limit_bandwidth: Some(10 * 1024 * 1024),
             max_request_bytes_per_call: None,
+            max_inflight_bytes: None,
         }
     }
 

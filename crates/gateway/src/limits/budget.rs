@@ -2,7 +2,10 @@
 //!
 //! Four limits (`[limits]` in `docs/configuration.md`) apply at once: per call, per
 //! service connection, per client (authenticated subject, else IP) and for the whole
-//! gateway. A [`Reservation`] belongs to one request of one client on one connection; it
+//! gateway; a fifth, a mount's share (`max_inflight_bytes` of a `[[mount]]`), applies to
+//! the requests of the mounts that declare one, so that one mount's traffic cannot fill
+//! the budget every other mount needs. A [`Reservation`] belongs to one request of one
+//! client on one mount and one connection; it
 //! grows as bytes are read, shrinks as they leave, and is released when dropped, so no
 //! exit path (error, timeout, client disconnect, panic unwinding) can leak bytes. All
 //! counters change under one lock, so a reservation is all-or-nothing and the counters
@@ -13,7 +16,8 @@
 //! upload holds next to nothing.
 //!
 //! The limits can change while the gateway runs ([`PayloadBudget::set_limits`], on a
-//! configuration reload): they are read under the same lock as the counters, so every
+//! configuration reload), the mounts' shares with them: they are read under the same
+//! lock as the counters, so every
 //! reservation is judged by one set of limits. Bytes already held stay held; a lower
 //! limit only refuses the next growth. A request waiting for room listens to
 //! [`PayloadBudget::released`], woken whenever bytes are given back. A WebSocket session
@@ -30,7 +34,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::lock;
-use crate::config::PayloadLimits;
+use crate::config::{MountConfig, PayloadLimits};
 
 /// Which limit a reservation would have crossed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
@@ -43,6 +47,18 @@ pub enum BudgetExceeded {
     Aggregate,
     #[error("client exceeds its in-flight limit")]
     PerClient,
+    #[error("mount exceeds its in-flight share")]
+    PerMount,
+}
+
+/// Each mount's share of the budget (its `max_inflight_bytes`), by mount prefix; a mount
+/// without a share is absent.
+pub type MountShares = HashMap<String, u64>;
+
+/// The shares `mounts` declare.
+pub(crate) fn mount_shares(mounts: &[MountConfig]) -> MountShares {
+    let declared = mounts.iter().filter_map(|m| m.settings.max_inflight_bytes.map(|share| (m.prefix.clone(), share)));
+    declared.collect()
 }
 
 /// How many of the largest holders the admin view lists.
@@ -63,6 +79,9 @@ pub struct BudgetCounters {
     pub aggregate_bytes: u64,
     /// Bytes reserved per service connection id (only connections holding bytes).
     pub per_connection_bytes: HashMap<u64, u64>,
+    /// Bytes reserved per mount prefix (only mounts holding bytes): which mount's
+    /// traffic fills the budget, to compare with the shares.
+    pub per_mount_bytes: HashMap<String, u64>,
     /// Live reservations (requests holding or able to hold bytes).
     pub reservations: u64,
     /// The clients holding the most bytes, largest first (at most ten): who to look at
@@ -75,10 +94,14 @@ struct Counters {
     /// Under the counters' lock so that a reload's new limits and the counts they judge
     /// are always read together.
     limits: PayloadLimits,
+    /// Beside `limits` for the same reason: a reload replaces both at once.
+    shares: MountShares,
     aggregate: u64,
     per_connection: HashMap<u64, u64>,
     /// Only clients holding bytes: the map stays as small as the set of active holders.
     per_client: HashMap<String, u64>,
+    /// Only mounts holding bytes, like `per_client`.
+    per_mount: HashMap<String, u64>,
     reservations: u64,
 }
 
@@ -95,22 +118,29 @@ pub struct PayloadBudget {
 }
 
 impl PayloadBudget {
-    /// A budget enforcing `limits`.
-    pub(crate) fn new(limits: PayloadLimits) -> Arc<Self> {
+    /// A budget enforcing `limits` and the mounts' `shares`.
+    pub(crate) fn new(limits: PayloadLimits, shares: MountShares) -> Arc<Self> {
         let counters = Counters {
             limits,
+            shares,
             aggregate: 0,
             per_connection: HashMap::new(),
             per_client: HashMap::new(),
+            per_mount: HashMap::new(),
             reservations: 0,
         };
         Arc::new(PayloadBudget { counters: Mutex::new(counters), idle: Notify::new(), released: Notify::new() })
     }
 
-    /// Replaces the limits (a configuration reload). Held bytes stay held; requests
-    /// waiting for room retry at once, since a higher limit may have made some.
-    pub(crate) fn set_limits(&self, limits: PayloadLimits) {
-        self.lock().limits = limits;
+    /// Replaces the limits and the mounts' shares (a configuration reload). Held bytes
+    /// stay held; requests waiting for room retry at once, since a higher limit may have
+    /// made some.
+    pub(crate) fn set_limits(&self, limits: PayloadLimits, shares: MountShares) {
+        {
+            let mut c = self.lock();
+            c.limits = limits;
+            c.shares = shares;
+        }
         self.released.notify_waiters();
     }
 
@@ -119,25 +149,27 @@ impl PayloadBudget {
         self.lock().limits
     }
 
-    /// Opens an empty reservation for request traffic of `client` on `connection`, held
-    /// to the budget's per-call limit.
+    /// Opens an empty reservation for request traffic of `client` on `connection`, on
+    /// the mount at `/`, held to the budget's per-call limit.
     #[cfg(test)]
     pub(crate) fn open(self: &Arc<Self>, connection: u64, client: Option<&str>) -> Reservation {
         let per_call = self.limits().max_request_bytes_per_call;
-        self.open_with_call_limit(connection, client, per_call)
+        self.open_with_call_limit(connection, client, "/", per_call)
     }
 
-    /// Like [`PayloadBudget::open`] with another per-call limit (a mount's override). A
-    /// reservation without a client counts under no per-client limit.
+    /// Like [`PayloadBudget::open`] on the mount at `mount` (its prefix) with another
+    /// per-call limit (the mount's override). A reservation without a client counts under
+    /// no per-client limit.
     pub(crate) fn open_with_call_limit(
         self: &Arc<Self>,
         connection: u64,
         client: Option<&str>,
+        mount: &str,
         per_call: u64,
     ) -> Reservation {
         self.lock().reservations += 1;
         let client = client.map(str::to_owned);
-        Reservation { budget: Arc::clone(self), connection, client, bytes: 0, per_call }
+        Reservation { budget: Arc::clone(self), connection, client, mount: mount.to_owned(), bytes: 0, per_call }
     }
 
     /// A wait for bytes to be given back. Enable it before trying to reserve, so that a
@@ -159,6 +191,7 @@ impl PayloadBudget {
         BudgetCounters {
             aggregate_bytes: c.aggregate,
             per_connection_bytes: c.per_connection.clone(),
+            per_mount_bytes: c.per_mount.clone(),
             reservations: c.reservations,
             top_clients,
         }
@@ -199,6 +232,10 @@ impl PayloadBudget {
         if client.is_some_and(|(_, held)| held.saturating_add(bytes) > c.limits.max_inflight_bytes_per_client) {
             return Err(BudgetExceeded::PerClient);
         }
+        let mount = c.per_mount.get(&holder.mount).copied().unwrap_or(0);
+        if c.shares.get(&holder.mount).is_some_and(|share| mount.saturating_add(bytes) > *share) {
+            return Err(BudgetExceeded::PerMount);
+        }
         if conn.saturating_add(bytes) > c.limits.max_request_bytes_per_connection {
             return Err(BudgetExceeded::PerConnection);
         }
@@ -210,6 +247,7 @@ impl PayloadBudget {
         if let Some((key, held)) = client {
             c.per_client.insert(key.clone(), held + bytes);
         }
+        c.per_mount.insert(holder.mount.clone(), mount + bytes);
         Ok(())
     }
 
@@ -223,12 +261,14 @@ impl PayloadBudget {
             let limits = &c.limits;
             let conn = c.per_connection.get(&holder.connection).copied().unwrap_or(0);
             let client = holder.client.as_ref().map(|key| c.per_client.get(key).copied().unwrap_or(0));
+            let mount = c.per_mount.get(&holder.mount).copied().unwrap_or(0);
             [
                 (BudgetExceeded::PerCall, holder.per_call.saturating_sub(holder.bytes)),
                 (
                     BudgetExceeded::PerClient,
                     client.map_or(u64::MAX, |held| limits.max_inflight_bytes_per_client.saturating_sub(held)),
                 ),
+                (BudgetExceeded::PerMount, c.shares.get(&holder.mount).map_or(u64::MAX, |s| s.saturating_sub(mount))),
                 (BudgetExceeded::PerConnection, limits.max_request_bytes_per_connection.saturating_sub(conn)),
                 (BudgetExceeded::Aggregate, limits.max_aggregate_inflight_bytes.saturating_sub(c.aggregate)),
             ]
@@ -252,6 +292,7 @@ impl PayloadBudget {
             if let Some(key) = &holder.client {
                 release_from(&mut c.per_client, key, bytes);
             }
+            release_from(&mut c.per_mount, &holder.mount, bytes);
         }
         self.released.notify_waiters();
     }
@@ -275,6 +316,8 @@ pub(crate) struct Reservation {
     /// The client key the bytes count under (subject, else IP); `None`: no per-client
     /// limit.
     client: Option<String>,
+    /// The prefix of the request's mount: the bytes count under its share, if it has one.
+    mount: String,
     bytes: u64,
     /// This request's per-call limit.
     per_call: u64,
@@ -372,7 +415,7 @@ mod tests {
 
     #[test]
     fn each_limit_refuses_the_byte_that_crosses_it() {
-        let budget = PayloadBudget::new(limits(10, 15, 20));
+        let budget = PayloadBudget::new(limits(10, 15, 20), MountShares::new());
         let mut a = budget.open(1, None);
         a.try_grow(10).unwrap();
         assert_eq!(a.try_grow(1), Err(BudgetExceeded::PerCall));
@@ -389,7 +432,10 @@ mod tests {
 
     #[test]
     fn one_client_cannot_cross_its_limit_and_the_admin_view_ranks_holders() {
-        let budget = PayloadBudget::new(PayloadLimits { max_inflight_bytes_per_client: 10, ..limits(10, 100, 100) });
+        let budget = PayloadBudget::new(
+            PayloadLimits { max_inflight_bytes_per_client: 10, ..limits(10, 100, 100) },
+            MountShares::new(),
+        );
         let mut a = budget.open(1, Some("10.0.0.1"));
         let mut b = budget.open(2, Some("10.0.0.1"));
         a.try_grow(6).unwrap();
@@ -415,7 +461,10 @@ mod tests {
 
     #[test]
     fn growing_at_most_takes_what_every_limit_has_room_for() {
-        let budget = PayloadBudget::new(PayloadLimits { max_inflight_bytes_per_client: 12, ..limits(10, 15, 20) });
+        let budget = PayloadBudget::new(
+            PayloadLimits { max_inflight_bytes_per_client: 12, ..limits(10, 15, 20) },
+            MountShares::new(),
+        );
         let mut a = budget.open(1, Some("c"));
         assert_eq!(a.try_grow_at_most(100), Ok(10), "the per-call limit");
         assert_eq!(a.try_grow_at_most(1), Err(BudgetExceeded::PerCall));
@@ -432,9 +481,64 @@ mod tests {
         assert_eq!(budget.counters(), BudgetCounters::default());
     }
 
+    fn shares(of: &[(&str, u64)]) -> MountShares {
+        of.iter().map(|(prefix, share)| (prefix.to_string(), *share)).collect()
+    }
+
+    #[test]
+    fn a_mount_cannot_cross_its_share_and_other_mounts_keep_the_rest() {
+        let budget = PayloadBudget::new(limits(100, 1000, 1000), shares(&[("/stream", 10)]));
+        let mut a = budget.open_with_call_limit(1, Some("c"), "/stream", 100);
+        let mut b = budget.open_with_call_limit(2, Some("d"), "/stream", 100);
+        a.try_grow(6).unwrap();
+        assert_eq!(b.try_grow(5), Err(BudgetExceeded::PerMount), "across clients and connections");
+        assert_eq!(b.bytes(), 0, "all or nothing");
+        b.try_grow(4).unwrap();
+        assert_eq!(b.try_grow_at_most(1), Err(BudgetExceeded::PerMount));
+        let mut api = budget.open_with_call_limit(1, Some("c"), "/api", 100);
+        api.try_grow(50).unwrap();
+        let counters = budget.counters();
+        assert_eq!(counters.per_mount_bytes, HashMap::from([("/stream".into(), 10), ("/api".into(), 50)]));
+        drop(a);
+        assert_eq!(b.try_grow_at_most(100), Ok(6), "released on drop: the share has room again");
+        drop((b, api));
+        assert_eq!(budget.counters(), BudgetCounters::default());
+    }
+
+    #[test]
+    fn new_limits_and_shares_apply_to_the_next_growth_and_held_bytes_stay_held() {
+        let budget = PayloadBudget::new(limits(100, 1000, 1000), shares(&[("/s", 10)]));
+        let mut held = budget.open_with_call_limit(1, None, "/s", 100);
+        held.try_grow(8).unwrap();
+        budget.set_limits(limits(100, 1000, 1000), shares(&[("/s", 4)]));
+        assert_eq!(held.bytes(), 8, "a lower share takes nothing back");
+        assert_eq!(held.try_grow(1), Err(BudgetExceeded::PerMount));
+        budget.set_limits(limits(100, 1000, 9), MountShares::new());
+        assert_eq!(budget.limits(), limits(100, 1000, 9));
+        held.try_grow(1).unwrap();
+        assert_eq!(held.try_grow(1), Err(BudgetExceeded::Aggregate), "the share is gone, the new aggregate holds");
+        drop(held);
+        assert_eq!(budget.counters(), BudgetCounters::default());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_request_waiting_for_its_mount_share_proceeds_when_a_reload_raises_it() {
+        let budget = PayloadBudget::new(limits(100, 1000, 1000), shares(&[("/s", 10)]));
+        let mut full = budget.open_with_call_limit(1, None, "/s", 100);
+        full.try_grow(10).unwrap();
+        let mut waiting = budget.open_with_call_limit(2, None, "/s", 100);
+        let deadline = Instant::now() + std::time::Duration::from_secs(10);
+        let grown = tokio::spawn(async move { waiting.grow_until(5, deadline).await.map(|()| waiting) });
+        budget.set_limits(limits(100, 1000, 1000), shares(&[("/s", 20)]));
+        let waiting = grown.await.unwrap().expect("room made by the reload");
+        assert_eq!(budget.counters().per_mount_bytes["/s"], 15);
+        drop((full, waiting));
+        assert_eq!(budget.counters(), BudgetCounters::default());
+    }
+
     #[test]
     fn release_never_goes_below_zero() {
-        let budget = PayloadBudget::new(limits(10, 10, 10));
+        let budget = PayloadBudget::new(limits(10, 10, 10), MountShares::new());
         let mut a = budget.open(1, None);
         a.try_grow(4).unwrap();
         a.release(100);
@@ -448,7 +552,7 @@ mod tests {
             ops in proptest::collection::vec(
                 proptest::collection::vec((0u64..3, 1u64..400, any::<bool>()), 1..40), 1..6)
         ) {
-            let budget = PayloadBudget::new(limits(1000, 1500, 2500));
+            let budget = PayloadBudget::new(limits(1000, 1500, 2500), MountShares::new());
             std::thread::scope(|scope| {
                 for thread_ops in &ops {
                     let budget = Arc::clone(&budget);

@@ -8,13 +8,19 @@
 //!    ([`crate::upstream::websocket`]);
 //! 1. **mount** — the longest matching prefix picks the mount ([`mount`]) and its profile;
 //! 2. the profile's phases:
-//!    - **static** — the file is served by [`crate::static_files`]; done;
+//!    - **static** — *rate limit* (the mount's [`crate::limits::rate`]), then the file is
+//!      served by [`crate::static_files`], paced by the connection's bandwidth shaper and
+//!      cut at the download timeout; done;
 //!    - **business** — *authenticate* ([`authenticate`]) → *route* ([`route`]) →
 //!      *validate* ([`validate`]: claims, content type, declared body size) → *rate
-//!      limit* (the mount's [`crate::limits::rate`]) → *register* (the registry of
-//!      requests in flight, [`crate::limits::in_flight`], which can list and cancel it);
-//!    - **streaming** — *route* only; its limits (bandwidth, upload and download time) act
-//!      on the connection and the body;
+//!      limit* → *register* (the registry of requests in flight,
+//!      [`crate::limits::in_flight`], which can list and cancel it);
+//!    - **streaming** — *route* → *rate limit*; its other limits (bandwidth, upload and
+//!      download time) act on the connection and the body;
+//!
+//!    Every profile's rate limit counts every request, a WebSocket's opening request
+//!    too, under the client's key (the authenticated subject, else the client address);
+//!    every profile's bandwidth limit shapes the bodies both ways, per connection;
 //! 3. **strip credentials** — an API key never reaches a service;
 //! 4. **upstream** — the exchange with a service: [`crate::upstream::http`], or
 //!    [`crate::upstream::websocket`] when the routed endpoint is a WebSocket.
@@ -70,7 +76,7 @@ pub(crate) async fn handle(
     let mount = phases.mounts.select(request.uri().path()).ok_or(GatewayError::NotFound)?;
     let admitted = match mount.config.profile {
         Profile::Static if extended_connect => return Err(upstream::websocket::not_a_websocket()),
-        Profile::Static => return crate::static_files::serve(&mount.config, &request).await,
+        Profile::Static => return serve_static(&phases, mount, &request, conn).await,
         Profile::Business => business(&phases, mount, &request, conn)?,
         Profile::Streaming => streaming(&phases, mount, &request, conn)?,
     };
@@ -95,9 +101,7 @@ fn business<'m, B>(
     let identity = mount.authenticator.authenticate(request.headers())?;
     let decision = route::route(phases.routing, phases.version_header, request)?;
     validate::validate(&decision.endpoint, &identity, request)?;
-    if let Some(rate) = &mount.request_rate {
-        rate.check(client_key(identity.subject.as_deref(), client))?;
-    }
+    rate_limit(mount, identity.subject.as_deref(), client)?;
     let path = request.uri().path();
     let registered = phases.registry.begin(request.method().as_str(), path, &decision.template, client);
     let identity_headers = identity.forwarded_headers();
@@ -105,11 +109,13 @@ fn business<'m, B>(
         registered: Some(registered),
         subject: identity.subject,
         identity_headers,
+        shaper: conn.shaper(&mount.config),
         ..admitted(mount, decision, client, conn)
     })
 }
 
-/// Streaming profile: route only; its limits act on the connection and the body.
+/// Streaming profile: route → rate limit; its other limits act on the connection and
+/// the body.
 fn streaming<'m, B>(
     phases: &Phases<'_>,
     mount: &'m Mount,
@@ -118,7 +124,28 @@ fn streaming<'m, B>(
 ) -> Result<Admitted<'m>, GatewayError> {
     let decision = route::route(phases.routing, phases.version_header, request)?;
     let client = client_of(phases, request, conn);
+    rate_limit(mount, None, client)?;
     Ok(Admitted { shaper: conn.shaper(&mount.config), ..admitted(mount, decision, client, conn) })
+}
+
+/// Static profile: rate limit → the file, paced by the connection's shaper.
+async fn serve_static(
+    phases: &Phases<'_>,
+    mount: &Mount,
+    request: &Request<Incoming>,
+    conn: &Arc<ClientConn>,
+) -> Result<Response<GatewayBody>, GatewayError> {
+    rate_limit(mount, None, client_of(phases, request, conn))?;
+    crate::static_files::serve(&mount.config, request, conn.shaper(&mount.config)).await
+}
+
+/// One more request of the caller (its `subject`, else its address) against the mount's
+/// request rate: 429 with `Retry-After` over it.
+fn rate_limit(mount: &Mount, subject: Option<&str>, client: SocketAddr) -> Result<(), GatewayError> {
+    match &mount.request_rate {
+        Some(rate) => Ok(rate.check(client_key(subject, client))?),
+        None => Ok(()),
+    }
 }
 
 /// The client the request speaks for: the peer, or the address a trusted proxy names
@@ -136,6 +163,7 @@ fn admitted<'m>(
     conn: &Arc<ClientConn>,
 ) -> Admitted<'m> {
     Admitted {
+        mount: &mount.config.prefix,
         settings: &mount.config.settings,
         websockets: &mount.websockets,
         decision,
@@ -207,7 +235,7 @@ mod tests {
     }
 
     #[test]
-    fn streaming_mounts_only_route() {
+    fn streaming_mounts_route_before_they_rate_limit() {
         let gateway = gateway(vec![mount("/stream", Profile::Streaming, AuthConfig::None)]);
         let live = gateway.live();
         let phases = gateway.phases(&live);

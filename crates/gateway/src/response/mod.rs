@@ -1,5 +1,7 @@
 //! The response body the gateway gives hyper: bytes it already has, a service's streamed
-//! body relayed chunk by chunk, or a static file read chunk by chunk ([`file`]).
+//! body relayed chunk by chunk, or a static file read chunk by chunk ([`file`]). Relayed
+//! and file bodies keep the same [`Pace`]: the mount's bandwidth limit (the connection's
+//! shaper) and its download timeout, past which the body fails.
 //!
 //! A relayed body owns its stream: taking a chunk grants the service credit for it (so a
 //! slow client slows the service, and at most one window is buffered), reaching the
@@ -101,7 +103,53 @@ pub(crate) struct GatewayBody {
 enum Kind {
     Full(Option<Bytes>),
     Relay(Relay),
-    File(FileBody),
+    File(FileBody, Pace),
+}
+
+/// A download's pace: when each chunk may go, and when the whole body must be done.
+#[derive(Debug)]
+struct Pace {
+    /// Paces chunks to the mount's bandwidth limit, if it has one.
+    shaper: Option<Arc<Shaper>>,
+    /// A chunk waiting for its turn under the shaper.
+    delayed: Option<(Bytes, Pin<Box<Sleep>>)>,
+    /// The whole download must be done by then (`download_timeout`).
+    deadline: Pin<Box<Sleep>>,
+}
+
+impl Pace {
+    fn new(shaper: Option<Arc<Shaper>>, download_timeout: Duration) -> Self {
+        Pace { shaper, delayed: None, deadline: Box::pin(tokio::time::sleep(download_timeout)) }
+    }
+
+    /// Whether the download's time is up.
+    fn expired(&mut self, cx: &mut Context<'_>) -> bool {
+        self.deadline.as_mut().poll(cx).is_ready()
+    }
+
+    /// The parked chunk once its turn has come (`Pending` until then), or `None` when
+    /// no chunk is parked.
+    fn poll_delayed(&mut self, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
+        let Some((_, wait)) = &mut self.delayed else { return Poll::Ready(None) };
+        ready!(wait.as_mut().poll(cx));
+        Poll::Ready(self.delayed.take().map(|(chunk, _)| chunk))
+    }
+
+    /// `chunk` if it may go now; else parks it for [`Pace::poll_delayed`].
+    fn admit(&mut self, chunk: Bytes) -> Option<Bytes> {
+        let Some(shaper) = &self.shaper else { return Some(chunk) };
+        let at = shaper.schedule(chunk.len());
+        if at <= tokio::time::Instant::now() {
+            return Some(chunk);
+        }
+        self.delayed = Some((chunk, Box::pin(tokio::time::sleep_until(at))));
+        None
+    }
+
+    /// Bytes of the parked chunk, if any.
+    fn parked(&self) -> u64 {
+        self.delayed.as_ref().map_or(0, |(chunk, _)| chunk.len() as u64)
+    }
 }
 
 /// A streamed service response on its way to the client.
@@ -122,12 +170,8 @@ struct Relay {
     completing: Option<Bytes>,
     /// Counts this body's failure, if it fails.
     metrics: Arc<Metrics>,
-    /// Streaming mounts: paces chunks to the bandwidth limit.
-    shaper: Option<Arc<Shaper>>,
-    /// A chunk waiting for its turn under the shaper.
-    delayed: Option<(Bytes, Pin<Box<Sleep>>)>,
-    /// The whole download must be done by then (`download_timeout`).
-    deadline: Pin<Box<Sleep>>,
+    /// The bandwidth limit and the download timeout.
+    pace: Pace,
     /// The registry entry: counts bytes out; an operator's cancel ends the body.
     registered: Option<Registered>,
     operator_cancel: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
@@ -136,6 +180,7 @@ struct Relay {
 /// Bounds on a relayed download.
 #[derive(Debug)]
 pub(crate) struct RelayLimits {
+    /// The connection's shaper on the mount, if the mount limits bandwidth.
     pub shaper: Option<Arc<Shaper>>,
     pub download_timeout: Duration,
     /// Business mounts: the registry entry, kept until the body is done.
@@ -154,7 +199,7 @@ impl GatewayBody {
         match &mut self.kind {
             Kind::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
             Kind::Relay(relay) => relay.poll_chunk(cx),
-            Kind::File(file) => file.poll_chunk(cx).map(|chunk| chunk.map(|c| c.map(Frame::data))),
+            Kind::File(file, pace) => poll_file(file, pace, cx),
         }
     }
 
@@ -163,7 +208,7 @@ impl GatewayBody {
         match &self.kind {
             Kind::Full(bytes) => bytes.is_none(),
             Kind::Relay(relay) => relay.handle.is_none(),
-            Kind::File(file) => file.remaining() == 0,
+            Kind::File(file, pace) => file.remaining() == 0 && pace.delayed.is_none(),
         }
     }
 
@@ -207,9 +252,10 @@ impl GatewayBody {
         GatewayBody::of(Kind::Full(None))
     }
 
-    /// A static file's bytes, read as they are sent.
-    pub(crate) fn file(file: FileBody) -> Self {
-        GatewayBody::of(Kind::File(file))
+    /// A static file's bytes, read as they are sent, paced by `shaper` (the connection's
+    /// on the mount, if it limits bandwidth) and failing past `download_timeout`.
+    pub(crate) fn file(file: FileBody, shaper: Option<Arc<Shaper>>, download_timeout: Duration) -> Self {
+        GatewayBody::of(Kind::File(file, Pace::new(shaper, download_timeout)))
     }
 
     /// A relayed service body.
@@ -228,9 +274,7 @@ impl GatewayBody {
             sent: 0,
             completing: None,
             metrics: limits.metrics,
-            shaper: limits.shaper,
-            delayed: None,
-            deadline: Box::pin(tokio::time::sleep(limits.download_timeout)),
+            pace: Pace::new(limits.shaper, limits.download_timeout),
             operator_cancel: limits.registered.as_ref().map(|r| Box::pin(r.cancel.clone().cancelled_owned())),
             registered: limits.registered,
         };
@@ -269,8 +313,32 @@ impl Body for GatewayBody {
             Kind::Full(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
             Kind::Relay(Relay { length: Some(n), .. }) => SizeHint::with_exact(*n),
             Kind::Relay(_) => SizeHint::default(),
-            Kind::File(file) => SizeHint::with_exact(file.remaining()),
+            Kind::File(file, pace) => SizeHint::with_exact(file.remaining() + pace.parked()),
         }
+    }
+}
+
+/// The next piece of a static file, in its turn under the pace; past the download
+/// timeout, an error that ends the body.
+fn poll_file(
+    file: &mut FileBody,
+    pace: &mut Pace,
+    cx: &mut Context<'_>,
+) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+    if pace.expired(cx) {
+        tracing::info!("download timeout: closing the static file's response");
+        return Poll::Ready(Some(Err(BodyError::DownloadTimeout)));
+    }
+    if let Some(chunk) = ready!(pace.poll_delayed(cx)) {
+        return Poll::Ready(Some(Ok(Frame::data(chunk))));
+    }
+    match ready!(file.poll_chunk(cx)) {
+        Some(Ok(chunk)) => match pace.admit(chunk) {
+            Some(chunk) => Poll::Ready(Some(Ok(Frame::data(chunk)))),
+            // Parked: polled again, its wait registers this task's waker.
+            None => poll_file(file, pace, cx),
+        },
+        other => Poll::Ready(other.map(|read| read.map(Frame::data))),
     }
 }
 
@@ -288,7 +356,7 @@ impl Relay {
         if self.handle.is_none() {
             return Poll::Ready(None);
         }
-        if self.deadline.as_mut().poll(cx).is_ready() {
+        if self.pace.expired(cx) {
             tracing::info!("download timeout: closing the response");
             self.finish(Some(CancelReason::Timeout));
             return Poll::Ready(Some(Err(BodyError::DownloadTimeout)));
@@ -297,9 +365,7 @@ impl Relay {
             self.finish(Some(CancelReason::Administrative));
             return Poll::Ready(Some(Err(BodyError::CancelledByOperator)));
         }
-        if let Some((_, wait)) = &mut self.delayed {
-            ready!(wait.as_mut().poll(cx));
-            let chunk = self.delayed.take().map(|(chunk, _)| chunk).unwrap_or_default();
+        if let Some(chunk) = ready!(self.pace.poll_delayed(cx)) {
             return Poll::Ready(Some(Ok(Frame::data(chunk))));
         }
         loop {
@@ -355,13 +421,10 @@ impl Relay {
 
     /// Hands `chunk` on now, or parks it until the shaper's schedule allows.
     fn pace(&mut self, chunk: Bytes, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
-        let Some(shaper) = &self.shaper else { return Poll::Ready(Some(Ok(Frame::data(chunk)))) };
-        let at = shaper.schedule(chunk.len());
-        if at <= tokio::time::Instant::now() {
-            return Poll::Ready(Some(Ok(Frame::data(chunk))));
+        match self.pace.admit(chunk) {
+            Some(chunk) => Poll::Ready(Some(Ok(Frame::data(chunk)))),
+            None => self.poll_relay(cx),
         }
-        self.delayed = Some((chunk, Box::pin(tokio::time::sleep_until(at))));
-        self.poll_relay(cx)
     }
 
     /// Ends the relay: completed (`None`) or cancelled with a reason.

@@ -28,10 +28,13 @@
 //! - **Conditional requests and ranges** follow [`weir_proto::http_file`], shared with the
 //!   SDK: 304, 412, a single range as 206, 416 with `Content-Range: bytes */len`, several
 //!   ranges as the full 200.
-//! - **Body**: read with async reads in `chunk_size` pieces (`file_body.rs`); never the
-//!   whole file in memory. Bandwidth and timeouts are applied elsewhere, not here.
+//! - **Body**: read with async reads in `chunk_size` pieces ([`crate::response::file`]);
+//!   never the whole file in memory; paced by the connection's bandwidth shaper on the
+//!   mount (`rate_limit_bandwidth`) and failed past the mount's `download_timeout`, as a
+//!   relayed body is ([`crate::response`]).
 
 use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use http::header::{
@@ -45,7 +48,8 @@ use tokio::fs::{self, File};
 use tokio::io::AsyncSeekExt;
 use weir_proto::http_file::{self, Answer, ByteRange, Conditions, Disposition, Validators};
 
-use crate::config::MountConfig;
+use crate::config::{MountConfig, MountSettings};
+use crate::limits::bandwidth::Shaper;
 use crate::response::error::GatewayError;
 use crate::response::file::FileBody;
 use crate::response::GatewayBody;
@@ -63,10 +67,12 @@ pub(crate) enum PathError {
     NotUtf8,
 }
 
-/// Serves the file the request names under the mount's root.
+/// Serves the file the request names under the mount's root, paced by `shaper` (the
+/// connection's on this mount, if it limits bandwidth).
 pub(crate) async fn serve(
     mount: &MountConfig,
     request: &Request<Incoming>,
+    shaper: Option<Arc<Shaper>>,
 ) -> Result<Response<GatewayBody>, GatewayError> {
     if !matches!(*request.method(), Method::GET | Method::HEAD) {
         return Err(GatewayError::MethodNotAllowed { allow: vec!["GET".into(), "HEAD".into()] });
@@ -77,7 +83,7 @@ pub(crate) async fn serve(
         GatewayError::BadRequest(err.to_string())
     })?;
     let found = locate(root, &relative).await?;
-    respond(found, request, mount.settings.chunk_size).await
+    respond(found, request, &mount.settings, shaper).await
 }
 
 /// The request path below the mount `prefix`, as a relative path of plain names.
@@ -204,7 +210,8 @@ fn io_error(err: std::io::Error) -> GatewayError {
 async fn respond(
     found: Found,
     request: &Request<Incoming>,
-    chunk_size: usize,
+    settings: &MountSettings,
+    shaper: Option<Arc<Shaper>>,
 ) -> Result<Response<GatewayBody>, GatewayError> {
     let validators = Validators::new(found.len, found.modified);
     let conditions = Conditions::from_lookup(|name| request.headers().get(name).map(HeaderValue::as_bytes));
@@ -224,7 +231,7 @@ async fn respond(
         if start > 0 {
             file.seek(std::io::SeekFrom::Start(start)).await.map_err(io_error)?;
         }
-        GatewayBody::file(FileBody::new(file, len, chunk_size))
+        GatewayBody::file(FileBody::new(file, len, settings.chunk_size), shaper, settings.download_timeout)
     };
     let mut response = Response::new(body);
     *response.status_mut() = if range.is_some() { StatusCode::PARTIAL_CONTENT } else { StatusCode::OK };

@@ -52,8 +52,8 @@ pub(crate) async fn dispatch(
     let client = client_key(admitted.subject.as_deref(), admitted.client);
     let decision = &admitted.decision;
     let forwarded = match plan.mode {
-        BodyMode::Buffered => forward_buffered(&upstream, decision, head, body, &plan, &client).await?,
-        BodyMode::Streamed => forward_streamed(&upstream, decision, head, body, &plan, &client).await?,
+        BodyMode::Buffered => forward_buffered(&upstream, decision, head, body, &plan, &client, admitted.mount).await?,
+        BodyMode::Streamed => forward_streamed(&upstream, decision, head, body, &plan, &client, admitted.mount).await?,
     };
     let Admitted { settings, decision, shaper, registered, .. } = admitted;
     let operator = registered.as_ref().map(|r| r.cancel.clone());
@@ -135,9 +135,11 @@ async fn forward_buffered(
     mut body: ClientBody,
     plan: &BodyPlan,
     client: &str,
+    mount: &str,
 ) -> Result<Forwarded, GatewayError> {
     let per_call = plan.per_call;
-    let mut reservation = upstream.budget.open_with_call_limit(decision.instance.conn_id, Some(client), per_call);
+    let mut reservation =
+        upstream.budget.open_with_call_limit(decision.instance.conn_id, Some(client), mount, per_call);
     let mut buffer = BytesMut::with_capacity(plan.length.unwrap_or(0).min(per_call) as usize);
     while let Some(chunk) = body.next().await? {
         if buffer.len() as u64 + chunk.len() as u64 > plan.max_total {
@@ -163,9 +165,11 @@ async fn forward_streamed(
     body: ClientBody,
     plan: &BodyPlan,
     client: &str,
+    mount: &str,
 ) -> Result<Forwarded, GatewayError> {
     let window = upstream.window(plan.per_call, plan.length);
-    let reservation = upstream.budget.open_with_call_limit(decision.instance.conn_id, Some(client), plan.per_call);
+    let reservation =
+        upstream.budget.open_with_call_limit(decision.instance.conn_id, Some(client), mount, plan.per_call);
     // The window fits in u32: it is at most `stream_window`.
     let initial_credit = u32::try_from(window).unwrap_or(u32::MAX);
     let (mut call, deadline) = open_call(decision, head, initial_credit).await?;
@@ -367,7 +371,7 @@ mod tests {
     ) -> Result<BodyPlan, GatewayError> {
         let (server, mut limits) = (ServerConfig::default(), LimitsConfig::default());
         limits.payload.max_request_bytes_per_call = PER_CALL;
-        let budget = PayloadBudget::new(limits.payload);
+        let budget = PayloadBudget::new(limits.payload, Default::default());
         let (metrics, sessions) = (Arc::default(), crate::upstream::websocket::Sessions::default());
         let upstream =
             Upstream { server: &server, limits: &limits, budget: &budget, metrics: &metrics, sessions: &sessions };

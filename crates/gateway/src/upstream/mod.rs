@@ -75,6 +75,8 @@ pub(crate) struct Upstream<'g> {
 /// What the request phases established about a request, as the exchange needs it.
 #[derive(Debug)]
 pub(crate) struct Admitted<'m> {
+    /// The mount's prefix: its requests' bytes count under its budget share.
+    pub mount: &'m str,
     /// The mount's settings: body limits, timeouts, WebSocket limits.
     pub settings: &'m MountSettings,
     /// The mount's open WebSockets per user.
@@ -109,7 +111,7 @@ impl Upstream<'_> {
 }
 
 /// The client's answer when a reservation does not fit: 413 for the request's own limit,
-/// 503 for the client's, the connection's or the gateway's.
+/// 503 for the client's, the mount's share, the connection's or the gateway's.
 fn budget_error(err: BudgetExceeded, per_call: u64) -> GatewayError {
     match err {
         BudgetExceeded::PerCall => {
@@ -164,6 +166,8 @@ fn request_head(
         headers,
         body_mode: mode,
         body: Bytes::new(),
+        // At most the configuration's largest chunk size, which fits in u32.
+        chunk_size: u32::try_from(admitted.settings.chunk_size).ok(),
     }
 }
 
@@ -347,12 +351,15 @@ mod tests {
     use crate::config::PayloadLimits;
 
     fn budget(aggregate: u64) -> Arc<PayloadBudget> {
-        PayloadBudget::new(PayloadLimits {
-            max_request_bytes_per_call: 1000,
-            max_request_bytes_per_connection: aggregate,
-            max_aggregate_inflight_bytes: aggregate,
-            max_inflight_bytes_per_client: aggregate,
-        })
+        PayloadBudget::new(
+            PayloadLimits {
+                max_request_bytes_per_call: 1000,
+                max_request_bytes_per_connection: aggregate,
+                max_aggregate_inflight_bytes: aggregate,
+                max_inflight_bytes_per_client: aggregate,
+            },
+            Default::default(),
+        )
     }
 
     #[test]

@@ -79,6 +79,7 @@ pub fn request(
         headers: Headers::new(),
         body_mode: BodyMode::Buffered,
         body: Bytes::copy_from_slice(body),
+        chunk_size: None,
     }
 }
 

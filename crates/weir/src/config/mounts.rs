@@ -5,8 +5,9 @@
 //! rate settings always name their unit (`"100/min"`, `"20/s"`), except that a bare
 //! integer `rate_limit_requests` means per minute (`docs/configuration.md`); `"off"`
 //! disables a limit. Rules within one mount (chunk size against upload size, `root` only
-//! and always for static, auth only for business) and across mounts (no two with the
-//! same prefix) are reported on the key at fault.
+//! and always for static, auth only for business, no key the profile has no use for) and
+//! across mounts (no two with the same prefix) are reported on the key at fault: a key
+//! that would be silently ignored is an error, never a surprise in production.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -60,7 +61,23 @@ fn read_settings(s: &mut Section<'_, '_>, c: &mut MountSettings) {
     s.value("max_request_bytes_per_call", &mut c.max_request_bytes_per_call, |item| {
         size(1, 8 * 1024 * 1024)(item).map(Some)
     });
+    s.value("max_inflight_bytes", &mut c.max_inflight_bytes, |item| size(1, u64::MAX)(item).map(Some));
 }
+
+/// The settings a static mount has no use for: it reads no request body and opens no
+/// WebSocket (every other setting applies to every profile; `docs/configuration.md`
+/// tables them).
+const UNUSED_BY_STATIC: [&str; 9] = [
+    "max_upload_size",
+    "upload_timeout",
+    "ws_max_message_size",
+    "ws_idle_timeout",
+    "ws_max_connections_per_user",
+    "ws_rate_limit_messages",
+    "ws_compression",
+    "max_request_bytes_per_call",
+    "max_inflight_bytes",
+];
 
 /// Rules between one mount's keys.
 fn check_mount(s: &mut Section<'_, '_>, profile: Profile, has_root: bool, auth: &AuthConfig, settings: &MountSettings) {
@@ -77,6 +94,13 @@ fn check_mount(s: &mut Section<'_, '_>, profile: Profile, has_root: bool, auth: 
     }
     if profile != Profile::Business && *auth != AuthConfig::None {
         fault(s, "auth", format!("authentication runs on business mounts (this one is {})", profile.name()));
+    }
+    if profile == Profile::Static {
+        for key in UNUSED_BY_STATIC {
+            if s.reader.lines.contains_key(&s.key_path(key)) {
+                fault(s, key, "is not used by a static mount (it reads no request body and opens no WebSocket)".into());
+            }
+        }
     }
     if settings.chunk_size as u64 > settings.max_upload_size {
         let message =
@@ -335,6 +359,41 @@ profile = "static"
         ] {
             assert!(errors.contains(expected), "missing {expected:?} in:\n{errors}");
         }
+    }
+
+    #[test]
+    fn a_static_mount_refuses_the_keys_it_has_no_use_for_and_takes_the_others() {
+        let dir = std::env::temp_dir();
+        let root = dir.to_string_lossy();
+        let mut text = format!("[[mount]]\nprefix = \"/a\"\nprofile = \"business\"\n\n[[mount]]\nprefix = \"/f\"\nprofile = \"static\"\nroot = {root:?}\n");
+        for key in UNUSED_BY_STATIC {
+            let value = if key.starts_with("ws_rate") {
+                "\"5/s\""
+            } else if key == "ws_compression" {
+                "true"
+            } else if key.ends_with("timeout") || key.ends_with("user") {
+                "5"
+            } else {
+                "\"1MiB\""
+            };
+            text.push_str(&format!("{key} = {value}\n"));
+        }
+        let errors = load_config(&text).unwrap_err().to_string();
+        for key in UNUSED_BY_STATIC {
+            let expected = format!("mount[1].{key}: is not used by a static mount");
+            assert!(errors.contains(&expected), "missing {expected:?} in:\n{errors}");
+        }
+        assert_eq!(errors.lines().count(), UNUSED_BY_STATIC.len(), "nothing else refused:\n{errors}");
+        let used = format!(
+            "[[mount]]\nprefix = \"/f\"\nprofile = \"static\"\nroot = {root:?}\ndownload_timeout = 5\nchunk_size = \"4KiB\"\nrate_limit_requests = \"5/s\"\nrate_limit_bandwidth = \"100KiB/s\"\n"
+        );
+        let settings = load_config(&used).unwrap().mounts[0].settings.clone();
+        assert_eq!((settings.download_timeout, settings.chunk_size), (Duration::from_secs(5), 4096));
+        assert_eq!(settings.rate_limit_bandwidth, Some(100 * 1024));
+        let shared =
+            load_config("[[mount]]\nprefix = \"/s\"\nprofile = \"streaming\"\nmax_inflight_bytes = \"1MiB\"\n")
+                .unwrap();
+        assert_eq!(shared.mounts[0].settings.max_inflight_bytes, Some(1024 * 1024));
     }
 
     #[test]

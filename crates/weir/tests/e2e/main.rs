@@ -21,6 +21,7 @@ mod handover;
 mod https;
 mod limits;
 mod liveness;
+mod mount_settings;
 mod paths;
 mod protections;
 mod proxy_headers;

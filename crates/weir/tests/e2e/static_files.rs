@@ -3,7 +3,7 @@
 //! `Last-Modified`, `ETag`, `Accept-Ranges`), HEAD, 304 by `If-None-Match` and by
 //! `If-Modified-Since`, 206 for each single-range form with exact bytes, 416, paths that
 //! try to leave the root (`..`, encoded dots and slashes, symlinks out) refused, a
-//! FIFO in the root refused without blocking, a 20 MiB file streamed whole, and an SDK service's `file_for` answering ranges and
+//! FIFO in the root refused without blocking, a 20 MiB file streamed whole, an SDK service's `FileResponse` sending the media type it is given, and an SDK service's `file_for` answering ranges and
 //! conditionals through the gateway.
 //!
 //! Each test builds its own tree under the system temp directory and removes it after.
@@ -17,7 +17,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use weir_gateway::config::{AuthConfig, MountConfig, MountSettings, Profile};
 use weir_gateway::GatewayConfig;
-use weir_service::{Endpoint, RawRequestContext, RawResponse, Service};
+use weir_service::{Endpoint, FileResponse, RawRequestContext, RawResponse, Service};
 
 use crate::common::*;
 
@@ -332,5 +332,41 @@ async fn an_sdk_file_response_answers_ranges_and_conditionals_through_the_gatewa
     let past_end = h.client.get(h.url("/export")).header("range", "bytes=999-").send().await.unwrap();
     assert_eq!(past_end.status(), StatusCode::RANGE_NOT_SATISFIABLE);
     assert_eq!(header(&past_end, "content-range"), format!("bytes */{}", HELLO.len()));
+    h.assert_budget_released().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_sdk_file_response_sends_the_media_type_it_is_given_else_its_guess() {
+    let tree = Tree::new();
+    let file = tree.root().join("hello.txt");
+    let events = file.clone();
+    let chosen = Endpoint::get("/events").raw(move |ctx: RawRequestContext| {
+        let events = events.clone();
+        async move {
+            FileResponse::new(events)
+                .media_type("application/x-ndjson")
+                .download_name("e.txt")
+                .send_for(&ctx.headers)
+                .await
+        }
+    });
+    let guessed = Endpoint::get("/guessed").raw(move |_ctx: RawRequestContext| {
+        let file = file.clone();
+        async move { FileResponse::new(file).send().await }
+    });
+    let mut h = Harness::start(config()).await;
+    h.attach(Service::builder("exporter", "1.0.0").endpoint(chosen).endpoint(guessed).build().unwrap()).await;
+    let response = h.client.get(h.url("/events")).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.headers().get_all("content-type").iter().count(), 1, "replaced, not added");
+    assert_eq!(header(&response, "content-type"), "application/x-ndjson");
+    assert_eq!(header(&response, "content-disposition"), "attachment; filename=\"e.txt\"");
+    assert_eq!(response.bytes().await.unwrap(), HELLO);
+    let ranged = h.client.get(h.url("/events")).header("range", "bytes=0-4").send().await.unwrap();
+    assert_eq!(ranged.status(), StatusCode::PARTIAL_CONTENT);
+    assert_eq!(header(&ranged, "content-type"), "application/x-ndjson");
+    let response = h.client.get(h.url("/guessed")).send().await.unwrap();
+    assert_eq!(header(&response, "content-type"), "text/plain");
+    assert_eq!(response.bytes().await.unwrap(), HELLO);
     h.assert_budget_released().await;
 }

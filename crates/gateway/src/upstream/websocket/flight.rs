@@ -428,10 +428,10 @@ mod tests {
             max_aggregate_inflight_bytes: 1000,
             max_inflight_bytes_per_client: 30,
         };
-        let budget = PayloadBudget::new(limits);
+        let budget = PayloadBudget::new(limits, Default::default());
         let mut other = budget.open(2, Some("c"));
         other.try_grow(24).unwrap();
-        let flight = Flight::new(budget.open_with_call_limit(1, Some("c"), 1000));
+        let flight = Flight::new(budget.open_with_call_limit(1, Some("c"), "/", 1000));
         let (mut client, server) = tokio::io::duplex(64);
         let mut io = MeteredIo::new(server, flight.clone());
         let mut buf = [0u8; 64];

@@ -187,7 +187,7 @@ enum Handshake {
 fn open_reservation(upstream: &Upstream<'_>, admitted: &Admitted<'_>, per_call: u64) -> Reservation {
     let client = client_key(admitted.subject.as_deref(), admitted.client);
     let limit = session::in_flight_limit(per_call, admitted.settings.ws_max_message_size);
-    upstream.budget.open_with_call_limit(admitted.decision.instance.conn_id, Some(&client), limit)
+    upstream.budget.open_with_call_limit(admitted.decision.instance.conn_id, Some(&client), admitted.mount, limit)
 }
 
 /// The user's WebSocket slot on the mount (the user being the authenticated subject, else
