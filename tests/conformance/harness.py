@@ -76,7 +76,7 @@ def run_check(item: Check, addr: tuple) -> Outcome:
         verdict, detail = "PASS", ""
     except Failed as failure:
         verdict, detail = ("KNOWN-DEVIATION" if item.known else "FAIL"), str(failure)
-    except (OSError, ValueError, AssertionError) as error:
+    except Exception as error:  # noqa: BLE001 (any surprise is a failure of this check alone)
         verdict, detail = "FAIL", f"{type(error).__name__}: {error}"
     return Outcome(item, verdict, detail, time.monotonic() - started)
 

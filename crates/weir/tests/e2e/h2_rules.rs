@@ -14,18 +14,15 @@ use tokio::net::tcp::OwnedReadHalf;
 use crate::common::*;
 use crate::h2_wire::*;
 
-/// Reads frames until the response head on `last`; the frames of every stream, that
-/// head included.
-async fn frames_until_answer(reader: &mut OwnedReadHalf, last: u32) -> Vec<Frame> {
+/// Reads frames until each of `streams` has its fate (a response head or a reset);
+/// the frames of every stream.
+async fn frames_until_settled(reader: &mut OwnedReadHalf, streams: &[u32]) -> Vec<Frame> {
     let mut frames = Vec::new();
-    loop {
+    while streams.iter().any(|stream| fate(&frames, *stream).is_none()) {
         let frame = tokio::time::timeout(WAIT, read_frame(reader)).await.expect("no answer").expect("closed");
-        let done = frame.kind == HEADERS && frame.stream == last;
         frames.push(frame);
-        if done {
-            return frames;
-        }
     }
+    frames
 }
 
 /// What came on `stream`: `Ok(())` for a response head, `Err(code)` for a reset.
@@ -39,6 +36,7 @@ fn fate(frames: &[Frame], stream: u32) -> Option<Result<(), u32>> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_requests_are_reset_with_protocol_error_and_the_connection_goes_on() {
     let h = Harness::with_demo(config()).await;
+    let addr = h.addr;
     let with_field = |value: &[u8]| [request_block("GET", "/api/hello"), literal("x-probe", value)].concat();
     let requests = [
         (1, with_field(b" leading space")),
@@ -50,11 +48,11 @@ async fn malformed_requests_are_reset_with_protocol_error_and_the_connection_goe
     let clients = (0..8).map(|_| {
         let requests = requests.clone();
         async move {
-            let (mut reader, mut writer) = connect(h.addr).await.into_split();
+            let (mut reader, mut writer) = connect(addr).await.into_split();
             for (stream, block) in requests {
                 writer.write_all(&frame(HEADERS, END_HEADERS | END_STREAM, stream, &block)).await.unwrap();
             }
-            frames_until_answer(&mut reader, 9).await
+            frames_until_settled(&mut reader, &[1, 3, 5, 7, 9]).await
         }
     });
     for frames in join_all(clients).await {
@@ -68,8 +66,9 @@ async fn malformed_requests_are_reset_with_protocol_error_and_the_connection_goe
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pseudo_header_fields_in_trailers_are_dropped_by_h2_and_the_request_served() {
     let h = Harness::with_demo(config()).await;
+    let addr = h.addr;
     let clients = (0..4).map(|_| async move {
-        let (mut reader, mut writer) = connect(h.addr).await.into_split();
+        let (mut reader, mut writer) = connect(addr).await.into_split();
         let trailers = [literal(":method", b"GET"), literal("x-trailer", b"1")].concat();
         let post = [
             frame(HEADERS, END_HEADERS, 1, &request_block("POST", "/api/echo")),
@@ -77,7 +76,7 @@ async fn pseudo_header_fields_in_trailers_are_dropped_by_h2_and_the_request_serv
             frame(HEADERS, END_HEADERS | END_STREAM, 1, &trailers),
         ];
         writer.write_all(&post.concat()).await.unwrap();
-        frames_until_answer(&mut reader, 1).await
+        frames_until_settled(&mut reader, &[1]).await
     });
     for frames in join_all(clients).await {
         // RFC 9113 §8.1 asks for PROTOCOL_ERROR; h2 keeps the trailers' pseudo-header
@@ -89,8 +88,9 @@ async fn pseudo_header_fields_in_trailers_are_dropped_by_h2_and_the_request_serv
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn data_on_a_closed_stream_is_reset_with_stream_closed_by_h2_and_the_connection_goes_on() {
     let h = Harness::with_demo(config()).await;
+    let addr = h.addr;
     let clients = (0..4).map(|_| async move {
-        let (mut reader, mut writer) = connect(h.addr).await.into_split();
+        let (mut reader, mut writer) = connect(addr).await.into_split();
         writer.write_all(&get(1, "/api/hello")).await.unwrap();
         // The response's last frame closes stream 1 on both sides.
         loop {
@@ -100,7 +100,7 @@ async fn data_on_a_closed_stream_is_reset_with_stream_closed_by_h2_and_the_conne
             }
         }
         writer.write_all(&[data(1, END_STREAM, b"late"), get(3, "/api/hello")].concat()).await.unwrap();
-        frames_until_answer(&mut reader, 3).await
+        frames_until_settled(&mut reader, &[1, 3]).await
     });
     for frames in join_all(clients).await {
         // RFC 9113 §5.1 asks for a connection error STREAM_CLOSED; h2 resets the stream
