@@ -12,8 +12,9 @@
 //! (RFC 9113 §8.2.1) and a `CONNECT` without `:authority` (§8.5). A malformed request is
 //! a stream error of type `PROTOCOL_ERROR` (§8.1.1), never an answer: the service
 //! function fails with a [`MalformedRequest`], whose source carries that reason, and
-//! hyper resets the stream with the reason it finds there. The connection goes on; `h2`
-//! counts such resets under `max_local_error_reset_streams`.
+//! hyper resets the stream with the reason it finds there. The connection goes on. Such
+//! a reset is not counted under `max_local_error_reset_streams` (`h2` counts only its
+//! own): it costs what a 400 would, and `max_concurrent_streams` bounds it the same way.
 
 use std::future::Future;
 use std::pin::Pin;
