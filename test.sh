@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite: formatting, lints, every crate's tests (unit, black-box, doc),
 # the model checks of the link's stream table (loom), a black-box stress run of the
-# release binary under concurrent HTTP/1.1 and HTTP/2 load, and a brief run of each fuzz
-# target. Installs what it needs itself.
+# release binary under concurrent HTTP/1.1 and HTTP/2 load, the protocol conformance
+# harness against that same binary, and a brief run of each fuzz target. Installs what it
+# needs itself.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -16,4 +17,6 @@ fi
 cargo test --workspace --doc
 cargo test -p weir-transport --features loom --lib model
 tests/stress/run
+# The release binary tests/stress/run built (or the one WEIR named to it).
+WEIR_BIN="${WEIR:-target/release/weir}" tests/conformance/run
 fuzz/run.sh "${WEIR_FUZZ_SECONDS:-15}"

@@ -26,7 +26,6 @@ mod stream;
 pub(crate) mod tls;
 mod validity;
 
-use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::pin;
 use std::sync::Arc;
@@ -45,7 +44,7 @@ use tokio_util::task::task_tracker::TaskTrackerToken;
 use tokio_util::task::TaskTracker;
 
 use self::client_io::{ClientIo, Protocol, SendLimits};
-use self::h2_streams::StreamExecutor;
+use self::h2_streams::{MalformedRequest, StreamExecutor};
 use self::lifetime::{Bounds, InFlight, Watched};
 use self::metrics::Metrics;
 use self::stream::ClientStream;
@@ -277,14 +276,20 @@ fn connection_builder(server: &crate::config::ServerConfig, metrics: Arc<Metrics
 
 /// One request; it counts as in flight on its connection until its response body is
 /// sent in full (or dropped). Once the gateway is shutting down, an HTTP/1 answer says
-/// `Connection: close`, and hyper closes the connection after it ([`lifetime`]).
+/// `Connection: close`, and hyper closes the connection after it ([`lifetime`]). A
+/// malformed HTTP/2 request fails instead: hyper resets its stream with
+/// `PROTOCOL_ERROR` ([`h2_streams::refuse_malformed`]).
 async fn handle(
     gateway: Arc<Gateway>,
     request: Request<Incoming>,
     conn: Arc<ClientConn>,
     surface: Surface,
     shutdown: CancellationToken,
-) -> Result<Response<InFlight<GatewayBody>>, Infallible> {
+) -> Result<Response<InFlight<GatewayBody>>, MalformedRequest> {
+    if let Err(malformed) = h2_streams::refuse_malformed(&request) {
+        tracing::info!(client = %conn.addr, error = %malformed, "malformed HTTP/2 request: stream reset");
+        return Err(malformed);
+    }
     let in_flight = conn.slot.request_started();
     let http1 = request.version() < Version::HTTP_2;
     let mut response = respond(gateway, request, &conn, surface).await;

@@ -15,6 +15,7 @@ mod cli;
 mod concurrency;
 mod connection_limits;
 mod h2_floods;
+mod h2_rules;
 mod h2_websocket;
 mod h2_wire;
 mod handover;
