@@ -11,7 +11,8 @@
 //! - the connection cap sheds it to admit another ([`ConnectionSlot::shed`]): a graceful
 //!   close;
 //! - the gateway shuts down (or hands over to a successor): a graceful close, except for
-//!   an idle HTTP/1.1 connection, which first drains for `keep_alive_drain`. Closing an
+//!   an idle HTTP/1.1 connection (or one just accepted, whose protocol is not known
+//!   yet), which first drains for `keep_alive_drain`. Closing an
 //!   idle keep-alive connection races any request its client is sending at that moment
 //!   (the client sees the connection close under its request), so it stays open a little
 //!   longer, and a request that arrives is answered with `Connection: close` (added by
@@ -124,10 +125,14 @@ where
 }
 
 /// Whether a connection the gateway's shutdown finds drains before it closes: an idle
-/// HTTP/1.1 one, whose client may be sending its next request right now. A busy one is
-/// closed gracefully at once: hyper ends it after the response in progress.
+/// HTTP/1.1 one, whose client may be sending its next request right now, or one whose
+/// first bytes have not said its protocol yet (just accepted: its client is sending its
+/// first request). A busy one is closed gracefully at once: hyper ends it after the
+/// response in progress; so is an idle HTTP/2 one, whose GOAWAY tells its client which
+/// requests were taken.
 fn drains(watched: &Watched<'_>) -> bool {
-    watched.state.protocol() == Protocol::Http1 && watched.slot.idle_since().is_some()
+    let protocol = watched.state.protocol();
+    matches!(protocol, Protocol::Http1 | Protocol::Unknown) && watched.slot.idle_since().is_some()
 }
 
 /// The next step of an HTTP/1.1 connection draining until `until`: what its bounds say

@@ -167,8 +167,8 @@ async fn open_stream(connection: &Connection, stream: TcpStream) -> Option<Clien
     let Some(tls) = &connection.tls else {
         return Some(ClientStream::Plain(stream));
     };
-    let Connection { gateway, conn, shutdown, .. } = connection;
-    let secured = tls.handshake(stream, &conn.slot, shutdown, gateway.metrics()).await?;
+    let Connection { gateway, conn, .. } = connection;
+    let secured = tls.handshake(stream, &conn.slot, gateway.metrics()).await?;
     Some(ClientStream::Tls(Box::new(secured)))
 }
 

@@ -13,8 +13,9 @@
 //!   problem names the config key at fault ([`CertificateProblem`]), for
 //!   `weir check-config` as well as at start-up, which refuses to run with any;
 //! - the handshake runs after the connection holds its per-IP slot and its place under
-//!   the connection cap, and ends within `handshake_timeout`, when the connection is
-//!   shed, or at shutdown; a failed handshake is counted (a timed-out one also logged
+//!   the connection cap, and ends within `handshake_timeout`, or when the connection is
+//!   shed. The gateway's shutdown does not cut it: the client that began it may already be
+//!   sending its request, which the connection's drain then answers; a failed handshake is counted (a timed-out one also logged
 //!   at info, others at debug), and the socket closed without a word (there is no
 //!   protocol yet to say one in).
 
@@ -30,7 +31,6 @@ use rustls::sign::CertifiedKey;
 use rustls::{InconsistentKeys, ServerConfig};
 use thiserror::Error;
 use tokio::net::TcpStream;
-use tokio_util::sync::CancellationToken;
 use weir_transport::tls::{self as transport_tls, CertificateDer, ServerTlsStream, TlsAcceptor};
 
 use super::metrics::Metrics;
@@ -99,13 +99,11 @@ impl ClientTls {
     }
 
     /// The TLS handshake on an admitted connection, bounded by `handshake_timeout` and
-    /// abandoned when the connection is shed or the gateway stops; failures are counted
-    /// in `metrics` and logged.
+    /// abandoned when the connection is shed; failures are counted in `metrics` and logged.
     pub(super) async fn handshake(
         &self,
         tcp: TcpStream,
         slot: &ConnectionSlot,
-        shutdown: &CancellationToken,
         metrics: &Metrics,
     ) -> Option<ServerTlsStream<TcpStream>> {
         let client = tcp.peer_addr().ok();
@@ -119,7 +117,6 @@ impl ClientTls {
                 Err(_) => HandshakeFailure::TimedOut(self.handshake_timeout),
             },
             () = slot.shed() => HandshakeFailure::Abandoned("shed to admit another connection"),
-            () = shutdown.cancelled() => HandshakeFailure::Abandoned("the gateway is shutting down"),
         };
         if let Some(reason) = failure.counted_as() {
             metrics.tls_handshake_failed(reason);

@@ -80,6 +80,9 @@ fn start_clients(http: &str, tally: &Arc<Tally>) -> Vec<tokio::task::JoinHandle<
         .collect()
 }
 
+/// Hand-overs after the first, in the loaded test.
+const FURTHER_HANDOVERS: usize = 4;
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_successor_takes_the_listeners_and_services_over_without_a_failed_request() {
     let dir = scratch("handover");
@@ -124,10 +127,26 @@ async fn a_successor_takes_the_listeners_and_services_over_without_a_failed_requ
         other => panic!("unexpected message {other:?}"),
     };
     assert_eq!((u16::from(close.code), close.reason.as_str()), (1001, "Going away"));
+    // Reading on sends tungstenite's queued reply; the gateway then closes the connection.
+    let end = tokio::time::timeout(WAIT, ws.next()).await.expect("the gateway closes after the handshake");
+    assert!(!matches!(end, Some(Ok(_))), "{end:?}");
     assert!(old.exited().await.success(), "the old process exits 0");
-
-    // Requests go on succeeding with the old process gone, and the service is here.
     tally.more_successes(300).await;
+
+    // More hand-overs under the same load: each drain is another moment to lose a request.
+    for _ in 0..FURTHER_HANDOVERS {
+        let next = Proc::spawn(&["serve", "--no-demo", "--config", &config]);
+        let pid = next.pid().to_string();
+        let mut previous = std::mem::replace(&mut new, next);
+        assert_eq!(previous.line("weir hand-over requested by process ").await, pid);
+        assert_eq!(new.line("weir listening on ").await, http, "the same socket");
+        assert_eq!(demo.line("weir demo-service registered with ").await, services);
+        new.line("weir took over from the running weir").await;
+        assert!(previous.exited().await.success());
+        tally.more_successes(300).await;
+    }
+
+    // Requests go on succeeding with the old processes gone, and the service is here.
     tally.stop.store(true, Ordering::Relaxed);
     for client in clients {
         client.await.unwrap();
@@ -140,6 +159,7 @@ async fn a_successor_takes_the_listeners_and_services_over_without_a_failed_requ
         tally.ok() + failed.len() as u64,
         &failed[..failed.len().min(5)]
     );
+    eprintln!("{} requests across {} hand-overs, none failed", tally.ok(), 1 + FURTHER_HANDOVERS);
     let routes: serde_json::Value = reqwest::get(format!("{admin}/routes")).await.unwrap().json().await.unwrap();
     let demo_routes = routes
         .as_array()
