@@ -107,11 +107,11 @@ where
             }
             Step::Abandon => return Ok(()),
         };
-        let shutting_down = closing_since.is_none() && draining_until.is_none();
+        let awaits_shutdown = closing_since.is_none() && draining_until.is_none();
         let asked_to_close = tokio::select! {
             ended = connection.as_mut() => return ended,
             () = watched.slot.shed(), if closing_since.is_none() => "shed to admit another connection",
-            () = watched.shutdown.cancelled(), if shutting_down => "the gateway is shutting down",
+            () = watched.shutdown.cancelled(), if awaits_shutdown => "the gateway is shutting down",
             () = tokio::time::sleep_until(wake_at.into()) => continue,
         };
         if watched.shutdown.is_cancelled() && drains(&watched) {
