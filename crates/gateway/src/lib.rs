@@ -19,6 +19,7 @@
 pub mod config;
 mod downstream;
 mod limits;
+mod observe;
 pub mod reload;
 mod request;
 mod response;
@@ -36,7 +37,7 @@ use weir_transport::tls::TlsAcceptor;
 use weir_transport::Link;
 
 pub use config::GatewayConfig;
-pub use downstream::metrics::Metrics;
+pub use observe::metrics::Metrics;
 pub use downstream::tls::{CertificateProblem, ClientTls, ClientTlsError};
 pub use limits::budget::{BudgetCounters, PayloadBudget};
 pub use limits::connections::{default_max_connections, open_files_limit, raise_open_files_limit, ConnectionCap};

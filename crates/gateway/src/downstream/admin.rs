@@ -17,6 +17,7 @@ use hyper::body::Incoming;
 
 use std::sync::Arc;
 
+use crate::observe::metrics::{self, ScrapedState};
 use crate::reload::ReloadError;
 use crate::response::error::GatewayError;
 use crate::response::GatewayBody;
@@ -39,11 +40,15 @@ pub(super) async fn answer(gateway: &Arc<Gateway>, request: Request<Incoming>) -
         "/routes" => json(StatusCode::OK, serde_json::to_string(&gateway.routing().snapshot()).unwrap_or_default()),
         "/requests" => json(StatusCode::OK, serde_json::to_string(&gateway.registry().list()).unwrap_or_default()),
         "/metrics" => {
-            let counters = gateway.budget().counters();
-            let clients = gateway.connections().open();
-            let text = gateway.metrics().render(&counters, gateway.service_connections(), clients);
+            let state = ScrapedState {
+                budget: gateway.budget().counters(),
+                budget_limit: gateway.config().limits.payload.max_aggregate_inflight_bytes,
+                services: gateway.service_connections(),
+                clients: gateway.connections().open(),
+            };
+            let text = gateway.metrics().render(&state);
             let mut response = Response::new(GatewayBody::full(Bytes::from(text)));
-            response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
+            response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(metrics::CONTENT_TYPE));
             response
         }
         _ => GatewayError::NotFound.into_response(),

@@ -25,7 +25,7 @@ use http::{Method, Request, Version};
 use hyper::ext::Protocol;
 use tokio::time::{Instant, Sleep};
 
-use super::metrics::Metrics;
+use crate::observe::metrics::Metrics;
 use crate::limits::stall::{self, SendLimits, StreamWatch};
 use crate::response::BodyError;
 

@@ -18,7 +18,6 @@ mod admin;
 mod client_io;
 mod h2_streams;
 mod lifetime;
-pub(crate) mod metrics;
 mod redirect;
 mod refusal;
 mod socket;
@@ -46,7 +45,8 @@ use tokio_util::task::TaskTracker;
 use self::client_io::{ClientIo, Protocol, SendLimits};
 use self::h2_streams::{MalformedRequest, StreamExecutor};
 use self::lifetime::{Bounds, InFlight, Watched};
-use self::metrics::Metrics;
+use crate::observe::exchange::{Exchange, Observed, REQUEST_ID};
+use crate::observe::metrics::Metrics;
 use self::stream::ClientStream;
 use crate::limits::connection::ClientConn;
 use crate::limits::slots::KeyedLimiter;
@@ -281,43 +281,59 @@ fn connection_builder(server: &crate::config::ServerConfig, metrics: Arc<Metrics
 /// `PROTOCOL_ERROR` ([`h2_streams::refuse_malformed`]).
 async fn handle(
     gateway: Arc<Gateway>,
-    request: Request<Incoming>,
+    mut request: Request<Incoming>,
     conn: Arc<ClientConn>,
     surface: Surface,
     shutdown: CancellationToken,
-) -> Result<Response<InFlight<GatewayBody>>, MalformedRequest> {
+) -> Result<Response<InFlight<Observed<GatewayBody>>>, MalformedRequest> {
     if let Err(malformed) = h2_streams::refuse_malformed(&request) {
         tracing::info!(client = %conn.addr, error = %malformed, "malformed HTTP/2 request: stream reset");
         return Err(malformed);
     }
     let in_flight = conn.slot.request_started();
     let http1 = request.version() < Version::HTTP_2;
-    let mut response = respond(gateway, request, &conn, surface).await;
+    let exchange = (surface == Surface::Public && !is_health_check(&request))
+        .then(|| Exchange::begin(&gateway.metrics, &mut request, conn.addr));
+    let mut response = match &exchange {
+        Some(exchange) => respond(gateway, request, &conn, exchange).await,
+        None => respond_beside(gateway, request, surface).await,
+    };
+    if let Some(exchange) = &exchange {
+        exchange.on_response(response.status());
+        response.headers_mut().insert(REQUEST_ID, exchange.request_id().clone());
+    }
     if http1 && shutdown.is_cancelled() && response.status() != StatusCode::SWITCHING_PROTOCOLS {
         response.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
     }
-    Ok(response.map(|body| InFlight::new(body, in_flight)))
+    Ok(response.map(|body| InFlight::new(Observed::new(body, exchange), in_flight)))
 }
 
-async fn respond(
-    gateway: Arc<Gateway>,
-    request: Request<Incoming>,
-    conn: &Arc<ClientConn>,
-    surface: Surface,
-) -> Response<GatewayBody> {
-    let client = conn.addr;
+/// `/healthz`, on every listener but the redirect: answered before anything else.
+fn is_health_check<B>(request: &Request<B>) -> bool {
+    request.uri().path() == "/healthz"
+}
+
+/// The answer on a listener other than the public one, or to a health check.
+async fn respond_beside(gateway: Arc<Gateway>, request: Request<Incoming>, surface: Surface) -> Response<GatewayBody> {
     if let Surface::Redirect { https_port } = surface {
         return redirect::answer(&request, https_port).unwrap_or_else(|err| {
             gateway.metrics().error(&err);
             err.into_response()
         });
     }
-    if request.uri().path() == "/healthz" {
+    if is_health_check(&request) {
         return admin::json(StatusCode::OK, r#"{"status":"ok"}"#.into());
     }
-    if surface == Surface::Admin {
-        return admin::answer(&gateway, request).await;
-    }
+    admin::answer(&gateway, request).await
+}
+
+/// The answer to a client request on the public listener.
+async fn respond(
+    gateway: Arc<Gateway>,
+    request: Request<Incoming>,
+    conn: &Arc<ClientConn>,
+    exchange: &Arc<Exchange>,
+) -> Response<GatewayBody> {
     gateway.metrics().request();
     let method = request.method().clone();
     if method == Method::OPTIONS && request.uri() == "*" {
@@ -328,11 +344,12 @@ async fn respond(
     let live = gateway.live();
     // Boxed: hyper keeps room for this future in every connection, idle or not, so the
     // phases' large state machine is allocated per request instead.
-    let response = match Box::pin(request::handle(gateway.phases(&live), request, conn)).await {
+    let response = match Box::pin(request::handle(gateway.phases(&live), request, conn, exchange)).await {
         Ok(response) => response,
         Err(err) => {
             gateway.metrics().error(&err);
-            log_error(&err, &method, &path, client);
+            exchange.on_refusal(&err);
+            log_error(&err, &method, &path, conn.addr);
             err.into_response()
         }
     };

@@ -33,7 +33,7 @@ use thiserror::Error;
 use tokio::net::TcpStream;
 use weir_transport::tls::{self as transport_tls, CertificateDer, ServerTlsStream, TlsAcceptor};
 
-use super::metrics::Metrics;
+use crate::observe::metrics::Metrics;
 use super::validity::validity;
 use crate::config::ServerTlsConfig;
 use crate::limits::connections::ConnectionSlot;
@@ -111,6 +111,7 @@ impl ClientTls {
             accepted = tokio::time::timeout(self.handshake_timeout, self.acceptor.accept(tcp)) => match accepted {
                 Ok(Ok(mut stream)) => {
                     stream.get_mut().1.set_buffer_limit(Some(TLS_SEND_BUFFER));
+                    metrics.tls_handshake_completed();
                     return Some(stream);
                 }
                 Ok(Err(err)) => HandshakeFailure::Failed(err),

@@ -60,16 +60,21 @@ pub struct RequestRegistry {
 pub(crate) struct Registered {
     registry: Arc<RequestRegistry>,
     id: u64,
-    pub traffic: Arc<Traffic>,
     /// Fires when an operator cancels the request.
     pub cancel: CancellationToken,
 }
 
 impl RequestRegistry {
-    /// Registers a request.
-    pub(crate) fn begin(self: &Arc<Self>, method: &str, path: &str, route: &str, client: SocketAddr) -> Registered {
+    /// Registers a request whose body bytes `traffic` counts.
+    pub(crate) fn begin(
+        self: &Arc<Self>,
+        method: &str,
+        path: &str,
+        route: &str,
+        client: SocketAddr,
+        traffic: Arc<Traffic>,
+    ) -> Registered {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
-        let traffic = Arc::new(Traffic::default());
         let cancel = CancellationToken::new();
         let started_unix_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis());
         let entry = Entry {
@@ -79,11 +84,11 @@ impl RequestRegistry {
             client,
             started_unix_ms,
             started: Instant::now(),
-            traffic: Arc::clone(&traffic),
+            traffic,
             cancel: cancel.clone(),
         };
         self.lock().insert(id, entry);
-        Registered { registry: Arc::clone(self), id, traffic, cancel }
+        Registered { registry: Arc::clone(self), id, cancel }
     }
 
     /// Every request in flight, oldest first.
@@ -146,9 +151,10 @@ mod tests {
     fn entries_live_as_long_as_their_guard_and_can_be_cancelled() {
         let registry = Arc::new(RequestRegistry::default());
         let client: SocketAddr = "127.0.0.1:1".parse().unwrap();
-        let a = registry.begin("GET", "/a", "/a", client);
-        let b = registry.begin("POST", "/b", "/b", client);
-        a.traffic.bytes_in.fetch_add(5, Ordering::Relaxed);
+        let traffic = Arc::new(Traffic::default());
+        let a = registry.begin("GET", "/a", "/a", client, Arc::clone(&traffic));
+        let b = registry.begin("POST", "/b", "/b", client, Arc::default());
+        traffic.bytes_in.fetch_add(5, Ordering::Relaxed);
         let list = registry.list();
         assert_eq!(list.len(), 2);
         assert_eq!(list[0].bytes_in, 5);

@@ -49,6 +49,7 @@ use crate::config::{AuthConfig, Profile};
 use crate::limits::client_key;
 use crate::limits::connection::ClientConn;
 use crate::limits::in_flight::RequestRegistry;
+use crate::observe::exchange::Exchange;
 use crate::response::error::GatewayError;
 use crate::response::GatewayBody;
 use crate::routing::RoutingTable;
@@ -70,15 +71,17 @@ pub(crate) async fn handle(
     phases: Phases<'_>,
     mut request: Request<Incoming>,
     conn: &Arc<ClientConn>,
+    exchange: &Arc<Exchange>,
 ) -> Result<Response<GatewayBody>, GatewayError> {
     let extended_connect = upstream::websocket::accept_extended_connect(&mut request)?;
     target::normalise(&mut request)?;
     let mount = phases.mounts.select(request.uri().path()).ok_or(GatewayError::NotFound)?;
+    exchange.on_mount(&mount.label);
     let admitted = match mount.config.profile {
         Profile::Static if extended_connect => return Err(upstream::websocket::not_a_websocket()),
-        Profile::Static => return serve_static(&phases, mount, &request, conn).await,
-        Profile::Business => business(&phases, mount, &request, conn)?,
-        Profile::Streaming => streaming(&phases, mount, &request, conn)?,
+        Profile::Static => return serve_static(&phases, mount, &request, conn, exchange).await,
+        Profile::Business => business(&phases, mount, &request, conn, exchange)?,
+        Profile::Streaming => streaming(&phases, mount, &request, conn, exchange)?,
     };
     strip_api_key(&mount.config.auth, request.headers_mut());
     if admitted.decision.endpoint.kind == EndpointKind::WebSocket {
@@ -96,21 +99,25 @@ fn business<'m, B>(
     mount: &'m Mount,
     request: &Request<B>,
     conn: &Arc<ClientConn>,
+    exchange: &Arc<Exchange>,
 ) -> Result<Admitted<'m>, GatewayError> {
     let client = client_of(phases, request, conn);
     let identity = mount.authenticator.authenticate(request.headers())?;
     let decision = route::route(phases.routing, phases.version_header, request)?;
+    exchange.on_route(&decision);
     validate::validate(&decision.endpoint, &identity, request)?;
     rate_limit(mount, identity.subject.as_deref(), client)?;
+    exchange.on_admitted(identity.subject.as_deref(), client);
     let path = request.uri().path();
-    let registered = phases.registry.begin(request.method().as_str(), path, &decision.template, client);
+    let traffic = Arc::clone(exchange.traffic());
+    let registered = phases.registry.begin(request.method().as_str(), path, &decision.template, client, traffic);
     let identity_headers = identity.forwarded_headers();
     Ok(Admitted {
         registered: Some(registered),
         subject: identity.subject,
         identity_headers,
         shaper: conn.shaper(&mount.config),
-        ..admitted(mount, decision, client, conn)
+        ..admitted(mount, decision, client, conn, exchange)
     })
 }
 
@@ -121,11 +128,14 @@ fn streaming<'m, B>(
     mount: &'m Mount,
     request: &Request<B>,
     conn: &Arc<ClientConn>,
+    exchange: &Arc<Exchange>,
 ) -> Result<Admitted<'m>, GatewayError> {
     let decision = route::route(phases.routing, phases.version_header, request)?;
+    exchange.on_route(&decision);
     let client = client_of(phases, request, conn);
     rate_limit(mount, None, client)?;
-    Ok(Admitted { shaper: conn.shaper(&mount.config), ..admitted(mount, decision, client, conn) })
+    exchange.on_admitted(None, client);
+    Ok(Admitted { shaper: conn.shaper(&mount.config), ..admitted(mount, decision, client, conn, exchange) })
 }
 
 /// Static profile: rate limit → the file, paced by the connection's shaper.
@@ -134,8 +144,11 @@ async fn serve_static(
     mount: &Mount,
     request: &Request<Incoming>,
     conn: &Arc<ClientConn>,
+    exchange: &Exchange,
 ) -> Result<Response<GatewayBody>, GatewayError> {
-    rate_limit(mount, None, client_of(phases, request, conn))?;
+    let client = client_of(phases, request, conn);
+    rate_limit(mount, None, client)?;
+    exchange.on_admitted(None, client);
     crate::static_files::serve(&mount.config, request, conn.shaper(&mount.config)).await
 }
 
@@ -161,6 +174,7 @@ fn admitted<'m>(
     decision: crate::routing::RoutingDecision<Link>,
     client: SocketAddr,
     conn: &Arc<ClientConn>,
+    exchange: &Arc<Exchange>,
 ) -> Admitted<'m> {
     Admitted {
         mount: &mount.config.prefix,
@@ -173,6 +187,7 @@ fn admitted<'m>(
         shaper: None,
         registered: None,
         conn: Arc::clone(conn),
+        exchange: Arc::clone(exchange),
     }
 }
 
@@ -213,6 +228,11 @@ mod tests {
         Arc::new(ClientConn::new(addr, slot, connection))
     }
 
+    fn exchange() -> Arc<Exchange> {
+        let metrics = Arc::default();
+        Exchange::begin(&metrics, &mut Request::get("/x").body(()).unwrap(), "127.0.0.1:4000".parse().unwrap())
+    }
+
     fn request(path: &str, headers: &[(&str, &str)]) -> Request<()> {
         let mut builder = Request::get(path);
         for (name, value) in headers {
@@ -227,9 +247,9 @@ mod tests {
         let live = gateway.live();
         let phases = gateway.phases(&live);
         let api = phases.mounts.select("/api/x").unwrap();
-        let anonymous = business(&phases, api, &request("/api/x", &[]), &conn());
+        let anonymous = business(&phases, api, &request("/api/x", &[]), &conn(), &exchange());
         assert!(matches!(anonymous, Err(GatewayError::Unauthorized(_))), "{anonymous:?}");
-        let known = business(&phases, api, &request("/api/x", &[("x-api-key", "secret")]), &conn());
+        let known = business(&phases, api, &request("/api/x", &[("x-api-key", "secret")]), &conn(), &exchange());
         assert!(matches!(known, Err(GatewayError::NotFound)), "authenticated, then routed: {known:?}");
         assert!(gateway.registry().list().is_empty(), "nothing registered before routing succeeds");
     }
@@ -240,7 +260,7 @@ mod tests {
         let live = gateway.live();
         let phases = gateway.phases(&live);
         let stream = phases.mounts.select("/stream/up").unwrap();
-        let routed = streaming(&phases, stream, &request("/stream/up", &[]), &conn());
+        let routed = streaming(&phases, stream, &request("/stream/up", &[]), &conn(), &exchange());
         assert!(matches!(routed, Err(GatewayError::NotFound)), "{routed:?}");
     }
 
@@ -252,7 +272,7 @@ mod tests {
         let root = phases.mounts.select("/x").unwrap();
         let mut bad = request("/x", &[]);
         bad.headers_mut().insert("x-weir-version", http::HeaderValue::from_bytes(b"\xff").unwrap());
-        let refused = business(&phases, root, &bad, &conn());
+        let refused = business(&phases, root, &bad, &conn(), &exchange());
         assert!(matches!(refused, Err(GatewayError::BadRequest(_))), "{refused:?}");
     }
 

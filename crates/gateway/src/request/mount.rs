@@ -43,6 +43,8 @@ pub enum GatewayStartError {
 #[derive(Debug)]
 pub(crate) struct Mount {
     pub config: MountConfig,
+    /// The prefix as the metrics' `mount` label, shared by every request on the mount.
+    pub label: Arc<str>,
     /// Business mounts: who the caller is.
     pub authenticator: Authenticator,
     /// Requests per client key, when the mount limits them; shared with the mount that
@@ -74,7 +76,7 @@ impl Mount {
             }
             None => KeyedLimiter::new(settings.ws_max_connections_per_user),
         };
-        Ok(Mount { config, authenticator, request_rate, websockets })
+        Ok(Mount { label: config.prefix.as_str().into(), config, authenticator, request_rate, websockets })
     }
 }
 

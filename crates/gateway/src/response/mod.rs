@@ -16,7 +16,6 @@ pub(crate) mod file;
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
@@ -29,7 +28,7 @@ use tokio_util::sync::WaitForCancellationFutureOwned;
 use weir_proto::CancelReason;
 use weir_transport::{DataReceiver, StreamError, StreamHandle};
 
-use crate::downstream::metrics::Metrics;
+use crate::observe::metrics::Metrics;
 use crate::limits::bandwidth::Shaper;
 use crate::limits::in_flight::Registered;
 use crate::limits::stall::{self, StreamWatch};
@@ -389,9 +388,6 @@ impl Relay {
                 return Poll::Ready(Some(Err(BodyError::LengthMismatch { declared, sent, longer: true })));
             }
             self.sent = sent;
-            if let Some(registered) = &self.registered {
-                registered.traffic.bytes_out.fetch_add(chunk.len() as u64, Ordering::Relaxed);
-            }
             if self.length == Some(sent) && !self.data.is_ended() {
                 // The client's connection ends the body at the declared length by itself
                 // and would never show us an overlong tail: the completing chunk waits

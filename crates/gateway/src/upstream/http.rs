@@ -45,7 +45,7 @@ pub(crate) async fn dispatch(
     let in_flight = admitted.decision.instance.begin_call();
     let plan = plan_body(&upstream, admitted.settings, &admitted.decision.endpoint, &request)?;
     let (parts, body) = request.into_parts();
-    let traffic = admitted.registered.as_ref().map(|r| Arc::clone(&r.traffic));
+    let traffic = Arc::clone(admitted.exchange.traffic());
     let policy = read_policy(&upstream, admitted.settings, admitted.shaper.clone(), traffic);
     let body = ClientBody::new(body, policy);
     let head = request_head(&parts, &admitted, plan.mode, upstream.server);
@@ -68,7 +68,7 @@ fn read_policy(
     upstream: &Upstream<'_>,
     settings: &MountSettings,
     shaper: Option<Arc<Shaper>>,
-    traffic: Option<Arc<Traffic>>,
+    traffic: Arc<Traffic>,
 ) -> ReadPolicy {
     let server = upstream.server;
     ReadPolicy {

@@ -33,7 +33,8 @@ use weir_proto::{BodyMode, CancelReason, EndpointKind, Headers, RequestHead};
 use weir_transport::{IncomingResponse, Link, OutgoingCall, StreamError};
 
 use crate::config::{LimitsConfig, MountSettings, ServerConfig};
-use crate::downstream::metrics::Metrics;
+use crate::observe::exchange::Exchange;
+use crate::observe::metrics::Metrics;
 use crate::limits::bandwidth::Shaper;
 use crate::limits::body_size::content_length;
 use crate::limits::budget::{BudgetExceeded, PayloadBudget, Reservation};
@@ -93,6 +94,9 @@ pub(crate) struct Admitted<'m> {
     pub registered: Option<Registered>,
     /// The client connection, kept by whatever outlives the request (a WebSocket).
     pub conn: Arc<ClientConn>,
+    /// The request's record: its body bytes are counted into it, and whatever outlives
+    /// the response head (a WebSocket session, a body pump) keeps it until it ends.
+    pub exchange: Arc<Exchange>,
 }
 
 impl Upstream<'_> {

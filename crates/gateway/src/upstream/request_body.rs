@@ -27,8 +27,8 @@ pub(crate) struct ReadPolicy {
     pub min_rate: u64,
     pub grace: Duration,
     pub shaper: Option<Arc<Shaper>>,
-    /// Business mounts: the registry's byte counters.
-    pub traffic: Option<Arc<Traffic>>,
+    /// The request's byte counters (its exchange's, shown in the registry too).
+    pub traffic: Arc<Traffic>,
 }
 
 /// A request body being read.
@@ -59,9 +59,7 @@ impl ClientBody {
                 continue;
             }
             self.received += data.len() as u64;
-            if let Some(traffic) = &self.policy.traffic {
-                traffic.bytes_in.fetch_add(data.len() as u64, Ordering::Relaxed);
-            }
+            self.policy.traffic.bytes_in.fetch_add(data.len() as u64, Ordering::Relaxed);
             self.check_rate()?;
             if let Some(shaper) = &self.policy.shaper {
                 shaper.throttle(data.len()).await;

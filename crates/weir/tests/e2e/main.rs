@@ -23,6 +23,7 @@ mod https;
 mod limits;
 mod liveness;
 mod mount_settings;
+mod observability;
 mod paths;
 mod protections;
 mod proxy_headers;

@@ -108,7 +108,7 @@ pub(crate) async fn relay(
     let on_upgrade = hyper::upgrade::on(&mut request);
     let (parts, _) = request.into_parts();
     let head = request_head(&parts, &admitted, BodyMode::Streamed, upstream.server);
-    let Admitted { settings, decision, shaper, registered, conn, .. } = admitted;
+    let Admitted { settings, decision, shaper, registered, conn, exchange, .. } = admitted;
     // The window fits in u32: it is at most `stream_window`.
     let (mut call, deadline) = open_call(&decision, head, u32::try_from(window).unwrap_or(u32::MAX)).await?;
     let sender =
@@ -129,12 +129,14 @@ pub(crate) async fn relay(
     let protocol = subprotocol(&headers);
     // An HTTP/2 WebSocket is one stream among others: its connection must count it.
     let stream_in_flight = (handshake == Handshake::Http2).then(|| conn.slot.request_started());
+    exchange.on_websocket();
     let session = Session {
         sender,
         receiver,
         handle: call.handle,
         limits: SessionLimits::new(settings),
         registered,
+        exchange,
         flight: Flight::new(reservation),
         deflate,
         window,

@@ -26,6 +26,7 @@
 //! "Idle timeout").
 
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -51,6 +52,7 @@ use super::deflate::Deflate;
 use super::flight::{Flight, MeteredIo};
 use crate::config::MountSettings;
 use crate::limits::in_flight::Registered;
+use crate::observe::exchange::Exchange;
 use crate::limits::rate::quota;
 use crate::limits::slots::Permit;
 use crate::routing::InFlightGuard;
@@ -103,8 +105,11 @@ pub(crate) struct Session {
     /// Cancels the stream (ClientDisconnected) unless completed.
     pub handle: StreamHandle,
     pub limits: SessionLimits,
-    /// Business mounts: the registry entry (bytes in/out, the operator's cancel).
+    /// Business mounts: the registry entry (the operator's cancel).
     pub registered: Option<Registered>,
+    /// The opening request's record: the session's bytes count into it, and it is
+    /// reported (metrics, access log) when the session ends.
+    pub exchange: Arc<Exchange>,
     /// The bytes in flight towards the service, held in the budget; shared with the
     /// reader under tungstenite.
     pub flight: Flight,
@@ -212,16 +217,12 @@ impl Session {
                 None => std::future::pending().await,
             }
         };
-        let traffic = self.registered.as_ref().map(|r| &*r.traffic);
+        let traffic = self.exchange.traffic();
         let count_in = |n: usize| {
-            if let Some(t) = traffic {
-                t.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
-            }
+            traffic.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
         };
         let count_out = |n: usize| {
-            if let Some(t) = traffic {
-                t.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
-            }
+            traffic.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
         };
         let max_message = self.limits.max_message;
         let compressor = self.deflate.as_ref().map(Compressor::new);

@@ -1,0 +1,271 @@
+//! [`Exchange`]: one client request's record, from its head's arrival to its end, which
+//! every phase writes what it learned into (the mount, the route and the service's
+//! instance, the subject, the answer, a refusal) and which reports the whole when it
+//! ends: to the per-route metrics ([`crate::observe::metrics::http`]).
+//!
+//! Invariant: the request ends when the last `Arc<Exchange>` is dropped, which is when
+//! nothing of it is left running: the response body ([`Observed`], dropped by hyper once
+//! it is sent or the client left), a WebSocket session, a request body still being
+//! pumped to the service. Reporting from `Drop` means no exit path (an error, a timeout,
+//! a client gone, a panic) can skip it.
+//!
+//! The request id is the client's `x-request-id` when it is a plausible id (at most 128
+//! characters of letters, digits and `-_.:/+=@`), else a new random one (32 hex
+//! digits); the service gets it in the request and the client in the response.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
+use std::time::{Instant, SystemTime};
+
+use bytes::Buf;
+use http::header::HeaderName;
+use http::{HeaderValue, Method, Request, StatusCode, Version};
+use http_body::{Body, Frame, SizeHint};
+
+use crate::limits::in_flight::Traffic;
+use crate::observe::metrics::http::{method_label, Finished, MountLabel, RouteLabels};
+use crate::observe::metrics::Metrics;
+use crate::response::error::GatewayError;
+use crate::routing::RoutingDecision;
+
+/// The request id's header, both ways.
+pub(crate) const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// The longest client-chosen request id kept.
+const MAX_REQUEST_ID: usize = 128;
+
+/// One client request, as the gateway observed it.
+#[derive(Debug)]
+pub(crate) struct Exchange {
+    /// When the request head arrived: durations count from here.
+    started: Instant,
+    /// The same moment on the wall clock, for the access log.
+    started_at: SystemTime,
+    request_id: HeaderValue,
+    method: Method,
+    /// The path as the client sent it; kept for the access log.
+    path: String,
+    version: Version,
+    /// The connection's peer; the client the request speaks for may differ (trusted
+    /// proxies), see [`Exchange::admitted`].
+    peer: SocketAddr,
+    /// Body bytes each way, counted where they pass (the request body's reader, the
+    /// response body, a WebSocket session) and shown in the request registry too.
+    traffic: Arc<Traffic>,
+    /// Where the finished request is reported.
+    metrics: Arc<Metrics>,
+    /// What the phases learned; each writes once, from one task at a time.
+    facts: Mutex<Facts>,
+}
+
+/// What a request's phases learned about it.
+#[derive(Debug, Default)]
+struct Facts {
+    mount: Option<Arc<str>>,
+    route: Option<Arc<str>>,
+    service: Option<Arc<str>>,
+    instance: Option<Arc<str>>,
+    subject: Option<String>,
+    client: Option<SocketAddr>,
+    status: Option<StatusCode>,
+    /// The code of the error the gateway answered with itself.
+    refusal: Option<&'static str>,
+    routed: Option<Instant>,
+    admitted: Option<Instant>,
+    /// When the response head was ready to send.
+    first_byte: Option<Instant>,
+    websocket: bool,
+}
+
+impl Exchange {
+    /// The record of `request`, which arrived just now on a connection from `peer`; its
+    /// request id is settled here and written into the request's headers.
+    pub(crate) fn begin<B>(metrics: &Arc<Metrics>, request: &mut Request<B>, peer: SocketAddr) -> Arc<Exchange> {
+        let request_id = match request.headers().get(&REQUEST_ID) {
+            Some(id) if is_plausible_id(id.as_bytes()) => id.clone(),
+            _ => {
+                let id = new_request_id();
+                request.headers_mut().insert(REQUEST_ID, id.clone());
+                id
+            }
+        };
+        Arc::new(Exchange {
+            started: Instant::now(),
+            started_at: SystemTime::now(),
+            request_id,
+            method: request.method().clone(),
+            path: request.uri().path().to_owned(),
+            version: request.version(),
+            peer,
+            traffic: Arc::default(),
+            metrics: Arc::clone(metrics),
+            facts: Mutex::default(),
+        })
+    }
+
+    /// The request's id, as the service and the client see it.
+    pub(crate) fn request_id(&self) -> &HeaderValue {
+        &self.request_id
+    }
+
+    /// The counters of the request's body bytes each way.
+    pub(crate) fn traffic(&self) -> &Arc<Traffic> {
+        &self.traffic
+    }
+
+    /// The mount the request is on; from now on it counts as in flight there.
+    pub(crate) fn on_mount(&self, mount: &Arc<str>) {
+        let mut facts = self.facts();
+        if facts.mount.is_none() {
+            self.metrics.http.started(&MountLabel { mount: Arc::clone(mount) });
+            facts.mount = Some(Arc::clone(mount));
+        }
+    }
+
+    /// The route that matched, and the service instance chosen to answer.
+    pub(crate) fn on_route<L>(&self, decision: &RoutingDecision<L>) {
+        let identity = &decision.instance.identity;
+        let mut facts = self.facts();
+        facts.route = Some(decision.template.as_str().into());
+        facts.service = Some(identity.service.as_str().into());
+        facts.instance = Some(identity.instance_id.as_str().into());
+        facts.routed = Some(Instant::now());
+    }
+
+    /// Every phase admitted the request, which speaks for `client` (as `subject`, if
+    /// authenticated).
+    pub(crate) fn on_admitted(&self, subject: Option<&str>, client: SocketAddr) {
+        let mut facts = self.facts();
+        facts.subject = subject.map(str::to_owned);
+        facts.client = Some(client);
+        facts.admitted = Some(Instant::now());
+    }
+
+    /// The request is a WebSocket session: it ends when the session does.
+    pub(crate) fn on_websocket(&self) {
+        self.facts().websocket = true;
+    }
+
+    /// The gateway answers with `error` itself.
+    pub(crate) fn on_refusal(&self, error: &GatewayError) {
+        self.facts().refusal = Some(error.code());
+    }
+
+    /// The response head is ready to send with `status`.
+    pub(crate) fn on_response(&self, status: StatusCode) {
+        let mut facts = self.facts();
+        facts.status = Some(status);
+        facts.first_byte = Some(Instant::now());
+    }
+
+    fn facts(&self) -> MutexGuard<'_, Facts> {
+        // A panic while holding this lock left plain values behind, still usable.
+        self.facts.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+impl Drop for Exchange {
+    fn drop(&mut self) {
+        let facts = self.facts();
+        let duration = self.started.elapsed();
+        let empty: Arc<str> = Arc::from("");
+        let labels = RouteLabels {
+            mount: facts.mount.clone().unwrap_or_else(|| Arc::clone(&empty)),
+            route: facts.route.clone().unwrap_or_else(|| Arc::clone(&empty)),
+            method: method_label(&self.method),
+            // No head was ready: the client left (or a panic ended the request) first.
+            status: facts.status.map_or(499, |s| s.as_u16()),
+            service: facts.service.clone().unwrap_or(empty),
+        };
+        self.metrics.http.finished(Finished {
+            labels: &labels,
+            duration,
+            bytes_in: self.traffic.bytes_in.load(Ordering::Relaxed),
+            bytes_out: self.traffic.bytes_out.load(Ordering::Relaxed),
+            refusal: facts.refusal,
+        });
+        if let Some(mount) = &facts.mount {
+            self.metrics.http.ended(&MountLabel { mount: Arc::clone(mount) });
+        }
+    }
+}
+
+/// Whether a client's `x-request-id` is kept: short, and of characters that are safe in
+/// logs and headers.
+fn is_plausible_id(id: &[u8]) -> bool {
+    let allowed = |b: &u8| b.is_ascii_alphanumeric() || b"-_.:/+=@".contains(b);
+    !id.is_empty() && id.len() <= MAX_REQUEST_ID && id.iter().all(allowed)
+}
+
+/// A new random request id: 128 bits as 32 lowercase hex digits.
+fn new_request_id() -> HeaderValue {
+    let id = format!("{:032x}", rand::random::<u128>());
+    // Hex digits are always a valid header value.
+    HeaderValue::from_str(&id).unwrap_or_else(|_| HeaderValue::from_static("0"))
+}
+
+/// A response body that counts its bytes into its request's [`Exchange`] and keeps the
+/// exchange alive until the body is done (sent in full, failed, or dropped).
+#[derive(Debug)]
+pub(crate) struct Observed<B> {
+    body: B,
+    exchange: Option<Arc<Exchange>>,
+}
+
+impl<B> Observed<B> {
+    /// `body`, reporting to `exchange` if the request has one (admin and health
+    /// requests do not).
+    pub(crate) fn new(body: B, exchange: Option<Arc<Exchange>>) -> Self {
+        Observed { body, exchange }
+    }
+}
+
+impl<B: Body + Unpin> Body for Observed<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
+        let polled = Pin::new(&mut self.body).poll_frame(cx);
+        if let (Poll::Ready(Some(Ok(frame))), Some(exchange)) = (&polled, &self.exchange) {
+            if let Some(data) = frame.data_ref() {
+                exchange.traffic.bytes_out.fetch_add(data.remaining() as u64, Ordering::Relaxed);
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_plausible_client_id_is_kept_and_any_other_replaced() {
+        let metrics = Arc::new(Metrics::default());
+        let peer: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let mut kept = Request::get("/x").header("x-request-id", "abc-123:ZZ").body(()).unwrap();
+        assert_eq!(Exchange::begin(&metrics, &mut kept, peer).request_id(), "abc-123:ZZ");
+        for bad in ["has space", "quote\"", &"x".repeat(129), ""] {
+            let mut replaced = Request::get("/x").header("x-request-id", bad).body(()).unwrap();
+            let exchange = Exchange::begin(&metrics, &mut replaced, peer);
+            let id = exchange.request_id().to_str().unwrap().to_owned();
+            assert_eq!(id.len(), 32, "{bad:?} replaced by {id}");
+            assert_eq!(replaced.headers()["x-request-id"], id, "the service gets the new id");
+        }
+        let mut none = Request::get("/x").body(()).unwrap();
+        let first = Exchange::begin(&metrics, &mut none, peer).request_id().clone();
+        let mut again = Request::get("/x").body(()).unwrap();
+        assert_ne!(first, Exchange::begin(&metrics, &mut again, peer).request_id(), "ids are random");
+    }
+}
