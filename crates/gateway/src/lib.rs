@@ -37,16 +37,18 @@ use weir_transport::tls::TlsAcceptor;
 use weir_transport::Link;
 
 pub use config::GatewayConfig;
-pub use observe::metrics::Metrics;
 pub use downstream::tls::{CertificateProblem, ClientTls, ClientTlsError};
 pub use limits::budget::{BudgetCounters, PayloadBudget};
 pub use limits::connections::{default_max_connections, open_files_limit, raise_open_files_limit, ConnectionCap};
 pub use limits::in_flight::{RequestRegistry, RequestSnapshot};
+pub use observe::access_log::AccessLogError;
+pub use observe::metrics::Metrics;
 pub use reload::{ConfigSource, ReloadError, ReloadReport};
 pub use request::mount::GatewayStartError;
 pub use routing::RoutingTable;
 
 use downstream::Surface;
+use observe::access_log::AccessLog;
 use reload::Live;
 use request::mount::MountTable;
 use request::Phases;
@@ -69,6 +71,8 @@ pub struct Gateway {
     budget: Arc<PayloadBudget>,
     /// Shared with every relayed response body, which counts its own failures.
     metrics: Arc<Metrics>,
+    /// Where each finished request writes its line; replaced by a reload.
+    access_log: Arc<AccessLog>,
     /// Business requests in flight, for the admin surface.
     registry: Arc<RequestRegistry>,
     /// Live service links: eviction and shutdown must reach them.
@@ -125,6 +129,8 @@ impl Gateway {
             config: Arc::new(config.clone()),
         };
         let server = &config.server;
+        let metrics = Arc::new(Metrics::default());
+        let access_log = Arc::new(AccessLog::new(&config.log, metrics.access_log_dropped.clone())?);
         Ok(Arc::new(Gateway {
             live: ArcSwap::from_pointee(live),
             config_source: reload::SourceSlot::default(),
@@ -134,7 +140,8 @@ impl Gateway {
             registry: Arc::new(RequestRegistry::default()),
             routing: RoutingTable::new(config.routing.clone(), server.default_timeout, server.max_timeout),
             budget: PayloadBudget::new(config.limits.payload, limits::budget::mount_shares(&config.mounts)),
-            metrics: Arc::default(),
+            metrics,
+            access_log,
             links: ServiceLinks::default(),
             connections: ConnectionCap::new(server.max_connections.unwrap_or_else(default_max_connections)),
             pending_handshakes: Arc::new(tokio::sync::Semaphore::new(config.services.max_pending_handshakes)),
@@ -145,7 +152,7 @@ impl Gateway {
     /// the admin surface and the public front. Then the fronts stop accepting and drain
     /// for at most `server.shutdown_grace`, every WebSocket closes its client with 1001
     /// "Going away" (awaited for at most the grace too), the service listener stops,
-    /// every service link is closed and the sweeper ends.
+    /// every service link is closed, the sweeper ends and the access log is flushed.
     pub async fn run(self: &Arc<Self>, listeners: Listeners, shutdown: CancellationToken) -> std::io::Result<()> {
         self.run_public_after(listeners, shutdown, std::future::ready(())).await
     }
@@ -196,6 +203,8 @@ impl Gateway {
         }
         self.close_services("gateway shutting down");
         sweeper.abort();
+        let access_log = Arc::clone(&self.access_log);
+        let _ = tokio::task::spawn_blocking(move || access_log.flush()).await;
         served
     }
 

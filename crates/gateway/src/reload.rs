@@ -167,6 +167,9 @@ impl Gateway {
         let restart_required = keep_fixed(&current.config, &mut config);
         let client_tls =
             config.server.tls.as_ref().map(ClientTls::load).transpose().map_err(GatewayStartError::from)?;
+        // The last step that can fail, and the first that changes something: a new
+        // access log writer (the file opened again).
+        self.access_log.configure(&config.log).map_err(GatewayStartError::from)?;
         let live = Live {
             mounts: current.mounts.rebuild(&config)?,
             service_auth: ServiceAuth::new(&config.services),

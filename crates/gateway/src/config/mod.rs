@@ -24,6 +24,7 @@ pub struct GatewayConfig {
     pub routing: RoutingConfig,
     pub limits: LimitsConfig,
     pub services: ServicesConfig,
+    pub log: LogConfig,
     /// `[[mount]]` entries; none means one implicit business mount at `/`.
     pub mounts: Vec<MountConfig>,
 }
@@ -135,6 +136,34 @@ impl ServerTlsConfig {
             handshake_timeout: Self::DEFAULT_HANDSHAKE_TIMEOUT,
         }
     }
+}
+
+/// `[log]`: the access log, one line per finished request.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct LogConfig {
+    /// Where the lines go.
+    pub access: AccessLogTarget,
+    /// How each line is written.
+    pub format: AccessLogFormat,
+}
+
+/// `[log] access`: `"stdout"` (the default), `"off"`, or a file path (appended to,
+/// created if absent, opened again at each reload so a rotated log is reopened).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum AccessLogTarget {
+    Off,
+    #[default]
+    Stdout,
+    File(PathBuf),
+}
+
+/// `[log] format`: one JSON object per line (the default), or the text line
+/// documented in `docs/operations.md`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AccessLogFormat {
+    #[default]
+    Json,
+    Text,
 }
 
 /// `[routing]`: how instances are chosen and how health follows heartbeats.

@@ -45,11 +45,11 @@ use tokio_util::task::TaskTracker;
 use self::client_io::{ClientIo, Protocol, SendLimits};
 use self::h2_streams::{MalformedRequest, StreamExecutor};
 use self::lifetime::{Bounds, InFlight, Watched};
-use crate::observe::exchange::{Exchange, Observed, REQUEST_ID};
-use crate::observe::metrics::Metrics;
 use self::stream::ClientStream;
 use crate::limits::connection::ClientConn;
 use crate::limits::slots::KeyedLimiter;
+use crate::observe::exchange::{Exchange, Observed, REQUEST_ID};
+use crate::observe::metrics::Metrics;
 use crate::request;
 use crate::response::error::GatewayError;
 use crate::response::GatewayBody;
@@ -293,7 +293,7 @@ async fn handle(
     let in_flight = conn.slot.request_started();
     let http1 = request.version() < Version::HTTP_2;
     let exchange = (surface == Surface::Public && !is_health_check(&request))
-        .then(|| Exchange::begin(&gateway.metrics, &mut request, conn.addr));
+        .then(|| Exchange::begin(&gateway.metrics, &gateway.access_log, &mut request, conn.addr));
     let mut response = match &exchange {
         Some(exchange) => respond(gateway, request, &conn, exchange).await,
         None => respond_beside(gateway, request, surface).await,

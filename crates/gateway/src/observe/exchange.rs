@@ -1,7 +1,8 @@
 //! [`Exchange`]: one client request's record, from its head's arrival to its end, which
 //! every phase writes what it learned into (the mount, the route and the service's
 //! instance, the subject, the answer, a refusal) and which reports the whole when it
-//! ends: to the per-route metrics ([`crate::observe::metrics::http`]).
+//! ends: to the per-route metrics ([`crate::observe::metrics::http`]) and the access log
+//! ([`crate::observe::access_log`]).
 //!
 //! Invariant: the request ends when the last `Arc<Exchange>` is dropped, which is when
 //! nothing of it is left running: the response body ([`Observed`], dropped by hyper once
@@ -18,7 +19,7 @@ use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Buf;
 use http::header::HeaderName;
@@ -26,6 +27,7 @@ use http::{HeaderValue, Method, Request, StatusCode, Version};
 use http_body::{Body, Frame, SizeHint};
 
 use crate::limits::in_flight::Traffic;
+use crate::observe::access_log::{AccessLog, AccessRecord};
 use crate::observe::metrics::http::{method_label, Finished, MountLabel, RouteLabels};
 use crate::observe::metrics::Metrics;
 use crate::response::error::GatewayError;
@@ -57,6 +59,7 @@ pub(crate) struct Exchange {
     traffic: Arc<Traffic>,
     /// Where the finished request is reported.
     metrics: Arc<Metrics>,
+    access_log: Arc<AccessLog>,
     /// What the phases learned; each writes once, from one task at a time.
     facts: Mutex<Facts>,
 }
@@ -83,7 +86,12 @@ struct Facts {
 impl Exchange {
     /// The record of `request`, which arrived just now on a connection from `peer`; its
     /// request id is settled here and written into the request's headers.
-    pub(crate) fn begin<B>(metrics: &Arc<Metrics>, request: &mut Request<B>, peer: SocketAddr) -> Arc<Exchange> {
+    pub(crate) fn begin<B>(
+        metrics: &Arc<Metrics>,
+        access_log: &Arc<AccessLog>,
+        request: &mut Request<B>,
+        peer: SocketAddr,
+    ) -> Arc<Exchange> {
         let request_id = match request.headers().get(&REQUEST_ID) {
             Some(id) if is_plausible_id(id.as_bytes()) => id.clone(),
             _ => {
@@ -102,8 +110,18 @@ impl Exchange {
             peer,
             traffic: Arc::default(),
             metrics: Arc::clone(metrics),
+            access_log: Arc::clone(access_log),
             facts: Mutex::default(),
         })
+    }
+
+    /// A record of `request` reporting to fresh metrics and no access log.
+    #[cfg(test)]
+    pub(crate) fn unlogged<B>(request: &mut Request<B>) -> Arc<Exchange> {
+        let metrics = Arc::new(Metrics::default());
+        let off = crate::config::LogConfig { access: crate::config::AccessLogTarget::Off, ..Default::default() };
+        let log = Arc::new(AccessLog::new(&off, metrics.access_log_dropped.clone()).expect("no file to open"));
+        Exchange::begin(&metrics, &log, request, "127.0.0.1:4000".parse().expect("an address"))
     }
 
     /// The request's id, as the service and the client see it.
@@ -135,13 +153,18 @@ impl Exchange {
         facts.routed = Some(Instant::now());
     }
 
-    /// Every phase admitted the request, which speaks for `client` (as `subject`, if
-    /// authenticated).
-    pub(crate) fn on_admitted(&self, subject: Option<&str>, client: SocketAddr) {
+    /// The request speaks for `client`, authenticated as `subject` if the mount
+    /// authenticates; known before the phases that may refuse it (routing, the rate
+    /// limit), so their refusals name the client too.
+    pub(crate) fn on_client(&self, subject: Option<&str>, client: SocketAddr) {
         let mut facts = self.facts();
         facts.subject = subject.map(str::to_owned);
         facts.client = Some(client);
-        facts.admitted = Some(Instant::now());
+    }
+
+    /// Every phase admitted the request.
+    pub(crate) fn on_admitted(&self) {
+        self.facts().admitted = Some(Instant::now());
     }
 
     /// The request is a WebSocket session: it ends when the session does.
@@ -169,26 +192,54 @@ impl Exchange {
 
 impl Drop for Exchange {
     fn drop(&mut self) {
-        let facts = self.facts();
         let duration = self.started.elapsed();
+        let facts = std::mem::take(&mut *self.facts());
+        let (bytes_in, bytes_out) =
+            (self.traffic.bytes_in.load(Ordering::Relaxed), self.traffic.bytes_out.load(Ordering::Relaxed));
         let empty: Arc<str> = Arc::from("");
+        let label = |value: &Option<Arc<str>>| value.clone().unwrap_or_else(|| Arc::clone(&empty));
         let labels = RouteLabels {
-            mount: facts.mount.clone().unwrap_or_else(|| Arc::clone(&empty)),
-            route: facts.route.clone().unwrap_or_else(|| Arc::clone(&empty)),
+            mount: label(&facts.mount),
+            route: label(&facts.route),
             method: method_label(&self.method),
             // No head was ready: the client left (or a panic ended the request) first.
             status: facts.status.map_or(499, |s| s.as_u16()),
-            service: facts.service.clone().unwrap_or(empty),
+            service: label(&facts.service),
         };
-        self.metrics.http.finished(Finished {
-            labels: &labels,
-            duration,
-            bytes_in: self.traffic.bytes_in.load(Ordering::Relaxed),
-            bytes_out: self.traffic.bytes_out.load(Ordering::Relaxed),
-            refusal: facts.refusal,
-        });
+        let finished = Finished { labels: &labels, duration, bytes_in, bytes_out, refusal: facts.refusal };
+        self.metrics.http.finished(finished);
         if let Some(mount) = &facts.mount {
             self.metrics.http.ended(&MountLabel { mount: Arc::clone(mount) });
+        }
+        if self.access_log.is_on() {
+            let record = self.access_record(facts, duration, bytes_in, bytes_out);
+            self.access_log.record(record);
+        }
+    }
+}
+
+impl Exchange {
+    /// The access log's line for this request, which ends now after `duration`.
+    fn access_record(&mut self, facts: Facts, duration: Duration, bytes_in: u64, bytes_out: u64) -> AccessRecord {
+        AccessRecord {
+            start: self.started_at,
+            request_id: String::from_utf8_lossy(self.request_id.as_bytes()).into_owned(),
+            client: facts.client.unwrap_or(self.peer),
+            method: self.method.clone(),
+            path: std::mem::take(&mut self.path),
+            version: self.version,
+            mount: facts.mount,
+            route: facts.route,
+            service: facts.service,
+            instance: facts.instance,
+            subject: facts.subject,
+            status: facts.status,
+            reason: facts.refusal,
+            bytes_in,
+            bytes_out,
+            duration,
+            time_to_first_byte: facts.first_byte.map(|at| at.duration_since(self.started)),
+            websocket: facts.websocket,
         }
     }
 }
@@ -252,20 +303,18 @@ mod tests {
 
     #[test]
     fn a_plausible_client_id_is_kept_and_any_other_replaced() {
-        let metrics = Arc::new(Metrics::default());
-        let peer: SocketAddr = "127.0.0.1:1".parse().unwrap();
         let mut kept = Request::get("/x").header("x-request-id", "abc-123:ZZ").body(()).unwrap();
-        assert_eq!(Exchange::begin(&metrics, &mut kept, peer).request_id(), "abc-123:ZZ");
+        assert_eq!(Exchange::unlogged(&mut kept).request_id(), "abc-123:ZZ");
         for bad in ["has space", "quote\"", &"x".repeat(129), ""] {
             let mut replaced = Request::get("/x").header("x-request-id", bad).body(()).unwrap();
-            let exchange = Exchange::begin(&metrics, &mut replaced, peer);
+            let exchange = Exchange::unlogged(&mut replaced);
             let id = exchange.request_id().to_str().unwrap().to_owned();
             assert_eq!(id.len(), 32, "{bad:?} replaced by {id}");
             assert_eq!(replaced.headers()["x-request-id"], id, "the service gets the new id");
         }
         let mut none = Request::get("/x").body(()).unwrap();
-        let first = Exchange::begin(&metrics, &mut none, peer).request_id().clone();
+        let first = Exchange::unlogged(&mut none).request_id().clone();
         let mut again = Request::get("/x").body(()).unwrap();
-        assert_ne!(first, Exchange::begin(&metrics, &mut again, peer).request_id(), "ids are random");
+        assert_ne!(first, Exchange::unlogged(&mut again).request_id(), "ids are random");
     }
 }

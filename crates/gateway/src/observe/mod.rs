@@ -1,6 +1,7 @@
 //! What the gateway shows of itself: the metrics served at the admin listener's
-//! `/metrics` ([`metrics`], on the `prometheus-client` crate) and the record each client
-//! request keeps of itself from its head to its end ([`exchange`]), which feeds them.
+//! `/metrics` ([`metrics`], on the `prometheus-client` crate), the access log
+//! ([`access_log`]), and the record each client request keeps of itself from its head to
+//! its end ([`exchange`]), which feeds both.
 //!
 //! Beside the request's path, like `limits`: every phase may write into the request's
 //! [`exchange::Exchange`], and nothing here calls back into the phases. Label values
@@ -8,5 +9,6 @@
 //! services), never from what a client sent, so a scan of random paths cannot create
 //! series.
 
+pub(crate) mod access_log;
 pub(crate) mod exchange;
 pub mod metrics;

@@ -103,11 +103,12 @@ fn business<'m, B>(
 ) -> Result<Admitted<'m>, GatewayError> {
     let client = client_of(phases, request, conn);
     let identity = mount.authenticator.authenticate(request.headers())?;
+    exchange.on_client(identity.subject.as_deref(), client);
     let decision = route::route(phases.routing, phases.version_header, request)?;
     exchange.on_route(&decision);
     validate::validate(&decision.endpoint, &identity, request)?;
     rate_limit(mount, identity.subject.as_deref(), client)?;
-    exchange.on_admitted(identity.subject.as_deref(), client);
+    exchange.on_admitted();
     let path = request.uri().path();
     let traffic = Arc::clone(exchange.traffic());
     let registered = phases.registry.begin(request.method().as_str(), path, &decision.template, client, traffic);
@@ -133,8 +134,9 @@ fn streaming<'m, B>(
     let decision = route::route(phases.routing, phases.version_header, request)?;
     exchange.on_route(&decision);
     let client = client_of(phases, request, conn);
+    exchange.on_client(None, client);
     rate_limit(mount, None, client)?;
-    exchange.on_admitted(None, client);
+    exchange.on_admitted();
     Ok(Admitted { shaper: conn.shaper(&mount.config), ..admitted(mount, decision, client, conn, exchange) })
 }
 
@@ -147,8 +149,9 @@ async fn serve_static(
     exchange: &Exchange,
 ) -> Result<Response<GatewayBody>, GatewayError> {
     let client = client_of(phases, request, conn);
+    exchange.on_client(None, client);
     rate_limit(mount, None, client)?;
-    exchange.on_admitted(None, client);
+    exchange.on_admitted();
     crate::static_files::serve(&mount.config, request, conn.shaper(&mount.config)).await
 }
 
@@ -229,8 +232,7 @@ mod tests {
     }
 
     fn exchange() -> Arc<Exchange> {
-        let metrics = Arc::default();
-        Exchange::begin(&metrics, &mut Request::get("/x").body(()).unwrap(), "127.0.0.1:4000".parse().unwrap())
+        Exchange::unlogged(&mut Request::get("/x").body(()).unwrap())
     }
 
     fn request(path: &str, headers: &[(&str, &str)]) -> Request<()> {

@@ -36,6 +36,9 @@ pub enum GatewayStartError {
     /// The client listener's certificates (`[server.tls]`) cannot be served.
     #[error("{0}")]
     Tls(#[from] crate::ClientTlsError),
+    /// The access log's file (`[log] access`) cannot be opened.
+    #[error("{0}")]
+    AccessLog(#[from] crate::observe::access_log::AccessLogError),
 }
 
 /// A mount as the running gateway uses it: its configuration and the state its phases

@@ -3,7 +3,7 @@
 //! the table [`ANSWERS`], which the README's status-code table describes. Every refusal
 //! goes through it, those hyper never sees included (the per-IP limit's 503 and the late
 //! 408 are written on the socket in [`GatewayError::to_http1`]'s form). Each answer is
-//! counted in [`crate::downstream::metrics`]. The one failure that is not an answer: a
+//! counted in [`crate::observe::metrics`]. The one failure that is not an answer: a
 //! malformed HTTP/2 request, whose stream is reset (`downstream/h2_streams.rs`).
 
 use bytes::Bytes;

@@ -1,9 +1,9 @@
-//! The top-level sections `[server]`, `[routing]`, `[limits]` and `[services]`: each known
+//! The top-level sections `[server]`, `[routing]`, `[limits]`, `[services]` and `[log]`: each known
 //! key is read by exactly one line here, with its absolute bounds on that line.
 
 use weir_gateway::config::{
-    Http2Config, LimitsConfig, RoutingConfig, ServerConfig, ServerTlsConfig, ServiceCredential, ServicesConfig,
-    ServicesTlsConfig, SniCertificateConfig,
+    AccessLogFormat, AccessLogTarget, Http2Config, LimitsConfig, LogConfig, RoutingConfig, ServerConfig,
+    ServerTlsConfig, ServiceCredential, ServicesConfig, ServicesTlsConfig, SniCertificateConfig,
 };
 
 use super::*;
@@ -149,4 +149,29 @@ fn read_credential(s: &mut Section<'_, '_>, mutual_tls: bool) -> Option<ServiceC
         return None;
     }
     Some(ServiceCredential { service: service?, token, prefixes: prefixes? })
+}
+
+/// `[log]`: the access log's destination and line format.
+pub(super) fn read_log(s: &mut Section<'_, '_>, c: &mut LogConfig) {
+    s.value("access", &mut c.access, access_target);
+    s.value("format", &mut c.format, access_format);
+}
+
+/// `"stdout"`, `"off"`, or the path of a file.
+fn access_target(item: &Item) -> Result<AccessLogTarget, String> {
+    match item.as_str() {
+        Some("stdout") => Ok(AccessLogTarget::Stdout),
+        Some("off") => Ok(AccessLogTarget::Off),
+        _ => file_path(item).map(AccessLogTarget::File),
+    }
+}
+
+/// `"json"` or `"text"`.
+fn access_format(item: &Item) -> Result<AccessLogFormat, String> {
+    match item.as_str() {
+        Some("json") => Ok(AccessLogFormat::Json),
+        Some("text") => Ok(AccessLogFormat::Text),
+        Some(other) => Err(format!("expected \"json\" or \"text\", found {other:?}")),
+        None => Err(expected("\"json\" or \"text\"", item)),
+    }
 }

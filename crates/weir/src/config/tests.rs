@@ -703,3 +703,25 @@ fn unknown_http2_keys_are_reported() {
     assert_eq!(e.key, "server.http2.max_concurrent_stream");
     assert!(e.message.contains("did you mean `max_concurrent_streams`"), "{}", e.message);
 }
+
+#[test]
+fn the_access_log_goes_to_stdout_a_file_or_nowhere_in_json_or_text() {
+    use weir_gateway::config::{AccessLogFormat, AccessLogTarget, LogConfig};
+    let log = |body: &str| load_config(&format!("[log]\n{body}\n")).expect("valid config").log;
+    assert_eq!(log(""), LogConfig { access: AccessLogTarget::Stdout, format: AccessLogFormat::Json });
+    assert_eq!(log("access = \"off\"").access, AccessLogTarget::Off);
+    assert_eq!(
+        log("access = \"/var/log/weir/access.log\"").access,
+        AccessLogTarget::File("/var/log/weir/access.log".into())
+    );
+    assert_eq!(log("format = \"text\"").format, AccessLogFormat::Text);
+    for (line, reason) in [
+        ("format = \"xml\"", "expected \"json\" or \"text\", found \"xml\""),
+        ("access = \"\"", "must not be empty"),
+        ("access = 1", "expected a file path"),
+    ] {
+        let e = only_error(&format!("[log]\n{line}\n"));
+        assert!(e.key.starts_with("log.") && e.message.contains(reason), "{line}: {e:?}");
+    }
+    assert_eq!(only_error("[log]\nacces = \"off\"\n").key, "log.acces", "unknown keys are refused");
+}

@@ -7,6 +7,7 @@
 
 mod common;
 
+mod access_log;
 mod auth;
 mod bad_input;
 mod budget_abuse;

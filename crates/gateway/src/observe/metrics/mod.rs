@@ -1,7 +1,8 @@
 //! The gateway's metrics, served at the admin listener's `/metrics` in Prometheus' text
 //! format (version 0.0.4) by the `prometheus-client` crate: requests and their answers per
 //! route ([`http`]), every gateway error by its code, relayed response bodies that failed
-//! midway by their reason, client TLS handshakes, configuration reloads, and gauges read
+//! midway by their reason, client TLS handshakes, configuration reloads, access log lines
+//! dropped, and gauges read
 //! from the gateway's state at each scrape (the budget, open connections).
 //!
 //! Every family is registered once, in [`Metrics::default`]; the families whose label
@@ -58,6 +59,8 @@ pub struct Metrics {
     tls_handshakes: Counter,
     /// Configuration reloads, by [`Metrics::RELOAD_RESULTS`].
     config_reloads: Family<ResultLabel, Counter>,
+    /// Access log lines dropped: the writer fell behind, or writing failed.
+    pub(crate) access_log_dropped: Counter,
     /// Per route: durations, body sizes, requests in flight, refusals.
     pub(crate) http: http::HttpMetrics,
     /// Read from the gateway's state at each scrape ([`Metrics::render`]).
@@ -84,6 +87,7 @@ impl Default for Metrics {
             tls_handshake_failures: Family::default(),
             tls_handshakes: Counter::default(),
             config_reloads: Family::default(),
+            access_log_dropped: Counter::default(),
             http: http::HttpMetrics::default(),
             scraped: ScrapedGauges::default(),
             registry: Registry::default(),
@@ -123,6 +127,8 @@ impl Metrics {
         registry.register("weir_tls_handshakes", "Client TLS handshakes completed", self.tls_handshakes.clone());
         let reloads = "Configuration reloads, by result";
         registry.register("weir_config_reloads", reloads, self.config_reloads.clone());
+        let dropped = "Access log lines dropped (the writer fell behind or a write failed)";
+        registry.register("weir_access_log_dropped_lines", dropped, self.access_log_dropped.clone());
         self.http.register(registry);
         let s = &self.scraped;
         let reserved = "Request bytes reserved in the payload budget";
@@ -203,7 +209,7 @@ impl Metrics {
     pub(crate) fn render(&self, state: &ScrapedState) -> String {
         let s = &self.scraped;
         s.budget_reserved.set(gauge_value(state.budget.aggregate_bytes));
-        s.budget_reservations.set(gauge_value(state.budget.reservations as u64));
+        s.budget_reservations.set(gauge_value(state.budget.reservations));
         s.budget_limit.set(gauge_value(state.budget_limit));
         s.service_connections.set(gauge_value(state.services as u64));
         s.client_connections.set(gauge_value(state.clients as u64));
