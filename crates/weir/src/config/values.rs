@@ -104,7 +104,8 @@ pub(super) fn service_names(item: &Item) -> Result<Vec<String>, String> {
     let array = item.as_array().ok_or_else(|| expected("an array of service names such as [\"demo\"]", item))?;
     let mut names: Vec<String> = Vec::with_capacity(array.len());
     for value in array.iter() {
-        let name = value.as_str().ok_or_else(|| format!("expected service name strings, found {}", value.type_name()))?;
+        let name =
+            value.as_str().ok_or_else(|| format!("expected service name strings, found {}", value.type_name()))?;
         if name.is_empty() {
             return Err("a service name must not be empty".to_owned());
         }

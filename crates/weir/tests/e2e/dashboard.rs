@@ -43,7 +43,9 @@ impl Browser {
     async fn launch() -> Browser {
         let driver = Proc::spawn_program(CHROMEDRIVER, &["--port=0"]);
         let mut driver = driver.unwrap_or_else(|err| {
-            panic!("{CHROMEDRIVER} cannot be started ({err}): run ./test.sh, which installs chromium and chromium-driver")
+            panic!(
+                "{CHROMEDRIVER} cannot be started ({err}): run ./test.sh, which installs chromium and chromium-driver"
+            )
         });
         let port = driver.line("ChromeDriver was started successfully on port ").await;
         let port = port.trim_end_matches('.').to_owned();
@@ -56,7 +58,7 @@ impl Browser {
                 "args": [
                     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                     "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                    "--disable-dev-shm-usage", "--window-size=1280,1500",
+                    "--disable-dev-shm-usage", "--window-size=1280,1000",
                     format!("--user-data-dir={}", profile.display()),
                 ],
             },
@@ -177,13 +179,23 @@ async fn the_dashboard_shows_routes_and_load_and_cancels_a_request_in_a_real_bro
     // Under load the counter moves, poll after poll, and the rate and percentiles show.
     let stop = CancellationToken::new();
     let clients = drive_load(&h, &stop);
-    let count_above = |n: u64| format!(r#"const row = document.querySelector('{}'); return row && Number(row.dataset.count) > {n} ? Number(row.dataset.count) : null;"#, selectors[0]);
+    let count_above = |n: u64| {
+        format!(
+            r#"const row = document.querySelector('{}'); return row && Number(row.dataset.count) > {n} ? Number(row.dataset.count) : null;"#,
+            selectors[0]
+        )
+    };
     let first = browser.until("requests counted", &count_above(0)).await.as_u64().unwrap();
     let second = browser.until("the counter moving", &count_above(first)).await.as_u64().unwrap();
     assert!(second > first);
-    let p99 = format!(r#"const cells = document.querySelector('{}').cells; return cells[5].textContent !== "–" && cells[4].textContent !== "–" && cells[6].textContent;"#, selectors[0]);
+    let p99 = format!(
+        r#"const cells = document.querySelector('{}').cells; return cells[5].textContent !== "–" && cells[4].textContent !== "–" && cells[6].textContent;"#,
+        selectors[0]
+    );
     browser.until("a rate and percentiles", &p99).await;
-    browser.until("404s by reason", r#"return document.querySelector('#refusals tr[data-reason="not_found"]') !== null;"#).await;
+    browser
+        .until("404s by reason", r#"return document.querySelector('#refusals tr[data-reason="not_found"]') !== null;"#)
+        .await;
 
     // A request in flight appears in the registry, and its Cancel button ends it.
     let slow = tokio::spawn(h.client.get(h.url("/api/jobs/7")).send());
@@ -200,7 +212,8 @@ async fn the_dashboard_shows_routes_and_load_and_cancels_a_request_in_a_real_bro
     assert_eq!(response.json::<Value>().await.unwrap()["error"], "cancelled");
     until(|| h.gateway.registry().list().iter().all(|r| r.id.to_string() != id)).await;
     // Two polls: the second began after the registry let the request go.
-    let gone = browser.after_polls(2, &format!(r#"document.querySelector('tr[data-request-id="{id}"]') === null"#)).await;
+    let gone =
+        browser.after_polls(2, &format!(r#"document.querySelector('tr[data-request-id="{id}"]') === null"#)).await;
     assert_eq!(gone, Value::Bool(true), "the cancelled request's row is still shown");
 
     stop.cancel();
@@ -209,6 +222,11 @@ async fn the_dashboard_shows_routes_and_load_and_cancels_a_request_in_a_real_bro
         answered += client.await.unwrap();
     }
     assert!(answered >= second, "the page counted {second} of {answered} requests");
-    browser.until("the cancel by reason", r#"return document.querySelector('#refusals tr[data-reason="cancelled"]') !== null;"#).await;
+    browser
+        .until(
+            "the cancel by reason",
+            r#"return document.querySelector('#refusals tr[data-reason="cancelled"]') !== null;"#,
+        )
+        .await;
     browser.close().await;
 }

@@ -31,11 +31,7 @@ struct Asset {
 
 const ASSETS: [Asset; 3] = [
     Asset { path: "/", content_type: "text/html; charset=utf-8", body: include_str!("index.html") },
-    Asset {
-        path: "/dashboard.js",
-        content_type: "text/javascript; charset=utf-8",
-        body: include_str!("dashboard.js"),
-    },
+    Asset { path: "/dashboard.js", content_type: "text/javascript; charset=utf-8", body: include_str!("dashboard.js") },
     Asset { path: "/dashboard.css", content_type: "text/css; charset=utf-8", body: include_str!("dashboard.css") },
 ];
 
