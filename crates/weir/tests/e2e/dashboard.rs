@@ -109,10 +109,12 @@ impl Browser {
         self.client.execute_async(&script, vec![]).await.expect("the page polls")
     }
 
-    /// The request counter the page shows for `route`.
-    async fn count(&self, route: &str) -> u64 {
-        let cell = self.client.find(Locator::Css(&format!(r#"tr[data-route="{route}"] td.count"#))).await.unwrap();
-        cell.text().await.unwrap().parse().unwrap()
+    /// The text the page shows in the first element `selector` finds, read in one
+    /// script (a redraw cannot come between finding it and reading it).
+    async fn text(&self, selector: &str) -> String {
+        let script = "return document.querySelector(arguments[0]).innerText;";
+        let text = self.client.execute(script, vec![Value::String(selector.to_owned())]).await.unwrap();
+        text.as_str().unwrap().to_owned()
     }
 }
 
@@ -171,10 +173,10 @@ async fn the_dashboard_shows_routes_and_load_and_cancels_a_request_in_a_real_bro
     let selectors: Vec<String> = routes.iter().map(|r| format!(r#"tr[data-route="{r}"]"#)).collect();
     let all_shown = selectors.iter().map(|s| format!("document.querySelector('{s}') !== null")).collect::<Vec<_>>();
     browser.until("the demo's routes", &format!("return {};", all_shown.join(" && "))).await;
-    let items_row = browser.client.find(Locator::Css(&selectors[0])).await.unwrap().text().await.unwrap();
+    let items_row = browser.text(&selectors[0]).await;
     assert!(items_row.contains("/api/items/{id}") && items_row.contains("healthy"), "{items_row}");
     assert!(items_row.contains(&format!("v{}", env!("CARGO_PKG_VERSION"))), "{items_row}");
-    assert_eq!(browser.count(ITEMS).await, 0);
+    assert_eq!(browser.text(&format!("{} td.count", selectors[0])).await, "0");
 
     // Under load the counter moves, poll after poll, and the rate and percentiles show.
     let stop = CancellationToken::new();

@@ -246,28 +246,39 @@ async function cancel(id, button) {
   }
 }
 
+// A request keeps its row (and its Cancel button) from poll to poll: only its figures
+// change, so a click is never lost to a redraw.
 function drawRequests(requests) {
+  const shown = new Map();
+  for (const tr of document.querySelectorAll("#requests tbody tr")) shown.set(tr.dataset.requestId, tr);
   const rows = [...requests].sort((a, b) => a.id - b.id).map((r) => {
-    const button = el("button", "Cancel", "cancel");
-    button.type = "button";
-    button.addEventListener("click", () => cancel(r.id, button));
-    const action = el("td");
-    action.append(button);
-    const tr = row([
-      num(String(r.id)),
-      r.method,
-      el("td", r.path, "path"),
-      el("td", r.route, "route"),
-      r.client,
-      num(seconds(r.elapsed_ms / 1000)),
-      num(`${bytes(r.bytes_in)} / ${bytes(r.bytes_out)}`),
-      action,
-    ]);
-    tr.dataset.requestId = String(r.id);
-    tr.dataset.route = r.route;
+    const tr = shown.get(String(r.id)) || requestRow(r);
+    tr.querySelector(".elapsed").textContent = seconds(r.elapsed_ms / 1000);
+    tr.querySelector(".traffic").textContent = `${bytes(r.bytes_in)} / ${bytes(r.bytes_out)}`;
     return tr;
   });
   fill("requests", "requests-empty", rows);
+}
+
+function requestRow(r) {
+  const button = el("button", "Cancel", "cancel");
+  button.type = "button";
+  button.addEventListener("click", () => cancel(r.id, button));
+  const action = el("td");
+  action.append(button);
+  const tr = row([
+    num(String(r.id)),
+    r.method,
+    el("td", r.path, "path"),
+    el("td", r.route, "route"),
+    r.client,
+    el("td", "", "num elapsed"),
+    el("td", "", "num traffic"),
+    action,
+  ]);
+  tr.dataset.requestId = String(r.id);
+  tr.dataset.route = r.route;
+  return tr;
 }
 
 // ---- polling ----------------------------------------------------------------------
