@@ -72,10 +72,9 @@ impl Browser {
         Browser { _driver: driver, client, profile }
     }
 
-    /// Ends the session (Chromium exits) and removes the profile.
+    /// Ends the session: Chromium exits.
     async fn close(self) {
-        self.client.close().await.expect("the session ends");
-        let _ = std::fs::remove_dir_all(&self.profile);
+        self.client.clone().close().await.expect("the session ends");
     }
 
     /// Waits, across the page's polls, until `condition` (the body of a JavaScript
@@ -115,6 +114,26 @@ impl Browser {
         let script = "return document.querySelector(arguments[0]).innerText;";
         let text = self.client.execute(script, vec![Value::String(selector.to_owned())]).await.unwrap();
         text.as_str().unwrap().to_owned()
+    }
+}
+
+impl Drop for Browser {
+    /// A failed test leaves its session open, and killing chromedriver would leave
+    /// Chromium running: end Chromium first, by the process id its profile's lock names
+    /// (`HOST-PID`; gone once it has exited), then remove the profile.
+    fn drop(&mut self) {
+        let lock = std::fs::read_link(self.profile.join("SingletonLock")).ok();
+        let pid = lock.as_ref().and_then(|lock| lock.to_str()?.rsplit('-').next()?.parse::<u32>().ok());
+        if let Some(pid) = pid {
+            let _ = std::process::Command::new("kill").arg(pid.to_string()).status();
+            // Not our child, so not awaitable: it writes its profile as it exits.
+            let running = std::path::Path::new("/proc").join(pid.to_string());
+            let deadline = std::time::Instant::now() + WAIT;
+            while running.exists() && std::time::Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.profile);
     }
 }
 
