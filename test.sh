@@ -1,11 +1,18 @@
 #!/usr/bin/env bash
-# The whole test suite: formatting, lints, every crate's tests (unit, black-box, doc),
-# the model checks of the link's stream table (loom), a black-box stress run of the
-# release binary under concurrent HTTP/1.1 and HTTP/2 load, the protocol conformance
-# harness against that same binary, and a brief run of each fuzz target. Installs what it
-# needs itself.
+# The whole test suite: formatting, lints, every crate's tests (unit, black-box with the
+# dashboard in headless Chromium, doc), the model checks of the link's stream table
+# (loom), a black-box stress run of the release binary under concurrent HTTP/1.1 and
+# HTTP/2 load, the protocol conformance harness against that same binary, and a brief run
+# of each fuzz target. Installs what it needs itself.
 set -euo pipefail
 cd "$(dirname "$0")"
+
+# The dashboard's browser test (crates/weir/tests/e2e/dashboard.rs) drives Debian's
+# headless Chromium through chromedriver.
+if [ ! -x /usr/bin/chromedriver ]; then
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
+fi
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings

@@ -28,6 +28,7 @@ mod services;
 mod static_files;
 mod upstream;
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
@@ -88,6 +89,10 @@ pub struct Gateway {
     /// Whether the service listener accepts (paused while another process takes over),
     /// and the signal that a service registered.
     intake: services::intake::ServiceIntake,
+    /// Whether the public listener accepts clients: set once its gate has opened (a
+    /// process taking over waits for its services first), cleared when shutdown begins;
+    /// the admin listener's `/readyz` reads it.
+    public_listening: AtomicBool,
 }
 
 /// The sockets [`Gateway::run`] serves.
@@ -145,6 +150,7 @@ impl Gateway {
             links: ServiceLinks::default(),
             connections: ConnectionCap::new(server.max_connections.unwrap_or_else(default_max_connections)),
             pending_handshakes: Arc::new(tokio::sync::Semaphore::new(config.services.max_pending_handshakes)),
+            public_listening: AtomicBool::new(false),
         }))
     }
 
@@ -185,12 +191,18 @@ impl Gateway {
             let (gateway, shutdown) = (Arc::clone(self), shutdown.clone());
             tokio::spawn(async move {
                 shutdown.cancelled().await;
+                gateway.public_listening.store(false, Ordering::Relaxed);
                 gateway.websockets.go_away();
             })
         };
         tokio::select! {
             () = public_gate => {}
             () = shutdown.cancelled() => {}
+        }
+        // Checked after the store too: a shutdown between them must not leave it set.
+        self.public_listening.store(true, Ordering::Relaxed);
+        if shutdown.is_cancelled() {
+            self.public_listening.store(false, Ordering::Relaxed);
         }
         let served = downstream::serve(Arc::clone(self), listeners.public, Surface::Public, shutdown).await;
         for task in [admin, redirect].into_iter().flatten() {
@@ -216,6 +228,11 @@ impl Gateway {
     /// The configuration and the state built from it, as one snapshot.
     pub(crate) fn live(&self) -> Arc<Live> {
         self.live.load_full()
+    }
+
+    /// Whether the public listener accepts clients now (its gate opened, no shutdown).
+    pub(crate) fn public_listening(&self) -> bool {
+        self.public_listening.load(Ordering::Relaxed)
     }
 
     /// The routing table.

@@ -86,6 +86,10 @@ pub struct ServerConfig {
     /// (or handing over): a client that sends its next request meanwhile gets its answer,
     /// with `Connection: close`, instead of a connection closed under its request.
     pub keep_alive_drain: Duration,
+    /// Services that must each have a healthy registered instance before the admin
+    /// listener's `/readyz` answers 200, so an orchestrator sends no traffic to a gateway
+    /// that would answer 503; empty: no service is needed.
+    pub ready_services: Vec<String>,
 }
 
 /// `[server.tls]`: the client listener's certificates, chosen by the name the client
@@ -252,6 +256,7 @@ impl Default for ServerConfig {
             handover_socket: None,
             handover_wait: Duration::from_secs(5),
             keep_alive_drain: Duration::from_secs(2),
+            ready_services: Vec::new(),
         }
     }
 }

@@ -1,8 +1,12 @@
-//! The admin surface, on its own listener: `/healthz`, `/budget` (the payload budget's
-//! counters), `/routes` (the routing table), `/requests` (business requests in flight;
-//! `DELETE /requests/{id}` cancels one), `/metrics` (Prometheus text) and `POST /reload`
-//! (the configuration file read again and applied, see [`crate::reload`]). Read-only but
-//! for the cancel and the reload; every other path is 404, every other method 405.
+//! The admin surface, on its own listener: `/healthz`, `/livez` and `/readyz` (the
+//! probes, see [`super::health`]), `/budget` (the payload budget's counters), `/routes`
+//! (the routing table), `/requests` (business requests in flight; `DELETE
+//! /requests/{id}` cancels one), `/metrics` (Prometheus text), `POST /reload` (the
+//! configuration file read again and applied, see [`crate::reload`]) and the live
+//! dashboard at `/` with its script and style ([`super::dashboard`]). Read-only but for
+//! the cancel and the reload; every other path is 404, every other method 405. Every
+//! answer carries the dashboard's Content-Security-Policy, so no page served here can
+//! run a script it did not load from here.
 //!
 //! `POST /reload` answers JSON: 200 `{"status":"reloaded","restart_required":[...],
 //! "services_disconnected":[...]}`; 422 `{"status":"failed","error":"..."}` when the file
@@ -17,6 +21,7 @@ use hyper::body::Incoming;
 
 use std::sync::Arc;
 
+use super::{dashboard, health};
 use crate::observe::metrics::{self, ScrapedState};
 use crate::reload::ReloadError;
 use crate::response::error::GatewayError;
@@ -25,6 +30,13 @@ use crate::Gateway;
 
 /// The admin surface's answer to `request`.
 pub(super) async fn answer(gateway: &Arc<Gateway>, request: Request<Incoming>) -> Response<GatewayBody> {
+    let mut response = route(gateway, request).await;
+    dashboard::protect(response.headers_mut());
+    response
+}
+
+/// The answer for `request`'s path and method.
+async fn route(gateway: &Arc<Gateway>, request: Request<Incoming>) -> Response<GatewayBody> {
     let path = request.uri().path();
     if path == "/reload" {
         return reload(gateway, request.method()).await;
@@ -35,7 +47,12 @@ pub(super) async fn answer(gateway: &Arc<Gateway>, request: Request<Incoming>) -
     if request.method() != Method::GET {
         return GatewayError::MethodNotAllowed { allow: vec!["GET".into()] }.into_response();
     }
+    if let Some(asset) = dashboard::asset(path) {
+        return asset;
+    }
     match path {
+        "/livez" => health::live(),
+        "/readyz" => health::ready(gateway),
         "/budget" => json(StatusCode::OK, serde_json::to_string(&gateway.budget().counters()).unwrap_or_default()),
         "/routes" => json(StatusCode::OK, serde_json::to_string(&gateway.routing().snapshot()).unwrap_or_default()),
         "/requests" => json(StatusCode::OK, serde_json::to_string(&gateway.registry().list()).unwrap_or_default()),

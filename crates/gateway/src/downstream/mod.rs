@@ -16,7 +16,9 @@
 
 mod admin;
 mod client_io;
+mod dashboard;
 mod h2_streams;
+mod health;
 mod lifetime;
 mod redirect;
 mod refusal;

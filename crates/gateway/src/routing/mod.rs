@@ -105,7 +105,7 @@ mod template;
 #[cfg(test)]
 mod tests;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -386,6 +386,14 @@ impl<L: Clone + Send + Sync + 'static> RoutingTable<L> {
             .collect();
         routes.sort_by(|a, b| (&a.template, &a.method).cmp(&(&b.template, &b.method)));
         routes
+    }
+
+    /// The names of the services with at least one registered instance healthy now
+    /// (neither degraded nor draining).
+    pub fn healthy_services(&self) -> BTreeSet<String> {
+        let snapshot = self.published.load();
+        let healthy = snapshot.instances.values().filter(|i| i.status() == InstanceHealth::Healthy);
+        healthy.map(|i| i.identity.service.clone()).collect()
     }
 
     fn lock_state(&self) -> MutexGuard<'_, State<L>> {

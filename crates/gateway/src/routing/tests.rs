@@ -627,3 +627,23 @@ fn registrations_over_max_routes_are_refused_and_change_nothing() {
     assert!(matches!(t.update_endpoints(3, &update), Err(RegistrationError::TooManyRoutes { .. })));
     assert_eq!(chosen(&t, "GET", "/d", None), 3, "the refused update left the old list");
 }
+
+#[test]
+fn a_service_is_healthy_while_one_of_its_instances_is() {
+    let table = table();
+    assert!(table.healthy_services().is_empty());
+    register(&table, 1, &hello("orders", "1.0.0", "", &[("GET", "/orders")]));
+    register(&table, 2, &hello("billing", "1.0.0", "", &[("GET", "/bills")]));
+    register(&table, 3, &hello("billing", "1.1.0", "", &[("GET", "/bills")]));
+    let names = |table: &Table| table.healthy_services().into_iter().collect::<Vec<_>>();
+    assert_eq!(names(&table), ["billing", "orders"]);
+    let now = Instant::now();
+    heartbeat(&table, 2, HealthStatus::Draining, now);
+    assert_eq!(names(&table), ["billing", "orders"], "billing still has instance 3");
+    heartbeat(&table, 3, HealthStatus::Degraded, now);
+    assert_eq!(names(&table), ["orders"]);
+    table.remove(1);
+    assert!(names(&table).is_empty());
+    heartbeat(&table, 3, HealthStatus::Healthy, now);
+    assert_eq!(names(&table), ["billing"]);
+}

@@ -31,6 +31,7 @@ pub(super) fn read_server(s: &mut Section<'_, '_>, c: &mut ServerConfig) {
     s.value("handover_socket", &mut c.handover_socket, |item| file_path(item).map(Some));
     s.value("handover_wait", &mut c.handover_wait, duration);
     s.value("keep_alive_drain", &mut c.keep_alive_drain, duration);
+    s.value("ready_services", &mut c.ready_services, service_names);
     s.section("tls", |t| {
         if t.present() {
             c.tls = read_server_tls(t);

@@ -54,6 +54,7 @@ fn documented_example_loads_with_every_key() {
     assert_eq!(c.server.handover_socket, Some("/run/weir/handover.sock".into()));
     assert_eq!(c.server.handover_wait, Duration::from_secs(3));
     assert_eq!(c.server.keep_alive_drain, Duration::from_secs(3));
+    assert_eq!(c.server.ready_services, ["billing", "search"]);
     let h2 = &c.server.http2;
     assert_eq!(
         (h2.max_concurrent_streams, h2.initial_stream_window, h2.initial_connection_window),
@@ -226,12 +227,18 @@ fn scalar_values_are_checked() {
         ("[server]\ntrusted_proxies = [\"10.0.0.0/33\"]", "server.trusted_proxies", "not an address or a network"),
         ("[server]\ntrusted_proxies = \"10.0.0.0/8\"", "server.trusted_proxies", "expected an array of networks"),
         ("[server]\nforwarded_header = \"yes\"", "server.forwarded_header", "expected true or false"),
+        ("[server]\nready_services = \"demo\"", "server.ready_services", "expected an array of service names"),
+        ("[server]\nready_services = [\"\"]", "server.ready_services", "must not be empty"),
+        ("[server]\nready_services = [\"a\", \"a\"]", "server.ready_services", "`a` is listed twice"),
+        ("[server]\nready_services = [1]", "server.ready_services", "expected service name strings"),
     ];
     for (text, key, reason) in cases {
         let e = only_error(text);
         assert_eq!((e.line, e.key.as_str()), (2, key), "{text}");
         assert!(e.message.contains(reason), "{text}: {}", e.message);
     }
+    assert_eq!(server("ready_services = [\"orders\", \"demo\"]").ready_services, ["orders", "demo"]);
+    assert!(server("ready_services = []").ready_services.is_empty());
     let listen = server("listen = \"[::1]:0\"").listen;
     assert_eq!(listen, "[::1]:0".parse::<SocketAddr>().unwrap());
 }

@@ -1,6 +1,6 @@
-//! Value grammar: strings, booleans, paths, path prefixes, TLS server names, addresses,
-//! header names, versions, and sizes and durations with their units and bounds, each
-//! parsed to its typed value or a message saying what was expected.
+//! Value grammar: strings, booleans, paths, path prefixes, TLS server names, service
+//! names, addresses, header names, versions, and sizes and durations with their units and
+//! bounds, each parsed to its typed value or a message saying what was expected.
 
 use super::*;
 
@@ -95,6 +95,24 @@ pub(super) fn server_names(item: &Item) -> Result<Vec<String>, String> {
             return Err(format!("`{name}` is not a DNS name or a one-label wildcard such as `*.example.com`"));
         }
         names.push(name.to_ascii_lowercase());
+    }
+    Ok(names)
+}
+
+/// An array of service names, each non-empty and listed once. May be empty.
+pub(super) fn service_names(item: &Item) -> Result<Vec<String>, String> {
+    let array = item.as_array().ok_or_else(|| expected("an array of service names such as [\"demo\"]", item))?;
+    let mut names: Vec<String> = Vec::with_capacity(array.len());
+    for value in array.iter() {
+        let name =
+            value.as_str().ok_or_else(|| format!("expected service name strings, found {}", value.type_name()))?;
+        if name.is_empty() {
+            return Err("a service name must not be empty".to_owned());
+        }
+        if names.iter().any(|listed| listed == name) {
+            return Err(format!("`{name}` is listed twice"));
+        }
+        names.push(name.to_owned());
     }
     Ok(names)
 }

@@ -15,7 +15,7 @@ use weir_gateway::config::{AccessLogFormat, AccessLogTarget, ApiKey, AuthConfig,
 use weir_gateway::GatewayConfig;
 
 use crate::common::*;
-use crate::observability::{demo_mounts, scrape, value};
+use crate::observability::{scrape, value};
 
 const KEY: &str = "alice-secret-key";
 

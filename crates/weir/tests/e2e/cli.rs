@@ -19,13 +19,14 @@ pub(crate) struct Proc {
 }
 
 impl Proc {
+    /// `weir` with `args`.
     pub(crate) fn spawn(args: &[&str]) -> Proc {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_weir"))
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("weir starts");
+        Proc::spawn_program(env!("CARGO_BIN_EXE_weir"), args).expect("weir starts")
+    }
+
+    /// `program` with `args`; fails when it cannot be started (not installed).
+    pub(crate) fn spawn_program(program: &str, args: &[&str]) -> std::io::Result<Proc> {
+        let mut child = Command::new(program).args(args).stdout(Stdio::piped()).stderr(Stdio::null()).spawn()?;
         let stdout = child.stdout.take().expect("piped stdout");
         let (tx, lines) = mpsc::unbounded_channel();
         std::thread::spawn(move || {
@@ -33,7 +34,7 @@ impl Proc {
                 let _ = tx.send(line);
             }
         });
-        Proc { child: Some(child), lines }
+        Ok(Proc { child: Some(child), lines })
     }
 
     /// The rest of the first stdout line that starts with `prefix`.

@@ -26,6 +26,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::codec::{FramedRead, FramedWrite};
 use tokio_util::sync::CancellationToken;
+use weir_gateway::config::{AuthConfig, MountConfig, MountSettings, Profile};
 use weir_gateway::{Gateway, GatewayConfig, Listeners};
 use weir_proto::{FrameCodec, FrameType};
 use weir_service::{Dialer, RunHandle, Service};
@@ -452,6 +453,19 @@ impl Wire {
 /// Default config with small, test-friendly limits where a test crosses them.
 pub fn config() -> GatewayConfig {
     GatewayConfig::default()
+}
+
+/// `/api` business and `/stream` streaming, as `weir serve` mounts the demo, without
+/// rate limits (tests drive load).
+pub fn demo_mounts() -> GatewayConfig {
+    let mount = |prefix: &str, profile| MountConfig {
+        prefix: prefix.into(),
+        profile,
+        root: None,
+        auth: AuthConfig::None,
+        settings: MountSettings { rate_limit_requests: None, ..MountSettings::declared_defaults() },
+    };
+    GatewayConfig { mounts: vec![mount("/api", Profile::Business), mount("/stream", Profile::Streaming)], ..config() }
 }
 
 /// A config whose services must present a token: `service` may register under

@@ -9,23 +9,9 @@ use std::time::Duration;
 use futures_util::{SinkExt, StreamExt};
 use reqwest::StatusCode;
 use tokio_tungstenite::tungstenite::Message;
-use weir_gateway::config::{AuthConfig, MountConfig, MountSettings, Profile};
-use weir_gateway::GatewayConfig;
 use weir_service::{Endpoint, RawRequestContext, RawResponse, Service};
 
 use crate::common::*;
-
-/// `/api` business and `/stream` streaming, as `weir serve` mounts the demo.
-pub(crate) fn demo_mounts() -> GatewayConfig {
-    let mount = |prefix: &str, profile| MountConfig {
-        prefix: prefix.into(),
-        profile,
-        root: None,
-        auth: AuthConfig::None,
-        settings: MountSettings { rate_limit_requests: None, ..MountSettings::declared_defaults() },
-    };
-    GatewayConfig { mounts: vec![mount("/api", Profile::Business), mount("/stream", Profile::Streaming)], ..config() }
-}
 
 /// The admin `/metrics` text.
 pub(crate) async fn scrape(h: &Harness) -> String {
