@@ -16,6 +16,9 @@
 //! the peer may have sent them before it saw the end: so a violation is something only a
 //! faulty peer can cause, never a race between two correct ones.
 //! When the link closes, every open stream fails with `ConnectionLost`.
+//!
+//! An owner that counts the link's traffic starts it with a [`TrafficObserver`], told of
+//! each frame as the reader decodes it and as the writer queues it.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};

@@ -4,10 +4,12 @@
 //! WebSocket sessions that send messages and close in different ways, uploads the
 //! service acknowledges at its pace and downloads a client reads late.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use reqwest::StatusCode;
+use tokio::sync::Semaphore;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message;
@@ -15,7 +17,7 @@ use tokio_util::codec::Framed;
 use weir_gateway::config::{AuthConfig, MountConfig, MountSettings, Profile};
 use weir_gateway::GatewayConfig;
 use weir_proto::{EndpointDescriptor, ErrorCode, Frame, FrameCodec, FrameType};
-use weir_service::{Endpoint, RawResponse, Service};
+use weir_service::{Endpoint, HandlerError, RawRequestContext, RawResponse, Service};
 use weir_transport::{dial, HandshakeError, LinkConfig};
 
 use crate::common::*;
@@ -191,7 +193,8 @@ fn billing_hello(token: &str, path: &str) -> weir_proto::Hello {
 async fn websocket_sessions_count_their_messages_and_closes_per_mount() {
     let h = Harness::with_demo(demo_mounts()).await;
     let url = format!("ws://{}/stream/echo", h.addr);
-    let (sessions, messages, size) = (12, 5, 100);
+    // At most `ws_max_connections_per_user` (10) from one client address.
+    let (sessions, messages, size) = (8, 5, 100);
     let mut open = Vec::new();
     for _ in 0..sessions {
         let (ws, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(&url)).await.unwrap().unwrap();
@@ -229,22 +232,43 @@ async fn websocket_sessions_count_their_messages_and_closes_per_mount() {
     assert_eq!((closes("1000"), closes("other"), closes("none"), closes("1006")), (quarter, quarter, quarter, quarter));
 }
 
+/// A service whose `/stream/sink` reads nothing of an upload until `gate` lets it: the
+/// stream's window fills and the gateway waits for its credit.
+fn sink(gate: Arc<Semaphore>) -> Service {
+    let endpoint = Endpoint::post("/stream/sink").streaming().raw(move |mut ctx: RawRequestContext| {
+        let gate = Arc::clone(&gate);
+        async move {
+            let _open = gate.acquire().await.map_err(|e| HandlerError::bad_request(e.to_string()))?;
+            let mut bytes = 0;
+            while let Some(chunk) = ctx.body.chunk().await.map_err(|e| HandlerError::bad_request(e.to_string()))? {
+                bytes += chunk.len();
+            }
+            Ok(RawResponse::text(200, bytes.to_string()))
+        }
+    });
+    Service::builder("sink", "1.0.0").instance_id("sink-1").endpoint(endpoint).build().unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn credit_waits_bytes_in_flight_and_budget_refusals_are_shown_per_route() {
     let mut config = demo_mounts();
-    config.limits.payload.max_request_bytes_per_call = 64 * 1024;
-    let h = Harness::with_demo(config).await;
+    let window = 64 * 1024;
+    config.limits.payload.max_request_bytes_per_call = window;
+    let mut h = Harness::with_demo(config).await;
+    let gate = Arc::new(Semaphore::new(0));
+    h.attach(sink(Arc::clone(&gate))).await;
     let h2 = reqwest::Client::builder().http2_prior_knowledge().build().unwrap();
-    let upload = 2 * 1024 * 1024;
-    let uploads = (0..8).map(|c| {
+    let (uploads, upload) = (4, 1024 * 1024);
+    let held = (0..uploads).map(|c| {
         let client = if c % 2 == 0 { h.client.clone() } else { h2.clone() };
-        let url = h.url("/stream/upload");
-        async move {
+        let url = h.url("/stream/sink");
+        tokio::spawn(async move {
             let response = client.post(url).body(vec![7u8; upload]).send().await.unwrap();
             assert_eq!(response.status(), StatusCode::OK);
-            response.bytes().await.unwrap();
-        }
+            assert_eq!(response.text().await.unwrap(), upload.to_string());
+        })
     });
+    let held: Vec<_> = held.collect();
     // Over the per-call limit, a buffered body is refused before it is read.
     let refused = (0..6).map(|c| {
         let client = if c % 2 == 0 { h.client.clone() } else { h2.clone() };
@@ -254,12 +278,23 @@ async fn credit_waits_bytes_in_flight_and_budget_refusals_are_shown_per_route() 
             assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
         }
     });
-    tokio::join!(futures_util::future::join_all(uploads), futures_util::future::join_all(refused));
+    futures_util::future::join_all(refused).await;
+
+    // Every upload holds its stream's full window while the service reads nothing.
+    let full = (uploads as u64 * window) as f64;
+    let text =
+        until_scraped(&h, |text| value(text, r#"weir_route_inflight_bytes{route="/stream/sink"}"#) == full).await;
+    let sink_budget = r#"{service="sink",instance="sink-1"}"#;
+    assert_eq!(value(&text, &format!("weir_service_budget_reserved_bytes{sink_budget}")), full, "{text}");
+    assert_eq!(value(&text, &format!("weir_service_budget_reservations{sink_budget}")), uploads as f64, "{text}");
+    gate.add_permits(uploads);
+    for upload in held {
+        upload.await.unwrap();
+    }
 
     // A download the client reads only later: the service's credit is withheld meanwhile.
     let late = h.client.get(h.url("/stream/download?bytes=8388608")).send().await.unwrap();
-    let held_back = Duration::from_millis(300);
-    tokio::time::sleep(held_back).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(late.bytes().await.unwrap().len(), 8 * 1024 * 1024);
 
     h.assert_budget_released().await;
@@ -270,9 +305,10 @@ async fn credit_waits_bytes_in_flight_and_budget_refusals_are_shown_per_route() 
     let waited = |route: &str, direction: &str| {
         value(&text, &format!(r#"weir_credit_wait_seconds_total{{route="{route}",direction="{direction}"}}"#))
     };
-    assert!(waited("/stream/upload", "to_service") > 0.0, "2 MiB through a 64 KiB window waits:\n{text}");
+    assert!(waited("/stream/sink", "to_service") > 0.0, "the uploads waited for the service:\n{text}");
     assert!(waited("/stream/download", "to_client") >= 0.2, "{text}");
-    assert!(text.contains(r#"weir_route_inflight_bytes{route="/stream/upload"} 0"#), "all released:\n{text}");
+    assert!(text.contains(r#"weir_route_inflight_bytes{route="/stream/sink"} 0"#), "all released:\n{text}");
+    assert!(text.contains(&format!("weir_service_budget_reserved_bytes{sink_budget} 0")), "{text}");
     assert_eq!(value(&text, r#"weir_admissions_refused_total{limit="per_call"}"#), 6.0, "{text}");
     assert_eq!(value(&text, r#"weir_admissions_refused_total{limit="aggregate"}"#), 0.0, "{text}");
 }
