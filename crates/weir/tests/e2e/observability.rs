@@ -16,7 +16,7 @@ use weir_service::{Endpoint, RawRequestContext, RawResponse, Service};
 use crate::common::*;
 
 /// `/api` business and `/stream` streaming, as `weir serve` mounts the demo.
-fn demo_mounts() -> GatewayConfig {
+pub(crate) fn demo_mounts() -> GatewayConfig {
     let mount = |prefix: &str, profile| MountConfig {
         prefix: prefix.into(),
         profile,
@@ -28,7 +28,7 @@ fn demo_mounts() -> GatewayConfig {
 }
 
 /// The admin `/metrics` text.
-async fn scrape(h: &Harness) -> String {
+pub(crate) async fn scrape(h: &Harness) -> String {
     let response = h.client.get(h.admin_url("/metrics")).send().await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);
     let content_type = response.headers()["content-type"].to_str().unwrap().to_owned();
@@ -37,14 +37,14 @@ async fn scrape(h: &Harness) -> String {
 }
 
 /// The value of the series `series` (name and labels exactly as exposed), 0 if absent.
-fn value(text: &str, series: &str) -> f64 {
+pub(crate) fn value(text: &str, series: &str) -> f64 {
     let line = text.lines().find(|line| line.strip_prefix(series).is_some_and(|rest| rest.starts_with(' ')));
     line.map_or(0.0, |line| line.rsplit(' ').next().unwrap().parse().unwrap())
 }
 
 /// Scrapes until `holds`, within [`WAIT`]: a request is reported once hyper has let go
 /// of its response body, a moment after the client has read it.
-async fn until_scraped(h: &Harness, holds: impl Fn(&str) -> bool) -> String {
+pub(crate) async fn until_scraped(h: &Harness, holds: impl Fn(&str) -> bool) -> String {
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
         let text = scrape(h).await;

@@ -14,52 +14,12 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::codec::Framed;
-use weir_gateway::config::{AuthConfig, MountConfig, MountSettings, Profile};
-use weir_gateway::GatewayConfig;
 use weir_proto::{EndpointDescriptor, ErrorCode, Frame, FrameCodec, FrameType};
 use weir_service::{Endpoint, HandlerError, RawRequestContext, RawResponse, Service};
 use weir_transport::{dial, HandshakeError, LinkConfig};
 
 use crate::common::*;
-
-/// The admin `/metrics` text.
-async fn scrape(h: &Harness) -> String {
-    let response = h.client.get(h.admin_url("/metrics")).send().await.unwrap();
-    assert_eq!(response.status(), StatusCode::OK);
-    response.text().await.unwrap()
-}
-
-/// The value of the series `series` (name and labels exactly as exposed), 0 if absent.
-fn value(text: &str, series: &str) -> f64 {
-    let line = text.lines().find(|line| line.strip_prefix(series).is_some_and(|rest| rest.starts_with(' ')));
-    line.map_or(0.0, |line| line.rsplit(' ').next().unwrap().parse().unwrap())
-}
-
-/// Scrapes until `holds`, within [`WAIT`]: what a scrape shows follows events (a
-/// session's end, a link's close) that have no signal a client could await.
-async fn until_scraped(h: &Harness, holds: impl Fn(&str) -> bool) -> String {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let text = scrape(h).await;
-        if holds(&text) {
-            return text;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "never held; last scrape:\n{text}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// `/api` business and `/stream` streaming, as `weir serve` mounts the demo.
-fn demo_mounts() -> GatewayConfig {
-    let mount = |prefix: &str, profile| MountConfig {
-        prefix: prefix.into(),
-        profile,
-        root: None,
-        auth: AuthConfig::None,
-        settings: MountSettings { rate_limit_requests: None, ..MountSettings::declared_defaults() },
-    };
-    GatewayConfig { mounts: vec![mount("/api", Profile::Business), mount("/stream", Profile::Streaming)], ..config() }
-}
+use crate::observability::{demo_mounts, scrape, until_scraped, value};
 
 /// `clients` clients, half HTTP/1.1 and half HTTP/2, each calling `/api/items/{id}` and
 /// posting `body` bytes to `/api/echo` `rounds` times.
