@@ -225,7 +225,7 @@ impl Metrics {
     pub(crate) fn render(&self, state: &ScrapedState) -> String {
         let s = &self.scraped;
         s.budget_reserved.set(gauge_value(state.budget.aggregate_bytes));
-        s.budget_reservations.set(gauge_value(state.budget.reservations as u64));
+        s.budget_reservations.set(gauge_value(state.budget.reservations));
         s.budget_limit.set(gauge_value(state.budget_limit));
         s.service_connections.set(gauge_value(state.services as u64));
         s.client_connections.set(gauge_value(state.clients as u64));
