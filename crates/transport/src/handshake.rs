@@ -8,6 +8,7 @@
 //! A first frame that is oversized, malformed or not a Hello is answered with an Error
 //! (`ProtocolViolation`) before the connection closes.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
@@ -18,7 +19,7 @@ use weir_proto::{
     ErrorCode, ErrorMessage, Frame, FrameCodec, FrameType, Hello, Message, ProtoError, Welcome, PROTOCOL_VERSION,
 };
 
-use crate::link::{Link, LinkConfig, LinkEvent, Role};
+use crate::link::{Link, LinkConfig, LinkEvent, Role, TrafficObserver};
 use crate::ByteStream;
 
 /// Why a connection did not get past its handshake.
@@ -139,10 +140,21 @@ impl<T: ByteStream> PendingService<T> {
     /// first and refuse it (an Error frame, then close) without a Welcome ever going out.
     /// The gateway's receive window starts at `welcome.initial_window` (and may grow to
     /// `config.recv_window_max`); its send window is the Hello's.
-    pub fn start(self, welcome: &Welcome, mut config: LinkConfig) -> (Link, mpsc::UnboundedReceiver<LinkEvent>) {
+    pub fn start(self, welcome: &Welcome, config: LinkConfig) -> (Link, mpsc::UnboundedReceiver<LinkEvent>) {
+        self.start_observed(welcome, config, None)
+    }
+
+    /// Like [`PendingService::start`], telling `observer` of every frame the link reads
+    /// and writes from now on.
+    pub fn start_observed(
+        self,
+        welcome: &Welcome,
+        mut config: LinkConfig,
+        observer: Option<Arc<dyn TrafficObserver>>,
+    ) -> (Link, mpsc::UnboundedReceiver<LinkEvent>) {
         config.recv_window = welcome.initial_window;
         config.send_window = self.hello.initial_window;
-        Link::start(self.framed, Role::Gateway, config, false)
+        Link::start_observed(self.framed, Role::Gateway, config, false, observer)
     }
 
     /// Accepts the service at once: starts the link and sends `welcome`.

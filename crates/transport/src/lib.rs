@@ -24,6 +24,7 @@ pub use handshake::{accept_hello, dial, HandshakeError, PendingService};
 pub use link::flow::{DataReceiver, DataSender, StreamError};
 pub use link::{
     IncomingRequest, IncomingResponse, Link, LinkConfig, LinkEvent, OutgoingCall, Responder, Role, StreamHandle,
+    TrafficObserver,
 };
 
 use tokio::io::{AsyncRead, AsyncWrite};

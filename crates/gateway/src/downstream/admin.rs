@@ -22,6 +22,7 @@ use hyper::body::Incoming;
 use std::sync::Arc;
 
 use super::{dashboard, health};
+use crate::observe::metrics::services::InstanceState;
 use crate::observe::metrics::{self, ScrapedState};
 use crate::reload::ReloadError;
 use crate::response::error::GatewayError;
@@ -62,6 +63,7 @@ async fn route(gateway: &Arc<Gateway>, request: Request<Incoming>) -> Response<G
                 budget_limit: gateway.config().limits.payload.max_aggregate_inflight_bytes,
                 services: gateway.service_connections(),
                 clients: gateway.connections().open(),
+                instances: gateway.routing().instances().iter().map(|i| InstanceState::of(i)).collect(),
             };
             let text = gateway.metrics().render(&state);
             let mut response = Response::new(GatewayBody::full(Bytes::from(text)));

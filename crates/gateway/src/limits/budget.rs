@@ -27,7 +27,9 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use prometheus_client::metrics::gauge::Gauge;
 use serde::Serialize;
+use std::sync::atomic::AtomicU64;
 use thiserror::Error;
 use tokio::sync::futures::Notified;
 use tokio::sync::Notify;
@@ -50,6 +52,9 @@ pub enum BudgetExceeded {
     #[error("mount exceeds its in-flight share")]
     PerMount,
 }
+
+/// A gauge of bytes, which a reservation moves as it grows and shrinks.
+pub(crate) type ByteGauge = Gauge<u64, AtomicU64>;
 
 /// Each mount's share of the budget (its `max_inflight_bytes`), by mount prefix; a mount
 /// without a share is absent.
@@ -79,6 +84,9 @@ pub struct BudgetCounters {
     pub aggregate_bytes: u64,
     /// Bytes reserved per service connection id (only connections holding bytes).
     pub per_connection_bytes: HashMap<u64, u64>,
+    /// Open reservations per service connection id (only connections with one): how many
+    /// requests and WebSockets draw on each connection's limit.
+    pub per_connection_reservations: HashMap<u64, u64>,
     /// Bytes reserved per mount prefix (only mounts holding bytes): which mount's
     /// traffic fills the budget, to compare with the shares.
     pub per_mount_bytes: HashMap<String, u64>,
@@ -98,6 +106,8 @@ struct Counters {
     shares: MountShares,
     aggregate: u64,
     per_connection: HashMap<u64, u64>,
+    /// Open reservations per connection; only connections with one, like `per_client`.
+    per_connection_reservations: HashMap<u64, u64>,
     /// Only clients holding bytes: the map stays as small as the set of active holders.
     per_client: HashMap<String, u64>,
     /// Only mounts holding bytes, like `per_client`.
@@ -125,6 +135,7 @@ impl PayloadBudget {
             shares,
             aggregate: 0,
             per_connection: HashMap::new(),
+            per_connection_reservations: HashMap::new(),
             per_client: HashMap::new(),
             per_mount: HashMap::new(),
             reservations: 0,
@@ -167,9 +178,14 @@ impl PayloadBudget {
         mount: &str,
         per_call: u64,
     ) -> Reservation {
-        self.lock().reservations += 1;
+        {
+            let mut c = self.lock();
+            c.reservations += 1;
+            *c.per_connection_reservations.entry(connection).or_insert(0) += 1;
+        }
         let client = client.map(str::to_owned);
-        Reservation { budget: Arc::clone(self), connection, client, mount: mount.to_owned(), bytes: 0, per_call }
+        let mount = mount.to_owned();
+        Reservation { budget: Arc::clone(self), connection, client, mount, bytes: 0, per_call, route_bytes: None }
     }
 
     /// A wait for bytes to be given back. Enable it before trying to reserve, so that a
@@ -191,6 +207,7 @@ impl PayloadBudget {
         BudgetCounters {
             aggregate_bytes: c.aggregate,
             per_connection_bytes: c.per_connection.clone(),
+            per_connection_reservations: c.per_connection_reservations.clone(),
             per_mount_bytes: c.per_mount.clone(),
             reservations: c.reservations,
             top_clients,
@@ -321,14 +338,40 @@ pub(crate) struct Reservation {
     bytes: u64,
     /// This request's per-call limit.
     per_call: u64,
+    /// The bytes in flight on the request's route, for the metrics: follows `bytes`.
+    route_bytes: Option<ByteGauge>,
 }
 
 impl Reservation {
     /// Reserves `bytes` more, or nothing if any limit would be crossed.
     pub(crate) fn try_grow(&mut self, bytes: u64) -> Result<(), BudgetExceeded> {
         self.budget.grow(self, bytes)?;
-        self.bytes += bytes;
+        self.count(bytes);
         Ok(())
+    }
+
+    /// Counts `bytes` also into `route_bytes`, the gauge of bytes in flight on the
+    /// request's route, from now until they are released.
+    pub(crate) fn counting_into(mut self, route_bytes: ByteGauge) -> Self {
+        route_bytes.inc_by(self.bytes);
+        self.route_bytes = Some(route_bytes);
+        self
+    }
+
+    /// `bytes` more are held.
+    fn count(&mut self, bytes: u64) {
+        self.bytes += bytes;
+        if let Some(gauge) = &self.route_bytes {
+            gauge.inc_by(bytes);
+        }
+    }
+
+    /// `bytes` fewer are held.
+    fn uncount(&mut self, bytes: u64) {
+        self.bytes -= bytes;
+        if let Some(gauge) = &self.route_bytes {
+            gauge.dec_by(bytes);
+        }
     }
 
     /// Reserves as much of `bytes` as fits under every limit, at least one byte, and says
@@ -337,7 +380,7 @@ impl Reservation {
     /// `upstream/websocket/flight.rs`) uses it to read no more than there is room for.
     pub(crate) fn try_grow_at_most(&mut self, bytes: u64) -> Result<u64, BudgetExceeded> {
         let granted = self.budget.grow_at_most(self, bytes)?;
-        self.bytes += granted;
+        self.count(granted);
         Ok(granted)
     }
 
@@ -365,7 +408,7 @@ impl Reservation {
     pub(crate) fn shrink_to(&mut self, bytes: u64) {
         let excess = self.bytes.saturating_sub(bytes);
         self.budget.shrink(self, excess);
-        self.bytes -= excess;
+        self.uncount(excess);
     }
 
     /// The budget this reservation draws on.
@@ -388,9 +431,11 @@ impl Reservation {
 impl Drop for Reservation {
     fn drop(&mut self) {
         self.budget.shrink(self, self.bytes);
+        self.uncount(self.bytes);
         let idle = {
             let mut c = self.budget.lock();
             c.reservations = c.reservations.saturating_sub(1);
+            release_from(&mut c.per_connection_reservations, &self.connection, 1);
             c.aggregate == 0 && c.reservations == 0
         };
         if idle {
@@ -544,6 +589,28 @@ mod tests {
         a.release(100);
         assert_eq!(a.bytes(), 0);
         assert_eq!(budget.counters().aggregate_bytes, 0);
+    }
+
+    #[test]
+    fn reservations_are_counted_per_connection_and_bytes_per_route() {
+        let budget = PayloadBudget::new(limits(100, 100, 100), MountShares::new());
+        let route = ByteGauge::default();
+        let mut a = budget.open(1, None).counting_into(route.clone());
+        let mut b = budget.open(1, None).counting_into(route.clone());
+        let c = budget.open(2, None);
+        a.try_grow(10).unwrap();
+        b.try_grow_at_most(5).unwrap();
+        let counters = budget.counters();
+        assert_eq!(counters.per_connection_reservations, HashMap::from([(1, 2), (2, 1)]));
+        assert_eq!(route.get(), 15);
+        a.shrink_to(4);
+        assert_eq!(route.get(), 9);
+        drop((a, c));
+        assert_eq!(route.get(), 5);
+        assert_eq!(budget.counters().per_connection_reservations, HashMap::from([(1, 1)]));
+        drop(b);
+        assert_eq!(route.get(), 0);
+        assert!(budget.counters().per_connection_reservations.is_empty());
     }
 
     proptest! {

@@ -31,6 +31,7 @@ use weir_transport::{DataReceiver, StreamError, StreamHandle};
 use crate::limits::bandwidth::Shaper;
 use crate::limits::in_flight::Registered;
 use crate::limits::stall::{self, StreamWatch};
+use crate::observe::metrics::backpressure::CreditWait;
 use crate::observe::metrics::Metrics;
 use crate::response::file::FileBody;
 use crate::routing::InFlightGuard;
@@ -174,6 +175,11 @@ struct Relay {
     /// The registry entry: counts bytes out; an operator's cancel ends the body.
     registered: Option<Registered>,
     operator_cancel: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
+    /// Counts the waits for the client, from `handed` to the next poll.
+    client_wait: CreditWait,
+    /// When the last chunk was handed to the client's connection, until it asks for the
+    /// next one.
+    handed: Option<std::time::Instant>,
 }
 
 /// Bounds on a relayed download.
@@ -186,6 +192,9 @@ pub(crate) struct RelayLimits {
     pub registered: Option<Registered>,
     /// Where the body's failure is counted.
     pub metrics: Arc<Metrics>,
+    /// Where the time the client takes to take each chunk is counted: the service's
+    /// credit for it is withheld meanwhile.
+    pub client_wait: CreditWait,
 }
 
 impl GatewayBody {
@@ -276,6 +285,8 @@ impl GatewayBody {
             pace: Pace::new(limits.shaper, limits.download_timeout),
             operator_cancel: limits.registered.as_ref().map(|r| Box::pin(r.cancel.clone().cancelled_owned())),
             registered: limits.registered,
+            client_wait: limits.client_wait,
+            handed: None,
         };
         GatewayBody::of(Kind::Relay(relay))
     }
@@ -344,9 +355,14 @@ fn poll_file(
 impl Relay {
     /// The next piece of the body; a failure is counted once, as it ends the body.
     fn poll_chunk(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        if let Some(handed) = self.handed.take() {
+            self.client_wait.add(handed.elapsed());
+        }
         let polled = self.poll_relay(cx);
-        if let Poll::Ready(Some(Err(err))) = &polled {
-            self.metrics.relay_failure(err);
+        match &polled {
+            Poll::Ready(Some(Err(err))) => self.metrics.relay_failure(err),
+            Poll::Ready(Some(Ok(_))) => self.handed = Some(std::time::Instant::now()),
+            _ => {}
         }
         polled
     }

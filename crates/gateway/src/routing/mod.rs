@@ -396,6 +396,11 @@ impl<L: Clone + Send + Sync + 'static> RoutingTable<L> {
         healthy.map(|i| i.identity.service.clone()).collect()
     }
 
+    /// Every registered instance, whatever it serves (the metrics' scrape).
+    pub fn instances(&self) -> Vec<Arc<Instance<L>>> {
+        self.published.load().instances.values().cloned().collect()
+    }
+
     fn lock_state(&self) -> MutexGuard<'_, State<L>> {
         // A panic while the lock was held cannot leave the state half-changed: checks run
         // before any change and the changes themselves cannot fail.

@@ -71,10 +71,12 @@ impl Gateway {
             Ok(pending) => pending,
             Err(err) => {
                 tracing::warn!(%peer, error = %err, "service connection refused during handshake");
+                self.metrics().services.handshake_failed(&err);
                 return;
             }
         };
         if let Err((code, reason)) = self.authorize_hello(&pending.hello, &peer) {
+            self.metrics().services.hello_refused(code);
             return pending.refuse(code, &reason).await;
         }
         let hello = pending.hello.clone();
@@ -88,10 +90,12 @@ impl Gateway {
             max_update_endpoints: services.max_endpoints,
             ..LinkConfig::default()
         };
-        let (link, events) = pending.start(&welcome, link_config);
+        let counters = self.metrics().services.link_counters(&hello.service);
+        let (link, events) = pending.start_observed(&welcome, link_config, Some(counters));
         let conn_id = self.links.next_id();
         if let Err(err) = self.routing.register(conn_id, &hello, link.clone(), Instant::now()) {
             tracing::warn!(%peer, service = %hello.service, instance = %hello.instance_id, reason = %err, "service registration refused");
+            self.metrics().services.hello_refused(ErrorCode::RegistrationRefused);
             link.close_with_error(ErrorCode::RegistrationRefused, err.to_string());
             return;
         }
@@ -115,6 +119,7 @@ impl Gateway {
             return;
         }
         tracing::info!(%peer, conn_id, service = %hello.service, version = %hello.version, instance = %hello.instance_id, endpoints = hello.endpoints.len(), "service registered");
+        self.metrics().services.registered(&hello.service, &hello.instance_id);
         self.follow_link(conn_id, &link, events, &proof).await;
         self.routing.remove(conn_id);
         self.links.remove(conn_id);

@@ -25,15 +25,17 @@ use weir_proto::{BodyMode, CancelReason, EndpointDescriptor, RequestHead};
 use weir_transport::{DataSender, Link};
 
 use super::request_body::{ClientBody, ReadPolicy};
-use super::{await_response, budget_error, open_call, request_head, respond, Admitted, Forwarded, Upstream};
+use super::{await_response, open_call, request_head, respond, Admitted, Forwarded, Upstream};
 use crate::config::MountSettings;
 use crate::limits::bandwidth::Shaper;
 use crate::limits::body_size::{check_declared_length, content_length};
 use crate::limits::budget::{BudgetExceeded, Reservation};
 use crate::limits::client_key;
 use crate::limits::in_flight::Traffic;
+use crate::observe::metrics::backpressure::{CreditWait, WaitingFor};
+use crate::observe::metrics::Metrics;
 use crate::response::error::GatewayError;
-use crate::response::{GatewayBody, RelayLimits};
+use crate::response::GatewayBody;
 use crate::routing::RoutingDecision;
 
 /// Answers one client request by way of a service.
@@ -58,8 +60,7 @@ pub(crate) async fn dispatch(
     let Admitted { settings, decision, shaper, registered, .. } = admitted;
     let operator = registered.as_ref().map(|r| r.cancel.clone());
     let response = await_response(forwarded, decision.effective_timeout, operator).await?;
-    let metrics = Arc::clone(upstream.metrics);
-    let limits = RelayLimits { shaper, download_timeout: settings.download_timeout, registered, metrics };
+    let limits = upstream.relay_limits(settings, &decision.template, shaper, registered);
     respond(response, &parts.method, in_flight, limits)
 }
 
@@ -109,6 +110,7 @@ fn plan_body<B: http_body::Body>(
     let streaming = endpoint.supports_streaming && length.is_none_or(|n| n > per_call);
     if !streaming {
         if let Some(n) = length.filter(|n| *n > per_call) {
+            upstream.metrics.budget.refused(BudgetExceeded::PerCall);
             let detail = format!("buffered body of {n} bytes exceeds the per-call limit of {per_call}");
             return Err(GatewayError::PayloadTooLarge(detail));
         }
@@ -138,15 +140,14 @@ async fn forward_buffered(
     mount: &str,
 ) -> Result<Forwarded, GatewayError> {
     let per_call = plan.per_call;
-    let mut reservation =
-        upstream.budget.open_with_call_limit(decision.instance.conn_id, Some(client), mount, per_call);
+    let mut reservation = upstream.reservation(decision, client, mount, per_call);
     let mut buffer = BytesMut::with_capacity(plan.length.unwrap_or(0).min(per_call) as usize);
     while let Some(chunk) = body.next().await? {
         if buffer.len() as u64 + chunk.len() as u64 > plan.max_total {
             return Err(GatewayError::PayloadTooLarge(format!("body exceeds the limit of {} bytes", plan.max_total)));
         }
         let deadline = Instant::now() + upstream.server.read_timeout;
-        reservation.grow_until(chunk.len() as u64, deadline).await.map_err(|e| budget_error(e, per_call))?;
+        reservation.grow_until(chunk.len() as u64, deadline).await.map_err(|e| upstream.refused(e, per_call))?;
         buffer.extend_from_slice(&chunk);
     }
     head.body = buffer.freeze();
@@ -168,8 +169,7 @@ async fn forward_streamed(
     mount: &str,
 ) -> Result<Forwarded, GatewayError> {
     let window = upstream.window(plan.per_call, plan.length);
-    let reservation =
-        upstream.budget.open_with_call_limit(decision.instance.conn_id, Some(client), mount, plan.per_call);
+    let reservation = upstream.reservation(decision, client, mount, plan.per_call);
     // The window fits in u32: it is at most `stream_window`.
     let initial_credit = u32::try_from(window).unwrap_or(u32::MAX);
     let (mut call, deadline) = open_call(decision, head, initial_credit).await?;
@@ -182,6 +182,8 @@ async fn forward_streamed(
         // has caught up; `window` ≥ 1 and is at most `stream_window`, so it fits usize.
         piece: plan.chunk_size.min(usize::try_from(window).unwrap_or(usize::MAX)),
         room_wait: upstream.server.read_timeout,
+        service_wait: upstream.metrics.backpressure.credit_wait(&decision.template, WaitingFor::Service),
+        metrics: Arc::clone(upstream.metrics),
     };
     Ok(Forwarded { call, deadline, pump: Some(tokio::spawn(pump.run(body))), held: None })
 }
@@ -198,6 +200,10 @@ struct Pump {
     /// Longest wait for room in the shared budget before 503: the read timeout, which
     /// is how long the client could have stalled us anyway.
     room_wait: Duration,
+    /// Where the time spent waiting for the service's credit is counted.
+    service_wait: CreditWait,
+    /// Where a refusal by the budget is counted, by its limit.
+    metrics: Arc<Metrics>,
 }
 
 /// Why the pump stopped forwarding before the body's end.
@@ -312,11 +318,13 @@ impl Pump {
             };
             let acknowledged = self.flight.sender.credit_above(seen);
             let outcome = match refusal {
-                None | Some(BudgetExceeded::PerCall) => acknowledged.await,
+                // The stream's window is full: the service has not acknowledged enough.
+                None | Some(BudgetExceeded::PerCall) => self.service_wait.timed(acknowledged).await,
                 Some(shared) => tokio::select! {
                     acknowledged = acknowledged => acknowledged,
                     () = released => Ok(()),
                     () = tokio::time::sleep_until(deadline) => {
+                        self.metrics.budget.refused(shared);
                         let detail = format!("{shared} (no room for {:?})", self.room_wait);
                         return Err(Stop::Refused(GatewayError::Overloaded(detail)));
                     }

@@ -40,6 +40,7 @@ use crate::limits::connection::ClientConn;
 use crate::limits::in_flight::Registered;
 use crate::limits::slots::KeyedLimiter;
 use crate::observe::exchange::Exchange;
+use crate::observe::metrics::backpressure::WaitingFor;
 use crate::observe::metrics::Metrics;
 use crate::request::forwarded;
 use crate::response::error::GatewayError;
@@ -111,6 +112,39 @@ impl Upstream<'_> {
     /// flight as it reads them.)
     fn window(&self, per_call: u64, length: Option<u64>) -> u64 {
         per_call.min(u64::from(self.limits.stream_window)).min(length.unwrap_or(u64::MAX)).max(1)
+    }
+}
+
+impl Upstream<'_> {
+    /// The client's answer when a reservation does not fit, counted under its limit:
+    /// 413 for the request's own limit, 503 for the client's, the mount's share, the
+    /// connection's or the gateway's.
+    fn refused(&self, err: BudgetExceeded, per_call: u64) -> GatewayError {
+        self.metrics.budget.refused(err);
+        budget_error(err, per_call)
+    }
+
+    /// A reservation for `decision`'s request whose bytes also count on its route.
+    fn reservation<L>(&self, decision: &RoutingDecision<L>, client: &str, mount: &str, per_call: u64) -> Reservation {
+        let reservation = self.budget.open_with_call_limit(decision.instance.conn_id, Some(client), mount, per_call);
+        reservation.counting_into(self.metrics.backpressure.route_bytes(&decision.template))
+    }
+
+    /// The download bounds of a relayed response on `settings`' mount, for `route`.
+    fn relay_limits(
+        &self,
+        settings: &MountSettings,
+        route: &str,
+        shaper: Option<Arc<Shaper>>,
+        registered: Option<Registered>,
+    ) -> RelayLimits {
+        RelayLimits {
+            shaper,
+            download_timeout: settings.download_timeout,
+            registered,
+            metrics: Arc::clone(self.metrics),
+            client_wait: self.metrics.backpressure.credit_wait(route, WaitingFor::Client),
+        }
     }
 }
 

@@ -16,6 +16,9 @@
 //! the peer may have sent them before it saw the end: so a violation is something only a
 //! faulty peer can cause, never a race between two correct ones.
 //! When the link closes, every open stream fails with `ConnectionLost`.
+//!
+//! An owner that counts the link's traffic starts it with a [`TrafficObserver`], told of
+//! each frame as the reader decodes it and as the writer queues it.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -50,6 +53,21 @@ type Violation = String;
 
 /// Largest credit a peer may accumulate on one stream (as HTTP/2: 2^31 - 1).
 const MAX_CREDIT: u64 = (1 << 31) - 1;
+
+/// Told of every frame a link reads and writes, with its size on the wire (header and
+/// payload): how the link's owner counts its traffic (the gateway, per service). Called
+/// from the link's reader and writer tasks, so it must be cheap and never block.
+pub trait TrafficObserver: Send + Sync + std::fmt::Debug {
+    /// A frame of `wire_bytes` was read from the peer.
+    fn frame_read(&self, wire_bytes: usize);
+    /// A frame of `wire_bytes` was queued for the peer, in the order it is written.
+    fn frame_written(&self, wire_bytes: usize);
+}
+
+/// The size of `frame` on the wire.
+fn wire_size(frame: &Frame) -> usize {
+    weir_proto::codec::FRAME_HEADER_LEN + frame.payload.len()
+}
 
 /// Which end of the connection this link is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -185,6 +203,8 @@ struct Shared {
     /// How long the writer has been stuck on bytes the peer does not take: a peer that
     /// stopped reading still heartbeats, so only this shows it.
     write_clock: Arc<WriteClock>,
+    /// Told of every frame read and written, when the owner counts the link's traffic.
+    observer: Option<Arc<dyn TrafficObserver>>,
 }
 
 /// A handle on one multiplexed connection; cheap to clone.
@@ -205,6 +225,17 @@ impl Link {
         config: LinkConfig,
         open: bool,
     ) -> (Link, mpsc::UnboundedReceiver<LinkEvent>) {
+        Link::start_observed(framed, role, config, open, None)
+    }
+
+    /// Like [`Link::start`], telling `observer` of every frame read and written.
+    pub fn start_observed<T: ByteStream>(
+        framed: Framed<T, FrameCodec>,
+        role: Role,
+        config: LinkConfig,
+        open: bool,
+        observer: Option<Arc<dyn TrafficObserver>>,
+    ) -> (Link, mpsc::UnboundedReceiver<LinkEvent>) {
         let (control_tx, control_rx) = mpsc::unbounded_channel();
         let (data_tx, data_rx) = mpsc::channel(config.data_queue.max(1));
         let (events_tx, events_rx) = mpsc::unbounded_channel();
@@ -222,6 +253,7 @@ impl Link {
                 last_received_ms: AtomicU64::new(0),
                 peer_heartbeats: AtomicU64::new(0),
                 write_clock: Arc::default(),
+                observer,
             }),
         };
         let parts = framed.into_parts();
@@ -290,8 +322,12 @@ impl Link {
         self.shared.peer_heartbeats.load(Ordering::Relaxed)
     }
 
-    /// Reader side: a frame arrived now.
-    fn note_received(&self, frame_type: FrameType) {
+    /// Reader side: `frame` arrived now.
+    fn note_received(&self, frame: &Frame) {
+        if let Some(observer) = &self.shared.observer {
+            observer.frame_read(wire_size(frame));
+        }
+        let frame_type = frame.frame_type;
         let ms = u64::try_from(self.shared.started.elapsed().as_millis()).unwrap_or(u64::MAX);
         self.shared.last_received_ms.store(ms, Ordering::Relaxed);
         if frame_type == FrameType::Heartbeat {

@@ -45,7 +45,7 @@ impl Link {
                 }
                 Some(Err(err)) => Err(format!("unreadable frame: {err}")),
                 Some(Ok(frame)) => {
-                    self.note_received(frame.frame_type);
+                    self.note_received(&frame);
                     self.dispatch(frame, &events)
                 }
             };

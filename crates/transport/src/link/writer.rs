@@ -54,7 +54,7 @@ impl Link {
         }
         // Closing: deliver any last control frame (an Error telling the peer why).
         while let Ok(frame) = control.try_recv() {
-            if sink.push(frame).is_err() {
+            if self.queue(&mut sink, frame).is_err() {
                 return;
             }
         }
@@ -81,7 +81,7 @@ impl Link {
                     Err(_) => break,
                 },
             };
-            sink.push(next)?;
+            self.queue(sink, next)?;
             if sink.queued() >= FLUSH_AT {
                 sink.flush().await?;
             }
@@ -99,9 +99,19 @@ impl Link {
         let ends_stream = matches!(frame.frame_type, FrameType::Cancel | FrameType::Error) && frame.correlation_id != 0;
         if ends_stream && self.is_open() {
             while let Ok(queued) = data.try_recv() {
-                sink.push(queued)?;
+                self.queue(sink, queued)?;
             }
         }
-        sink.push(frame)
+        self.queue(sink, frame)
+    }
+
+    /// Queues `frame` for writing, telling the link's observer.
+    fn queue<T: ByteStream>(&self, sink: &mut FrameSink<T>, frame: Frame) -> Result<(), ProtoError> {
+        let size = super::wire_size(&frame);
+        sink.push(frame)?;
+        if let Some(observer) = &self.shared.observer {
+            observer.frame_written(size);
+        }
+        Ok(())
     }
 }

@@ -27,6 +27,7 @@ mod limits;
 mod liveness;
 mod mount_settings;
 mod observability;
+mod observability_services;
 mod paths;
 mod protections;
 mod proxy_headers;

@@ -30,7 +30,7 @@ pub(crate) fn value(text: &str, series: &str) -> f64 {
 
 /// Scrapes until `holds`, within [`WAIT`]: a request is reported once hyper has let go
 /// of its response body, a moment after the client has read it.
-async fn until_scraped(h: &Harness, holds: impl Fn(&str) -> bool) -> String {
+pub(crate) async fn until_scraped(h: &Harness, holds: impl Fn(&str) -> bool) -> String {
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
         let text = scrape(h).await;

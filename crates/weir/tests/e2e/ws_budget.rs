@@ -151,7 +151,14 @@ async fn idle_websockets_hold_nothing_in_the_budget() {
     h.assert_budget_released().await;
     assert_eq!(
         budget_view(&h).await,
-        json!({"aggregate_bytes": 0, "per_connection_bytes": {}, "per_mount_bytes": {}, "reservations": 0, "top_clients": []})
+        json!({
+            "aggregate_bytes": 0,
+            "per_connection_bytes": {},
+            "per_connection_reservations": {},
+            "per_mount_bytes": {},
+            "reservations": 0,
+            "top_clients": []
+        })
     );
 }
 

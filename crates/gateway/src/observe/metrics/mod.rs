@@ -11,7 +11,12 @@
 //! semantic conventions where one exists (`http_server_*`) and are `weir_*` otherwise;
 //! `docs/operations.md` lists them all.
 
+pub(crate) mod backpressure;
+pub(crate) mod budget;
 pub(crate) mod http;
+mod process;
+pub(crate) mod services;
+pub(crate) mod websocket;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -63,6 +68,14 @@ pub struct Metrics {
     pub(crate) access_log_dropped: Counter,
     /// Per route: durations, body sizes, requests in flight, refusals.
     pub(crate) http: http::HttpMetrics,
+    /// The payload budget per service connection, and its refusals by limit.
+    pub(crate) budget: budget::BudgetMetrics,
+    /// Credit waits and bytes in flight per route.
+    pub(crate) backpressure: backpressure::BackpressureMetrics,
+    /// Instances, links, reconnects and handshake failures of services.
+    pub(crate) services: services::ServiceMetrics,
+    /// Open WebSocket sessions, their messages and closes, per mount.
+    pub(crate) websocket: websocket::WebSocketMetrics,
     /// Read from the gateway's state at each scrape ([`Metrics::render`]).
     scraped: ScrapedGauges,
 }
@@ -89,6 +102,10 @@ impl Default for Metrics {
             config_reloads: Family::default(),
             access_log_dropped: Counter::default(),
             http: http::HttpMetrics::default(),
+            budget: budget::BudgetMetrics::default(),
+            backpressure: backpressure::BackpressureMetrics::default(),
+            services: services::ServiceMetrics::default(),
+            websocket: websocket::WebSocketMetrics::default(),
             scraped: ScrapedGauges::default(),
             registry: Registry::default(),
         };
@@ -130,6 +147,11 @@ impl Metrics {
         let dropped = "Access log lines dropped (the writer fell behind or a write failed)";
         registry.register("weir_access_log_dropped_lines", dropped, self.access_log_dropped.clone());
         self.http.register(registry);
+        self.budget.register(registry);
+        self.backpressure.register(registry);
+        self.services.register(registry);
+        self.websocket.register(registry);
+        registry.register_collector(Box::new(process::ProcessCollector::new()));
         let s = &self.scraped;
         let reserved = "Request bytes reserved in the payload budget";
         registry.register_with_unit("weir_budget_reserved", reserved, Unit::Bytes, s.budget_reserved.clone());
@@ -213,6 +235,8 @@ impl Metrics {
         s.budget_limit.set(gauge_value(state.budget_limit));
         s.service_connections.set(gauge_value(state.services as u64));
         s.client_connections.set(gauge_value(state.clients as u64));
+        self.services.scrape(&state.instances);
+        self.budget.scrape(&state.budget, &state.instances);
         let mut out = String::new();
         // Writing into a String cannot fail; an encoding error would be a bug in a
         // label's encoder, and a scrape then shows what was written before it.
@@ -231,9 +255,23 @@ pub(crate) struct ScrapedState {
     pub budget_limit: u64,
     pub services: usize,
     pub clients: usize,
+    /// The registered service instances.
+    pub instances: Vec<services::InstanceState>,
 }
 
 /// A count as a gauge's signed value (counts never come near `i64::MAX`).
 fn gauge_value(count: u64) -> i64 {
     i64::try_from(count).unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use prometheus_client::registry::Registry;
+
+    /// `registry` in the text exposition.
+    pub(crate) fn encode(registry: &Registry) -> String {
+        let mut text = String::new();
+        prometheus_client::encoding::prometheus_text::encode(&mut text, registry).unwrap();
+        text
+    }
 }

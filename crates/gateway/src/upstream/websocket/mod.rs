@@ -39,7 +39,6 @@
 //! the session task), so every exit path, including a client that never completes the
 //! upgrade, releases them; the stream is cancelled unless it completed.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use http::header::{HeaderValue, CONNECTION, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_PROTOCOL};
@@ -54,8 +53,9 @@ use super::{await_response, open_call, request_head, respond, Admitted, Forwarde
 use crate::limits::budget::Reservation;
 use crate::limits::client_key;
 use crate::limits::slots::Permit;
+use crate::observe::metrics::backpressure::WaitingFor;
 use crate::response::error::GatewayError;
-use crate::response::{GatewayBody, RelayLimits};
+use crate::response::GatewayBody;
 
 mod deflate;
 mod flight;
@@ -108,7 +108,7 @@ pub(crate) async fn relay(
     let on_upgrade = hyper::upgrade::on(&mut request);
     let (parts, _) = request.into_parts();
     let head = request_head(&parts, &admitted, BodyMode::Streamed, upstream.server);
-    let Admitted { settings, decision, shaper, registered, conn, exchange, .. } = admitted;
+    let Admitted { mount, settings, decision, shaper, registered, conn, exchange, .. } = admitted;
     // The window fits in u32: it is at most `stream_window`.
     let (mut call, deadline) = open_call(&decision, head, u32::try_from(window).unwrap_or(u32::MAX)).await?;
     let sender =
@@ -121,8 +121,7 @@ pub(crate) async fn relay(
         Answer::Refused(response) => {
             // Refused: end our direction, then answer the client as for any request.
             let _ = sender.finish().await;
-            let metrics = Arc::clone(upstream.metrics);
-            let limits = RelayLimits { shaper, download_timeout: settings.download_timeout, registered, metrics };
+            let limits = upstream.relay_limits(settings, &decision.template, shaper, registered);
             return respond((response, call), &parts.method, in_flight, limits);
         }
     };
@@ -130,7 +129,11 @@ pub(crate) async fn relay(
     // An HTTP/2 WebSocket is one stream among others: its connection must count it.
     let stream_in_flight = (handshake == Handshake::Http2).then(|| conn.slot.request_started());
     exchange.on_websocket();
+    let backpressure = &upstream.metrics.backpressure;
     let session = Session {
+        meter: upstream.metrics.websocket.open(mount),
+        service_wait: backpressure.credit_wait(&decision.template, WaitingFor::Service),
+        client_wait: backpressure.credit_wait(&decision.template, WaitingFor::Client),
         sender,
         receiver,
         handle: call.handle,
@@ -189,7 +192,7 @@ enum Handshake {
 fn open_reservation(upstream: &Upstream<'_>, admitted: &Admitted<'_>, per_call: u64) -> Reservation {
     let client = client_key(admitted.subject.as_deref(), admitted.client);
     let limit = session::in_flight_limit(per_call, admitted.settings.ws_max_message_size);
-    upstream.budget.open_with_call_limit(admitted.decision.instance.conn_id, Some(&client), admitted.mount, limit)
+    upstream.reservation(&admitted.decision, &client, admitted.mount, limit)
 }
 
 /// The user's WebSocket slot on the mount (the user being the authenticated subject, else

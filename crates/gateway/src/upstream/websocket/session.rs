@@ -55,6 +55,8 @@ use crate::limits::in_flight::Registered;
 use crate::limits::rate::quota;
 use crate::limits::slots::Permit;
 use crate::observe::exchange::Exchange;
+use crate::observe::metrics::backpressure::CreditWait;
+use crate::observe::metrics::websocket::SessionMeter;
 use crate::routing::InFlightGuard;
 
 /// How long each side gets to finish closing once the session has decided to end.
@@ -68,6 +70,9 @@ pub(crate) const READ_BUFFER: usize = 16 * 1024;
 /// Close code: the client was held back (no room in the budget or the service's window)
 /// longer than the idle timeout; RFC 6455's "Try Again Later".
 const CLOSE_TRY_AGAIN_LATER: u16 = 1013;
+/// Close code of a connection gone without a close frame (RFC 6455 §7.1.5); never sent,
+/// only counted.
+const CLOSE_ABNORMAL: u16 = 1006;
 /// The reason sent with [`CLOSE_TRY_AGAIN_LATER`].
 const TRY_AGAIN_LATER: &str = "Try again later";
 
@@ -120,6 +125,13 @@ pub(crate) struct Session {
     pub window: u64,
     /// Cancelled when the gateway shuts down: close the client with 1001 "Going away".
     pub going_away: tokio_util::sync::CancellationToken,
+    /// The session's counters per mount; it counts as open until dropped.
+    pub meter: SessionMeter,
+    /// Where the time spent handing messages to the service's stream is counted.
+    pub service_wait: CreditWait,
+    /// Where the time spent handing messages to the client is counted (the service's
+    /// credit is withheld meanwhile).
+    pub client_wait: CreditWait,
     /// Held for their drops: the user's slot, the in-flight count.
     pub _permit: Permit<String>,
     /// The client connection: keeps its per-IP slot for the life of the WebSocket.
@@ -202,6 +214,7 @@ impl Session {
         let (mut to_client, mut from_client) = ws.split();
         let plan = self.relay(&mut to_client, &mut from_client).await;
         tracing::debug!(?plan, "WebSocket ending");
+        self.meter.closed(plan.close_code());
         let Session { sender, receiver, handle, flight, .. } = self;
         let client = close_client(to_client, from_client, plan.client, &flight);
         let service = close_service(sender, receiver, handle, plan.service);
@@ -218,20 +231,23 @@ impl Session {
             }
         };
         let traffic = self.exchange.traffic();
+        let meter = &self.meter;
         let count_in = |n: usize| {
             traffic.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
+            meter.client_to_service.message(n);
         };
         let count_out = |n: usize| {
             traffic.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
+            meter.service_to_client.message(n);
         };
         let max_message = self.limits.max_message;
         let compressor = self.deflate.as_ref().map(Compressor::new);
-        let mut outbound = Outbound { sender: &mut self.sender, flight: &self.flight, window: self.window };
+        let mut outbound =
+            Outbound { sender: &mut self.sender, flight: &self.flight, window: self.window, wait: &self.service_wait };
+        let inbound = Inbound { receiver: &mut self.receiver, wait: &self.client_wait };
         tokio::select! {
             end = upstream(from_client, &mut outbound, &self.limits, count_in) => plan_for_client(end),
-            end = downstream(&mut self.receiver, to_client, compressor, max_message, count_out) => {
-                plan_for_service(end)
-            }
+            end = downstream(inbound, to_client, compressor, max_message, count_out) => plan_for_service(end),
             () = operator_cancel => Plan {
                 client: ClientClose::Send(close_frame(ws::CLOSE_POLICY, "Cancelled by an operator")),
                 service: ServiceClose::Cancel(CancelReason::Administrative),
@@ -250,6 +266,15 @@ struct Outbound<'s> {
     flight: &'s Flight,
     /// The stream's initial credit: the window minus the credit left is unacknowledged.
     window: u64,
+    /// Counts the time messages wait to be taken by the stream (its credit, the link).
+    wait: &'s CreditWait,
+}
+
+/// The stream from the service, and where the waits for the client are counted.
+struct Inbound<'s> {
+    receiver: &'s mut DataReceiver,
+    /// Counts the time messages wait to be taken by the client.
+    wait: &'s CreditWait,
 }
 
 impl Outbound<'_> {
@@ -321,7 +346,7 @@ async fn upstream(
         outbound.flight.hand_over();
         count(forward.payload_len());
         let sent = tokio::select! {
-            sent = send_message(outbound.sender, &forward) => sent,
+            sent = outbound.wait.timed(send_message(outbound.sender, &forward)) => sent,
             () = tokio::time::sleep_until(deadline) => return ClientEnd::HeldBack { mid_message: true },
         };
         if sent.is_err() {
@@ -366,7 +391,7 @@ fn client_error(err: WsError) -> ClientEnd {
 /// Service → client: every decoded message until a close, an error or the end;
 /// compressed when the client negotiated it.
 async fn downstream(
-    receiver: &mut DataReceiver,
+    Inbound { receiver, wait }: Inbound<'_>,
     to_client: &mut SplitSink<Ws, Message>,
     mut compressor: Option<Compressor>,
     max_message: usize,
@@ -394,7 +419,7 @@ async fn downstream(
                 Ok(out) => out,
                 Err(err) => return ServiceEnd::Failed(err.to_string()),
             };
-            if let Err(err) = to_client.send(out).await {
+            if let Err(err) = wait.timed(to_client.send(out)).await {
                 return ServiceEnd::ClientGone(err.to_string());
             }
         }
@@ -430,6 +455,20 @@ fn malformed(err: WsFramingError) -> ServiceEnd {
         _ => CancelReason::HandlerFailed,
     };
     ServiceEnd::Broken { reason: format!("malformed message from the service: {err}"), cancel: Some(cancel) }
+}
+
+impl Plan {
+    /// The code the session closes with, for the metrics: the one the client is sent,
+    /// else the client's own (passed on to the service), else 1006 for a client gone
+    /// without a close frame; `None` for a close without a code.
+    fn close_code(&self) -> Option<u16> {
+        match (&self.client, &self.service) {
+            (ClientClose::Send(frame), _) => frame.as_ref().map(|f| u16::from(f.code)),
+            (ClientClose::Acknowledge, ServiceClose::Send(WsMessage::Close { code, .. })) => Some(*code),
+            (ClientClose::Acknowledge, _) => None,
+            (ClientClose::Abandon, _) => Some(CLOSE_ABNORMAL),
+        }
+    }
 }
 
 /// The client ended first.
