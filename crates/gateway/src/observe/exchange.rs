@@ -11,7 +11,9 @@
 //!
 //! The request id is the client's `x-request-id` when it is a plausible id (at most 128
 //! characters of letters, digits and `-_.:/+=@`), else a new random one (32 hex
-//! digits); the service gets it in the request and the client in the response.
+//! digits); the service gets it in the request and the client in the response. The
+//! request's trace context is settled at the same moment ([`crate::observe::trace`]),
+//! and its span ends when the exchange does.
 
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -28,6 +30,8 @@ use http_body::{Body, Frame, SizeHint};
 use crate::limits::in_flight::Traffic;
 use crate::observe::metrics::http::{method_label, Finished, MountLabel, RouteLabels};
 use crate::observe::metrics::Metrics;
+use crate::observe::otlp::SpanExport;
+use crate::observe::trace::{GatewaySpan, SpanEnd};
 use crate::response::error::GatewayError;
 use crate::routing::RoutingDecision;
 
@@ -59,6 +63,8 @@ pub(crate) struct Exchange {
     metrics: Arc<Metrics>,
     /// What the phases learned; each writes once, from one task at a time.
     facts: Mutex<Facts>,
+    /// The request's span in its trace: the service's parent, finished at the end.
+    span: GatewaySpan,
 }
 
 /// What a request's phases learned about it.
@@ -82,8 +88,13 @@ struct Facts {
 
 impl Exchange {
     /// The record of `request`, which arrived just now on a connection from `peer`; its
-    /// request id is settled here and written into the request's headers.
-    pub(crate) fn begin<B>(metrics: &Arc<Metrics>, request: &mut Request<B>, peer: SocketAddr) -> Arc<Exchange> {
+    /// request id and trace context are settled here and written into its headers.
+    pub(crate) fn begin<B>(
+        metrics: &Arc<Metrics>,
+        spans: Option<&Arc<SpanExport>>,
+        request: &mut Request<B>,
+        peer: SocketAddr,
+    ) -> Arc<Exchange> {
         let request_id = match request.headers().get(&REQUEST_ID) {
             Some(id) if is_plausible_id(id.as_bytes()) => id.clone(),
             _ => {
@@ -92,6 +103,7 @@ impl Exchange {
                 id
             }
         };
+        let span = GatewaySpan::begin(request, spans);
         Arc::new(Exchange {
             started: Instant::now(),
             started_at: SystemTime::now(),
@@ -103,6 +115,7 @@ impl Exchange {
             traffic: Arc::default(),
             metrics: Arc::clone(metrics),
             facts: Mutex::default(),
+            span,
         })
     }
 
@@ -190,6 +203,21 @@ impl Drop for Exchange {
         if let Some(mount) = &facts.mount {
             self.metrics.http.ended(&MountLabel { mount: Arc::clone(mount) });
         }
+        self.span.finish(&SpanEnd {
+            method: &self.method,
+            path: &self.path,
+            version: self.version,
+            started: (self.started, self.started_at),
+            mount: facts.mount.as_deref(),
+            route: facts.route.as_deref(),
+            service: facts.service.as_deref(),
+            instance: facts.instance.as_deref(),
+            status: facts.status,
+            refusal: facts.refusal,
+            admitted: facts.admitted,
+            routed: facts.routed,
+            first_byte: facts.first_byte,
+        });
     }
 }
 
@@ -255,17 +283,17 @@ mod tests {
         let metrics = Arc::new(Metrics::default());
         let peer: SocketAddr = "127.0.0.1:1".parse().unwrap();
         let mut kept = Request::get("/x").header("x-request-id", "abc-123:ZZ").body(()).unwrap();
-        assert_eq!(Exchange::begin(&metrics, &mut kept, peer).request_id(), "abc-123:ZZ");
+        assert_eq!(Exchange::begin(&metrics, None, &mut kept, peer).request_id(), "abc-123:ZZ");
         for bad in ["has space", "quote\"", &"x".repeat(129), ""] {
             let mut replaced = Request::get("/x").header("x-request-id", bad).body(()).unwrap();
-            let exchange = Exchange::begin(&metrics, &mut replaced, peer);
+            let exchange = Exchange::begin(&metrics, None, &mut replaced, peer);
             let id = exchange.request_id().to_str().unwrap().to_owned();
             assert_eq!(id.len(), 32, "{bad:?} replaced by {id}");
             assert_eq!(replaced.headers()["x-request-id"], id, "the service gets the new id");
         }
         let mut none = Request::get("/x").body(()).unwrap();
-        let first = Exchange::begin(&metrics, &mut none, peer).request_id().clone();
+        let first = Exchange::begin(&metrics, None, &mut none, peer).request_id().clone();
         let mut again = Request::get("/x").body(()).unwrap();
-        assert_ne!(first, Exchange::begin(&metrics, &mut again, peer).request_id(), "ids are random");
+        assert_ne!(first, Exchange::begin(&metrics, None, &mut again, peer).request_id(), "ids are random");
     }
 }

@@ -1,6 +1,8 @@
 //! What the gateway shows of itself: the metrics served at the admin listener's
-//! `/metrics` ([`metrics`], on the `prometheus-client` crate) and the record each client
-//! request keeps of itself from its head to its end ([`exchange`]), which feeds them.
+//! `/metrics` ([`metrics`], on the `prometheus-client` crate), the record each client
+//! request keeps of itself from its head to its end ([`exchange`]), which feeds them, and
+//! each request's place in its distributed trace ([`trace`]) with the export of the
+//! gateway's spans over OTLP ([`otlp`]).
 //!
 //! Beside the request's path, like `limits`: every phase may write into the request's
 //! [`exchange::Exchange`], and nothing here calls back into the phases. Label values
@@ -10,3 +12,5 @@
 
 pub(crate) mod exchange;
 pub mod metrics;
+pub mod otlp;
+pub(crate) mod trace;

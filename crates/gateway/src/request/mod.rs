@@ -230,7 +230,7 @@ mod tests {
 
     fn exchange() -> Arc<Exchange> {
         let metrics = Arc::default();
-        Exchange::begin(&metrics, &mut Request::get("/x").body(()).unwrap(), "127.0.0.1:4000".parse().unwrap())
+        Exchange::begin(&metrics, None, &mut Request::get("/x").body(()).unwrap(), "127.0.0.1:4000".parse().unwrap())
     }
 
     fn request(path: &str, headers: &[(&str, &str)]) -> Request<()> {

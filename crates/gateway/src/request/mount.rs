@@ -36,6 +36,9 @@ pub enum GatewayStartError {
     /// The client listener's certificates (`[server.tls]`) cannot be served.
     #[error("{0}")]
     Tls(#[from] crate::ClientTlsError),
+    /// The span export (`[tracing]`) cannot be set up.
+    #[error("{0}")]
+    Tracing(#[from] crate::TracingError),
 }
 
 /// A mount as the running gateway uses it: its configuration and the state its phases

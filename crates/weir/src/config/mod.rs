@@ -30,7 +30,7 @@ mod tests;
 mod values;
 
 use reader::{Order, Reader, Section};
-use sections::{read_limits, read_routing, read_server, read_services};
+use sections::{read_limits, read_routing, read_server, read_services, read_tracing};
 use values::*;
 
 const KIB: u64 = 1024;
@@ -115,6 +115,7 @@ pub fn load_config(text: &str) -> Result<GatewayConfig, ConfigErrors> {
     root.section("routing", |s| read_routing(s, &mut config.routing));
     root.section("limits", |s| read_limits(s, &mut config.limits));
     root.section("services", |s| read_services(s, &mut config.services));
+    root.section("tracing", |s| read_tracing(s, &mut config.tracing));
     let mut prefixes = Vec::new();
     root.tables("mount", &mut config.mounts, |s| mounts::read_mount(s, &mut prefixes));
     root.finish();

@@ -1,9 +1,10 @@
-//! The top-level sections `[server]`, `[routing]`, `[limits]` and `[services]`: each known
-//! key is read by exactly one line here, with its absolute bounds on that line.
+//! The top-level sections `[server]`, `[routing]`, `[limits]`, `[services]` and
+//! `[tracing]`: each known key is read by exactly one line here, with its absolute bounds
+//! on that line.
 
 use weir_gateway::config::{
     Http2Config, LimitsConfig, RoutingConfig, ServerConfig, ServerTlsConfig, ServiceCredential, ServicesConfig,
-    ServicesTlsConfig, SniCertificateConfig,
+    ServicesTlsConfig, SniCertificateConfig, TracingConfig,
 };
 
 use super::*;
@@ -149,4 +150,16 @@ fn read_credential(s: &mut Section<'_, '_>, mutual_tls: bool) -> Option<ServiceC
         return None;
     }
     Some(ServiceCredential { service: service?, token, prefixes: prefixes? })
+}
+
+/// `[tracing]`: one line per key.
+pub(super) fn read_tracing(s: &mut Section<'_, '_>, c: &mut TracingConfig) {
+    s.value("otlp_endpoint", &mut c.otlp_endpoint, otlp_endpoint);
+}
+
+/// The base URL of an OTLP/HTTP receiver, as the gateway's span export takes it.
+fn otlp_endpoint(item: &Item) -> Result<Option<String>, String> {
+    let endpoint = non_empty_string(item)?;
+    weir_gateway::otlp_traces_url(&endpoint).map_err(|err| err.to_string())?;
+    Ok(Some(endpoint))
 }

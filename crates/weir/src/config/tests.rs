@@ -703,3 +703,16 @@ fn unknown_http2_keys_are_reported() {
     assert_eq!(e.key, "server.http2.max_concurrent_stream");
     assert!(e.message.contains("did you mean `max_concurrent_streams`"), "{}", e.message);
 }
+
+#[test]
+fn tracing_exports_to_a_plain_http_receiver_or_nowhere() {
+    assert_eq!(load_config("").unwrap().tracing.otlp_endpoint, None);
+    let c = load_config("[tracing]\notlp_endpoint = \"http://127.0.0.1:4318\"\n").unwrap();
+    assert_eq!(c.tracing.otlp_endpoint.as_deref(), Some("http://127.0.0.1:4318"));
+    for bad in ["\"https://collector:4318\"", "\"\"", "\"collector:4318\"", "4318"] {
+        let e = only_error(&format!("[tracing]\notlp_endpoint = {bad}\n"));
+        assert_eq!((e.line, e.key.as_str()), (2, "tracing.otlp_endpoint"), "{bad}: {e}");
+    }
+    let e = only_error("[tracing]\nsampling = 1\n");
+    assert_eq!((e.line, e.key.as_str()), (2, "tracing.sampling"), "unknown keys are refused: {e}");
+}
