@@ -87,6 +87,7 @@ fn documented_example_loads_with_every_key() {
     assert_eq!(services.credentials.len(), 2);
     assert_eq!(services.credentials[0].prefixes, ["/billing", "/invoices"]);
     assert_eq!(services.credentials[1].token, None);
+    assert_eq!(c.tracing.otlp_endpoint.as_deref(), Some("http://127.0.0.1:4318"));
 }
 
 #[test]
