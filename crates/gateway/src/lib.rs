@@ -37,12 +37,12 @@ use weir_transport::tls::TlsAcceptor;
 use weir_transport::Link;
 
 pub use config::GatewayConfig;
-pub use observe::metrics::Metrics;
-pub use observe::otlp::{traces_url as otlp_traces_url, TracingError};
 pub use downstream::tls::{CertificateProblem, ClientTls, ClientTlsError};
 pub use limits::budget::{BudgetCounters, PayloadBudget};
 pub use limits::connections::{default_max_connections, open_files_limit, raise_open_files_limit, ConnectionCap};
 pub use limits::in_flight::{RequestRegistry, RequestSnapshot};
+pub use observe::metrics::Metrics;
+pub use observe::otlp::{traces_url as otlp_traces_url, TracingError};
 pub use reload::{ConfigSource, ReloadError, ReloadReport};
 pub use request::mount::GatewayStartError;
 pub use routing::RoutingTable;

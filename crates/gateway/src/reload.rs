@@ -272,7 +272,8 @@ mod tests {
         new.tracing.otlp_endpoint = Some("http://127.0.0.1:4318".into());
         new.server.read_timeout = Duration::from_secs(1);
         let changed = keep_fixed(&current, &mut new);
-        let expected = ["server.listen", "server.tls (turning HTTPS on or off)", "routing.max_routes", "tracing.otlp_endpoint"];
+        let expected =
+            ["server.listen", "server.tls (turning HTTPS on or off)", "routing.max_routes", "tracing.otlp_endpoint"];
         assert_eq!(changed, expected);
         assert_eq!(new.tracing.otlp_endpoint, None);
         assert_eq!(new.server.listen, current.server.listen);

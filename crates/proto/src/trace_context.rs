@@ -343,7 +343,8 @@ mod tests {
         let members = |n: usize| (0..n).map(|i| format!("k{i}=v")).collect::<Vec<_>>().join(",");
         assert!(parse(&members(32)).is_ok());
         assert_eq!(parse(&members(33)), Err(TraceStateError::TooManyMembers));
-        let values = |first: usize| (0..16).map(move |i| format!("k{i:02}={}", "x".repeat(if i == 0 { first } else { 27 })));
+        let values =
+            |first: usize| (0..16).map(move |i| format!("k{i:02}={}", "x".repeat(if i == 0 { first } else { 27 })));
         let long = values(28).collect::<Vec<_>>().join(",");
         assert_eq!(long.len(), MAX_TRACESTATE_BYTES);
         assert!(parse(&long).is_ok());

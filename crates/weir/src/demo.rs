@@ -95,9 +95,12 @@ async fn headers(request: TypedRequest<()>) -> Result<serde_json::Value, Handler
     let mut headers = serde_json::Map::new();
     for (name, value) in &request.headers {
         let value = String::from_utf8_lossy(value);
-        match headers.get_mut(name.as_str()) {
-            Some(serde_json::Value::String(joined)) => *joined = format!("{joined}, {value}"),
-            _ => drop(headers.insert(name.clone(), value.into_owned().into())),
+        let joined = headers.entry(name.as_str()).or_insert_with(|| String::new().into());
+        if let serde_json::Value::String(joined) = joined {
+            if !joined.is_empty() {
+                joined.push_str(", ");
+            }
+            joined.push_str(&value);
         }
     }
     let trace = request.trace_context().map(|context| {

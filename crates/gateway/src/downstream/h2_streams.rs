@@ -25,8 +25,8 @@ use http::{Method, Request, Version};
 use hyper::ext::Protocol;
 use tokio::time::{Instant, Sleep};
 
-use crate::observe::metrics::Metrics;
 use crate::limits::stall::{self, SendLimits, StreamWatch};
+use crate::observe::metrics::Metrics;
 use crate::response::BodyError;
 
 /// Spawns hyper's HTTP/2 stream tasks on tokio, each under its own watch.

@@ -33,10 +33,10 @@ use thiserror::Error;
 use tokio::net::TcpStream;
 use weir_transport::tls::{self as transport_tls, CertificateDer, ServerTlsStream, TlsAcceptor};
 
-use crate::observe::metrics::Metrics;
 use super::validity::validity;
 use crate::config::ServerTlsConfig;
 use crate::limits::connections::ConnectionSlot;
+use crate::observe::metrics::Metrics;
 
 /// What the client listener's TLS needs per connection: the acceptor (configuration
 /// and certificates) and the handshake's bound.

@@ -100,12 +100,6 @@ impl GatewaySpan {
         GatewaySpan { sent, client_span, state, export }
     }
 
-    /// The trace and span the service is sent as its parent.
-    #[cfg(test)]
-    pub(crate) fn sent(&self) -> &TraceParent {
-        &self.sent
-    }
-
     /// Ends the span as `end` says, exporting it if it is to be.
     pub(crate) fn finish(&self, end: &SpanEnd<'_>) {
         if let Some(export) = &self.export {
@@ -230,10 +224,10 @@ mod tests {
         let mut continued = request(&[("traceparent", CLIENT), ("tracestate", "congo=t61rcWkgMzE")]);
         let span = GatewaySpan::begin(&mut continued, None);
         let sent = continued.headers()["traceparent"].to_str().unwrap();
-        assert_eq!(sent, span.sent().to_string());
+        assert_eq!(sent, span.sent.to_string());
         assert!(sent.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"), "{sent}");
         assert!(sent.ends_with("-01"), "the client's flags: {sent}");
-        assert_ne!(span.sent().parent_id(), 0x00f067aa0ba902b7, "the gateway's own span");
+        assert_ne!(span.sent.parent_id(), 0x00f067aa0ba902b7, "the gateway's own span");
         assert_eq!(span.client_span, Some(0x00f067aa0ba902b7));
         assert_eq!(continued.headers()["tracestate"], "congo=t61rcWkgMzE");
     }

@@ -28,10 +28,10 @@ use tokio_util::sync::WaitForCancellationFutureOwned;
 use weir_proto::CancelReason;
 use weir_transport::{DataReceiver, StreamError, StreamHandle};
 
-use crate::observe::metrics::Metrics;
 use crate::limits::bandwidth::Shaper;
 use crate::limits::in_flight::Registered;
 use crate::limits::stall::{self, StreamWatch};
+use crate::observe::metrics::Metrics;
 use crate::response::file::FileBody;
 use crate::routing::InFlightGuard;
 

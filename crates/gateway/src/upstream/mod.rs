@@ -33,14 +33,14 @@ use weir_proto::{BodyMode, CancelReason, EndpointKind, Headers, RequestHead};
 use weir_transport::{IncomingResponse, Link, OutgoingCall, StreamError};
 
 use crate::config::{LimitsConfig, MountSettings, ServerConfig};
-use crate::observe::exchange::Exchange;
-use crate::observe::metrics::Metrics;
 use crate::limits::bandwidth::Shaper;
 use crate::limits::body_size::content_length;
 use crate::limits::budget::{BudgetExceeded, PayloadBudget, Reservation};
 use crate::limits::connection::ClientConn;
 use crate::limits::in_flight::Registered;
 use crate::limits::slots::KeyedLimiter;
+use crate::observe::exchange::Exchange;
+use crate::observe::metrics::Metrics;
 use crate::request::forwarded;
 use crate::response::error::GatewayError;
 use crate::response::{GatewayBody, RelayLimits};

@@ -253,7 +253,10 @@ async fn each_request_exports_one_span_under_the_clients_with_its_attributes_and
         assert!(!attributes.contains_key("error.type"), "{attributes:?}");
         let mut names: Vec<&str> = span.events.iter().map(|e| e.name.as_str()).collect();
         assert!(span.events.windows(2).all(|w| w[0].time_unix_nano <= w[1].time_unix_nano), "events in order");
-        assert!(span.events.iter().all(|e| (span.start_time_unix_nano..=span.end_time_unix_nano).contains(&e.time_unix_nano)));
+        assert!(span
+            .events
+            .iter()
+            .all(|e| (span.start_time_unix_nano..=span.end_time_unix_nano).contains(&e.time_unix_nano)));
         assert_eq!(names.pop(), Some("done"));
         names.sort_unstable();
         assert_eq!(names, ["admitted", "first byte from service", "routed"]);

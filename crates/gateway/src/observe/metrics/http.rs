@@ -104,7 +104,12 @@ impl HttpMetrics {
         let request = "Size of client request bodies read";
         registry.register_with_unit("http_server_request_body_size", request, Unit::Bytes, self.request_size.clone());
         let response = "Size of response bodies sent to clients";
-        registry.register_with_unit("http_server_response_body_size", response, Unit::Bytes, self.response_size.clone());
+        registry.register_with_unit(
+            "http_server_response_body_size",
+            response,
+            Unit::Bytes,
+            self.response_size.clone(),
+        );
         let active = "Client requests in flight, per mount";
         registry.register("http_server_active_requests", active, self.active.clone());
         let refusals = "Requests the gateway refused or failed itself, by the error's code, per mount";
@@ -182,8 +187,14 @@ mod tests {
         let mut text = String::new();
         prometheus_client::encoding::prometheus_text::encode(&mut text, &registry).unwrap();
         let series = r#"mount="/api",route="/api/items/{id}",method="GET",status="504",service="demo""#;
-        assert!(text.contains(&format!("http_server_request_duration_seconds_bucket{{{series},le=\"0.05\"}} 1")), "{text}");
-        assert!(text.contains(&format!("http_server_request_duration_seconds_bucket{{{series},le=\"0.025\"}} 0")), "{text}");
+        assert!(
+            text.contains(&format!("http_server_request_duration_seconds_bucket{{{series},le=\"0.05\"}} 1")),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!("http_server_request_duration_seconds_bucket{{{series},le=\"0.025\"}} 0")),
+            "{text}"
+        );
         assert!(text.contains(r#"weir_refusals_total{mount="/api",reason="upstream_timeout"} 1"#), "{text}");
         assert!(text.contains(r#"http_server_active_requests{mount="/api"} 1"#), "{text}");
         metrics.ended(&mount);

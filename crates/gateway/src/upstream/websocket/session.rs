@@ -52,9 +52,9 @@ use super::deflate::Deflate;
 use super::flight::{Flight, MeteredIo};
 use crate::config::MountSettings;
 use crate::limits::in_flight::Registered;
-use crate::observe::exchange::Exchange;
 use crate::limits::rate::quota;
 use crate::limits::slots::Permit;
+use crate::observe::exchange::Exchange;
 use crate::routing::InFlightGuard;
 
 /// How long each side gets to finish closing once the session has decided to end.
