@@ -44,6 +44,7 @@ pub use limits::connections::{default_max_connections, open_files_limit, raise_o
 pub use limits::in_flight::{RequestRegistry, RequestSnapshot};
 pub use observe::access_log::AccessLogError;
 pub use observe::metrics::Metrics;
+pub use observe::otlp::{traces_url as otlp_traces_url, TracingError};
 pub use reload::{ConfigSource, ReloadError, ReloadReport};
 pub use request::mount::GatewayStartError;
 pub use routing::RoutingTable;
@@ -74,6 +75,9 @@ pub struct Gateway {
     metrics: Arc<Metrics>,
     /// Where each finished request writes its line; replaced by a reload.
     access_log: Arc<AccessLog>,
+    /// Where each request's span goes when it ends (`[tracing] otlp_endpoint`); built at
+    /// start, flushed when [`Gateway::run`] ends.
+    spans: Option<Arc<observe::otlp::SpanExport>>,
     /// Business requests in flight, for the admin surface.
     registry: Arc<RequestRegistry>,
     /// Live service links: eviction and shutdown must reach them.
@@ -123,8 +127,9 @@ impl std::fmt::Debug for Listeners {
 
 impl Gateway {
     /// A gateway with `config`; nothing runs until [`Gateway::run`] or a service attaches.
-    /// Fails when a mount's authentication cannot be set up (an unreadable RS256 key), or
-    /// a client certificate (`[server.tls]`) cannot be served.
+    /// Fails when a mount's authentication cannot be set up (an unreadable RS256 key), a
+    /// client certificate (`[server.tls]`) cannot be served, or spans are to be exported
+    /// (`[tracing]`) but the call is not made inside a Tokio runtime.
     pub fn new(config: GatewayConfig) -> Result<Arc<Self>, GatewayStartError> {
         let server = &config.server;
         let live = Live {
@@ -147,6 +152,7 @@ impl Gateway {
             budget: PayloadBudget::new(config.limits.payload, limits::budget::mount_shares(&config.mounts)),
             metrics,
             access_log,
+            spans: observe::otlp::SpanExport::new(&config.tracing)?,
             links: ServiceLinks::default(),
             connections: ConnectionCap::new(server.max_connections.unwrap_or_else(default_max_connections)),
             pending_handshakes: Arc::new(tokio::sync::Semaphore::new(config.services.max_pending_handshakes)),
@@ -158,7 +164,8 @@ impl Gateway {
     /// the admin surface and the public front. Then the fronts stop accepting and drain
     /// for at most `server.shutdown_grace`, every WebSocket closes its client with 1001
     /// "Going away" (awaited for at most the grace too), the service listener stops,
-    /// every service link is closed, the sweeper ends and the access log is flushed.
+    /// every service link is closed, the sweeper ends, the spans still queued are
+    /// exported and the access log is flushed.
     pub async fn run(self: &Arc<Self>, listeners: Listeners, shutdown: CancellationToken) -> std::io::Result<()> {
         self.run_public_after(listeners, shutdown, std::future::ready(())).await
     }
@@ -215,6 +222,9 @@ impl Gateway {
         }
         self.close_services("gateway shutting down");
         sweeper.abort();
+        if let Some(spans) = &self.spans {
+            Arc::clone(spans).shutdown().await;
+        }
         let access_log = Arc::clone(&self.access_log);
         let _ = tokio::task::spawn_blocking(move || access_log.flush()).await;
         served

@@ -59,7 +59,7 @@ impl fmt::Debug for SourceSlot {
 }
 
 /// The settings a reload cannot change: each is used once, when the gateway starts.
-pub const FIXED_AT_START: [&str; 11] = [
+pub const FIXED_AT_START: [&str; 12] = [
     "server.listen",
     "server.admin_listen",
     "server.http_redirect_listen",
@@ -71,6 +71,7 @@ pub const FIXED_AT_START: [&str; 11] = [
     "services.max_pending_handshakes",
     "routing.max_routes",
     "routing.heartbeat_interval",
+    "tracing.otlp_endpoint",
 ];
 
 /// How often a draining service link is checked for requests still in flight.
@@ -228,7 +229,7 @@ async fn close_when_idle(link: Link, grace: Duration) {
 /// changes, and names them.
 fn keep_fixed(current: &GatewayConfig, new: &mut GatewayConfig) -> Vec<&'static str> {
     let mut changed = Vec::new();
-    let [listen, admin, redirect, max_conns, per_ip, server_tls, services_listen, services_tls, pending, routes, beat] =
+    let [listen, admin, redirect, max_conns, per_ip, server_tls, services_listen, services_tls, pending, routes, beat, otlp] =
         FIXED_AT_START;
     let (old, server) = (&current.server, &mut new.server);
     keep(listen, &old.listen, &mut server.listen, &mut changed);
@@ -247,6 +248,7 @@ fn keep_fixed(current: &GatewayConfig, new: &mut GatewayConfig) -> Vec<&'static 
     let (old, routing) = (&current.routing, &mut new.routing);
     keep(routes, &old.max_routes, &mut routing.max_routes, &mut changed);
     keep(beat, &old.heartbeat_interval, &mut routing.heartbeat_interval, &mut changed);
+    keep(otlp, &current.tracing.otlp_endpoint, &mut new.tracing.otlp_endpoint, &mut changed);
     changed
 }
 
@@ -270,9 +272,13 @@ mod tests {
         new.server.listen = "127.0.0.1:9999".parse().unwrap();
         new.server.tls = Some(ServerTlsConfig::new("c.pem", "k.pem"));
         new.routing.max_routes = 3;
+        new.tracing.otlp_endpoint = Some("http://127.0.0.1:4318".into());
         new.server.read_timeout = Duration::from_secs(1);
         let changed = keep_fixed(&current, &mut new);
-        assert_eq!(changed, ["server.listen", "server.tls (turning HTTPS on or off)", "routing.max_routes"]);
+        let expected =
+            ["server.listen", "server.tls (turning HTTPS on or off)", "routing.max_routes", "tracing.otlp_endpoint"];
+        assert_eq!(changed, expected);
+        assert_eq!(new.tracing.otlp_endpoint, None);
         assert_eq!(new.server.listen, current.server.listen);
         assert_eq!(new.server.tls, None);
         assert_eq!(new.routing.max_routes, current.routing.max_routes);

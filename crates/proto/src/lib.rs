@@ -13,6 +13,9 @@
 //! [`websocket`] is the message framing inside a WebSocket stream's data (kind, length,
 //! payload), with an incremental decoder shared by the gateway's relay and the SDK.
 //!
+//! [`trace_context`] reads and writes the W3C `traceparent` and `tracestate` headers a
+//! request carries through the gateway to its service.
+//!
 //! Invariants: decoding never panics on any input (a proptest and a fuzz target check
 //! it); every decode error is a typed [`ProtoError`]; encoding a value and decoding the
 //! bytes gives the value back.
@@ -22,6 +25,7 @@ pub mod error;
 pub mod frame;
 pub mod http_file;
 pub mod messages;
+pub mod trace_context;
 pub mod websocket;
 mod wire;
 

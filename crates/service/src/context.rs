@@ -12,6 +12,7 @@ use std::task::{Context, Poll};
 use bytes::{Bytes, BytesMut};
 use futures_util::Stream;
 use tokio_util::sync::CancellationToken;
+use weir_proto::trace_context::TraceContext;
 use weir_proto::{Headers, RequestHead};
 use weir_transport::DataReceiver;
 
@@ -93,6 +94,13 @@ impl RawRequestContext {
     /// order; a type may repeat. Empty for an anonymous caller or a malformed header.
     pub fn claims(&self) -> Vec<(String, String)> {
         claims_of(&self.headers)
+    }
+
+    /// The request's W3C trace context (`traceparent`, `tracestate`): behind a weir
+    /// gateway always present, its parent being the gateway's span. Start the handler's
+    /// spans as its children to join the trace.
+    pub fn trace_context(&self) -> Option<TraceContext> {
+        TraceContext::from_headers(&self.headers)
     }
 }
 

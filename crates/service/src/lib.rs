@@ -12,7 +12,9 @@
 //!   by serde and answer any `Serialize` value (`context.rs`, `response.rs`, `file.rs`,
 //!   `typed.rs`); failures are [`HandlerError`]s answered as JSON (`error.rs`);
 //!   WebSocket handlers get a [`WebSocketContext`] with incoming messages and a
-//!   [`WsSender`] for outgoing ones (`websocket.rs`);
+//!   [`WsSender`] for outgoing ones (`websocket.rs`); each context's `trace_context()`
+//!   is the request's W3C [`TraceContext`], whose parent is the gateway's span, so a
+//!   handler's own spans join the trace;
 //! - running: [`Service::serve`] runs one connection ([`ServiceSession`], `runtime.rs`),
 //!   each request in its own task (`exchange.rs`), with heartbeats reporting status,
 //!   load and error rate (`health.rs`), and a watchdog closes a connection whose gateway
@@ -120,6 +122,7 @@ pub use websocket::{WebSocketContext, WsError, WsIncoming, WsMessage, WsSender, 
 
 pub use bytes::Bytes;
 pub use tokio_util::sync::CancellationToken;
+pub use weir_proto::trace_context::{TraceContext, TraceParent, TraceState};
 pub use weir_proto::{ClaimRequirement, EndpointDescriptor, EndpointKind, Headers, HealthStatus, Welcome};
 pub use weir_transport::tcp::TcpDialer;
 pub use weir_transport::tls::TlsDialer;

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
+use weir_proto::trace_context::TraceContext;
 use weir_proto::{EndpointDescriptor, Headers};
 
 use crate::context::{find_header, find_param, parse_query, RawRequestContext};
@@ -65,6 +66,11 @@ impl<B> TypedRequest<B> {
     /// Whether the request has been cancelled.
     pub fn is_cancelled(&self) -> bool {
         self.cancel.is_cancelled()
+    }
+
+    /// The request's W3C trace context; see [`RawRequestContext::trace_context`].
+    pub fn trace_context(&self) -> Option<TraceContext> {
+        TraceContext::from_headers(&self.headers)
     }
 }
 

@@ -27,6 +27,7 @@ use futures_util::future::BoxFuture;
 use futures_util::Stream;
 use thiserror::Error;
 use tokio_util::sync::CancellationToken;
+use weir_proto::trace_context::TraceContext;
 use weir_proto::websocket::{WsDecoder, WsFramingError, CLOSE_INTERNAL, CLOSE_NORMAL};
 use weir_proto::{BodyMode, Headers, RequestHead, ResponseHead};
 use weir_transport::{DataReceiver, DataSender, Responder, StreamError};
@@ -127,6 +128,12 @@ impl WebSocketContext {
     /// The query string's pairs, percent- and `+`-decoded, in order.
     pub fn query_pairs(&self) -> Vec<(String, String)> {
         parse_query(&self.query)
+    }
+
+    /// The upgrade request's W3C trace context; see
+    /// [`RawRequestContext::trace_context`](crate::RawRequestContext::trace_context).
+    pub fn trace_context(&self) -> Option<TraceContext> {
+        TraceContext::from_headers(&self.headers)
     }
 
     /// The next message from the client; see [`WsIncoming::next`].

@@ -5,6 +5,7 @@
 //! | `GET /api/hello` | 200 JSON greeting |
 //! | `POST /api/echo` | the body back, same `Content-Type` (buffered) |
 //! | `GET /api/items/{id}` | 200 JSON with the id (typed handler) |
+//! | `GET /api/headers` | 200 JSON: the request's headers as the service received them (`headers`, name to value, repeated names joined with `, `) and its W3C trace context as the SDK reads it (`trace`, or `null`) |
 //! | `GET /api/slow?ms=N` | 200 after N ms, stopping early when cancelled; 5 s timeout |
 //! | `POST /stream/upload` | reads a streamed body; `{"bytes": N, "sha256": "<hex>"}` |
 //! | `GET /stream/download?bytes=N` | N bytes, byte i = i % 256, with `Content-Length` |
@@ -55,6 +56,7 @@ pub fn builder() -> ServiceBuilder {
         .endpoint(Endpoint::get("/api/hello").raw(hello))
         .endpoint(Endpoint::post("/api/echo").raw(echo))
         .endpoint(Endpoint::get("/api/items/{id}").typed(item))
+        .endpoint(Endpoint::get("/api/headers").typed(headers))
         .endpoint(Endpoint::get("/api/slow").timeout(SLOW_TIMEOUT).typed(slow))
         .endpoint(Endpoint::post("/stream/upload").streaming().raw(upload))
         .endpoint(Endpoint::get("/stream/download").raw(download))
@@ -86,6 +88,30 @@ async fn echo(ctx: RawRequestContext) -> Result<RawResponse, HandlerError> {
         response = response.header("content-type", content_type);
     }
     Ok(response)
+}
+
+/// What the gateway forwarded: every header, and the trace context read from them.
+async fn headers(request: TypedRequest<()>) -> Result<serde_json::Value, HandlerError> {
+    let mut headers = serde_json::Map::new();
+    for (name, value) in &request.headers {
+        let value = String::from_utf8_lossy(value);
+        let joined = headers.entry(name.as_str()).or_insert_with(|| String::new().into());
+        if let serde_json::Value::String(joined) = joined {
+            if !joined.is_empty() {
+                joined.push_str(", ");
+            }
+            joined.push_str(&value);
+        }
+    }
+    let trace = request.trace_context().map(|context| {
+        serde_json::json!({
+            "trace_id": format!("{:032x}", context.parent.trace_id()),
+            "parent_id": format!("{:016x}", context.parent.parent_id()),
+            "sampled": context.parent.is_sampled(),
+            "tracestate": context.state.as_ref().map(|state| state.as_str()),
+        })
+    });
+    Ok(serde_json::json!({ "headers": headers, "trace": trace }))
 }
 
 async fn item(request: TypedRequest<()>) -> Result<serde_json::Value, HandlerError> {

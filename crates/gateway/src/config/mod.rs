@@ -27,6 +27,17 @@ pub struct GatewayConfig {
     pub log: LogConfig,
     /// `[[mount]]` entries; none means one implicit business mount at `/`.
     pub mounts: Vec<MountConfig>,
+    pub tracing: TracingConfig,
+}
+
+/// `[tracing]`: the gateway's own span of each client request. Trace context is
+/// carried to services whatever this says; it only decides where spans go.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct TracingConfig {
+    /// Base URL of an OTLP/HTTP receiver (`http://host:4318`, plain HTTP): spans are
+    /// posted to its `/v1/traces` as protobuf, in batches. `None`: spans are not
+    /// exported, and a trace the gateway starts is not marked sampled.
+    pub otlp_endpoint: Option<String>,
 }
 
 /// `[server]`: the client-facing HTTP listener.

@@ -294,8 +294,9 @@ async fn handle(
     }
     let in_flight = conn.slot.request_started();
     let http1 = request.version() < Version::HTTP_2;
-    let exchange = (surface == Surface::Public && !is_health_check(&request))
-        .then(|| Exchange::begin(&gateway.metrics, &gateway.access_log, &mut request, conn.addr));
+    let exchange = (surface == Surface::Public && !is_health_check(&request)).then(|| {
+        Exchange::begin(&gateway.metrics, &gateway.access_log, gateway.spans.as_ref(), &mut request, conn.addr)
+    });
     let mut response = match &exchange {
         Some(exchange) => respond(gateway, request, &conn, exchange).await,
         None => respond_beside(gateway, request, surface).await,

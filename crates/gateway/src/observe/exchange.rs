@@ -12,7 +12,9 @@
 //!
 //! The request id is the client's `x-request-id` when it is a plausible id (at most 128
 //! characters of letters, digits and `-_.:/+=@`), else a new random one (32 hex
-//! digits); the service gets it in the request and the client in the response.
+//! digits); the service gets it in the request and the client in the response. The
+//! request's trace context is settled at the same moment ([`crate::observe::trace`]),
+//! and its span ends when the exchange does.
 
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -30,6 +32,8 @@ use crate::limits::in_flight::Traffic;
 use crate::observe::access_log::{AccessLog, AccessRecord};
 use crate::observe::metrics::http::{method_label, Finished, MountLabel, RouteLabels};
 use crate::observe::metrics::Metrics;
+use crate::observe::otlp::SpanExport;
+use crate::observe::trace::{GatewaySpan, SpanEnd};
 use crate::response::error::GatewayError;
 use crate::routing::RoutingDecision;
 
@@ -62,6 +66,8 @@ pub(crate) struct Exchange {
     access_log: Arc<AccessLog>,
     /// What the phases learned; each writes once, from one task at a time.
     facts: Mutex<Facts>,
+    /// The request's span in its trace: the service's parent, finished at the end.
+    span: GatewaySpan,
 }
 
 /// What a request's phases learned about it.
@@ -85,10 +91,11 @@ struct Facts {
 
 impl Exchange {
     /// The record of `request`, which arrived just now on a connection from `peer`; its
-    /// request id is settled here and written into the request's headers.
+    /// request id and trace context are settled here and written into its headers.
     pub(crate) fn begin<B>(
         metrics: &Arc<Metrics>,
         access_log: &Arc<AccessLog>,
+        spans: Option<&Arc<SpanExport>>,
         request: &mut Request<B>,
         peer: SocketAddr,
     ) -> Arc<Exchange> {
@@ -100,6 +107,7 @@ impl Exchange {
                 id
             }
         };
+        let span = GatewaySpan::begin(request, spans);
         Arc::new(Exchange {
             started: Instant::now(),
             started_at: SystemTime::now(),
@@ -112,6 +120,7 @@ impl Exchange {
             metrics: Arc::clone(metrics),
             access_log: Arc::clone(access_log),
             facts: Mutex::default(),
+            span,
         })
     }
 
@@ -121,7 +130,7 @@ impl Exchange {
         let metrics = Arc::new(Metrics::default());
         let off = crate::config::LogConfig { access: crate::config::AccessLogTarget::Off, ..Default::default() };
         let log = Arc::new(AccessLog::new(&off, metrics.access_log_dropped.clone()).expect("no file to open"));
-        Exchange::begin(&metrics, &log, request, "127.0.0.1:4000".parse().expect("an address"))
+        Exchange::begin(&metrics, &log, None, request, "127.0.0.1:4000".parse().expect("an address"))
     }
 
     /// The request's id, as the service and the client see it.
@@ -211,6 +220,21 @@ impl Drop for Exchange {
         if let Some(mount) = &facts.mount {
             self.metrics.http.ended(&MountLabel { mount: Arc::clone(mount) });
         }
+        self.span.finish(&SpanEnd {
+            method: &self.method,
+            path: &self.path,
+            version: self.version,
+            started: (self.started, self.started_at),
+            mount: facts.mount.as_deref(),
+            route: facts.route.as_deref(),
+            service: facts.service.as_deref(),
+            instance: facts.instance.as_deref(),
+            status: facts.status,
+            refusal: facts.refusal,
+            admitted: facts.admitted,
+            routed: facts.routed,
+            first_byte: facts.first_byte,
+        });
         if self.access_log.is_on() {
             let record = self.access_record(facts, duration, bytes_in, bytes_out);
             self.access_log.record(record);

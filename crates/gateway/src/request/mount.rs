@@ -39,6 +39,9 @@ pub enum GatewayStartError {
     /// The access log's file (`[log] access`) cannot be opened.
     #[error("{0}")]
     AccessLog(#[from] crate::observe::access_log::AccessLogError),
+    /// The span export (`[tracing]`) cannot be set up.
+    #[error("{0}")]
+    Tracing(#[from] crate::TracingError),
 }
 
 /// A mount as the running gateway uses it: its configuration and the state its phases

@@ -1,9 +1,10 @@
-//! The top-level sections `[server]`, `[routing]`, `[limits]`, `[services]` and `[log]`: each known
-//! key is read by exactly one line here, with its absolute bounds on that line.
+//! The top-level sections `[server]`, `[routing]`, `[limits]`, `[services]`, `[log]` and
+//! `[tracing]`: each known key is read by exactly one line here, with its absolute bounds
+//! on that line.
 
 use weir_gateway::config::{
     AccessLogFormat, AccessLogTarget, Http2Config, LimitsConfig, LogConfig, RoutingConfig, ServerConfig,
-    ServerTlsConfig, ServiceCredential, ServicesConfig, ServicesTlsConfig, SniCertificateConfig,
+    ServerTlsConfig, ServiceCredential, ServicesConfig, ServicesTlsConfig, SniCertificateConfig, TracingConfig,
 };
 
 use super::*;
@@ -175,4 +176,16 @@ fn access_format(item: &Item) -> Result<AccessLogFormat, String> {
         Some(other) => Err(format!("expected \"json\" or \"text\", found {other:?}")),
         None => Err(expected("\"json\" or \"text\"", item)),
     }
+}
+
+/// `[tracing]`: one line per key.
+pub(super) fn read_tracing(s: &mut Section<'_, '_>, c: &mut TracingConfig) {
+    s.value("otlp_endpoint", &mut c.otlp_endpoint, otlp_endpoint);
+}
+
+/// The base URL of an OTLP/HTTP receiver, as the gateway's span export takes it.
+fn otlp_endpoint(item: &Item) -> Result<Option<String>, String> {
+    let endpoint = non_empty_string(item)?;
+    weir_gateway::otlp_traces_url(&endpoint).map_err(|err| err.to_string())?;
+    Ok(Some(endpoint))
 }

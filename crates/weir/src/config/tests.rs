@@ -88,6 +88,7 @@ fn documented_example_loads_with_every_key() {
     assert_eq!(services.credentials.len(), 2);
     assert_eq!(services.credentials[0].prefixes, ["/billing", "/invoices"]);
     assert_eq!(services.credentials[1].token, None);
+    assert_eq!(c.tracing.otlp_endpoint.as_deref(), Some("http://127.0.0.1:4318"));
 }
 
 #[test]
@@ -731,4 +732,17 @@ fn the_access_log_goes_to_stdout_a_file_or_nowhere_in_json_or_text() {
         assert!(e.key.starts_with("log.") && e.message.contains(reason), "{line}: {e:?}");
     }
     assert_eq!(only_error("[log]\nacces = \"off\"\n").key, "log.acces", "unknown keys are refused");
+}
+
+#[test]
+fn tracing_exports_to_a_plain_http_receiver_or_nowhere() {
+    assert_eq!(load_config("").unwrap().tracing.otlp_endpoint, None);
+    let c = load_config("[tracing]\notlp_endpoint = \"http://127.0.0.1:4318\"\n").unwrap();
+    assert_eq!(c.tracing.otlp_endpoint.as_deref(), Some("http://127.0.0.1:4318"));
+    for bad in ["\"https://collector:4318\"", "\"\"", "\"collector:4318\"", "4318"] {
+        let e = only_error(&format!("[tracing]\notlp_endpoint = {bad}\n"));
+        assert_eq!((e.line, e.key.as_str()), (2, "tracing.otlp_endpoint"), "{bad}: {e}");
+    }
+    let e = only_error("[tracing]\nsampling = 1\n");
+    assert_eq!((e.line, e.key.as_str()), (2, "tracing.sampling"), "unknown keys are refused: {e}");
 }

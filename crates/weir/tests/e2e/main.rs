@@ -41,6 +41,7 @@ mod service_auth;
 mod slow_readers;
 mod static_files;
 mod streaming;
+mod trace_context;
 mod websocket;
 mod wire_faults;
 mod ws_budget;
