@@ -82,6 +82,8 @@ pub struct Gateway {
     registry: Arc<RequestRegistry>,
     /// Live service links: eviction and shutdown must reach them.
     links: ServiceLinks,
+    /// Stamps the probes of the gateway's heartbeats and times their answers.
+    probes: services::probe::ProbeClock,
     /// The cap on open client connections, shared by both listeners (one fd each).
     connections: Arc<ConnectionCap>,
     /// One permit per network service connection in its handshake
@@ -154,6 +156,7 @@ impl Gateway {
             access_log,
             spans: observe::otlp::SpanExport::new(&config.tracing)?,
             links: ServiceLinks::default(),
+            probes: services::probe::ProbeClock::default(),
             connections: ConnectionCap::new(server.max_connections.unwrap_or_else(default_max_connections)),
             pending_handshakes: Arc::new(tokio::sync::Semaphore::new(config.services.max_pending_handshakes)),
             public_listening: AtomicBool::new(false),

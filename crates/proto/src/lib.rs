@@ -35,7 +35,14 @@ pub use frame::{Frame, FrameFlags, FrameType};
 pub use messages::*;
 
 /// The protocol version this crate speaks, carried in `Hello` and `Welcome`.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
+
+/// The oldest version a gateway still accepts in a Hello; it answers in the Hello's own
+/// version and sends that peer nothing a later version added.
+pub const MIN_PROTOCOL_VERSION: u16 = 1;
+
+/// The first version whose peers answer a heartbeat's probe (see [`Heartbeat::probe`]).
+pub const PROBE_VERSION: u16 = 2;
 
 /// Largest payload a frame may carry unless a peer is configured otherwise (16 MiB).
 pub const DEFAULT_MAX_FRAME_PAYLOAD: usize = 16 * 1024 * 1024;

@@ -126,6 +126,18 @@ pub struct Heartbeat {
     pub in_flight: u32,
     /// Fraction of recent requests that failed, in `[0, 1]`.
     pub error_rate: f32,
+    /// Version 2 on. From the gateway: a value the service sends back unchanged in a
+    /// heartbeat of its own at once, so the gateway can time the round trip; from the
+    /// service: the probe it answers. `None` otherwise, and always towards a version 1
+    /// peer.
+    pub probe: Option<u64>,
+}
+
+impl Heartbeat {
+    /// A heartbeat without a probe.
+    pub fn new(status: HealthStatus, in_flight: u32, error_rate: f32) -> Self {
+        Heartbeat { status, in_flight, error_rate, probe: None }
+    }
 }
 
 /// Gateway → service, on the connection (id 0): dial the gateway again at once; this
@@ -441,6 +453,9 @@ impl Message for Heartbeat {
         w.u8(self.status as u8);
         w.u32(self.in_flight);
         w.u32(self.error_rate.to_bits());
+        if let Some(probe) = self.probe {
+            w.u64(probe);
+        }
         Ok(w.finish())
     }
 
@@ -450,8 +465,11 @@ impl Message for Heartbeat {
         let in_flight = r.u32("in flight")?;
         let error_rate = f32::from_bits(r.u32("error rate")?);
         check_error_rate(error_rate)?;
+        // The probe is the payload's optional tail of exactly 8 bytes; fewer are trailing
+        // bytes, as more are.
+        let probe = if r.remaining() >= 8 { Some(r.u64("probe")?) } else { None };
         r.finish()?;
-        Ok(Heartbeat { status, in_flight, error_rate })
+        Ok(Heartbeat { status, in_flight, error_rate, probe })
     }
 }
 

@@ -97,6 +97,11 @@ impl Reader {
         }
     }
 
+    /// Bytes not read yet: an optional tail is present when this is not zero.
+    pub(crate) fn remaining(&self) -> usize {
+        self.buf.remaining()
+    }
+
     /// The rest of the payload, which must be empty.
     pub(crate) fn finish(self) -> Result<(), ProtoError> {
         match self.buf.remaining() {

@@ -105,7 +105,11 @@ fn examples() -> BTreeMap<&'static str, Example> {
             },
         ),
     );
-    all.insert("heartbeat", message(0, Heartbeat { status: HealthStatus::Healthy, in_flight: 2, error_rate: 0.25 }));
+    all.insert("heartbeat", message(0, Heartbeat::new(HealthStatus::Healthy, 2, 0.25)));
+    all.insert(
+        "heartbeat-probe",
+        message(0, Heartbeat { probe: Some(1_000_000), ..Heartbeat::new(HealthStatus::Healthy, 3, 0.0) }),
+    );
     all.insert(
         "request",
         message(

@@ -140,9 +140,13 @@ fn error_rate() -> impl Strategy<Value = f32> {
 }
 
 prop_compose! {
-    fn heartbeat()(status in health_status(), in_flight in any::<u32>(), error_rate in error_rate())
-        -> Heartbeat {
-        Heartbeat { status, in_flight, error_rate }
+    fn heartbeat()(
+        status in health_status(),
+        in_flight in any::<u32>(),
+        error_rate in error_rate(),
+        probe in prop::option::of(any::<u64>()),
+    ) -> Heartbeat {
+        Heartbeat { status, in_flight, error_rate, probe }
     }
 }
 
@@ -583,7 +587,7 @@ fn samples() -> Vec<(FrameType, Bytes)> {
             endpoints: vec![endpoint.clone(), EndpointDescriptor::new("GET", "/x")],
         }),
         enc(Welcome { protocol_version: 1, initial_window: 1 << 16, heartbeat_interval: Duration::from_secs(5) }),
-        enc(Heartbeat { status: HealthStatus::Degraded, in_flight: 3, error_rate: 0.25 }),
+        enc(Heartbeat::new(HealthStatus::Degraded, 3, 0.25)),
         enc(EndpointsUpdate { endpoints: vec![endpoint] }),
         enc(RequestHead {
             method: "PUT".into(),
@@ -670,7 +674,7 @@ fn every_payload_refuses_truncation_at_every_cut() {
 #[test]
 fn out_of_range_values_are_refused_by_encoder_and_decoder() {
     for rate in [-0.5f32, 1.000_001, 2.0, f32::NAN, f32::INFINITY, -f32::INFINITY] {
-        let hb = Heartbeat { status: HealthStatus::Healthy, in_flight: 0, error_rate: rate };
+        let hb = Heartbeat::new(HealthStatus::Healthy, 0, rate);
         assert!(matches!(hb.encode(), Err(ProtoError::InvalidValue { .. })), "{rate}");
         let mut raw = vec![0u8, 0, 0, 0, 0];
         raw.extend_from_slice(&rate.to_bits().to_be_bytes());
@@ -687,6 +691,23 @@ fn out_of_range_values_are_refused_by_encoder_and_decoder() {
 
     assert!(matches!(Credit { increment: 0 }.encode(), Err(ProtoError::InvalidValue { .. })));
     assert!(matches!(Credit::decode(Bytes::from_static(&[0, 0, 0, 0])), Err(ProtoError::InvalidValue { .. })));
+}
+
+#[test]
+fn a_heartbeat_probe_is_an_optional_tail_of_exactly_eight_bytes() {
+    let plain = Heartbeat::new(HealthStatus::Healthy, 4, 0.5);
+    let probed = Heartbeat { probe: Some(0x0102_0304_0506_0708), ..plain.clone() };
+    assert_eq!(plain.encode().unwrap().len(), 9);
+    let raw = probed.encode().unwrap();
+    assert_eq!(&raw[9..], &[1, 2, 3, 4, 5, 6, 7, 8]);
+    assert_eq!(Heartbeat::decode(raw.clone()).unwrap(), probed);
+    for cut in 10..17 {
+        let err = Heartbeat::decode(raw.slice(..cut)).unwrap_err();
+        assert_eq!(err, ProtoError::TrailingBytes(cut - 9), "cut at {cut}");
+    }
+    let mut longer = raw.to_vec();
+    longer.push(0);
+    assert!(matches!(Heartbeat::decode(Bytes::from(longer)), Err(ProtoError::TrailingBytes(1))));
 }
 
 #[test]

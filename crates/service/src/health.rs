@@ -78,7 +78,7 @@ impl Health {
 
     /// The heartbeat reporting the current figures.
     pub(crate) fn heartbeat(&self) -> Heartbeat {
-        Heartbeat { status: self.status(), in_flight: self.in_flight(), error_rate: self.error_rate() }
+        Heartbeat::new(self.status(), self.in_flight(), self.error_rate())
     }
 
     /// Counts a request in flight until the returned guard drops.

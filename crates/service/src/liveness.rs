@@ -84,7 +84,7 @@ mod tests {
     }
 
     fn heartbeat() -> Heartbeat {
-        Heartbeat { status: HealthStatus::Healthy, in_flight: 0, error_rate: 0.0 }
+        Heartbeat::new(HealthStatus::Healthy, 0, 0.0)
     }
 
     #[tokio::test]

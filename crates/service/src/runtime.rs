@@ -6,7 +6,9 @@
 //! else: the session serves on until the gateway closes it (`reconnect.rs` dials again).
 //!
 //! Heartbeats go out every `Welcome::heartbeat_interval` (none when it is zero) and at
-//! once whenever the status changes ([`ServiceSession::set_status`]). Dropping a
+//! once whenever the status changes ([`ServiceSession::set_status`]); a gateway heartbeat
+//! carrying a probe (protocol version 2) is answered at once with the same probe, so the
+//! gateway can time the round trip. Dropping a
 //! [`ServiceSession`] does not close the connection; [`ServiceSession::close`] does, as
 //! does the gateway. Reconnecting is `reconnect.rs`'s job.
 
@@ -16,7 +18,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::{Instant, Interval, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
-use weir_proto::{ErrorCode, HealthStatus, Welcome};
+use weir_proto::{ErrorCode, HealthStatus, Heartbeat, Welcome};
 use weir_transport::memory::MemoryConnector;
 use weir_transport::{ByteStream, Link, LinkConfig, LinkEvent};
 
@@ -165,6 +167,9 @@ impl SessionLoop {
                         tracing::info!(reason = %go_away.reason, "the gateway asked for a new connection; this one serves on until it closes");
                         self.going_away.cancel();
                     }
+                    // The gateway's probe is answered at once, so its round trip measures
+                    // the link and this loop, not the ticker.
+                    Some(LinkEvent::Heartbeat(Heartbeat { probe: Some(probe), .. })) => self.answer_probe(probe),
                     Some(LinkEvent::Heartbeat(_) | LinkEvent::EndpointsUpdate(_) | LinkEvent::EndpointsOverLimit { .. }) => {}
                     // The link's reader has stopped: the link is closed.
                     None => break,
@@ -178,7 +183,16 @@ impl SessionLoop {
     }
 
     fn heartbeat(&self) {
-        if let Err(err) = self.link.send_heartbeat(&self.health.heartbeat()) {
+        self.send_heartbeat(self.health.heartbeat());
+    }
+
+    /// A heartbeat with the current figures, echoing the gateway's `probe`.
+    fn answer_probe(&self, probe: u64) {
+        self.send_heartbeat(Heartbeat { probe: Some(probe), ..self.health.heartbeat() });
+    }
+
+    fn send_heartbeat(&self, heartbeat: Heartbeat) {
+        if let Err(err) = self.link.send_heartbeat(&heartbeat) {
             tracing::debug!(error = %err, "heartbeat not sent");
         }
     }

@@ -9,7 +9,7 @@ use common::{accept, connect, connect_quiet, get, welcome, within};
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
-use weir_proto::{CancelReason, ErrorCode, HealthStatus};
+use weir_proto::{CancelReason, ErrorCode, HealthStatus, Heartbeat};
 use weir_service::{Endpoint, HandlerError, RawRequestContext, RawResponse, Service, ServiceError};
 use weir_transport::{accept_hello, memory, StreamError};
 
@@ -114,6 +114,30 @@ async fn set_status_sends_a_heartbeat_at_once() {
     assert_eq!(heartbeat.status, HealthStatus::Draining);
     assert_eq!((heartbeat.in_flight, heartbeat.error_rate), (0, 0.0));
     assert_eq!(session.status(), HealthStatus::Draining);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_probe_is_answered_at_once_with_the_same_probe_and_current_figures() {
+    let service = Service::builder("prober", "1.0.0").build().expect("valid service");
+    let (mut gateway, session) = connect_quiet(&service).await;
+    assert_eq!(gateway.hello.protocol_version, weir_proto::PROTOCOL_VERSION);
+    session.set_status(HealthStatus::Degraded);
+    assert_eq!(gateway.next_heartbeat().await.probe, None, "a status change carries no probe");
+    for probe in [1, 7_000_000, u64::MAX] {
+        gateway
+            .link
+            .send_heartbeat(&Heartbeat { probe: Some(probe), ..Heartbeat::new(HealthStatus::Healthy, 0, 0.0) })
+            .unwrap();
+        let answer = gateway.next_heartbeat().await;
+        assert_eq!((answer.probe, answer.status), (Some(probe), HealthStatus::Degraded));
+    }
+    // A heartbeat without a probe is not answered: the next one answers the probe after it.
+    gateway.link.send_heartbeat(&Heartbeat::new(HealthStatus::Healthy, 0, 0.0)).unwrap();
+    gateway
+        .link
+        .send_heartbeat(&Heartbeat { probe: Some(42), ..Heartbeat::new(HealthStatus::Healthy, 0, 0.0) })
+        .unwrap();
+    assert_eq!(gateway.next_heartbeat().await.probe, Some(42));
 }
 
 #[tokio::test]

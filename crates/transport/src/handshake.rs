@@ -16,7 +16,8 @@ use thiserror::Error;
 use tokio::sync::mpsc;
 use tokio_util::codec::Framed;
 use weir_proto::{
-    ErrorCode, ErrorMessage, Frame, FrameCodec, FrameType, Hello, Message, ProtoError, Welcome, PROTOCOL_VERSION,
+    ErrorCode, ErrorMessage, Frame, FrameCodec, FrameType, Hello, Message, ProtoError, Welcome, MIN_PROTOCOL_VERSION,
+    PROTOCOL_VERSION,
 };
 
 use crate::link::{Link, LinkConfig, LinkEvent, Role, TrafficObserver};
@@ -106,9 +107,9 @@ pub async fn accept_hello<T: ByteStream>(
         }
         Err(other) => return Err(other),
     };
-    if hello.protocol_version != PROTOCOL_VERSION {
+    if !(MIN_PROTOCOL_VERSION..=PROTOCOL_VERSION).contains(&hello.protocol_version) {
         let message = format!(
-            "protocol version {} is not supported (this gateway speaks {PROTOCOL_VERSION})",
+            "protocol version {} is not supported (this gateway speaks {MIN_PROTOCOL_VERSION} to {PROTOCOL_VERSION})",
             hello.protocol_version
         );
         send_error(&mut framed, ErrorCode::RegistrationRefused, &message).await;
@@ -164,7 +165,7 @@ impl<T: ByteStream> PendingService<T> {
         config: LinkConfig,
     ) -> Result<(Link, mpsc::UnboundedReceiver<LinkEvent>), HandshakeError> {
         let (link, events) = self.start(welcome, config);
-        link.open_with(welcome.to_frame(0)?).map_err(|e| HandshakeError::Protocol(e.to_string()))?;
+        link.open_with(welcome).map_err(|e| HandshakeError::Protocol(e.to_string()))?;
         Ok((link, events))
     }
 

@@ -349,7 +349,7 @@ async fn the_link_records_when_the_peer_last_spoke_and_its_heartbeats() {
     let before = service.last_received();
     assert_eq!(service.peer_heartbeats(), 0);
     tokio::time::sleep(Duration::from_millis(5)).await;
-    let heartbeat = Heartbeat { status: HealthStatus::Healthy, in_flight: 0, error_rate: 0.0 };
+    let heartbeat = Heartbeat::new(HealthStatus::Healthy, 0, 0.0);
     gateway.send_heartbeat(&heartbeat).unwrap();
     tokio::time::timeout(WAIT, async {
         while service.peer_heartbeats() == 0 {
@@ -379,4 +379,26 @@ async fn a_request_read_with_the_welcome_is_delivered_without_further_bytes() {
     // Nothing more is sent: the request must come out of what was already read.
     let incoming = next_request(&mut events).await;
     assert_eq!(incoming.responder.id(), 1);
+}
+
+/// A held gateway link opened while its writer is busy with the Welcome: a request sent
+/// right after must go out at once, not wait for the next control frame (no heartbeat
+/// comes here, so a request left behind would never arrive). Many rounds on two worker
+/// threads, so the writer and the opener interleave every way they can.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_right_after_the_welcome_goes_out_at_once() {
+    for round in 0..300 {
+        let (a, b) = tokio::io::duplex(64 * 1024);
+        let h = hello(1024);
+        let dialing = tokio::spawn(async move { dial(a, &h, LinkConfig::default(), WAIT).await });
+        let pending = accept_hello(b, DEFAULT_MAX_FRAME_PAYLOAD, WAIT).await.unwrap();
+        let (gateway, _events) = pending.welcome(&welcome(1024), LinkConfig::default()).await.unwrap();
+        let call = gateway.call(request(BodyMode::Buffered), 1024).await.unwrap();
+        let (_service, mut events, _) = dialing.await.unwrap().unwrap();
+        let incoming = tokio::time::timeout(WAIT, next_request(&mut events)).await;
+        let incoming = incoming.unwrap_or_else(|_| panic!("round {round}: the request never went out"));
+        incoming.responder.send(response(BodyMode::Buffered, b"ok")).await.unwrap();
+        let answered = tokio::time::timeout(WAIT, call.response).await.unwrap().unwrap().unwrap();
+        assert_eq!(&answered.head.body[..], b"ok");
+    }
 }

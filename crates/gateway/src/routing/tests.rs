@@ -48,7 +48,7 @@ fn chosen(table: &Table, method: &str, path: &str, version: Option<&str>) -> u64
 }
 
 fn heartbeat(table: &Table, conn_id: u64, status: HealthStatus, now: Instant) {
-    let hb = Heartbeat { status, in_flight: 0, error_rate: 0.0 };
+    let hb = Heartbeat::new(status, 0, 0.0);
     table.heartbeat(conn_id, &hb, now);
 }
 

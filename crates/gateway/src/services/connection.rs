@@ -6,8 +6,10 @@
 //! authentication and path authorisation ([`crate::services::auth`]; refused: Error frame
 //! and close, logged) → registration in the routing table (refused likewise) → Welcome → its
 //! events (heartbeats, endpoint updates, paced and capped by [`super::updates`]) until the
-//! link closes → removal from the table at once. The health sweeper closes links whose heartbeats stopped (evicted) and sends the
-//! gateway's own heartbeats so services can tell a dead gateway from a quiet one.
+//! link closes → removal from the table at once. The health sweeper closes links whose
+//! heartbeats stopped (evicted) and sends the gateway's own heartbeats so services can
+//! tell a dead gateway from a quiet one; to a version 2 service they carry a probe, whose
+//! answer times the round trip ([`super::probe`]).
 //!
 //! It also watches each link's writer: a service that stopped reading still heartbeats,
 //! but bytes queued for it stop moving. Writes stuck longer than `routing.degraded_after`
@@ -22,7 +24,7 @@ use std::time::Instant;
 
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
-use weir_proto::{EndpointsUpdate, ErrorCode, HealthStatus, Heartbeat, Message, Welcome, PROTOCOL_VERSION};
+use weir_proto::{EndpointsUpdate, ErrorCode, HealthStatus, Heartbeat, Welcome, PROBE_VERSION};
 use weir_transport::memory::{self, MemoryConnector};
 use weir_transport::{accept_hello, ByteStream, Link, LinkConfig, LinkEvent};
 
@@ -80,8 +82,9 @@ impl Gateway {
             return pending.refuse(code, &reason).await;
         }
         let hello = pending.hello.clone();
+        // Answered in the Hello's own version, so an older service is sent nothing newer.
         let welcome = Welcome {
-            protocol_version: PROTOCOL_VERSION,
+            protocol_version: hello.protocol_version,
             initial_window: config.limits.stream_window.min(RESPONSE_START_WINDOW),
             heartbeat_interval: config.routing.heartbeat_interval,
         };
@@ -100,9 +103,7 @@ impl Gateway {
             return;
         }
         // Registered before welcomed: requests routed here now queue behind the Welcome.
-        let opened =
-            welcome.to_frame(0).map_err(|e| e.to_string()).and_then(|f| link.open_with(f).map_err(|e| e.to_string()));
-        if let Err(err) = opened {
+        if let Err(err) = link.open_with(&welcome) {
             tracing::warn!(%peer, error = %err, "service link failed before its Welcome");
             self.routing.remove(conn_id);
             return;
@@ -171,7 +172,7 @@ impl Gateway {
             };
             match event {
                 None => return,
-                Some(LinkEvent::Heartbeat(heartbeat)) => self.routing.heartbeat(conn_id, &heartbeat, Instant::now()),
+                Some(LinkEvent::Heartbeat(heartbeat)) => self.on_heartbeat(conn_id, &heartbeat, proof),
                 Some(LinkEvent::EndpointsUpdate(update)) => {
                     let max = self.config().services.max_endpoints;
                     if let Err(err) = check_endpoint_count(update.endpoints.len(), max) {
@@ -191,6 +192,17 @@ impl Gateway {
                     return;
                 }
             }
+        }
+    }
+
+    /// A service's heartbeat: its health for the routing table and, answering one of the
+    /// gateway's probes, the round trip.
+    fn on_heartbeat(&self, conn_id: u64, heartbeat: &Heartbeat, proof: &ServiceProof) {
+        let now = Instant::now();
+        self.routing.heartbeat(conn_id, heartbeat, now);
+        let probed = proof.hello.protocol_version >= PROBE_VERSION;
+        if let Some(rtt) = heartbeat.probe.filter(|_| probed).and_then(|probe| self.probes.round_trip(probe, now)) {
+            self.metrics().services.heartbeat_round_trip(&proof.hello.service, rtt);
         }
     }
 
@@ -224,7 +236,8 @@ impl Gateway {
         })
     }
 
-    /// One sweep: evict services silent past `evict_after`, heartbeat the others.
+    /// One sweep: evict services silent past `evict_after`, heartbeat the others (with a
+    /// probe to those that answer one).
     pub fn sweep_once(&self, now: Instant) {
         for rate in self.live().mounts.iter().filter_map(|m| m.request_rate.as_ref()) {
             rate.forget_idle();
@@ -236,9 +249,12 @@ impl Gateway {
             }
         }
         self.sweep_stalled_writes(now);
-        for (_, link) in self.links.all() {
-            let heartbeat =
-                Heartbeat { status: HealthStatus::Healthy, in_flight: link.open_streams() as u32, error_rate: 0.0 };
+        let probe = self.probes.stamp(now);
+        for (_, link, proof) in self.links.proofs() {
+            let mut heartbeat = Heartbeat::new(HealthStatus::Healthy, link.open_streams() as u32, 0.0);
+            if proof.hello.protocol_version >= PROBE_VERSION {
+                heartbeat.probe = Some(probe);
+            }
             let _ = link.send_heartbeat(&heartbeat);
         }
     }

@@ -6,12 +6,14 @@
 //! one, each with the proof it registered with ([`ServiceProof`], which a reload checks
 //! against the new credentials); network connections still in their handshake each hold
 //! a [`HandshakeSlot`]. [`intake`] pauses and resumes the listener and tells services to
-//! dial again, for a hand-over to another process.
+//! dial again, for a hand-over to another process. [`probe`] times the round trip of each
+//! heartbeat a version 2 service answers.
 
 pub(crate) mod auth;
 mod connection;
 pub(crate) mod intake;
 mod listener;
+pub(crate) mod probe;
 mod updates;
 
 use std::collections::HashMap;

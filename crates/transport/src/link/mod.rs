@@ -20,7 +20,7 @@
 //! An owner that counts the link's traffic starts it with a [`TrafficObserver`], told of
 //! each frame as the reader decodes it and as the writer queues it.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -30,7 +30,7 @@ use tokio_util::codec::{Framed, FramedParts};
 use tokio_util::sync::CancellationToken;
 use weir_proto::{
     BodyMode, Cancel, CancelReason, Credit, EndpointsUpdate, ErrorCode, ErrorMessage, Frame, FrameCodec, FrameType,
-    GoAway, Heartbeat, Message, RequestHead, ResponseHead,
+    GoAway, Heartbeat, Message, RequestHead, ResponseHead, Welcome,
 };
 
 pub mod flow;
@@ -191,9 +191,6 @@ struct Shared {
     /// Fires once when the link closes, for any reason.
     closed: CancellationToken,
     close_reason: Mutex<Option<String>>,
-    /// Whether the data queue may be written. A gateway link starts held so that no
-    /// request can overtake the Welcome: the owner registers the service, then opens.
-    open: AtomicBool,
     /// When the link started; `last_received_ms` counts from it.
     started: Instant,
     /// Milliseconds from `started` to the last frame read, for liveness checks.
@@ -218,7 +215,8 @@ type FrameSource<T> = Framed<ReadHalf<T>, FrameCodec>;
 
 impl Link {
     /// Starts the reader and writer tasks on a connection past its Hello. A link started
-    /// held (`open == false`) writes only control frames until [`Link::open_with`].
+    /// held (`open == false`) writes only control frames until it has written the
+    /// Welcome of [`Link::open_with`].
     pub fn start<T: ByteStream>(
         framed: Framed<T, FrameCodec>,
         role: Role,
@@ -248,7 +246,6 @@ impl Link {
                 data_tx,
                 closed: CancellationToken::new(),
                 close_reason: Mutex::new(None),
-                open: AtomicBool::new(open),
                 started: Instant::now(),
                 last_received_ms: AtomicU64::new(0),
                 peer_heartbeats: AtomicU64::new(0),
@@ -269,20 +266,16 @@ impl Link {
         let source = Framed::from_parts(source_parts);
         let clock = Arc::clone(&link.shared.write_clock);
         let sink = frame_writer::FrameWriter::new(write_half, config.max_frame_payload, parts.write_buf, clock);
-        tokio::spawn(link.clone().write_loop(sink, control_rx, data_rx));
+        tokio::spawn(link.clone().write_loop(sink, control_rx, data_rx, open));
         tokio::spawn(link.clone().read_loop(source, events_tx));
         (link, events_rx)
     }
 
-    /// Queues `frame` (a Welcome) on the control queue, then lets data frames flow.
-    pub fn open_with(&self, frame: Frame) -> Result<(), StreamError> {
-        self.send_control(frame)?;
-        self.shared.open.store(true, Ordering::Release);
-        Ok(())
-    }
-
-    pub(crate) fn is_open(&self) -> bool {
-        self.shared.open.load(Ordering::Acquire)
+    /// Queues `welcome` on the control queue; once the writer has written it, data frames
+    /// flow (a held link's writer opens on the Welcome it writes, so no request queued
+    /// meanwhile can overtake it, and none waits behind a flag set too late).
+    pub fn open_with(&self, welcome: &Welcome) -> Result<(), StreamError> {
+        self.send_control(welcome.to_frame(0).map_err(|e| StreamError::Failed(e.to_string()))?)
     }
 
     /// This link's role.

@@ -4,8 +4,10 @@
 //! with one exception that keeps each stream's frames in order: before a Cancel or Error
 //! for a stream, every data frame already queued is written, so a stream's end can never
 //! overtake its own head.
-//! The data queue is not served while the link is held (see [`Link::open_with`]); the
-//! frame that opens it is a control frame, so the loop always wakes to see it open.
+//! The data queue is not served while the link is held (see [`Link::open_with`]): the
+//! writer itself opens it once it has queued the Welcome, so no data frame can overtake
+//! the Welcome and none is left waiting behind it (the loop that wrote the Welcome serves
+//! the data queue from its next turn).
 //! A write blocked on a peer that stopped reading is abandoned when the link closes, so
 //! closing (eviction) frees the connection instead of waiting on it forever.
 //! Frames are queued in batches (see [`FrameWriter`](super::frame_writer::FrameWriter)) and flushed once per batch, or
@@ -23,18 +25,26 @@ const BATCH: usize = 256;
 /// calls, small enough that the peer starts reading early.
 const FLUSH_AT: usize = 256 * 1024;
 
+/// Whether the writer serves the data queue: from the start, or once it has queued the
+/// Welcome of a held link.
+struct DataGate {
+    open: bool,
+}
+
 impl Link {
     pub(super) async fn write_loop<T: ByteStream>(
         self,
         mut sink: FrameSink<T>,
         mut control: mpsc::UnboundedReceiver<Frame>,
         mut data: mpsc::Receiver<Frame>,
+        open: bool,
     ) {
+        let mut gate = DataGate { open };
         loop {
             let first = tokio::select! {
                 biased;
                 Some(frame) = control.recv() => frame,
-                Some(frame) = data.recv(), if self.is_open() => frame,
+                Some(frame) = data.recv(), if gate.open => frame,
                 _ = self.shared.closed.cancelled() => break,
             };
             // Let the tasks already woken queue their frames too, so that one write (and
@@ -43,7 +53,7 @@ impl Link {
             // Biased: a closing link still sends what can go at once (its Error frame).
             let written = tokio::select! {
                 biased;
-                written = self.write_batch(&mut sink, first, &mut control, &mut data) => written,
+                written = self.write_batch(&mut sink, first, &mut control, &mut data, &mut gate) => written,
                 _ = self.shared.closed.cancelled() => break,
             };
             if let Err(err) = written {
@@ -54,7 +64,7 @@ impl Link {
         }
         // Closing: deliver any last control frame (an Error telling the peer why).
         while let Ok(frame) = control.try_recv() {
-            if self.queue(&mut sink, frame).is_err() {
+            if self.queue(&mut sink, frame, &mut gate).is_err() {
                 return;
             }
         }
@@ -67,21 +77,22 @@ impl Link {
         first: Frame,
         control: &mut mpsc::UnboundedReceiver<Frame>,
         data: &mut mpsc::Receiver<Frame>,
+        gate: &mut DataGate,
     ) -> Result<(), ProtoError> {
-        self.push(sink, first, data)?;
+        self.push(sink, first, data, gate)?;
         for _ in 1..BATCH {
             let next = match control.try_recv() {
                 Ok(frame) => {
-                    self.push(sink, frame, data)?;
+                    self.push(sink, frame, data, gate)?;
                     continue;
                 }
-                Err(_) if !self.is_open() => break,
+                Err(_) if !gate.open => break,
                 Err(_) => match data.try_recv() {
                     Ok(frame) => frame,
                     Err(_) => break,
                 },
             };
-            self.queue(sink, next)?;
+            self.queue(sink, next, gate)?;
             if sink.queued() >= FLUSH_AT {
                 sink.flush().await?;
             }
@@ -95,19 +106,26 @@ impl Link {
         sink: &mut FrameSink<T>,
         frame: Frame,
         data: &mut mpsc::Receiver<Frame>,
+        gate: &mut DataGate,
     ) -> Result<(), ProtoError> {
         let ends_stream = matches!(frame.frame_type, FrameType::Cancel | FrameType::Error) && frame.correlation_id != 0;
-        if ends_stream && self.is_open() {
+        if ends_stream && gate.open {
             while let Ok(queued) = data.try_recv() {
-                self.queue(sink, queued)?;
+                self.queue(sink, queued, gate)?;
             }
         }
-        self.queue(sink, frame)
+        self.queue(sink, frame, gate)
     }
 
-    /// Queues `frame` for writing, telling the link's observer.
-    fn queue<T: ByteStream>(&self, sink: &mut FrameSink<T>, frame: Frame) -> Result<(), ProtoError> {
+    /// Queues `frame` for writing, telling the link's observer; a Welcome opens the gate.
+    fn queue<T: ByteStream>(
+        &self,
+        sink: &mut FrameSink<T>,
+        frame: Frame,
+        gate: &mut DataGate,
+    ) -> Result<(), ProtoError> {
         let size = super::wire_size(&frame);
+        gate.open |= frame.frame_type == FrameType::Welcome;
         sink.push(frame)?;
         if let Some(observer) = &self.shared.observer {
             observer.frame_written(size);

@@ -10,10 +10,14 @@ use reqwest::StatusCode;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_util::codec::Framed;
-use weir_proto::{EndpointDescriptor, ErrorCode, ErrorMessage, FrameCodec, FrameType, Hello, Message};
-use weir_transport::{dial, HandshakeError, LinkConfig};
+use weir_proto::{
+    EndpointDescriptor, ErrorCode, ErrorMessage, FrameCodec, FrameType, HealthStatus, Heartbeat, Hello, Message,
+    MIN_PROTOCOL_VERSION, PROTOCOL_VERSION,
+};
+use weir_transport::{dial, HandshakeError, LinkConfig, LinkEvent};
 
 use crate::common::*;
+use crate::observability::until_scraped;
 
 conformance! {
     malformed_frame_closes_only_that_service,
@@ -21,6 +25,7 @@ conformance! {
     unparsable_template_is_refused_and_nothing_is_registered,
     claiming_another_services_endpoint_is_refused,
     unsupported_protocol_version_is_refused,
+    version_1_service_is_welcomed_in_its_version_without_probes,
     garbage_instead_of_hello_is_dropped,
 }
 
@@ -120,10 +125,44 @@ async fn claiming_another_services_endpoint_is_refused(transport: Transport) {
 
 async fn unsupported_protocol_version_is_refused(transport: Transport) {
     let h = Harness::with_demo_on(config(), transport).await;
-    let mut old = hello("future", vec![EndpointDescriptor::new("GET", "/future")]);
-    old.protocol_version = 99;
-    let (code, _) = refused(&h, old).await;
-    assert_eq!(code, ErrorCode::RegistrationRefused);
+    for version in [MIN_PROTOCOL_VERSION - 1, PROTOCOL_VERSION + 1, 99] {
+        let mut other = hello("future", vec![EndpointDescriptor::new("GET", "/future")]);
+        other.protocol_version = version;
+        let (code, message) = refused(&h, other).await;
+        assert_eq!(code, ErrorCode::RegistrationRefused, "version {version}");
+        let supported = format!("{MIN_PROTOCOL_VERSION} to {PROTOCOL_VERSION}");
+        assert!(message.contains(&format!("version {version} ")) && message.contains(&supported), "{message}");
+    }
+    assert_eq!(h.client.get(h.url("/future")).send().await.unwrap().status(), StatusCode::NOT_FOUND);
+    assert_demo_still_serves(&h).await;
+}
+
+/// A version 1 service is welcomed in version 1 and never sent a heartbeat probe, which
+/// its decoder would refuse; a probe it sends anyway is not taken as a round trip.
+async fn version_1_service_is_welcomed_in_its_version_without_probes(transport: Transport) {
+    let h = Harness::with_demo_on(config(), transport).await;
+    let mut old = hello("legacy", vec![EndpointDescriptor::new("GET", "/legacy")]);
+    old.protocol_version = 1;
+    let (link, mut events, welcome) = dial(h.dial().await, &old, LinkConfig::default(), WAIT).await.unwrap();
+    assert_eq!(welcome.protocol_version, 1);
+    for _ in 0..3 {
+        h.gateway.sweep_once(std::time::Instant::now());
+        let heartbeat = loop {
+            match tokio::time::timeout(WAIT, events.recv()).await.unwrap().expect("link open") {
+                LinkEvent::Heartbeat(heartbeat) => break heartbeat,
+                _ => continue,
+            }
+        };
+        assert_eq!(heartbeat.probe, None);
+        // Answered as a version 2 service would: the gateway must not time it.
+        link.send_heartbeat(&Heartbeat { probe: Some(0), ..Heartbeat::new(HealthStatus::Healthy, 0, 0.0) }).unwrap();
+    }
+    assert!(!link.is_closed(), "{:?}", link.close_reason());
+    // Heartbeats are taken in order: once this one shows, the ones before it were taken.
+    link.send_heartbeat(&Heartbeat::new(HealthStatus::Draining, 0, 0.0)).unwrap();
+    let draining = r#"weir_service_instances{service="legacy",version="1.0.0",health="draining"} 1"#;
+    let text = until_scraped(&h, |text| text.contains(draining)).await;
+    assert!(!text.contains(r#"weir_service_heartbeat_rtt_seconds_count{service="legacy"}"#), "{text}");
     assert_demo_still_serves(&h).await;
 }
 

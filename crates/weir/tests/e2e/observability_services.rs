@@ -100,6 +100,43 @@ async fn services_that_attach_leave_and_reconnect_are_counted_with_their_links()
     assert!(value(&text, &demo_healthy) <= 1.0, "{text}");
 }
 
+/// Each gateway heartbeat probes every version 2 instance; their answers, over TCP and
+/// under load, time the round trip per service.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeat_round_trips_are_timed_per_service_under_load() {
+    let mut h = Harness::start_on(demo_mounts(), Transport::Tcp).await;
+    h.attach(weir::demo::service()).await;
+    h.attach(extra("extra-1")).await;
+    h.attach(extra("extra-2")).await;
+    let count = |text: &str, service: &str| {
+        value(text, &format!(r#"weir_service_heartbeat_rtt_seconds_count{{service="{service}"}}"#))
+    };
+    let before = scrape(&h).await;
+    let (demo_before, extra_before) = (count(&before, "demo"), count(&before, "extra"));
+    let sweeps = 5;
+    let loading = load(&h, 16, 4, 20_000);
+    let probing = async {
+        for sweep in 1..=sweeps {
+            h.gateway.sweep_once(std::time::Instant::now());
+            let sweep = f64::from(sweep);
+            until_scraped(&h, |text| {
+                count(text, "demo") >= demo_before + sweep && count(text, "extra") >= extra_before + 2.0 * sweep
+            })
+            .await;
+        }
+    };
+    tokio::join!(loading, probing);
+    let text = scrape(&h).await;
+    for (service, instances) in [("demo", 1.0), ("extra", 2.0)] {
+        let answered = count(&text, service);
+        assert!(answered >= instances * f64::from(sweeps), "{service}: {answered} answers\n{text}");
+        let sum = value(&text, &format!(r#"weir_service_heartbeat_rtt_seconds_sum{{service="{service}"}}"#));
+        assert!(sum > 0.0 && sum / answered < 1.0, "{service}: {sum} s over {answered} round trips");
+        let slowest = format!(r#"weir_service_heartbeat_rtt_seconds_bucket{{service="{service}",le="+Inf"}}"#);
+        assert_eq!(value(&text, &slowest), answered, "{text}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hellos_that_fail_the_handshake_are_counted_by_reason() {
     let guarded = with_credential(demo_mounts(), "billing", Some("billing-token"), &["/billing"]);

@@ -38,7 +38,7 @@ async fn handshake(h: &Harness, hello: &Hello) -> (Raw, Frame) {
 }
 
 fn heartbeat() -> Frame {
-    Heartbeat { status: HealthStatus::Healthy, in_flight: 0, error_rate: 0.0 }.to_frame(0).unwrap()
+    Heartbeat::new(HealthStatus::Healthy, 0, 0.0).to_frame(0).unwrap()
 }
 
 /// Reads until the connection closes; `true` if it did within [`WAIT`].

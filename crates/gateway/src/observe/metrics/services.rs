@@ -3,7 +3,9 @@
 //! `weir_link_bytes_total` and `weir_link_frames_total` (label `service`, `direction`
 //! `in` or `out`: every frame of the service's links after their handshake, counted by
 //! the link's reader and writer through [`LinkCounters`]), `weir_service_reconnects_total`
-//! (label `service`: a Hello from an instance id of that service registered before) and
+//! (label `service`: a Hello from an instance id of that service registered before),
+//! `weir_service_heartbeat_rtt_seconds` (label `service`: the round trips of the heartbeat
+//! probes its instances answered, see [`crate::services::probe`]) and
 //! `weir_service_handshake_failures_total` (label `reason`, one of
 //! [`HANDSHAKE_FAILURES`]).
 //!
@@ -20,6 +22,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
 use weir_proto::ErrorCode;
 use weir_transport::{HandshakeError, Link, TrafficObserver};
@@ -32,6 +35,11 @@ use crate::routing::{Instance, InstanceHealth};
 /// registration refused (paths, endpoint count, a conflict).
 pub(crate) const HANDSHAKE_FAILURES: [&str; 5] =
     ["timeout", "closed", "protocol", "unauthorized", "registration_refused"];
+
+/// Upper bounds of the round-trip buckets, in seconds: 50 µs (in memory, or a loopback
+/// socket) to 60 s (the longest recorded).
+const ROUND_TRIP_BUCKETS: [f64; 17] =
+    [0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 15.0, 60.0];
 
 /// How many (service, instance id) pairs are remembered to recognise a reconnect.
 const MAX_REMEMBERED: usize = 65_536;
@@ -85,17 +93,32 @@ struct ReasonLabel {
 }
 
 /// The services' families.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct ServiceMetrics {
     /// Instances per service, version and health; rebuilt at each scrape.
     instances: Family<InstanceLabels, Gauge>,
     link_bytes: Family<LinkLabels, Counter>,
     link_frames: Family<LinkLabels, Counter>,
     reconnects: Family<ServiceLabel, Counter>,
+    heartbeat_rtt: Family<ServiceLabel, Histogram, fn() -> Histogram>,
     /// Every reason's series exists from the start.
     handshake_failures: Family<ReasonLabel, Counter>,
     /// (service, instance id) of every registration so far, up to [`MAX_REMEMBERED`].
     seen: Mutex<HashSet<(String, String)>>,
+}
+
+impl Default for ServiceMetrics {
+    fn default() -> Self {
+        ServiceMetrics {
+            instances: Family::default(),
+            link_bytes: Family::default(),
+            link_frames: Family::default(),
+            reconnects: Family::default(),
+            heartbeat_rtt: Family::new_with_constructor(|| Histogram::new(ROUND_TRIP_BUCKETS)),
+            handshake_failures: Family::default(),
+            seen: Mutex::default(),
+        }
+    }
 }
 
 /// One service's link counters, shared by all its links: told of each frame by the
@@ -133,6 +156,8 @@ impl ServiceMetrics {
         registry.register("weir_link_frames", frames, self.link_frames.clone());
         let reconnects = "Registrations of an instance id registered before, by service";
         registry.register("weir_service_reconnects", reconnects, self.reconnects.clone());
+        let rtt = "Round trips of the gateway's heartbeat probes, by service";
+        registry.register_with_unit("weir_service_heartbeat_rtt", rtt, Unit::Seconds, self.heartbeat_rtt.clone());
         let failures = "Service connections refused before their Welcome, by reason";
         registry.register("weir_service_handshake_failures", failures, self.handshake_failures.clone());
     }
@@ -163,6 +188,11 @@ impl ServiceMetrics {
         if !first {
             self.reconnects.get_or_create(&ServiceLabel { service: service.into() }).inc();
         }
+    }
+
+    /// An instance of `service` answered a heartbeat probe after `rtt`.
+    pub(crate) fn heartbeat_round_trip(&self, service: &str, rtt: std::time::Duration) {
+        self.heartbeat_rtt.get_or_create(&ServiceLabel { service: service.into() }).observe(rtt.as_secs_f64());
     }
 
     /// A handshake that failed before the Hello was read whole.
@@ -235,6 +265,7 @@ mod tests {
         metrics.registered("demo", "a");
         metrics.handshake_failed(&HandshakeError::Timeout);
         metrics.hello_refused(ErrorCode::Unauthorized);
+        metrics.heartbeat_round_trip("demo", std::time::Duration::from_micros(300));
         let text = super::super::tests::encode(&registry);
         for line in [
             r#"weir_service_instances{service="demo",version="1.2.0",health="healthy"} 2"#,
@@ -246,6 +277,9 @@ mod tests {
             r#"weir_service_handshake_failures_total{reason="timeout"} 1"#,
             r#"weir_service_handshake_failures_total{reason="unauthorized"} 1"#,
             r#"weir_service_handshake_failures_total{reason="closed"} 0"#,
+            r#"weir_service_heartbeat_rtt_seconds_bucket{service="demo",le="0.0005"} 1"#,
+            r#"weir_service_heartbeat_rtt_seconds_bucket{service="demo",le="0.00025"} 0"#,
+            r#"weir_service_heartbeat_rtt_seconds_count{service="demo"} 1"#,
         ] {
             assert!(text.contains(line), "{line} in {text}");
         }
