@@ -37,6 +37,10 @@ enum Command {
         /// Address services dial in on, overriding `services.listen`.
         #[arg(long)]
         services_listen: Option<SocketAddr>,
+        /// Address of the admin surface (metrics, health, dashboard), overriding
+        /// `server.admin_listen`.
+        #[arg(long)]
+        admin_listen: Option<SocketAddr>,
         /// Do not attach the embedded demo service.
         #[arg(long)]
         no_demo: bool,
@@ -88,9 +92,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     weir::logging::init();
     match cli.command {
-        Command::Serve { config, listen, services_listen, no_demo, workers } => {
+        Command::Serve { config, listen, services_listen, admin_listen, no_demo, workers } => {
             let workers = workers.map(usize::from);
-            let options = weir::serve::ServeOptions { config, listen, services_listen, demo: !no_demo, workers };
+            let demo = !no_demo;
+            let options = weir::serve::ServeOptions { config, listen, services_listen, admin_listen, demo, workers };
             weir::serve::run(options)
         }
         Command::DemoService { connect, token, tls_ca, tls_cert, tls_key, tls_server_name, workers } => {

@@ -39,6 +39,8 @@ pub struct ServeOptions {
     pub listen: Option<SocketAddr>,
     /// Overrides `services.listen`.
     pub services_listen: Option<SocketAddr>,
+    /// Overrides `server.admin_listen`.
+    pub admin_listen: Option<SocketAddr>,
     pub demo: bool,
     /// Runtime worker threads; one per core when `None`.
     pub workers: Option<usize>,
@@ -77,6 +79,9 @@ fn configure(options: &ServeOptions) -> Result<GatewayConfig, String> {
     }
     if let Some(listen) = options.services_listen {
         config.services.listen = listen;
+    }
+    if let Some(listen) = options.admin_listen {
+        config.server.admin_listen = Some(listen);
     }
     Ok(config)
 }

@@ -247,7 +247,7 @@ impl Exchange {
     fn access_record(&mut self, facts: Facts, duration: Duration, bytes_in: u64, bytes_out: u64) -> AccessRecord {
         AccessRecord {
             start: self.started_at,
-            request_id: String::from_utf8_lossy(self.request_id.as_bytes()).into_owned(),
+            request_id: self.request_id.clone(),
             client: facts.client.unwrap_or(self.peer),
             method: self.method.clone(),
             path: std::mem::take(&mut self.path),

@@ -158,11 +158,17 @@ async fn demo_service_dials_weir_serve_over_mutual_tls() {
 
 #[tokio::test]
 async fn serve_with_the_embedded_demo_answers_at_once_and_drains_on_sigterm() {
-    let args = ["serve", "--listen", "127.0.0.1:0", "--services-listen", "127.0.0.1:0"];
+    let args =
+        ["serve", "--listen", "127.0.0.1:0", "--services-listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"];
     let mut gateway = Proc::spawn(&args);
     let http = gateway.line("weir listening on ").await;
+    let admin = gateway.line("weir admin on ").await;
     assert_eq!(reqwest::get(format!("{http}/healthz")).await.unwrap().status(), StatusCode::OK);
     demo_answers(&http).await;
+    let metrics = reqwest::get(format!("{admin}/metrics")).await.unwrap().text().await.unwrap();
+    assert!(metrics.contains(r#"weir_service_instances{service="demo""#), "{metrics}");
+    let dashboard = reqwest::get(format!("{admin}/")).await.unwrap();
+    assert_eq!(dashboard.status(), StatusCode::OK);
     // A request in flight when SIGTERM arrives still completes, then weir exits 0.
     let slow = tokio::spawn(reqwest::get(format!("{http}/api/slow?ms=700")));
     // A request sent after it has been answered, so the slow one is in flight by now.

@@ -16,7 +16,7 @@
 //! In text, an absent value is `-` and every byte outside printable ASCII, a space, a
 //! `"` or a `\` in a value is written `\xNN`, so a line always splits on spaces.
 
-use std::fmt::Write as _;
+use std::io::{self, Write};
 use std::time::Duration;
 
 use serde::Serialize;
@@ -31,13 +31,14 @@ use crate::config::AccessLogFormat;
 const TIME: &[FormatItem<'static>] =
     format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z");
 
-/// Appends `record` as one line in `format` to `line`.
-pub(super) fn write(line: &mut String, record: &AccessRecord, format: AccessLogFormat) {
+/// Writes `record` as one line in `format` to `out` (the writer's buffer: formatted in
+/// place, with no line of its own allocated).
+pub(super) fn write(out: &mut impl Write, record: &AccessRecord, format: AccessLogFormat) -> io::Result<()> {
     match format {
-        AccessLogFormat::Json => json(line, record),
-        AccessLogFormat::Text => text(line, record),
+        AccessLogFormat::Json => json(out, record)?,
+        AccessLogFormat::Text => text(out, record)?,
     }
-    line.push('\n');
+    out.write_all(b"\n")
 }
 
 /// The JSON object of one record.
@@ -63,10 +64,10 @@ struct JsonLine<'r> {
     websocket: bool,
 }
 
-fn json(line: &mut String, r: &AccessRecord) {
+fn json(out: &mut impl Write, r: &AccessRecord) -> io::Result<()> {
     let object = JsonLine {
         time: timestamp(r),
-        request_id: &r.request_id,
+        request_id: request_id(r),
         client: r.client.to_string(),
         method: r.method.as_str(),
         path: &r.path,
@@ -84,33 +85,29 @@ fn json(line: &mut String, r: &AccessRecord) {
         ttfb_s: r.time_to_first_byte.as_ref().map(Duration::as_secs_f64),
         websocket: r.websocket,
     };
-    // Serializing plain strings and numbers cannot fail; were it to, the line says so.
-    let encoded = serde_json::to_string(&object).unwrap_or_else(|err| format!("{{\"error\":\"{err}\"}}"));
-    line.push_str(&encoded);
+    // Plain strings and numbers always serialize: an error here is the writer's.
+    serde_json::to_writer(out, &object).map_err(io::Error::from)
 }
 
-fn text(line: &mut String, r: &AccessRecord) {
-    let status = r.status.map_or_else(|| "-".to_owned(), |s| s.as_str().to_owned());
-    // Writing into a String cannot fail.
-    let _ = write!(line, "{} {} \"{} ", timestamp(r), r.client, r.method);
-    escaped(line, Some(&r.path));
-    let _ = write!(
-        line,
+fn text(out: &mut impl Write, r: &AccessRecord) -> io::Result<()> {
+    let status = r.status.as_ref().map_or("-", |s| s.as_str());
+    write!(out, "{} {} \"{} ", timestamp(r), r.client, r.method)?;
+    escaped(out, Some(&r.path))?;
+    write!(
+        out,
         " {}\" {status} in={} out={} duration={:.6}",
         version(r.version),
         r.bytes_in,
         r.bytes_out,
         r.duration.as_secs_f64()
-    );
-    line.push_str(" ttfb=");
+    )?;
+    out.write_all(b" ttfb=")?;
     match r.time_to_first_byte {
-        Some(ttfb) => {
-            let _ = write!(line, "{:.6}", ttfb.as_secs_f64());
-        }
-        None => line.push('-'),
+        Some(ttfb) => write!(out, "{:.6}", ttfb.as_secs_f64())?,
+        None => out.write_all(b"-")?,
     }
     let pairs = [
-        (" id=", Some(r.request_id.as_str())),
+        (" id=", Some(request_id(r))),
         (" mount=", r.mount.as_deref()),
         (" route=", r.route.as_deref()),
         (" service=", r.service.as_deref()),
@@ -119,25 +116,32 @@ fn text(line: &mut String, r: &AccessRecord) {
         (" reason=", r.reason),
     ];
     for (key, value) in pairs {
-        line.push_str(key);
-        escaped(line, value);
+        out.write_all(key.as_bytes())?;
+        escaped(out, value)?;
     }
-    line.push_str(if r.websocket { " ws=1" } else { " ws=0" });
+    out.write_all(if r.websocket { b" ws=1" } else { b" ws=0" })
 }
 
 /// `value` with every byte that could break a space-separated line escaped; `-` if absent.
-fn escaped(line: &mut String, value: Option<&str>) {
-    let Some(value) = value else {
-        line.push('-');
-        return;
-    };
-    for byte in value.bytes() {
-        if byte.is_ascii_graphic() && byte != b'"' && byte != b'\\' {
-            line.push(char::from(byte));
-        } else {
-            let _ = write!(line, "\\x{byte:02X}");
+fn escaped(out: &mut impl Write, value: Option<&str>) -> io::Result<()> {
+    let Some(value) = value else { return out.write_all(b"-") };
+    let plain = |byte: &u8| byte.is_ascii_graphic() && *byte != b'"' && *byte != b'\\';
+    let mut rest = value.as_bytes();
+    while !rest.is_empty() {
+        let run = rest.iter().take_while(|b| plain(b)).count();
+        out.write_all(&rest[..run])?;
+        if let Some(byte) = rest.get(run) {
+            write!(out, "\\x{byte:02X}")?;
         }
+        rest = rest.get(run + 1..).unwrap_or_default();
     }
+    Ok(())
+}
+
+/// The request id as text: a client's is kept only when plausible (ASCII), a generated
+/// one is hex.
+fn request_id(r: &AccessRecord) -> &str {
+    r.request_id.to_str().unwrap_or("-")
 }
 
 fn timestamp(r: &AccessRecord) -> String {
@@ -164,10 +168,16 @@ mod tests {
 
     use super::*;
 
+    fn written(record: &AccessRecord, format: AccessLogFormat) -> String {
+        let mut line = Vec::new();
+        write(&mut line, record, format).unwrap();
+        String::from_utf8(line).unwrap()
+    }
+
     fn record() -> AccessRecord {
         AccessRecord {
             start: SystemTime::UNIX_EPOCH + Duration::from_millis(1_796_256_000_123),
-            request_id: "abc".into(),
+            request_id: http::HeaderValue::from_static("abc"),
             client: "10.0.0.7:51234".parse::<SocketAddr>().unwrap(),
             method: Method::GET,
             path: "/api/it ems/\"7\"".into(),
@@ -189,8 +199,7 @@ mod tests {
 
     #[test]
     fn json_has_every_key_and_null_for_what_the_request_lacked() {
-        let mut line = String::new();
-        write(&mut line, &record(), AccessLogFormat::Json);
+        let line = written(&record(), AccessLogFormat::Json);
         assert!(line.ends_with('\n') && line.matches('\n').count() == 1);
         let value: serde_json::Value = serde_json::from_str(&line).unwrap();
         assert_eq!(value["time"], "2026-12-03T00:00:00.123Z");
@@ -205,8 +214,7 @@ mod tests {
 
     #[test]
     fn text_escapes_what_would_split_a_field() {
-        let mut line = String::new();
-        write(&mut line, &record(), AccessLogFormat::Text);
+        let line = written(&record(), AccessLogFormat::Text);
         assert_eq!(
             line,
             "2026-12-03T00:00:00.123Z 10.0.0.7:51234 \"GET /api/it\\x20ems/\\x227\\x22 HTTP/1.1\" 200 in=3 out=42 \
@@ -216,8 +224,7 @@ mod tests {
         let mut gone = record();
         gone.status = None;
         gone.time_to_first_byte = None;
-        let mut line = String::new();
-        write(&mut line, &gone, AccessLogFormat::Text);
+        let line = written(&gone, AccessLogFormat::Text);
         assert!(line.contains("HTTP/1.1\" - in=3") && line.contains("ttfb=- "), "{line}");
     }
 }
