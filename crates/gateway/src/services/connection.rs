@@ -24,7 +24,7 @@ use std::time::Instant;
 
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
-use weir_proto::{EndpointsUpdate, ErrorCode, HealthStatus, Heartbeat, Welcome, PROBE_VERSION};
+use weir_proto::{EndpointsUpdate, ErrorCode, HealthStatus, Heartbeat, Welcome};
 use weir_transport::memory::{self, MemoryConnector};
 use weir_transport::{accept_hello, ByteStream, Link, LinkConfig, LinkEvent};
 
@@ -200,8 +200,9 @@ impl Gateway {
     fn on_heartbeat(&self, conn_id: u64, heartbeat: &Heartbeat, proof: &ServiceProof) {
         let now = Instant::now();
         self.routing.heartbeat(conn_id, heartbeat, now);
-        let probed = proof.hello.protocol_version >= PROBE_VERSION;
-        if let Some(rtt) = heartbeat.probe.filter(|_| probed).and_then(|probe| self.probes.round_trip(probe, now)) {
+        if let Some(rtt) =
+            heartbeat.probe.filter(|_| proof.answers_probes()).and_then(|probe| self.probes.round_trip(probe, now))
+        {
             self.metrics().services.heartbeat_round_trip(&proof.hello.service, rtt);
         }
     }
@@ -252,7 +253,7 @@ impl Gateway {
         let probe = self.probes.stamp(now);
         for (_, link, proof) in self.links.proofs() {
             let mut heartbeat = Heartbeat::new(HealthStatus::Healthy, link.open_streams() as u32, 0.0);
-            if proof.hello.protocol_version >= PROBE_VERSION {
+            if proof.answers_probes() {
                 heartbeat.probe = Some(probe);
             }
             let _ = link.send_heartbeat(&heartbeat);

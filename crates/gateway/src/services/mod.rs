@@ -41,6 +41,13 @@ pub(crate) struct ServiceProof {
     pub trust: PeerTrust,
 }
 
+impl ServiceProof {
+    /// Whether the service answers heartbeat probes (see [`probe`]).
+    pub(crate) fn answers_probes(&self) -> bool {
+        self.hello.protocol_version >= weir_proto::PROBE_VERSION
+    }
+}
+
 /// The live service links by connection id, each with its proof.
 #[derive(Debug)]
 pub(crate) struct ServiceLinks {

@@ -64,7 +64,7 @@ impl Link {
         }
         // Closing: deliver any last control frame (an Error telling the peer why).
         while let Ok(frame) = control.try_recv() {
-            if self.queue(&mut sink, frame, &mut gate).is_err() {
+            if self.queue(&mut sink, frame).is_err() {
                 return;
             }
         }
@@ -92,7 +92,7 @@ impl Link {
                     Err(_) => break,
                 },
             };
-            self.queue(sink, next, gate)?;
+            self.queue(sink, next)?;
             if sink.queued() >= FLUSH_AT {
                 sink.flush().await?;
             }
@@ -100,7 +100,8 @@ impl Link {
         Ok(sink.flush().await?)
     }
 
-    /// Queues `frame`; a stream-ending control frame first lets queued data through.
+    /// Queues `frame`; a stream-ending control frame first lets queued data through, and
+    /// the Welcome opens the data gate (only control frames come here, never data).
     fn push<T: ByteStream>(
         &self,
         sink: &mut FrameSink<T>,
@@ -111,21 +112,16 @@ impl Link {
         let ends_stream = matches!(frame.frame_type, FrameType::Cancel | FrameType::Error) && frame.correlation_id != 0;
         if ends_stream && gate.open {
             while let Ok(queued) = data.try_recv() {
-                self.queue(sink, queued, gate)?;
+                self.queue(sink, queued)?;
             }
         }
-        self.queue(sink, frame, gate)
+        gate.open |= frame.frame_type == FrameType::Welcome;
+        self.queue(sink, frame)
     }
 
-    /// Queues `frame` for writing, telling the link's observer; a Welcome opens the gate.
-    fn queue<T: ByteStream>(
-        &self,
-        sink: &mut FrameSink<T>,
-        frame: Frame,
-        gate: &mut DataGate,
-    ) -> Result<(), ProtoError> {
+    /// Queues `frame` for writing, telling the link's observer.
+    fn queue<T: ByteStream>(&self, sink: &mut FrameSink<T>, frame: Frame) -> Result<(), ProtoError> {
         let size = super::wire_size(&frame);
-        gate.open |= frame.frame_type == FrameType::Welcome;
         sink.push(frame)?;
         if let Some(observer) = &self.shared.observer {
             observer.frame_written(size);

@@ -32,6 +32,7 @@ use http::{HeaderValue, Method, StatusCode, Version};
 use prometheus_client::metrics::counter::Counter;
 
 use crate::config::{AccessLogFormat, AccessLogTarget, LogConfig};
+use crate::limits::lock;
 
 /// Records waiting for the writer; beyond this, new ones are dropped.
 const QUEUE_LINES: usize = 4096;
@@ -170,8 +171,7 @@ struct QueueState {
 
 impl Queue {
     fn lock(&self) -> MutexGuard<'_, QueueState> {
-        // Nothing is left half-changed under this lock: a panic elsewhere leaves it usable.
-        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        lock(&self.state)
     }
 
     /// Adds `record`; `false` (dropped) if the queue is full.
@@ -264,11 +264,11 @@ fn write_records(queue: &Queue, mut out: BufWriter<Box<dyn Write + Send>>, forma
     let mut batch = Vec::new();
     loop {
         let (flushes, closed) = queue.next_turn(&mut batch);
-        let (batch_size, wrote) = (batch.len(), !batch.is_empty());
+        let batch_size = batch.len();
         for record in batch.drain(..) {
             failing = note_write(format::write(&mut out, &record, format), failing, dropped);
         }
-        if wrote {
+        if batch_size > 0 {
             failing = note_write(out.flush(), failing, dropped);
         }
         // A burst leaves a large buffer behind: give most of it back once traffic is light.
@@ -276,7 +276,7 @@ fn write_records(queue: &Queue, mut out: BufWriter<Box<dyn Write + Send>>, forma
             batch.shrink_to(batch_size.max(64));
         }
         queue.turn_done(flushes);
-        if closed && !wrote {
+        if closed && batch_size == 0 {
             return;
         }
     }
