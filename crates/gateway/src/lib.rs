@@ -113,6 +113,8 @@ pub struct Listeners {
     /// Where services in other processes dial in, over TLS when an acceptor is given;
     /// `None`: only in-memory services ([`Gateway::attach_memory`]).
     pub services: Option<(TcpListener, Option<TlsAcceptor>)>,
+    /// Services dialling in through a RabbitMQ broker (`[services.rabbitmq]`), if enabled.
+    pub broker: Option<weir_rabbitmq::BrokerListener>,
 }
 
 impl std::fmt::Debug for Listeners {
@@ -123,6 +125,7 @@ impl std::fmt::Debug for Listeners {
             .field("admin", &self.admin)
             .field("redirect", &self.redirect)
             .field("services", &services)
+            .field("broker", &self.broker.as_ref().map(|broker| broker.address().to_string()))
             .finish()
     }
 }
@@ -187,6 +190,10 @@ impl Gateway {
             let (gateway, shutdown) = (Arc::clone(self), shutdown.clone());
             tokio::spawn(async move { gateway.serve_services(listener, tls, shutdown).await })
         });
+        let broker = listeners.broker.map(|listener| {
+            let (gateway, shutdown) = (Arc::clone(self), shutdown.clone());
+            tokio::spawn(async move { gateway.serve_broker_services(listener, shutdown).await })
+        });
         let admin = listeners.admin.map(|listener| {
             tokio::spawn(downstream::serve(Arc::clone(self), listener, Surface::Admin, shutdown.clone()))
         });
@@ -220,7 +227,7 @@ impl Gateway {
         }
         let _ = going_away.await;
         self.websockets.closed(self.config().server.shutdown_grace).await;
-        if let Some(task) = services {
+        for task in [services, broker].into_iter().flatten() {
             let _ = task.await;
         }
         self.close_services("gateway shutting down");

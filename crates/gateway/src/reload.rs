@@ -59,7 +59,7 @@ impl fmt::Debug for SourceSlot {
 }
 
 /// The settings a reload cannot change: each is used once, when the gateway starts.
-pub const FIXED_AT_START: [&str; 12] = [
+pub const FIXED_AT_START: [&str; 13] = [
     "server.listen",
     "server.admin_listen",
     "server.http_redirect_listen",
@@ -69,6 +69,7 @@ pub const FIXED_AT_START: [&str; 12] = [
     "services.listen",
     "services.tls",
     "services.max_pending_handshakes",
+    "services.rabbitmq",
     "routing.max_routes",
     "routing.heartbeat_interval",
     "tracing.otlp_endpoint",
@@ -229,7 +230,7 @@ async fn close_when_idle(link: Link, grace: Duration) {
 /// changes, and names them.
 fn keep_fixed(current: &GatewayConfig, new: &mut GatewayConfig) -> Vec<&'static str> {
     let mut changed = Vec::new();
-    let [listen, admin, redirect, max_conns, per_ip, server_tls, services_listen, services_tls, pending, routes, beat, otlp] =
+    let [listen, admin, redirect, max_conns, per_ip, server_tls, services_listen, services_tls, pending, rabbitmq, routes, beat, otlp] =
         FIXED_AT_START;
     let (old, server) = (&current.server, &mut new.server);
     keep(listen, &old.listen, &mut server.listen, &mut changed);
@@ -245,6 +246,7 @@ fn keep_fixed(current: &GatewayConfig, new: &mut GatewayConfig) -> Vec<&'static 
     keep(services_listen, &old.listen, &mut services.listen, &mut changed);
     keep(services_tls, &old.tls, &mut services.tls, &mut changed);
     keep(pending, &old.max_pending_handshakes, &mut services.max_pending_handshakes, &mut changed);
+    keep(rabbitmq, &old.rabbitmq, &mut services.rabbitmq, &mut changed);
     let (old, routing) = (&current.routing, &mut new.routing);
     keep(routes, &old.max_routes, &mut routing.max_routes, &mut changed);
     keep(beat, &old.heartbeat_interval, &mut routing.heartbeat_interval, &mut changed);

@@ -1,8 +1,9 @@
 //! Dialling gateways over the network: [`Dialer`] for the transport crate's TCP and TLS
-//! dialers, and [`Service::run_all`] for a deployment with several gateway replicas.
+//! dialers and for [`RabbitMqDialer`] (through a broker), and [`Service::run_all`] for a
+//! deployment with several gateway replicas.
 //!
 //! ```no_run
-//! use weir_service::{Service, TcpDialer, TlsDialer};
+//! use weir_service::{RabbitMqDialer, Service, TcpDialer, TlsDialer};
 //! use weir_transport::tls;
 //!
 //! # async fn connect(service: Service) -> Result<(), Box<dyn std::error::Error>> {
@@ -19,6 +20,10 @@
 //!     .collect::<Result<Vec<_>, _>>()?;
 //! // One registered connection to each replica, each reconnecting on its own.
 //! let replicas = service.run_all(dialers);
+//!
+//! // Through a RabbitMQ broker, to the gateway with `[services.rabbitmq]` on it; at the
+//! // same time as the TCP and TLS connections above, each with its own backoff:
+//! let brokered = service.run(RabbitMqDialer::new("amqp://svc:secret@broker.internal:5672/%2f")?);
 //! # Ok(())
 //! # }
 //! ```
@@ -26,7 +31,9 @@
 use std::future::Future;
 use std::io;
 
+use tokio::io::DuplexStream;
 use tokio::net::TcpStream;
+use weir_rabbitmq::RabbitMqDialer;
 use weir_transport::tcp::TcpDialer;
 use weir_transport::tls::{ClientTlsStream, TlsDialer};
 
@@ -46,6 +53,14 @@ impl Dialer for TlsDialer {
 
     fn dial(&self) -> impl Future<Output = io::Result<ClientTlsStream<TcpStream>>> + Send {
         TlsDialer::dial(self)
+    }
+}
+
+impl Dialer for RabbitMqDialer {
+    type Io = DuplexStream;
+
+    fn dial(&self) -> impl Future<Output = io::Result<DuplexStream>> + Send {
+        RabbitMqDialer::dial(self)
     }
 }
 

@@ -124,5 +124,6 @@ pub use bytes::Bytes;
 pub use tokio_util::sync::CancellationToken;
 pub use weir_proto::trace_context::{TraceContext, TraceParent, TraceState};
 pub use weir_proto::{ClaimRequirement, EndpointDescriptor, EndpointKind, Headers, HealthStatus, Welcome};
+pub use weir_rabbitmq::RabbitMqDialer;
 pub use weir_transport::tcp::TcpDialer;
 pub use weir_transport::tls::TlsDialer;

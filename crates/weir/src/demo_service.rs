@@ -1,9 +1,11 @@
 //! `weir demo-service`: the demo service ([`crate::demo`]) in its own process, dialling a
-//! gateway's service listener over TCP, or TLS with `--tls-ca`, and reconnecting with
-//! backoff whenever the connection drops.
+//! gateway's service listener over TCP, or TLS with `--tls-ca`, and/or a gateway through
+//! a RabbitMQ broker (`--rabbitmq URL`), and reconnecting with backoff whenever a
+//! connection drops. With both, it is registered with both gateways at once.
 //!
 //! Each time it is registered, one line goes to stdout:
-//! `weir demo-service registered with tcp://ADDR` (or `tls://`), so scripts and tests
+//! `weir demo-service registered with tcp://ADDR` (or `tls://`, or
+//! `amqp://BROKER queue NAME`, never with the broker's credentials), so scripts and tests
 //! can wait for it. SIGINT or SIGTERM drains: the service announces Draining, waits (at
 //! most [`DRAIN_GRACE`]) for its requests in flight, closes the connection and exits 0.
 
@@ -13,8 +15,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use thiserror::Error;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use weir_service::{Dialer, HealthStatus, RunHandle, Service, ServiceError, TcpDialer, TlsDialer};
+use weir_rabbitmq::RabbitMqDialer;
+use weir_service::{HealthStatus, RunHandle, ServiceError, TcpDialer, TlsDialer};
 use weir_transport::tls::{self, ClientConfig, TlsError};
 
 /// Longest a drain waits for requests in flight before closing anyway.
@@ -24,7 +28,13 @@ pub const DRAIN_GRACE: Duration = Duration::from_secs(10);
 #[derive(Debug, Clone, Default)]
 pub struct DemoServiceOptions {
     /// The gateway's service listener, `host:port`.
-    pub connect: String,
+    pub connect: Option<String>,
+    /// A RabbitMQ broker's URL, to reach a gateway through it.
+    pub rabbitmq: Option<String>,
+    /// The `[services.rabbitmq] gateway` name to dial through the broker.
+    pub rabbitmq_gateway: String,
+    /// The `[services.rabbitmq] prefix` of that gateway.
+    pub rabbitmq_prefix: String,
     /// The token to present (see `[[services.credentials]]`).
     pub token: Option<String>,
     /// CA certificate(s) to trust; setting it selects TLS.
@@ -50,6 +60,10 @@ pub enum DemoServiceError {
     IncompleteTls,
     #[error("cannot start the runtime: {0}")]
     Runtime(std::io::Error),
+    #[error("--rabbitmq: {0}")]
+    Broker(#[from] weir_rabbitmq::BrokerError),
+    #[error("give --connect, --rabbitmq or both")]
+    NoGateway,
 }
 
 /// `weir demo-service`: runs until SIGINT/SIGTERM, then drains; exit 0.
@@ -70,16 +84,34 @@ fn try_run(options: DemoServiceOptions) -> Result<(), DemoServiceError> {
     }
     let service = builder.build()?;
     let tls = tls_config(&options)?;
+    let broker = match &options.rabbitmq {
+        None => None,
+        Some(url) => Some(
+            RabbitMqDialer::new(url)?
+                .gateway(options.rabbitmq_gateway.as_str())
+                .prefix(options.rabbitmq_prefix.as_str()),
+        ),
+    };
+    if options.connect.is_none() && broker.is_none() {
+        return Err(DemoServiceError::NoGateway);
+    }
     let runtime = crate::runtime::build(options.workers).map_err(DemoServiceError::Runtime)?;
     runtime.block_on(async move {
-        match tls {
-            None => serve(&service, TcpDialer::new(options.connect.as_str()), "tcp", &options.connect).await,
-            Some(config) => {
-                let name = options.tls_server_name.as_deref();
-                let dialer = TlsDialer::new(options.connect.as_str(), name, config)?;
-                serve(&service, dialer, "tls", &options.connect).await
-            }
+        let mut running = Vec::new();
+        if let Some(addr) = &options.connect {
+            running.push(match tls {
+                None => (service.run(TcpDialer::new(addr.as_str())), format!("tcp://{addr}")),
+                Some(config) => {
+                    let dialer = TlsDialer::new(addr.as_str(), options.tls_server_name.as_deref(), config)?;
+                    (service.run(dialer), format!("tls://{addr}"))
+                }
+            });
         }
+        if let Some(dialer) = broker {
+            let label = format!("{} queue {}", dialer.address(), dialer.settings().connect_queue());
+            running.push((service.run(dialer), label));
+        }
+        serve(running).await;
         Ok(())
     })
 }
@@ -98,12 +130,30 @@ fn tls_config(options: &DemoServiceOptions) -> Result<Option<Arc<ClientConfig>>,
     Ok(Some(tls::client_config(roots, identity)?))
 }
 
-/// Runs the service through `dialer` until a signal, printing each registration.
-async fn serve<D: Dialer>(service: &Service, dialer: D, scheme: &str, addr: &str) {
+/// Keeps each (run, where) going until a signal, printing each registration; then
+/// drains them all.
+async fn serve(running: Vec<(RunHandle, String)>) {
     let shutdown = CancellationToken::new();
     tokio::spawn(crate::serve::wait_for_signal(shutdown.clone()));
-    let running = service.run(dialer);
-    let mut registration = running.registration();
+    let reporters: Vec<_> = running
+        .iter()
+        .map(|(run, place)| tokio::spawn(report_registrations(run.registration(), place.clone(), shutdown.clone())))
+        .collect();
+    for reporter in reporters {
+        let _ = reporter.await;
+    }
+    for (run, _) in &running {
+        drain(run).await;
+    }
+    for (run, _) in running {
+        run.shutdown();
+        run.join().await;
+    }
+    tracing::info!("demo service stopped");
+}
+
+/// Prints a line each time `registration` turns true, until `shutdown`.
+async fn report_registrations(mut registration: watch::Receiver<bool>, place: String, shutdown: CancellationToken) {
     loop {
         tokio::select! {
             () = shutdown.cancelled() => break,
@@ -112,15 +162,11 @@ async fn serve<D: Dialer>(service: &Service, dialer: D, scheme: &str, addr: &str
                     break;
                 }
                 if *registration.borrow_and_update() {
-                    println!("weir demo-service registered with {scheme}://{addr}");
+                    println!("weir demo-service registered with {place}");
                 }
             }
         }
     }
-    drain(&running).await;
-    running.shutdown();
-    running.join().await;
-    tracing::info!("demo service stopped");
 }
 
 /// Announces Draining and waits for the requests in flight, at most [`DRAIN_GRACE`].

@@ -48,11 +48,23 @@ enum Command {
         #[arg(long, env = "WEIR_WORKERS", value_parser = clap::value_parser!(u16).range(1..=1024))]
         workers: Option<u16>,
     },
-    /// Run the demo service in its own process, dialling a gateway over TCP or TLS.
+    /// Run the demo service in its own process, dialling a gateway over TCP or TLS, or
+    /// through a RabbitMQ broker, or both.
+    #[command(group(clap::ArgGroup::new("gateway").required(true).multiple(true).args(["connect", "rabbitmq"])))]
     DemoService {
         /// The gateway's service listener, HOST:PORT.
         #[arg(long, value_name = "ADDR")]
-        connect: String,
+        connect: Option<String>,
+        /// A RabbitMQ broker, amqp:// or amqps:// URL, through which to reach a gateway
+        /// with `[services.rabbitmq]`.
+        #[arg(long, value_name = "URL")]
+        rabbitmq: Option<String>,
+        /// The gateway's `[services.rabbitmq] gateway` name.
+        #[arg(long, value_name = "NAME", requires = "rabbitmq", default_value = "default")]
+        rabbitmq_gateway: String,
+        /// The gateway's `[services.rabbitmq] prefix`.
+        #[arg(long, value_name = "PREFIX", requires = "rabbitmq", default_value = "weir")]
+        rabbitmq_prefix: String,
         /// Token proving the service's identity (`[[services.credentials]]`).
         #[arg(long)]
         token: Option<String>,
@@ -98,10 +110,24 @@ fn main() -> ExitCode {
             let options = weir::serve::ServeOptions { config, listen, services_listen, admin_listen, demo, workers };
             weir::serve::run(options)
         }
-        Command::DemoService { connect, token, tls_ca, tls_cert, tls_key, tls_server_name, workers } => {
+        Command::DemoService {
+            connect,
+            rabbitmq,
+            rabbitmq_gateway,
+            rabbitmq_prefix,
+            token,
+            tls_ca,
+            tls_cert,
+            tls_key,
+            tls_server_name,
+            workers,
+        } => {
             let workers = workers.map(usize::from);
             let options = weir::demo_service::DemoServiceOptions {
                 connect,
+                rabbitmq,
+                rabbitmq_gateway,
+                rabbitmq_prefix,
                 token,
                 tls_ca,
                 tls_cert,

@@ -13,7 +13,8 @@
 //! and tests can find it; `weir redirecting on http://ADDR` for the redirect listener
 //! (`server.http_redirect_listen`) if there is one; then
 //! `weir services on tcp://ADDR` (or `tls://ADDR`) for the service listener
-//! (`[services]`), which services in other processes dial.
+//! (`[services]`), which services in other processes dial, and
+//! `weir services on amqp://BROKER queue NAME` with `[services.rabbitmq]`.
 //!
 //! With `server.handover_socket`, the listeners are first asked of a `weir serve`
 //! already running there (`crate::handover`), the configuration having loaded; clients
@@ -27,6 +28,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use weir_gateway::config::{ServicesConfig, ServicesTlsConfig};
 use weir_gateway::{ConfigSource, Gateway, GatewayConfig, Listeners, ReloadError};
+use weir_rabbitmq::BrokerListener;
 use weir_transport::tls::{self, TlsAcceptor, TlsError};
 
 use crate::config::load_config;
@@ -180,7 +182,15 @@ async fn acquire_listeners(config: &GatewayConfig, taken: &mut Option<handover::
         None => None,
     };
     let services = bind_services(&config.services, taken).await?;
-    Ok(Listeners { public, admin, redirect, services: Some(services) })
+    let broker = match &config.services.rabbitmq {
+        None => None,
+        Some(rabbitmq) => Some(
+            BrokerListener::bind(rabbitmq.url.clone(), rabbitmq.settings.clone())
+                .await
+                .map_err(|e| std::io::Error::other(format!("services.rabbitmq.url: {e}")))?,
+        ),
+    };
+    Ok(Listeners { public, admin, redirect, services: Some(services), broker })
 }
 
 /// The stdout lines saying where each listener is (see the module documentation).
@@ -196,6 +206,9 @@ fn print_addresses(listeners: &Listeners, https: bool) -> std::io::Result<()> {
     if let Some((services, tls)) = &listeners.services {
         let scheme = if tls.is_some() { "tls" } else { "tcp" };
         println!("weir services on {scheme}://{}", services.local_addr()?);
+    }
+    if let Some(broker) = &listeners.broker {
+        println!("weir services on {} queue {}", broker.address(), broker.connect_queue());
     }
     Ok(())
 }

@@ -313,6 +313,8 @@ pub struct ServicesConfig {
     pub handshake_timeout: Duration,
     /// TLS for the service listener; `None` is plain TCP.
     pub tls: Option<ServicesTlsConfig>,
+    /// `[services.rabbitmq]`: services dial in through this broker too; `None`: not at all.
+    pub rabbitmq: Option<RabbitMqConfig>,
     /// Who may register, with what proof, under which paths.
     pub credentials: Vec<ServiceCredential>,
     /// Largest frame payload read from a service before its Welcome (its Hello): an
@@ -324,6 +326,15 @@ pub struct ServicesConfig {
     /// Most endpoints one service connection may declare, in its Hello or in an update:
     /// each costs routing-table memory and every registration's checks.
     pub max_endpoints: usize,
+}
+
+/// `[services.rabbitmq]`: where the broker is and how this gateway's queues are named.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RabbitMqConfig {
+    /// `amqp://` or `amqps://` URL; its credentials are never logged.
+    pub url: weir_rabbitmq::BrokerAddress,
+    /// Queue naming, prefetch, the broker heartbeat and the liveness ping interval.
+    pub settings: weir_rabbitmq::BrokerSettings,
 }
 
 /// `[services.tls]`: the listener's certificate and, for mutual TLS, the client CA.
@@ -369,6 +380,7 @@ impl Default for ServicesConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 7070)),
             handshake_timeout: Duration::from_secs(10),
             tls: None,
+            rabbitmq: None,
             credentials: Vec::new(),
             max_hello_size: 64 * 1024,
             max_pending_handshakes: 256,

@@ -1,4 +1,5 @@
-//! The service listener: services in other processes dial in over TCP, or TLS.
+//! The service listeners: services in other processes dial in over TCP, or TLS, or
+//! through a RabbitMQ broker.
 //!
 //! [`Gateway::serve_services`] accepts sockets until shutdown (not while the intake is
 //! paused for a hand-over, see [`super::intake`]) and gives each its own task:
@@ -9,6 +10,11 @@
 //! `services.max_pending_handshakes` connections may be in their handshake at once: one
 //! accepted beyond that is closed at once (logged), before any byte of it is read. Accept errors
 //! (for example running out of file descriptors) are logged and retried after a pause.
+//!
+//! [`Gateway::serve_broker_services`] does the same for connect requests taken from the
+//! broker: the same slots (a request beyond them is refused with a reason the service
+//! sees), the same `accept_service`. Losing the broker is not an error here: the
+//! listener reconnects by itself, and services dial again.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -16,6 +22,7 @@ use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
+use weir_rabbitmq::BrokerListener;
 use weir_transport::tls::{self, TlsAcceptor};
 
 use super::auth::ServicePeer;
@@ -73,6 +80,38 @@ impl Gateway {
             }
         }
         tracing::info!(listen = %local, "service listener stopped");
+    }
+
+    /// Accepts service connections through the broker until `shutdown` fires (not while
+    /// the intake is paused); registered services keep running after it returns.
+    pub async fn serve_broker_services(self: &Arc<Self>, mut listener: BrokerListener, shutdown: CancellationToken) {
+        let broker = listener.address().to_string();
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                () = self.intake.opened() => {}
+            }
+            let request = tokio::select! {
+                () = shutdown.cancelled() => break,
+                () = self.intake.paused() => continue,
+                request = listener.accept() => request,
+            };
+            let peer = request.peer();
+            let Ok(slot) = Arc::clone(&self.pending_handshakes).try_acquire_owned() else {
+                let max = self.config().services.max_pending_handshakes;
+                tracing::warn!(%peer, max, "broker service connection refused: too many handshakes in progress");
+                tokio::spawn(request.refuse("too many handshakes in progress"));
+                continue;
+            };
+            let gateway = Arc::clone(self);
+            tokio::spawn(async move {
+                match request.open().await {
+                    Ok(stream) => gateway.accept_service(stream, ServicePeer::network(peer, None), Some(slot)).await,
+                    Err(err) => tracing::warn!(%peer, error = %err, "broker service connection dropped"),
+                }
+            });
+        }
+        tracing::info!(%broker, "broker service listener stopped");
     }
 
     /// One accepted socket: TLS handshake if configured, then the service's whole life.

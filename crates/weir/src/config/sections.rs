@@ -3,9 +3,11 @@
 //! on that line.
 
 use weir_gateway::config::{
-    AccessLogFormat, AccessLogTarget, Http2Config, LimitsConfig, LogConfig, RoutingConfig, ServerConfig,
-    ServerTlsConfig, ServiceCredential, ServicesConfig, ServicesTlsConfig, SniCertificateConfig, TracingConfig,
+    AccessLogFormat, AccessLogTarget, Http2Config, LimitsConfig, LogConfig, RabbitMqConfig, RoutingConfig,
+    ServerConfig, ServerTlsConfig, ServiceCredential, ServicesConfig, ServicesTlsConfig, SniCertificateConfig,
+    TracingConfig,
 };
+use weir_rabbitmq::{BrokerAddress, BrokerSettings};
 
 use super::*;
 
@@ -108,7 +110,8 @@ pub(super) fn read_limits(s: &mut Section<'_, '_>, c: &mut LimitsConfig) {
     s.value("stream_window", &mut c.stream_window, size(KIB, GIB));
 }
 
-/// `[services]`: one line per key, then `[services.tls]` and `[[services.credentials]]`.
+/// `[services]`: one line per key, then `[services.tls]`, `[services.rabbitmq]` and
+/// `[[services.credentials]]`.
 pub(super) fn read_services(s: &mut Section<'_, '_>, c: &mut ServicesConfig) {
     s.value("listen", &mut c.listen, socket_addr);
     s.value("handshake_timeout", &mut c.handshake_timeout, duration);
@@ -118,6 +121,11 @@ pub(super) fn read_services(s: &mut Section<'_, '_>, c: &mut ServicesConfig) {
     s.section("tls", |t| {
         if t.present() {
             c.tls = read_services_tls(t);
+        }
+    });
+    s.section("rabbitmq", |r| {
+        if r.present() {
+            c.rabbitmq = read_rabbitmq(r);
         }
     });
     let mutual_tls = c.tls.as_ref().is_some_and(|tls| tls.client_ca.is_some());
@@ -137,6 +145,40 @@ fn read_services_tls(s: &mut Section<'_, '_>) -> Option<ServicesTlsConfig> {
     let mut client_ca = None;
     s.value("client_ca", &mut client_ca, |item| file_path(item).map(Some));
     Some(ServicesTlsConfig { cert: cert?, key: key?, client_ca })
+}
+
+/// `[services.rabbitmq]`: `url` is required once the table is there.
+fn read_rabbitmq(s: &mut Section<'_, '_>) -> Option<RabbitMqConfig> {
+    let url = s.required("url", |item| {
+        let text = item.as_str().ok_or_else(|| "expected an amqp:// or amqps:// URL string".to_owned())?;
+        text.parse::<BrokerAddress>().map_err(|e| e.to_string())
+    });
+    let mut settings = BrokerSettings::default();
+    s.value("prefix", &mut settings.prefix, queue_name_part);
+    s.value("gateway", &mut settings.gateway, queue_name_part);
+    s.value("prefetch", &mut settings.prefetch, |item| whole_number(item, 1, u16::MAX));
+    s.value("heartbeat", &mut settings.heartbeat, |item| whole_number(item, 0, u16::MAX));
+    s.value("liveness_interval", &mut settings.liveness_interval, duration);
+    Some(RabbitMqConfig { url: url?, settings })
+}
+
+/// Part of a queue name: 1 to 100 of `A-Z a-z 0-9 . _ -`.
+fn queue_name_part(item: &Item) -> Result<String, String> {
+    let text = non_empty_string(item)?;
+    let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
+    if text.len() > 100 || !text.chars().all(allowed) {
+        return Err(format!("`{text}` must be 1 to 100 letters, digits, `.`, `_` or `-`"));
+    }
+    Ok(text)
+}
+
+/// A whole number within `min..=max`.
+fn whole_number(item: &Item, min: u16, max: u16) -> Result<u16, String> {
+    let n = item.as_integer().ok_or_else(|| expected("a whole number", item))?;
+    u16::try_from(n)
+        .ok()
+        .filter(|n| (min..=max).contains(n))
+        .ok_or_else(|| format!("{n} must be between {min} and {max}"))
 }
 
 /// One `[[services.credentials]]` entry. Without a token only an mTLS identity can prove

@@ -4,17 +4,23 @@
 //!
 //! The conformance suite: a test written once as `async fn name(transport: Transport)`
 //! and listed in [`conformance!`] runs on every transport, as `name::memory`,
-//! `name::tcp`, `name::tls`, each on a multi-threaded runtime with two workers. A new transport is one `Transport` variant, one arm in
-//! [`Harness::dial`] and one line in `for_each_transport!`. Tests of rules that only
+//! `name::tcp`, `name::tls`, `name::rabbitmq`, each on a multi-threaded runtime with two
+//! workers. A new transport is one `Transport` variant, one arm in [`Harness::dialer`]
+//! and one line in `for_each_transport!`. Tests of rules that only
 //! network connections obey (service authentication) use [`over_network!`].
 //!
 //! TLS uses a throwaway CA and certificates made per harness ([`TestPki`]); mutual TLS is
 //! [`Harness::start_mtls`], whose services present a certificate naming them.
+//!
+//! The RabbitMQ transport uses the broker at [`amqp_url`] (the machine's, on
+//! 127.0.0.1:5672); each harness names its queues with a prefix of its own, so tests
+//! running at once never take each other's services.
 
 #![allow(dead_code)]
 
 use std::io;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -29,6 +35,7 @@ use tokio_util::sync::CancellationToken;
 use weir_gateway::config::{AuthConfig, MountConfig, MountSettings, Profile};
 use weir_gateway::{Gateway, GatewayConfig, Listeners};
 use weir_proto::{FrameCodec, FrameType};
+use weir_rabbitmq::{BrokerListener, BrokerSettings, RabbitMqDialer};
 use weir_service::{Dialer, RunHandle, Service};
 use weir_transport::memory::MemoryConnector;
 use weir_transport::tls::{self, ClientConfig, Identity, TlsAcceptor, TlsDialer};
@@ -46,6 +53,21 @@ pub enum Transport {
     Tcp,
     /// TLS (rustls) to the gateway's service listener, with a throwaway CA.
     Tls,
+    /// Through the RabbitMQ broker at [`amqp_url`].
+    RabbitMq,
+}
+
+/// The broker the RabbitMQ transport's tests use: `WEIR_TEST_AMQP_URL`, else the
+/// machine's broker with RabbitMQ's default account.
+pub fn amqp_url() -> String {
+    std::env::var("WEIR_TEST_AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned())
+}
+
+/// Broker settings with a queue prefix no other harness in any test process uses.
+pub fn unique_broker_settings() -> BrokerSettings {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    BrokerSettings { prefix: format!("weir-test-{}-{n}", std::process::id()), ..BrokerSettings::default() }
 }
 
 /// Instantiates `$callback!(... name variant kind)` once per transport; the one list
@@ -55,6 +77,7 @@ macro_rules! for_each_transport {
         $callback!($($args)* memory Memory local);
         $callback!($($args)* tcp Tcp network);
         $callback!($($args)* tls Tls network);
+        $callback!($($args)* rabbitmq RabbitMq network);
     };
 }
 pub(crate) use for_each_transport;
@@ -81,7 +104,7 @@ macro_rules! transport_test {
 pub(crate) use transport_test;
 
 /// Runs each listed `async fn name(transport: Transport)` on every transport, as tests
-/// `name::memory`, `name::tcp`, `name::tls`.
+/// `name::memory`, `name::tcp`, `name::tls`, `name::rabbitmq`.
 macro_rules! conformance {
     ($($name:ident),+ $(,)?) => {$(
         mod $name {
@@ -161,6 +184,13 @@ struct ServiceListener {
     task: JoinHandle<()>,
 }
 
+/// The gateway's place on the broker, for the RabbitMQ transport.
+struct BrokerHarness {
+    settings: BrokerSettings,
+    stop: CancellationToken,
+    task: JoinHandle<()>,
+}
+
 pub struct Harness {
     pub gateway: Arc<Gateway>,
     pub addr: SocketAddr,
@@ -174,6 +204,7 @@ pub struct Harness {
     mutual_tls: bool,
     memory: MemoryConnector,
     listener: Option<ServiceListener>,
+    broker: Option<BrokerHarness>,
     shutdown: CancellationToken,
     /// Shut down with the harness, so no service outlives its test.
     services: Vec<CancellationToken>,
@@ -206,7 +237,8 @@ impl Harness {
         let client = reqwest::Client::builder().pool_max_idle_per_host(0).build().unwrap();
         let pki = TestPki::new();
         let memory = gateway.attach_memory();
-        let listeners = Listeners { public: listener, admin: Some(admin), redirect: None, services: None };
+        let listeners =
+            Listeners { public: listener, admin: Some(admin), redirect: None, services: None, broker: None };
         {
             let (gateway, shutdown) = (Arc::clone(&gateway), shutdown.clone());
             tokio::spawn(async move { gateway.run(listeners, shutdown).await });
@@ -221,14 +253,33 @@ impl Harness {
             mutual_tls,
             memory,
             listener: None,
+            broker: None,
             shutdown,
             services: Vec::new(),
         };
-        if transport != Transport::Memory {
-            let acceptor = (transport == Transport::Tls).then(|| harness.pki.acceptor(mutual_tls));
-            harness.listen_for_services("127.0.0.1:0".parse().unwrap(), acceptor).await;
+        match transport {
+            Transport::Memory => {}
+            Transport::RabbitMq => harness.listen_on_broker(unique_broker_settings()).await,
+            Transport::Tcp | Transport::Tls => {
+                let acceptor = (transport == Transport::Tls).then(|| harness.pki.acceptor(mutual_tls));
+                harness.listen_for_services("127.0.0.1:0".parse().unwrap(), acceptor).await;
+            }
         }
         harness
+    }
+
+    async fn listen_on_broker(&mut self, settings: BrokerSettings) {
+        let address = amqp_url().parse().unwrap();
+        let listener = BrokerListener::bind(address, settings.clone()).await.expect("the test broker is reachable");
+        let stop = self.shutdown.child_token();
+        let (gateway, token) = (Arc::clone(&self.gateway), stop.clone());
+        let task = tokio::spawn(async move { gateway.serve_broker_services(listener, token).await });
+        self.broker = Some(BrokerHarness { settings, stop, task });
+    }
+
+    /// The broker settings of the RabbitMQ transport.
+    pub fn broker_settings(&self) -> &BrokerSettings {
+        &self.broker.as_ref().expect("the RabbitMQ transport").settings
     }
 
     async fn listen_for_services(&mut self, addr: SocketAddr, acceptor: Option<TlsAcceptor>) {
@@ -266,6 +317,10 @@ impl Harness {
             Transport::Tls => {
                 let cn = self.mutual_tls.then_some(name);
                 Target::Tls(self.tls_dialer(cn))
+            }
+            Transport::RabbitMq => {
+                let settings = self.broker_settings().clone();
+                Target::RabbitMq(RabbitMqDialer::with_settings(amqp_url().parse().unwrap(), settings))
             }
         };
         HarnessDialer { target, tap: None }
@@ -308,7 +363,12 @@ impl Harness {
     /// Restarts the service side: closes every service link and, for a network
     /// transport, stops the listener and listens again on the same address.
     pub async fn restart_services(&mut self) {
-        if let Some(listener) = self.listener.take() {
+        if let Some(broker) = self.broker.take() {
+            broker.stop.cancel();
+            broker.task.await.unwrap();
+            self.gateway.close_services("gateway restarting");
+            self.listen_on_broker(broker.settings).await;
+        } else if let Some(listener) = self.listener.take() {
             listener.stop.cancel();
             listener.task.await.unwrap();
             self.gateway.close_services("gateway restarting");
@@ -355,6 +415,7 @@ enum Target {
     Memory(MemoryConnector),
     Tcp(String),
     Tls(TlsDialer),
+    RabbitMq(RabbitMqDialer),
 }
 
 /// Dials the harness gateway over its transport, optionally through a [`Wire`].
@@ -372,6 +433,7 @@ impl Dialer for HarnessDialer {
             Target::Memory(connector) => Box::new(connector.connect().await?),
             Target::Tcp(addr) => Box::new(weir_transport::tcp::connect(addr.as_str()).await?),
             Target::Tls(dialer) => Box::new(dialer.dial().await?),
+            Target::RabbitMq(dialer) => Box::new(dialer.dial().await?),
         };
         Ok(match &self.tap {
             None => io,

@@ -115,7 +115,7 @@ async fn readyz_waits_for_the_public_listener_held_back_by_its_gate() {
     let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let readyz = format!("http://{}/readyz", admin.local_addr().unwrap());
     let gateway = Gateway::new(config()).unwrap();
-    let listeners = Listeners { public, admin: Some(admin), redirect: None, services: None };
+    let listeners = Listeners { public, admin: Some(admin), redirect: None, services: None, broker: None };
     let (gate, opened) = tokio::sync::oneshot::channel::<()>();
     let shutdown = CancellationToken::new();
     let running = {

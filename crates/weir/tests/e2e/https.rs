@@ -340,7 +340,7 @@ async fn start_redirecting(config: GatewayConfig) -> Redirecting {
     let (https, redirect_addr) = (public.local_addr().unwrap(), redirect.local_addr().unwrap());
     let gateway = Gateway::new(config).unwrap();
     let stop = CancellationToken::new();
-    let listeners = Listeners { public, admin: None, redirect: Some(redirect), services: None };
+    let listeners = Listeners { public, admin: None, redirect: Some(redirect), services: None, broker: None };
     let (running, shutdown) = (Arc::clone(&gateway), stop.clone());
     tokio::spawn(async move { running.run(listeners, shutdown).await });
     Redirecting { gateway, https, redirect: redirect_addr, _stop: stop.drop_guard() }

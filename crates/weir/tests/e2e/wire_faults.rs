@@ -45,10 +45,19 @@ async fn closes(mut io: impl tokio::io::AsyncRead + Unpin) -> bool {
     tokio::time::timeout(WAIT, io.read_to_end(&mut sink)).await.is_ok()
 }
 
+/// A raw connection to the service side: a bare socket to the listener for TCP and TLS
+/// (so what it sends meets the TLS layer), a session through the broker for RabbitMQ.
+async fn raw_peer(h: &Harness) -> Box<dyn ByteStream> {
+    match h.transport {
+        Transport::RabbitMq => h.dial().await,
+        _ => Box::new(TcpStream::connect(h.services_addr()).await.unwrap()),
+    }
+}
+
 async fn garbage_on_the_service_port_closes_only_that_connection(transport: Transport) {
     let h = Harness::with_demo_on(config(), transport).await;
-    let mut socket = TcpStream::connect(h.services_addr()).await.unwrap();
-    // Over TCP a frame header announcing ~1.2 GB; over TLS, not a ClientHello.
+    let mut socket = raw_peer(&h).await;
+    // Over TCP and RabbitMQ a frame header announcing ~1.2 GB; over TLS, not a ClientHello.
     socket.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n").await.unwrap();
     assert!(closes(socket).await, "the gateway kept a garbage connection open");
     assert_demo_still_serves(&h).await;
@@ -58,8 +67,8 @@ async fn a_peer_that_never_completes_its_handshake_is_dropped(transport: Transpo
     let mut cfg = config();
     cfg.services.handshake_timeout = Duration::from_millis(200);
     let h = Harness::with_demo_on(cfg, transport).await;
-    // Connected, then silent: no Hello (TCP), no ClientHello (TLS).
-    let socket = TcpStream::connect(h.services_addr()).await.unwrap();
+    // Connected, then silent: no Hello (TCP, RabbitMQ), no ClientHello (TLS).
+    let socket = raw_peer(&h).await;
     assert!(closes(socket).await, "a silent peer was kept past the handshake timeout");
     assert_demo_still_serves(&h).await;
 }
