@@ -3,7 +3,8 @@
 # dashboard in headless Chromium, doc), the model checks of the link's stream table
 # (loom), a black-box stress run of the release binary under concurrent HTTP/1.1 and
 # HTTP/2 load, the protocol conformance harness against that same binary, and a brief run
-# of each fuzz target. Installs what it needs itself.
+# of each fuzz target. Installs what it needs itself, and starts the machine's RabbitMQ
+# broker if it is down.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -12,6 +13,17 @@ cd "$(dirname "$0")"
 if [ ! -x /usr/bin/chromedriver ]; then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
+fi
+
+# The RabbitMQ transport's tests (conformance suite and broker faults) use the machine's
+# broker on 127.0.0.1:5672, and rabbitmqctl to close its connections; start it if it is down.
+broker_up() { (exec 3<>/dev/tcp/127.0.0.1/5672) 2>/dev/null; }
+if ! broker_up; then
+  echo "test.sh: RabbitMQ is not listening on 127.0.0.1:5672; starting it" >&2
+  rabbitmq-server -detached
+  for _ in $(seq 120); do broker_up && break; sleep 1; done
+  broker_up || { echo "test.sh: RabbitMQ did not start" >&2; exit 1; }
+  timeout 120 rabbitmqctl await_startup >/dev/null
 fi
 
 cargo fmt --all -- --check

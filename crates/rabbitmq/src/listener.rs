@@ -127,7 +127,7 @@ async fn bind_queue(
     address: &BrokerAddress,
     settings: &BrokerSettings,
 ) -> Result<(BrokerConnection, Consumer), BrokerError> {
-    let name = format!("weir gateway {}", settings.gateway);
+    let name = format!("weir gateway on {}", settings.connect_queue());
     let broker = connect(address, &name, settings.connect_timeout).await?;
     let queue = settings.connect_queue();
     let declared = async {

@@ -1,6 +1,6 @@
 //! Black-box tests of the gateway over real HTTP on an ephemeral port, with services
-//! attached over the in-memory transport, TCP or TLS (the conformance suite runs each
-//! transport-relevant test on all three, see `common.rs`): the embedded demo, or test
+//! attached over the in-memory transport, TCP, TLS or RabbitMQ (the conformance suite runs
+//! each transport-relevant test on all four, see `common.rs`): the embedded demo, or test
 //! services whose handlers count their invocations and report cancellation.
 //!
 //! One test binary with a module per concern, so the suite links once.
@@ -10,6 +10,7 @@ mod common;
 mod access_log;
 mod auth;
 mod bad_input;
+mod broker;
 mod budget_abuse;
 mod cancel;
 mod cli;

@@ -1,0 +1,130 @@
+//! The RabbitMQ transport's faults, against the machine's broker: the broker closing the
+//! connections (as a restart does) ends the requests in flight with 502 and traffic
+//! resumes once both sides have reconnected by themselves; a service killed with
+//! SIGKILL is noticed within 2 s (its requests get 502, new ones 503); a wrong URL,
+//! an unreachable broker or refused credentials stop `weir serve` with an error naming
+//! the key and never the password.
+//!
+//! Only this harness's connections are closed (they carry its queue prefix in their
+//! name): other tests share the broker.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use reqwest::StatusCode;
+
+use crate::cli::{scratch, write, Proc};
+use crate::common::*;
+
+/// The demo's slow endpoint, kept in flight for 4 s (its timeout is 5 s).
+const IN_FLIGHT: &str = "/api/slow?ms=4000";
+
+/// Closes every broker connection whose client-given name mentions `prefix`, with
+/// `rabbitmqctl`; returns how many it closed and when it began closing them.
+fn close_broker_connections(prefix: &str) -> (usize, Instant) {
+    let listed = Command::new("rabbitmqctl")
+        .args(["list_connections", "-q", "--no-table-headers", "pid", "client_properties"])
+        .output()
+        .expect("rabbitmqctl runs");
+    assert!(listed.status.success(), "rabbitmqctl list_connections failed");
+    let text = String::from_utf8_lossy(&listed.stdout);
+    let ours: Vec<&str> =
+        text.lines().filter(|line| line.contains(prefix)).filter_map(|line| line.split_whitespace().next()).collect();
+    let began = Instant::now();
+    for pid in &ours {
+        let closed = Command::new("rabbitmqctl").args(["close_connection", pid, "test: broker restart"]).status();
+        assert!(closed.unwrap().success(), "rabbitmqctl close_connection {pid} failed");
+    }
+    (ours.len(), began)
+}
+
+/// Starts a request that stays in flight, and waits until the gateway counts it.
+async fn request_in_flight(h: &Harness) -> tokio::task::JoinHandle<StatusCode> {
+    let (client, url) = (h.client.clone(), h.url(IN_FLIGHT));
+    let request = tokio::spawn(async move { client.get(url).send().await.unwrap().status() });
+    let started = Instant::now();
+    while h.gateway.registry().list().is_empty() {
+        assert!(started.elapsed() < WAIT, "the request never reached the gateway");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    request
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_broker_closing_every_connection_ends_requests_with_502_and_traffic_resumes() {
+    let mut h = Harness::start_on(demo_mounts(), Transport::RabbitMq).await;
+    let service = h.attach(weir::demo::service()).await;
+    let mut registration = service.registration();
+    registration.borrow_and_update();
+    let request = request_in_flight(&h).await;
+
+    let prefix = h.broker_settings().prefix.clone();
+    let (closed, closed_at) = close_broker_connections(&prefix);
+    assert_eq!(closed, 2, "the gateway's and the service's connection");
+    let status = tokio::time::timeout(WAIT, request).await.expect("the request in flight never ended").unwrap();
+    assert_eq!(status, StatusCode::BAD_GATEWAY);
+    assert!(closed_at.elapsed() < Duration::from_secs(2), "502 after {:?}", closed_at.elapsed());
+
+    // Both sides reconnect with backoff, without a restart of either: the service's
+    // registration changes (it was lost), then holds again.
+    tokio::time::timeout(WAIT, registration.changed()).await.unwrap().unwrap();
+    tokio::time::timeout(WAIT, registration.wait_for(|registered| *registered)).await.unwrap().unwrap();
+    for _ in 0..20 {
+        let response = h.client.get(h.url("/api/hello")).send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+    }
+    h.assert_budget_released().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_killed_with_sigkill_is_noticed_within_two_seconds() {
+    let h = Harness::start_on(demo_mounts(), Transport::RabbitMq).await;
+    let prefix = h.broker_settings().prefix.clone();
+    let url = amqp_url();
+    let mut demo = Proc::spawn(&["demo-service", "--rabbitmq", &url, "--rabbitmq-prefix", &prefix]);
+    let registered = demo.line("weir demo-service registered with ").await;
+    assert!(!registered.contains("guest:"), "credentials printed: {registered}");
+    let request = request_in_flight(&h).await;
+
+    let killed_at = Instant::now();
+    demo.signal("-KILL");
+    let status = tokio::time::timeout(WAIT, request).await.expect("the request in flight never ended").unwrap();
+    assert_eq!(status, StatusCode::BAD_GATEWAY);
+    let response = h.client.get(h.url("/api/hello")).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(killed_at.elapsed() < Duration::from_secs(2), "noticed after {:?}", killed_at.elapsed());
+    h.assert_budget_released().await;
+}
+
+/// `weir serve` with `[services.rabbitmq] url = URL`: its exit status and stderr.
+fn serve_with_broker(name: &str, url: &str) -> (bool, String) {
+    let dir = scratch(name);
+    let config = write(&dir, "weir.toml", &format!("[services.rabbitmq]\nurl = \"{url}\"\n"));
+    let args = ["serve", "--no-demo", "--config", &config, "--listen", "127.0.0.1:0", "--services-listen", "127.0.0.1:0"];
+    let output = Command::new(env!("CARGO_BIN_EXE_weir")).args(args).output().unwrap();
+    std::fs::remove_dir_all(dir).unwrap();
+    (output.status.success(), String::from_utf8_lossy(&output.stderr).into_owned())
+}
+
+#[test]
+fn refused_credentials_stop_serve_with_the_key_and_without_the_password() {
+    let (ok, stderr) = serve_with_broker("amqp-creds", "amqp://guest:n0t-the-pa55word@127.0.0.1:5672/%2f");
+    assert!(!ok);
+    assert!(stderr.contains("services.rabbitmq.url"), "{stderr}");
+    assert!(stderr.contains("amqp://127.0.0.1:5672/%2f"), "{stderr}");
+    assert!(!stderr.contains("n0t-the-pa55word"), "the password was printed: {stderr}");
+}
+
+#[test]
+fn an_unreachable_broker_or_a_bad_url_is_an_error_naming_the_key() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let (ok, stderr) = serve_with_broker("amqp-closed", &format!("amqp://u:s3cret@127.0.0.1:{port}/%2f"));
+    assert!(!ok);
+    assert!(stderr.contains("services.rabbitmq.url") && !stderr.contains("s3cret"), "{stderr}");
+
+    let (ok, stderr) = serve_with_broker("amqp-scheme", "http://u:s3cret@127.0.0.1:5672/");
+    assert!(!ok);
+    assert!(stderr.contains("services.rabbitmq.url") && !stderr.contains("s3cret"), "{stderr}");
+}
