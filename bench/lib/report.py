@@ -10,7 +10,9 @@ metrics by their median, failure counts by their sum. An entry with any failure 
 "results": [{"placement": ..., "scenario": ..., "system": ..., <metrics>, "failures": N,
 "valid": ...}, ...]}` and the Markdown has one table per placement, one row per (scenario,
 metric): each system's figure and its ratio to nginx, or the figure struck out and
-"invalid (N failed)" when a run behind it had failed requests.
+"invalid (N failed)" when a run behind it had failed requests. With weir_rabbitmq in the
+results, each placement also gets a table of its ratios to amqp_ceiling (the broker's
+own request-reply ceiling) and to weir (the TCP service transport).
 
 Prints one line per invalid entry on stdout and exits with status 3 when there is any.
 """
@@ -43,6 +45,7 @@ SUMMED = {
     "failed", "closed", "curl_exit", "wrk_exit", "idle_script_failed",
     "canary_requests", "canary_non2xx", "canary_errors", "canary_failures", "canary_oha_exit", "fixed_oha_exit",
     "errors", "resumed", "handshakes_script_failed", "h2_failed", "h2_errored", "h2_timeout", "h2load_exit",
+    "late_replies", "ceiling_exit",
 }
 # What a failure count makes invalid: the fixed-rate figures follow fixed_failures, all
 # the others failures.
@@ -57,6 +60,7 @@ METRICS = OrderedDict(
         ("p999_ms", ("p99.9", "ms", False, 3)),
         ("mean_ms", ("mean latency", "ms", False, 3)),
         ("cpu_us_per_req", ("CPU of the system under test per request", "µs", False, 1)),
+        ("broker_cpu_us_per_req", ("CPU of the RabbitMQ broker per request", "µs", False, 1)),
         ("fixed_rate_rps", ("fixed rate: achieved requests/s", "", True, 0)),
         ("fixed_p50_ms", ("fixed rate: p50", "ms", False, 3)),
         ("fixed_p99_ms", ("fixed rate: p99", "ms", False, 3)),
@@ -190,6 +194,47 @@ def table(results, placement, systems):
     return lines
 
 
+# The RabbitMQ comparison: weir_rabbitmq against the broker's own ceiling and against
+# weir over TCP. Figures in this order, where both sides have them.
+BROKER_METRICS = ["rps", "p50_ms", "p99_ms", "mb_per_s", "cpu_us_per_req", "broker_cpu_us_per_req"]
+
+
+def rabbitmq_table(results, placement):
+    by = {(r["scenario"], r["system"]): r for r in results if r["placement"] == placement}
+    if not any(system == "weir_rabbitmq" for (_, system) in by):
+        return []
+    lines = [
+        "",
+        "weir over RabbitMQ (weir_rabbitmq) beside the broker's own request-reply ceiling (amqp_ceiling) "
+        "and weir over TCP (weir):",
+        "",
+        "| scenario | metric | weir_rabbitmq | amqp_ceiling | weir | weir_rabbitmq / amqp_ceiling | weir_rabbitmq / weir |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for scenario in SCENARIOS:
+        ours = by.get((scenario, "weir_rabbitmq"))
+        if not ours:
+            continue
+        for metric in BROKER_METRICS:
+            label, unit, higher, decimals = METRICS[metric]
+            value = ours.get(metric)
+            if not isinstance(value, (int, float)):
+                continue
+            cells, ratios = [], []
+            for system in ("weir_rabbitmq", "amqp_ceiling", "weir"):
+                entry = by.get((scenario, system))
+                figure = entry.get(metric) if entry else None
+                failed = failed_for(entry, metric) if entry else 0
+                cells.append(cell(figure, None, decimals, failed) if isinstance(figure, (int, float)) else "–")
+                if system != "weir_rabbitmq":
+                    ok = isinstance(figure, (int, float)) and figure and not failed and not failed_for(ours, metric)
+                    ratios.append(f"{value / figure:.2f}×" if ok else "–")
+            arrow = "↑" if higher else "↓"
+            name = f"{label} ({unit}) {arrow}" if unit else f"{label} {arrow}"
+            lines.append(f"| {scenario} | {name} | " + " | ".join(cells + ratios) + " |")
+    return lines
+
+
 def describe_failures(entry):
     parts = [
         f"{name.replace('_', ' ')} {entry[name]:,}"
@@ -198,7 +243,7 @@ def describe_failures(entry):
             "canary_non2xx", "canary_errors", "canary_oha_exit", "fixed_non2xx", "fixed_errors",
             "fixed_warmup_failures", "fixed_oha_exit", "failed", "closed", "curl_exit", "wrk_exit",
             "idle_script_failed", "errors", "resumed", "handshakes_script_failed", "h2_failed", "h2_errored",
-            "h2_timeout", "h2load_exit",
+            "h2_timeout", "h2load_exit", "ceiling_exit",
         )
         if entry.get(name)
     ]
@@ -243,6 +288,7 @@ def markdown(results, title, notes, machine_text):
     for placement in placements:
         lines += ["", f"### {PLACEMENTS.get(placement, placement)}", ""]
         lines += table(results, placement, systems)
+        lines += rabbitmq_table(results, placement)
     return "\n".join(lines) + "\n"
 
 

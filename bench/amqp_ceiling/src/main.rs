@@ -21,12 +21,16 @@
 //! `{"rps":..,"p50_ms":..,"p99_ms":..,"p999_ms":..,"requests":N,"errors":N,"timeouts":N,
 //!   "late_replies":N,"concurrency":C,"payload":BYTES,"prefetch":P,"seconds":D}`
 //!
+//! With `--broker-pid PID` it also reads the CPU time of that process (the broker's
+//! `beam.smp`) at the window's start and end, and adds `broker_cpu_us_per_req`; its own
+//! CPU time over the window is `cpu_us_per_req` (both from `/proc/PID/stat`, 10 ms ticks).
+//!
 //! `requests` counts the requests sent within the measured window and answered (those
 //! still running when it closes are waited for, as `oha -w` does); latency is from just
 //! before the publish to the reply's arrival.
 //!
 //! Usage: `amqp_ceiling [--url URL] [--concurrency C] [--duration S] [--warmup S]
-//! [--payload BYTES] [--prefetch P] [--timeout S] [--workers N]`.
+//! [--payload BYTES] [--prefetch P] [--timeout S] [--workers N] [--broker-pid PID]`.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -48,12 +52,13 @@ struct Options {
     prefetch: u16,
     timeout: Duration,
     workers: Option<usize>,
+    broker_pid: Option<u32>,
 }
 
 fn usage() -> ! {
     eprintln!(
         "usage: amqp_ceiling [--url URL] [--concurrency C] [--duration SECONDS] [--warmup SECONDS] \
-         [--payload BYTES] [--prefetch P] [--timeout SECONDS] [--workers N]"
+         [--payload BYTES] [--prefetch P] [--timeout SECONDS] [--workers N] [--broker-pid PID]"
     );
     std::process::exit(2)
 }
@@ -68,6 +73,7 @@ fn parse() -> Options {
         prefetch: 64,
         timeout: Duration::from_secs(1),
         workers: None,
+        broker_pid: None,
     };
     let mut args = std::env::args().skip(1);
     let seconds = |v: Option<String>| {
@@ -83,6 +89,7 @@ fn parse() -> Options {
             "--prefetch" => o.prefetch = args.next().and_then(|v| v.parse().ok()).unwrap_or_else(|| usage()),
             "--timeout" => o.timeout = seconds(args.next()),
             "--workers" => o.workers = Some(args.next().and_then(|v| v.parse().ok()).unwrap_or_else(|| usage())),
+            "--broker-pid" => o.broker_pid = Some(args.next().and_then(|v| v.parse().ok()).unwrap_or_else(|| usage())),
             _ => usage(),
         }
     }
@@ -175,6 +182,17 @@ async fn run(o: Options) -> lapin::Result<String> {
             ))
         })
         .collect();
+    // CPU time over the measured window: this process, and the broker if named.
+    let cpu_window = {
+        let broker = o.broker_pid;
+        tokio::spawn(async move {
+            tokio::time::sleep_until(measure_from.into()).await;
+            let before = (cpu_ticks("self"), broker.map(|pid| cpu_ticks(&pid.to_string())));
+            tokio::time::sleep_until(measure_until.into()).await;
+            let after = (cpu_ticks("self"), broker.map(|pid| cpu_ticks(&pid.to_string())));
+            (after.0.saturating_sub(before.0), after.1.zip(before.1).map(|(a, b)| a.saturating_sub(b)))
+        })
+    };
     let mut latencies_us: Vec<u32> = Vec::new();
     for task in tasks {
         match task.await {
@@ -185,6 +203,7 @@ async fn run(o: Options) -> lapin::Result<String> {
         }
     }
     responding.abort();
+    let (own_ticks, broker_ticks) = cpu_window.await.unwrap_or((0, None));
     let (errors, timeouts, late_replies) = (
         counts.errors.load(Ordering::Relaxed),
         counts.timeouts.load(Ordering::Relaxed),
@@ -202,9 +221,18 @@ async fn run(o: Options) -> lapin::Result<String> {
         f64::from(latencies_us[rank - 1]) / 1000.0
     };
     let seconds = o.duration.as_secs_f64();
+    let per_request = |ticks: u64| {
+        if latencies_us.is_empty() {
+            0.0
+        } else {
+            ticks as f64 * 1e6 / CLOCK_TICKS / latencies_us.len() as f64
+        }
+    };
+    let broker_cpu =
+        broker_ticks.map(|t| format!(",\"broker_cpu_us_per_req\":{:.1}", per_request(t))).unwrap_or_default();
     Ok(format!(
         "{{\"rps\":{:.1},\"p50_ms\":{:.3},\"p99_ms\":{:.3},\"p999_ms\":{:.3},\"requests\":{},\"errors\":{},\
-         \"timeouts\":{},\"late_replies\":{},\"concurrency\":{},\"payload\":{},\"prefetch\":{},\"seconds\":{}}}",
+         \"timeouts\":{},\"late_replies\":{},\"concurrency\":{},\"payload\":{},\"prefetch\":{},\"seconds\":{},\"cpu_us_per_req\":{:.1}{}}}",
         latencies_us.len() as f64 / seconds,
         quantile(0.50),
         quantile(0.99),
@@ -217,7 +245,24 @@ async fn run(o: Options) -> lapin::Result<String> {
         o.payload,
         o.prefetch,
         seconds,
+        per_request(own_ticks),
+        broker_cpu,
     ))
+}
+
+/// Linux's USER_HZ, the unit of the CPU times in `/proc/PID/stat` (100 on every
+/// architecture Linux runs this on).
+const CLOCK_TICKS: f64 = 100.0;
+
+/// User + system CPU time of a process so far, in clock ticks (0 if it cannot be read).
+fn cpu_ticks(pid: &str) -> u64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return 0 };
+    // The fields after the command name, which is in parentheses and may hold spaces.
+    let Some(rest) = stat.rsplit_once(')').map(|(_, rest)| rest) else { return 0 };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the line; the first after the name is 3.
+    let field = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    field(11) + field(12)
 }
 
 #[derive(Clone, Copy)]
