@@ -78,7 +78,7 @@ impl RabbitMqDialer {
         let broker = connect(&self.address, &format!("weir service to {queue}"), self.settings.connect_timeout)
             .await
             .map_err(refused)?;
-        let (channel, mut consumer, inbox) = open_inbox(&broker, self.settings.prefetch)
+        let (channel, mut consumer, inbox) = open_inbox(&broker, &self.settings, "service")
             .await
             .map_err(|e| refused(broker.error("declaring the inbox", e)))?;
         request_session(&broker, &queue, &inbox, self.settings.connect_timeout).await?;

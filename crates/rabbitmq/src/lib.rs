@@ -10,11 +10,12 @@
 //! How frames map to the broker (the contract `docs/protocol.md` documents):
 //!
 //! - Each gateway consumes a *connect queue*, `<prefix>.connect.<gateway>`. A service
-//!   dials by declaring its own exclusive, server-named *inbox* and publishing a
-//!   `weir.connect` message to the connect queue, with `reply_to` naming the inbox. The
-//!   gateway declares an inbox of its own for the session and answers `weir.accept` with
-//!   `reply_to` naming it. From then on each side publishes straight to the other's
-//!   inbox through the default exchange ([`session`]).
+//!   dials by declaring its own exclusive *inbox* (`<prefix>.service.<random>`) and
+//!   publishing a `weir.connect` message to the connect queue, with `reply_to` naming
+//!   the inbox. The gateway declares an inbox of its own for the session
+//!   (`<prefix>.session.<random>`) and answers `weir.accept` with `reply_to` naming it.
+//!   From then on each side publishes straight to the other's inbox through the default
+//!   exchange ([`session`]).
 //! - A message body is a run of the link's bytes: whatever the link's writer flushed,
 //!   up to [`MAX_MESSAGE`]. Frames may span messages; the receiving side reads the
 //!   bodies in order as one byte stream, and one inbox has one publisher, so order holds.

@@ -154,7 +154,7 @@ impl ConnectRequest {
     /// Declares this session's inbox, answers the service with it, and returns the
     /// gateway's end of the session.
     pub async fn open(self) -> Result<DuplexStream, BrokerError> {
-        let (channel, consumer, inbox) = open_inbox(&self.broker, self.settings.prefetch)
+        let (channel, consumer, inbox) = open_inbox(&self.broker, &self.settings, "session")
             .await
             .map_err(|err| self.broker.error("declaring a session inbox", err))?;
         let properties = BasicProperties::default().with_type(ACCEPT.into()).with_reply_to(inbox.clone());
@@ -180,15 +180,19 @@ impl ConnectRequest {
     }
 }
 
-/// A new channel consuming a new exclusive, server-named inbox: (channel, consumer, name).
+/// A new channel consuming a new exclusive inbox, `<prefix>.<role>.<64 random bits>`
+/// (the prefix and role tell an operator listing queues whose it is): (channel,
+/// consumer, name).
 pub(crate) async fn open_inbox(
     broker: &BrokerConnection,
-    prefetch: u16,
+    settings: &BrokerSettings,
+    role: &str,
 ) -> lapin::Result<(lapin::Channel, Consumer, ShortString)> {
     let channel = broker.connection.create_channel().await?;
-    channel.basic_qos(prefetch, BasicQosOptions::default()).await?;
+    channel.basic_qos(settings.prefetch, BasicQosOptions::default()).await?;
+    let name = format!("{}.{role}.{:016x}", settings.prefix, rand::thread_rng().gen::<u64>());
     let options = QueueDeclareOptions { exclusive: true, auto_delete: true, ..QueueDeclareOptions::default() };
-    let queue = channel.queue_declare("".into(), options, FieldTable::default()).await?;
+    let queue = channel.queue_declare(name.into(), options, FieldTable::default()).await?;
     let inbox = queue.name().clone();
     let consumer =
         channel.basic_consume(inbox.clone(), "".into(), BasicConsumeOptions::default(), FieldTable::default()).await?;

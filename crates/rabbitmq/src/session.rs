@@ -11,7 +11,9 @@
 //! - *liveness*: a mandatory ping to the peer's inbox every `liveness_interval`; a
 //!   returned ping means the inbox is gone, hence its owner.
 //!
-//! The first job to end ends the session: the pump tells the peer (`weir.close`, unless
+//! The first job to end ends the session, except that the link going away is always
+//! noticed by *outbound*, after it has published everything the link wrote before it
+//! went (its last frames are often the reason it went). The pump then tells the peer (`weir.close`, unless
 //! the peer is the one that closed or is gone), deletes its own inbox and closes its
 //! channel (and the connection, when the session owns it). Dropping the pipe shows the
 //! link end of file, which ends the link as a closed socket does.
@@ -152,7 +154,9 @@ async fn inbound(
             Some(PING) => {}
             _ => {
                 if to_link.write_all(&delivery.data).await.is_err() {
-                    return End::LinkClosed;
+                    // The link has gone: *outbound* ends the session once it has
+                    // published the last bytes the link wrote (a refusal, an error frame).
+                    return std::future::pending().await;
                 }
             }
         }

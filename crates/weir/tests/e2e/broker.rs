@@ -100,7 +100,8 @@ async fn a_service_killed_with_sigkill_is_noticed_within_two_seconds() {
 fn serve_with_broker(name: &str, url: &str) -> (bool, String) {
     let dir = scratch(name);
     let config = write(&dir, "weir.toml", &format!("[services.rabbitmq]\nurl = \"{url}\"\n"));
-    let args = ["serve", "--no-demo", "--config", &config, "--listen", "127.0.0.1:0", "--services-listen", "127.0.0.1:0"];
+    let args =
+        ["serve", "--no-demo", "--config", &config, "--listen", "127.0.0.1:0", "--services-listen", "127.0.0.1:0"];
     let output = Command::new(env!("CARGO_BIN_EXE_weir")).args(args).output().unwrap();
     std::fs::remove_dir_all(dir).unwrap();
     (output.status.success(), String::from_utf8_lossy(&output.stderr).into_owned())
@@ -127,4 +128,42 @@ fn an_unreachable_broker_or_a_bad_url_is_an_error_naming_the_key() {
     let (ok, stderr) = serve_with_broker("amqp-scheme", "http://u:s3cret@127.0.0.1:5672/");
     assert!(!ok);
     assert!(stderr.contains("services.rabbitmq.url") && !stderr.contains("s3cret"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_service_process_serves_a_gateway_over_tcp_and_another_through_the_broker() {
+    let dir = scratch("amqp-both");
+    let prefix = unique_broker_settings().prefix;
+    let url = amqp_url();
+    let brokered =
+        write(&dir, "brokered.toml", &format!("[services.rabbitmq]\nurl = \"{url}\"\nprefix = \"{prefix}\"\n"));
+    let direct = write(&dir, "direct.toml", "");
+    let args = |config: &'static str| {
+        ["serve", "--no-demo", "--config", config, "--listen", "127.0.0.1:0", "--services-listen", "127.0.0.1:0"]
+    };
+    let brokered: &'static str = brokered.leak();
+    let direct: &'static str = direct.leak();
+    let mut gateway_a = Proc::spawn(&args(brokered));
+    let http_a = gateway_a.line("weir listening on ").await;
+    gateway_a.line("weir services on tcp://").await;
+    let queue = gateway_a.line("weir services on amqp://").await;
+    assert_eq!(queue, format!("127.0.0.1:5672/%2f queue {prefix}.connect.default"));
+    let mut gateway_b = Proc::spawn(&args(direct));
+    let http_b = gateway_b.line("weir listening on ").await;
+    let tcp_b = gateway_b.line("weir services on tcp://").await;
+
+    let mut demo =
+        Proc::spawn(&["demo-service", "--connect", &tcp_b, "--rabbitmq", &url, "--rabbitmq-prefix", &prefix]);
+    let mut places =
+        [demo.line("weir demo-service registered with ").await, demo.line("weir demo-service registered with ").await];
+    places.sort();
+    assert_eq!(places, [format!("amqp://127.0.0.1:5672/%2f queue {prefix}.connect.default"), format!("tcp://{tcp_b}")]);
+    for http in [&http_a, &http_b] {
+        let response = reqwest::get(format!("{http}/api/items/3")).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+    }
+    assert!(demo.terminate().await.success());
+    assert!(gateway_a.terminate().await.success());
+    assert!(gateway_b.terminate().await.success());
+    std::fs::remove_dir_all(dir).unwrap();
 }
