@@ -1,17 +1,23 @@
-//! A complete service in its own process: it dials a gateway over TCP, registers two
-//! endpoints and serves until Ctrl-C. Used by `docs/services.md`:
+//! A complete service in its own process: it dials a gateway over TCP (or through a
+//! RabbitMQ broker, given an `amqp://` URL), registers two endpoints and serves until
+//! Ctrl-C. Used by `docs/services.md`:
 //!
 //! ```sh
 //! cargo run --release -- serve --no-demo                       # gateway; services on 127.0.0.1:7070
 //! cargo run -p weir-service --example greeter -- 127.0.0.1:7070 # this service
 //! curl http://127.0.0.1:8080/greet/ada                         # {"greeting":"hello, ada"}
 //! curl -T big.iso -X POST http://127.0.0.1:8080/upload   # {"bytes":...}
+//!
+//! # through a broker, to a gateway with [services.rabbitmq]:
+//! cargo run -p weir-service --example greeter -- amqp://guest:guest@127.0.0.1:5672/%2f
 //! ```
 //!
 //! Set `WEIR_TOKEN` when the gateway has `[[services.credentials]]`.
 
 use serde::Serialize;
-use weir_service::{Endpoint, HandlerError, RawRequestContext, RawResponse, Service, TcpDialer, TypedRequest};
+use weir_service::{
+    Endpoint, HandlerError, RabbitMqDialer, RawRequestContext, RawResponse, Service, TcpDialer, TypedRequest,
+};
 
 #[derive(Serialize)]
 struct Greeting {
@@ -41,9 +47,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         builder = builder.token(token);
     }
     let service = builder.build()?;
-    let handle = service.run(TcpDialer::new(gateway.clone()));
+    let (handle, place) = if gateway.starts_with("amqp://") || gateway.starts_with("amqps://") {
+        let dialer = RabbitMqDialer::new(&gateway)?;
+        let place = dialer.address().to_string(); // without the credentials
+        (service.run(dialer), place)
+    } else {
+        (service.run(TcpDialer::new(gateway.clone())), gateway)
+    };
     if handle.registered().await {
-        println!("greeter registered with {gateway}");
+        println!("greeter registered with {place}");
     }
     tokio::signal::ctrl_c().await?;
     handle.shutdown();

@@ -63,7 +63,9 @@ async fn the_broker_closing_every_connection_ends_requests_with_502_and_traffic_
     assert_eq!(closed, 2, "the gateway's and the service's connection");
     let status = tokio::time::timeout(WAIT, request).await.expect("the request in flight never ended").unwrap();
     assert_eq!(status, StatusCode::BAD_GATEWAY);
-    assert!(closed_at.elapsed() < Duration::from_secs(2), "502 after {:?}", closed_at.elapsed());
+    // The bound includes the start-up of the second `rabbitmqctl` (an Erlang VM, about
+    // 0.6 s on an idle machine); the gateway notices within one liveness interval.
+    assert!(closed_at.elapsed() < Duration::from_secs(5), "502 after {:?}", closed_at.elapsed());
 
     // Both sides reconnect with backoff, without a restart of either: the service's
     // registration changes (it was lost), then holds again.
