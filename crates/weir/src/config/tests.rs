@@ -2,6 +2,7 @@
 //! how errors are reported (key, line, all of them).
 
 use weir_gateway::config::{Http2Config, LimitsConfig, RoutingConfig, ServerConfig, ServicesConfig};
+use weir_rabbitmq::BrokerSettings;
 
 use super::reader::edit_distance;
 use super::*;
@@ -88,6 +89,17 @@ fn documented_example_loads_with_every_key() {
     assert_eq!(services.credentials.len(), 2);
     assert_eq!(services.credentials[0].prefixes, ["/billing", "/invoices"]);
     assert_eq!(services.credentials[1].token, None);
+    let rabbitmq = services.rabbitmq.as_ref().expect("rabbitmq");
+    assert_eq!(rabbitmq.url.to_string(), "amqps://broker.internal:5671/%2fprod");
+    let expected = BrokerSettings {
+        prefix: "shop".into(),
+        gateway: "eu-1".into(),
+        prefetch: 128,
+        heartbeat: 15,
+        liveness_interval: Duration::from_millis(250),
+        ..BrokerSettings::default()
+    };
+    assert_eq!(rabbitmq.settings, expected);
     assert_eq!(c.tracing.otlp_endpoint.as_deref(), Some("http://127.0.0.1:4318"));
 }
 
@@ -562,6 +574,29 @@ fn services_default_to_plain_tcp_on_7070_without_credentials() {
     assert_eq!((c.tls, c.credentials.len()), (None, 0));
     let inline = "[services]\ncredentials = [{ service = \"a\", token = \"t\", prefixes = [\"/a\"] }]\n";
     assert_eq!(services(inline).credentials[0].prefixes, ["/a"]);
+}
+
+#[test]
+fn services_rabbitmq_needs_a_url_and_checks_every_key() {
+    let c = services("[services.rabbitmq]\nurl = \"amqp://u:p@127.0.0.1/%2f\"\n").rabbitmq.expect("rabbitmq");
+    assert_eq!((c.url.to_string(), c.settings), ("amqp://127.0.0.1:5672/%2f".to_owned(), BrokerSettings::default()));
+    assert_eq!(services("[services]\n").rabbitmq, None);
+    let cases = [
+        ("prefix = \"x\"", "services.rabbitmq.url", "missing"),
+        ("url = \"http://u:s3cret@h/\"", "services.rabbitmq.url", "amqp://"),
+        ("url = 5", "services.rabbitmq.url", "URL string"),
+        ("url = \"amqp://h\"\nprefix = \"a b\"", "services.rabbitmq.prefix", "letters, digits"),
+        ("url = \"amqp://h\"\ngateway = \"\"", "services.rabbitmq.gateway", "must not be empty"),
+        ("url = \"amqp://h\"\nprefetch = 0", "services.rabbitmq.prefetch", "between 1 and 65535"),
+        ("url = \"amqp://h\"\nheartbeat = 70000", "services.rabbitmq.heartbeat", "between 0 and 65535"),
+        ("url = \"amqp://h\"\nliveness_interval = \"0s\"", "services.rabbitmq.liveness_interval", ""),
+    ];
+    for (body, key, message) in cases {
+        let e = only_error(&format!("[services.rabbitmq]\n{body}\n"));
+        assert_eq!(e.key, key, "{body}");
+        assert!(e.message.contains(message), "{body}: {}", e.message);
+        assert!(!e.message.contains("s3cret"), "{}", e.message);
+    }
 }
 
 #[test]

@@ -3,7 +3,8 @@
 //! resumes once both sides have reconnected by themselves; a service killed with
 //! SIGKILL is noticed within 2 s (its requests get 502, new ones 503); a wrong URL,
 //! an unreachable broker or refused credentials stop `weir serve` with an error naming
-//! the key and never the password.
+//! the key and never the password; a dial beyond the handshake cap is refused with the
+//! reason.
 //!
 //! Only this harness's connections are closed (they carry its queue prefix in their
 //! name): other tests share the broker.
@@ -12,6 +13,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
+use weir_service::Dialer;
 
 use crate::cli::{scratch, write, Proc};
 use crate::common::*;
@@ -168,4 +170,22 @@ async fn one_service_process_serves_a_gateway_over_tcp_and_another_through_the_b
     assert!(gateway_a.terminate().await.success());
     assert!(gateway_b.terminate().await.success());
     std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// Beyond `services.max_pending_handshakes` sessions in their handshake, a dial through
+/// the broker is refused at once with the reason; the slots come back when the silent
+/// sessions go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dials_beyond_the_handshake_cap_are_refused_with_the_reason() {
+    let mut cfg = demo_mounts();
+    cfg.services.max_pending_handshakes = 2;
+    let mut h = Harness::start_on(cfg, Transport::RabbitMq).await;
+    let silent = [h.dial().await, h.dial().await];
+    let Err(err) = h.dialer("third").dial().await else { panic!("a third session was opened") };
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused, "{err}");
+    assert!(err.to_string().contains("too many handshakes in progress"), "{err}");
+    drop(silent);
+    h.attach(weir::demo::service()).await;
+    let response = h.client.get(h.url("/api/hello")).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
 }
