@@ -4,7 +4,7 @@
 //! SIGKILL is noticed within 2 s (its requests get 502, new ones 503); a wrong URL,
 //! an unreachable broker or refused credentials stop `weir serve` with an error naming
 //! the key and never the password; a dial beyond the handshake cap is refused with the
-//! reason.
+//! reason; replicas share a prefix, each reached by its name or sharing one.
 //!
 //! Only this harness's connections are closed (they carry its queue prefix in their
 //! name): other tests share the broker.
@@ -13,6 +13,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
+use weir_rabbitmq::{BrokerSettings, RabbitMqDialer};
 use weir_service::Dialer;
 
 use crate::cli::{scratch, write, Proc};
@@ -188,4 +189,42 @@ async fn dials_beyond_the_handshake_cap_are_refused_with_the_reason() {
     h.attach(weir::demo::service()).await;
     let response = h.client.get(h.url("/api/hello")).send().await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);
+}
+
+/// Replicas on one prefix: with one gateway name they share the connect queue and the
+/// broker spreads the sessions; with a name each, one service registers with every
+/// replica through one dialer per name (`run_all`), and each replica serves it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_share_a_prefix_and_a_service_registers_with_each_by_name() {
+    let shared = unique_broker_settings();
+    let named = |gateway: &str| BrokerSettings { gateway: gateway.to_owned(), ..shared.clone() };
+    let a = Harness::start_on_broker(demo_mounts(), named("a")).await;
+    let b = Harness::start_on_broker(demo_mounts(), named("b")).await;
+    let address: weir_rabbitmq::BrokerAddress = amqp_url().parse().unwrap();
+    let dialers = ["a", "b"].map(|name| RabbitMqDialer::with_settings(address.clone(), named(name)));
+    let running = weir::demo::service().run_all(dialers);
+    for run in &running {
+        assert!(tokio::time::timeout(WAIT, run.registered()).await.expect("registered"));
+    }
+    for h in [&a, &b] {
+        let response = h.client.get(h.url("/api/hello")).send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+    }
+
+    // Two replicas under one name: every session lands on one of them, none is lost.
+    let one = named("one");
+    let c = Harness::start_on_broker(demo_mounts(), one.clone()).await;
+    let d = Harness::start_on_broker(demo_mounts(), one.clone()).await;
+    let sessions: Vec<_> = (0..8)
+        .map(|_| weir::demo::service().run(RabbitMqDialer::with_settings(address.clone(), one.clone())))
+        .collect();
+    for run in &sessions {
+        assert!(tokio::time::timeout(WAIT, run.registered()).await.expect("registered"));
+    }
+    let links = [c.gateway.routing().instances().len(), d.gateway.routing().instances().len()];
+    assert_eq!(links[0] + links[1], 8, "{links:?}");
+    assert!(links[0] > 0 && links[1] > 0, "the broker gave every session to one replica: {links:?}");
+    for run in running.into_iter().chain(sessions) {
+        run.shutdown();
+    }
 }

@@ -268,6 +268,15 @@ impl Harness {
         harness
     }
 
+    /// A gateway whose services dial in through the broker under `settings` (to put
+    /// several gateways on one prefix, as replicas).
+    pub async fn start_on_broker(config: GatewayConfig, settings: BrokerSettings) -> Harness {
+        let mut harness = Harness::launch(config, Transport::Memory, false).await;
+        harness.transport = Transport::RabbitMq;
+        harness.listen_on_broker(settings).await;
+        harness
+    }
+
     async fn listen_on_broker(&mut self, settings: BrokerSettings) {
         let address = amqp_url().parse().unwrap();
         let listener = BrokerListener::bind(address, settings.clone()).await.expect("the test broker is reachable");
