@@ -37,9 +37,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::{FutureExt, StreamExt};
-use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, QueueDeclareOptions,
-};
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, QueueDeclareOptions};
 use lapin::types::{FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Consumer};
 
@@ -77,7 +75,10 @@ fn parse() -> Options {
     };
     let mut args = std::env::args().skip(1);
     let seconds = |v: Option<String>| {
-        v.and_then(|v| v.parse::<f64>().ok()).filter(|s| *s >= 0.0).map(Duration::from_secs_f64).unwrap_or_else(|| usage())
+        v.and_then(|v| v.parse::<f64>().ok())
+            .filter(|s| *s >= 0.0)
+            .map(Duration::from_secs_f64)
+            .unwrap_or_else(|| usage())
     };
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -128,9 +129,11 @@ fn main() {
 
 async fn run(o: Options) -> lapin::Result<String> {
     let counts = Arc::new(Counts::default());
-    let responder_conn =
-        Connection::connect(&o.url, ConnectionProperties::default().with_connection_name("amqp_ceiling responder".into()))
-            .await?;
+    let responder_conn = Connection::connect(
+        &o.url,
+        ConnectionProperties::default().with_connection_name("amqp_ceiling responder".into()),
+    )
+    .await?;
     let requester_conn = Connection::connect(
         &o.url,
         ConnectionProperties::default().with_connection_name("amqp_ceiling requesters".into()),
@@ -144,8 +147,9 @@ async fn run(o: Options) -> lapin::Result<String> {
     let request_queue: ShortString = format!("amqp-ceiling.{}.requests", std::process::id()).into();
     let exclusive = QueueDeclareOptions { exclusive: true, auto_delete: true, ..QueueDeclareOptions::default() };
     responder.queue_declare(request_queue.clone(), exclusive, FieldTable::default()).await?;
-    let consumer =
-        responder.basic_consume(request_queue.clone(), "".into(), BasicConsumeOptions::default(), FieldTable::default()).await?;
+    let consumer = responder
+        .basic_consume(request_queue.clone(), "".into(), BasicConsumeOptions::default(), FieldTable::default())
+        .await?;
     let ack_batch = (o.prefetch / 2).max(1);
     let responding = tokio::spawn(respond(responder.clone(), consumer, ack_batch, counts.clone()));
 
@@ -156,8 +160,9 @@ async fn run(o: Options) -> lapin::Result<String> {
         channel.basic_qos(o.prefetch, BasicQosOptions::default()).await?;
         let queue = channel.queue_declare("".into(), exclusive, FieldTable::default()).await?;
         let reply_to = queue.name().clone();
-        let consumer =
-            channel.basic_consume(reply_to.clone(), "".into(), BasicConsumeOptions::default(), FieldTable::default()).await?;
+        let consumer = channel
+            .basic_consume(reply_to.clone(), "".into(), BasicConsumeOptions::default(), FieldTable::default())
+            .await?;
         requesters.push((channel, consumer, reply_to));
     }
 
@@ -379,7 +384,8 @@ async fn respond(channel: Channel, mut consumer: Consumer, ack_batch: u16, count
         let (publisher, counts_for_reply) = (channel.clone(), counts.clone());
         let data = delivery.data;
         tokio::spawn(async move {
-            let sent = publisher.basic_publish("".into(), reply_to, BasicPublishOptions::default(), &data, properties).await;
+            let sent =
+                publisher.basic_publish("".into(), reply_to, BasicPublishOptions::default(), &data, properties).await;
             if sent.is_err() {
                 counts_for_reply.errors.fetch_add(1, Ordering::Relaxed);
             }
