@@ -14,11 +14,10 @@ use futures_util::StreamExt;
 use lapin::options::{BasicAckOptions, BasicPublishOptions};
 use lapin::types::ShortString;
 use lapin::{BasicProperties, Confirmation, Consumer};
-use tokio::io::DuplexStream;
 
 use crate::address::{connect, BrokerAddress, BrokerConnection, BrokerError};
 use crate::listener::{open_inbox, ACCEPT, CONNECT, REFUSE};
-use crate::session::{self, SessionParts, PING};
+use crate::stream::{BrokerStream, SessionParts, PING};
 use crate::BrokerSettings;
 
 /// Dials a gateway through the broker at `address`. Cheap to clone.
@@ -63,7 +62,7 @@ impl RabbitMqDialer {
     }
 
     /// Opens one session with the gateway.
-    pub async fn dial(&self) -> io::Result<DuplexStream> {
+    pub async fn dial(&self) -> io::Result<BrokerStream> {
         let timeout = self.settings.connect_timeout;
         match tokio::time::timeout(timeout, self.open()).await {
             Err(_) => {
@@ -73,7 +72,7 @@ impl RabbitMqDialer {
         }
     }
 
-    async fn open(&self) -> io::Result<DuplexStream> {
+    async fn open(&self) -> io::Result<BrokerStream> {
         let queue = self.settings.connect_queue();
         let broker = connect(&self.address, &format!("weir service to {queue}"), self.settings.connect_timeout)
             .await
@@ -84,7 +83,7 @@ impl RabbitMqDialer {
         request_session(&broker, &queue, &inbox, self.settings.connect_timeout).await?;
         let peer = await_answer(&mut consumer, &queue).await?;
         let parts = SessionParts { broker, channel, consumer, inbox, peer, owns_connection: true };
-        Ok(session::start(parts, &self.settings))
+        Ok(BrokerStream::start(parts, &self.settings))
     }
 }
 

@@ -15,7 +15,7 @@
 //!   the inbox. The gateway declares an inbox of its own for the session
 //!   (`<prefix>.session.<random>`) and answers `weir.accept` with `reply_to` naming it.
 //!   From then on each side publishes straight to the other's inbox through the default
-//!   exchange ([`session`]).
+//!   exchange ([`stream`]).
 //! - A message body is a run of the link's bytes: whatever the link's writer flushed,
 //!   up to [`MAX_MESSAGE`]. Frames may span messages; the receiving side reads the
 //!   bodies in order as one byte stream, and one inbox has one publisher, so order holds.
@@ -35,15 +35,16 @@
 mod address;
 pub mod dialer;
 pub mod listener;
-mod session;
+mod stream;
 
 use std::time::Duration;
 
 pub use address::{BrokerAddress, BrokerError};
 pub use dialer::RabbitMqDialer;
 pub use listener::{BrokerListener, ConnectRequest};
+pub use stream::BrokerStream;
 
-/// Largest message body a session publishes: one read of its in-memory pipe.
+/// Largest message body a session publishes: the link's writes gathered between flushes.
 pub const MAX_MESSAGE: usize = 256 * 1024;
 
 /// How the gateways and services of one deployment meet on the broker.

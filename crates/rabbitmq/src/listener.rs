@@ -16,10 +16,9 @@ use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, Queu
 use lapin::types::{FieldTable, ShortString};
 use lapin::{BasicProperties, Consumer};
 use rand::Rng;
-use tokio::io::DuplexStream;
 
 use crate::address::{connect, BrokerAddress, BrokerConnection, BrokerError};
-use crate::session::{self, SessionParts};
+use crate::stream::{BrokerStream, SessionParts};
 use crate::BrokerSettings;
 
 /// The `type` of a service's connect request (its `reply_to` is the service's inbox).
@@ -153,7 +152,7 @@ impl ConnectRequest {
 
     /// Declares this session's inbox, answers the service with it, and returns the
     /// gateway's end of the session.
-    pub async fn open(self) -> Result<DuplexStream, BrokerError> {
+    pub async fn open(self) -> Result<BrokerStream, BrokerError> {
         let (channel, consumer, inbox) = open_inbox(&self.broker, &self.settings, "session")
             .await
             .map_err(|err| self.broker.error("declaring a session inbox", err))?;
@@ -167,7 +166,7 @@ impl ConnectRequest {
         }
         let parts =
             SessionParts { broker: self.broker, channel, consumer, inbox, peer: self.reply_to, owns_connection: false };
-        Ok(session::start(parts, &self.settings))
+        Ok(BrokerStream::start(parts, &self.settings))
     }
 
     /// Tells the service its connection is refused, and why.

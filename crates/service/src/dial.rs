@@ -31,9 +31,8 @@
 use std::future::Future;
 use std::io;
 
-use tokio::io::DuplexStream;
 use tokio::net::TcpStream;
-use weir_rabbitmq::RabbitMqDialer;
+use weir_rabbitmq::{BrokerStream, RabbitMqDialer};
 use weir_transport::tcp::TcpDialer;
 use weir_transport::tls::{ClientTlsStream, TlsDialer};
 
@@ -57,9 +56,9 @@ impl Dialer for TlsDialer {
 }
 
 impl Dialer for RabbitMqDialer {
-    type Io = DuplexStream;
+    type Io = BrokerStream;
 
-    fn dial(&self) -> impl Future<Output = io::Result<DuplexStream>> + Send {
+    fn dial(&self) -> impl Future<Output = io::Result<BrokerStream>> + Send {
         RabbitMqDialer::dial(self)
     }
 }
