@@ -16,8 +16,8 @@ use lapin::types::ShortString;
 use lapin::{BasicProperties, Confirmation, Consumer};
 
 use crate::address::{connect, BrokerAddress, BrokerConnection, BrokerError};
-use crate::listener::{open_inbox, ACCEPT, CONNECT, REFUSE};
-use crate::stream::{BrokerStream, SessionParts, PING};
+use crate::listener::{ACCEPT, CONNECT, REFUSE};
+use crate::stream::{open_inbox, BrokerStream, SessionParts, PING};
 use crate::BrokerSettings;
 
 /// Dials a gateway through the broker at `address`. Cheap to clone.

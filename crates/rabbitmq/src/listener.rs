@@ -18,7 +18,7 @@ use lapin::{BasicProperties, Consumer};
 use rand::Rng;
 
 use crate::address::{connect, BrokerAddress, BrokerConnection, BrokerError};
-use crate::stream::{BrokerStream, SessionParts};
+use crate::stream::{open_inbox, BrokerStream, SessionParts};
 use crate::BrokerSettings;
 
 /// The `type` of a service's connect request (its `reply_to` is the service's inbox).
@@ -177,23 +177,4 @@ impl ConnectRequest {
             channel.basic_publish("".into(), self.reply_to, Default::default(), reason.as_bytes(), properties).await;
         let _ = channel.close(200, "refused".into()).await;
     }
-}
-
-/// A new channel consuming a new exclusive inbox, `<prefix>.<role>.<64 random bits>`
-/// (the prefix and role tell an operator listing queues whose it is): (channel,
-/// consumer, name).
-pub(crate) async fn open_inbox(
-    broker: &BrokerConnection,
-    settings: &BrokerSettings,
-    role: &str,
-) -> lapin::Result<(lapin::Channel, Consumer, ShortString)> {
-    let channel = broker.connection.create_channel().await?;
-    channel.basic_qos(settings.prefetch, BasicQosOptions::default()).await?;
-    let name = format!("{}.{role}.{:016x}", settings.prefix, rand::thread_rng().gen::<u64>());
-    let options = QueueDeclareOptions { exclusive: true, auto_delete: true, ..QueueDeclareOptions::default() };
-    let queue = channel.queue_declare(name.into(), options, FieldTable::default()).await?;
-    let inbox = queue.name().clone();
-    let consumer =
-        channel.basic_consume(inbox.clone(), "".into(), BasicConsumeOptions::default(), FieldTable::default()).await?;
-    Ok((channel, consumer, inbox))
 }

@@ -32,9 +32,12 @@ use std::task::{ready, Context, Poll};
 use futures_util::future::{self, BoxFuture};
 use futures_util::task::AtomicWaker;
 use futures_util::{FutureExt, StreamExt};
-use lapin::options::{BasicAckOptions, BasicPublishOptions, QueueDeleteOptions};
-use lapin::types::ShortString;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, QueueDeclareOptions, QueueDeleteOptions,
+};
+use lapin::types::{FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Confirmation, Consumer};
+use rand::Rng;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::task::JoinHandle;
 
@@ -61,6 +64,25 @@ pub(crate) struct SessionParts {
     pub peer: ShortString,
     /// Whether the session owns its connection (a service's dial) and closes it at the end.
     pub owns_connection: bool,
+}
+
+/// A new channel consuming a new exclusive inbox, `<prefix>.<role>.<64 random bits>`
+/// (the prefix and role tell an operator listing queues whose it is): (channel,
+/// consumer, name).
+pub(crate) async fn open_inbox(
+    broker: &BrokerConnection,
+    settings: &BrokerSettings,
+    role: &str,
+) -> lapin::Result<(lapin::Channel, Consumer, ShortString)> {
+    let channel = broker.connection.create_channel().await?;
+    channel.basic_qos(settings.prefetch, BasicQosOptions::default()).await?;
+    let name = format!("{}.{role}.{:016x}", settings.prefix, rand::thread_rng().gen::<u64>());
+    let options = QueueDeclareOptions { exclusive: true, auto_delete: true, ..QueueDeclareOptions::default() };
+    let queue = channel.queue_declare(name.into(), options, FieldTable::default()).await?;
+    let inbox = queue.name().clone();
+    let consumer =
+        channel.basic_consume(inbox.clone(), "".into(), BasicConsumeOptions::default(), FieldTable::default()).await?;
+    Ok((channel, consumer, inbox))
 }
 
 /// One side of a session through the broker, as the link's byte stream.

@@ -44,12 +44,7 @@ impl Gateway {
     ) {
         let scheme = if tls.is_some() { "tls" } else { "tcp" };
         let local = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
-        if self.live().service_auth.is_open() {
-            tracing::warn!(
-                listen = %local,
-                "no [[services.credentials]] configured: any service that can reach the service listener may register any path"
-            );
-        }
+        self.warn_if_open(&local);
         tracing::info!(listen = %local, scheme, "accepting service connections");
         loop {
             tokio::select! {
@@ -66,11 +61,7 @@ impl Gateway {
             };
             match accepted {
                 Ok((stream, addr)) => {
-                    let Ok(slot) = Arc::clone(&self.pending_handshakes).try_acquire_owned() else {
-                        let max = self.config().services.max_pending_handshakes;
-                        tracing::warn!(peer = %addr, max, "service connection closed: too many handshakes in progress");
-                        continue;
-                    };
+                    let Some(slot) = self.handshake_slot(&addr) else { continue };
                     tokio::spawn(Arc::clone(self).open_service_connection(stream, addr, tls.clone(), slot));
                 }
                 Err(err) => {
@@ -86,6 +77,7 @@ impl Gateway {
     /// the intake is paused); registered services keep running after it returns.
     pub async fn serve_broker_services(self: &Arc<Self>, mut listener: BrokerListener, shutdown: CancellationToken) {
         let broker = listener.address().to_string();
+        self.warn_if_open(&broker);
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => break,
@@ -97,9 +89,7 @@ impl Gateway {
                 request = listener.accept() => request,
             };
             let peer = request.peer();
-            let Ok(slot) = Arc::clone(&self.pending_handshakes).try_acquire_owned() else {
-                let max = self.config().services.max_pending_handshakes;
-                tracing::warn!(%peer, max, "broker service connection refused: too many handshakes in progress");
+            let Some(slot) = self.handshake_slot(&peer) else {
                 tokio::spawn(request.refuse("too many handshakes in progress"));
                 continue;
             };
@@ -112,6 +102,27 @@ impl Gateway {
             });
         }
         tracing::info!(%broker, "broker service listener stopped");
+    }
+
+    /// A place among the connections in their handshake for `peer`, or `None` (logged)
+    /// when `services.max_pending_handshakes` are already there.
+    fn handshake_slot(&self, peer: &dyn std::fmt::Display) -> Option<HandshakeSlot> {
+        let slot = Arc::clone(&self.pending_handshakes).try_acquire_owned().ok();
+        if slot.is_none() {
+            let max = self.config().services.max_pending_handshakes;
+            tracing::warn!(%peer, max, "service connection refused: too many handshakes in progress");
+        }
+        slot
+    }
+
+    /// Warns, once per listener, when no credentials guard what services may register.
+    fn warn_if_open(&self, listen: &str) {
+        if self.live().service_auth.is_open() {
+            tracing::warn!(
+                %listen,
+                "no [[services.credentials]] configured: any service that can reach the service listener may register any path"
+            );
+        }
     }
 
     /// One accepted socket: TLS handshake if configured, then the service's whole life.
