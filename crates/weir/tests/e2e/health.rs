@@ -55,6 +55,15 @@ async fn probe_all(url: &str, status: StatusCode, body: &Value) {
     }
 }
 
+/// A harness whose public listener is serving: `/readyz` reports `listening` from the
+/// moment the public listener accepts, which the harness does not wait for.
+async fn serving(config: GatewayConfig) -> Harness {
+    let h = Harness::start(config).await;
+    let healthz = h.client.get(h.url("/healthz")).send().await.unwrap();
+    assert_eq!(healthz.status(), StatusCode::OK);
+    h
+}
+
 fn not_ready(listening: bool, missing: &[&str]) -> Value {
     json!({ "status": "not_ready", "listening": listening, "missing_services": missing })
 }
@@ -70,7 +79,7 @@ fn orders() -> Service {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readyz_follows_the_named_services_as_they_attach_drain_and_leave() {
-    let mut h = Harness::start(needing(&["demo", "orders"])).await;
+    let mut h = serving(needing(&["demo", "orders"])).await;
     let (readyz, livez) = (h.admin_url("/readyz"), h.admin_url("/livez"));
     probe_all(&livez, StatusCode::OK, &json!({ "status": "live" })).await;
     probe_all(&readyz, StatusCode::SERVICE_UNAVAILABLE, &not_ready(true, &["demo", "orders"])).await;
@@ -97,7 +106,7 @@ async fn readyz_follows_the_named_services_as_they_attach_drain_and_leave() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reload_changes_the_services_readyz_waits_for() {
-    let mut h = Harness::start(needing(&[])).await;
+    let mut h = serving(needing(&[])).await;
     let readyz = h.admin_url("/readyz");
     probe_all(&readyz, StatusCode::OK, &ready()).await;
     h.gateway.reload(needing(&["orders"])).unwrap();
