@@ -34,6 +34,7 @@ use std::sync::{Arc, Mutex};
 use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use weir_shared::SharedStore;
 use weir_transport::tls::TlsAcceptor;
 use weir_transport::Link;
 
@@ -99,6 +100,9 @@ pub struct Gateway {
     /// process taking over waits for its services first), cleared when shutdown begins;
     /// the admin listener's `/readyz` reads it.
     public_listening: AtomicBool,
+    /// `[shared]`: the Redis store the replicas share their limits through, connected
+    /// at start (a restart is needed to change it); `None` keeps every limit local.
+    shared: Option<limits::shared::SharedLimits>,
 }
 
 /// The sockets [`Gateway::run`] serves.
@@ -136,10 +140,19 @@ impl Gateway {
     /// client certificate (`[server.tls]`) cannot be served, or spans are to be exported
     /// (`[tracing]`) but the call is not made inside a Tokio runtime.
     pub fn new(config: GatewayConfig) -> Result<Arc<Self>, GatewayStartError> {
+        Gateway::with_shared(config, None)
+    }
+
+    /// A gateway with `config` whose per-client limits are shared with other replicas
+    /// through `store` (connected from `config.shared`), when given: the rate limits and
+    /// the WebSocket caps of every mount count all replicas' traffic.
+    pub fn with_shared(config: GatewayConfig, store: Option<SharedStore>) -> Result<Arc<Self>, GatewayStartError> {
+        let on_failure = config.shared.as_ref().map(|shared| shared.on_failure).unwrap_or_default();
+        let shared = store.map(|store| limits::shared::SharedLimits { store, on_failure });
         let server = &config.server;
         let live = Live {
             client_tls: server.tls.as_ref().map(ClientTls::load).transpose()?,
-            mounts: MountTable::new(&config)?,
+            mounts: MountTable::new(&config, shared.as_ref())?,
             service_auth: ServiceAuth::new(&config.services),
             config: Arc::new(config.clone()),
         };
@@ -163,6 +176,7 @@ impl Gateway {
             connections: ConnectionCap::new(server.max_connections.unwrap_or_else(default_max_connections)),
             pending_handshakes: Arc::new(tokio::sync::Semaphore::new(config.services.max_pending_handshakes)),
             public_listening: AtomicBool::new(false),
+            shared,
         }))
     }
 
@@ -186,6 +200,10 @@ impl Gateway {
         public_gate: impl std::future::Future<Output = ()>,
     ) -> std::io::Result<()> {
         let sweeper = self.spawn_health_sweeper();
+        let cancels = self.shared.as_ref().map(|shared| {
+            let follow = downstream::cluster::follow_cancels(shared.store.clone(), Arc::clone(&self.registry));
+            tokio::spawn(follow)
+        });
         let services = listeners.services.map(|(listener, tls)| {
             let (gateway, shutdown) = (Arc::clone(self), shutdown.clone());
             tokio::spawn(async move { gateway.serve_services(listener, tls, shutdown).await })
@@ -232,6 +250,9 @@ impl Gateway {
         }
         self.close_services("gateway shutting down");
         sweeper.abort();
+        if let Some(cancels) = cancels {
+            cancels.abort();
+        }
         if let Some(spans) = &self.spans {
             Arc::clone(spans).shutdown().await;
         }
@@ -270,6 +291,11 @@ impl Gateway {
         &self.registry
     }
 
+    /// `[shared]`: the store the replicas share their limits through, if configured.
+    pub fn shared_limits(&self) -> Option<&limits::shared::SharedLimits> {
+        self.shared.as_ref()
+    }
+
     /// Request and error counters.
     pub fn metrics(&self) -> &Metrics {
         &self.metrics
@@ -279,7 +305,7 @@ impl Gateway {
     pub fn open_websockets(&self, prefix: &str, user: &str) -> u32 {
         let live = self.live();
         let mount = live.mounts.iter().find(|m| m.config.prefix == prefix);
-        mount.map_or(0, |m| m.websockets.count(&user.to_owned()))
+        mount.map_or(0, |m| m.websockets.count(user))
     }
 
     /// Live service connections.

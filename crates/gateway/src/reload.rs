@@ -59,7 +59,7 @@ impl fmt::Debug for SourceSlot {
 }
 
 /// The settings a reload cannot change: each is used once, when the gateway starts.
-pub const FIXED_AT_START: [&str; 13] = [
+pub const FIXED_AT_START: [&str; 14] = [
     "server.listen",
     "server.admin_listen",
     "server.http_redirect_listen",
@@ -70,6 +70,7 @@ pub const FIXED_AT_START: [&str; 13] = [
     "services.tls",
     "services.max_pending_handshakes",
     "services.rabbitmq",
+    "shared",
     "routing.max_routes",
     "routing.heartbeat_interval",
     "tracing.otlp_endpoint",
@@ -173,7 +174,7 @@ impl Gateway {
         // access log writer (the file opened again).
         self.access_log.configure(&config.log).map_err(GatewayStartError::from)?;
         let live = Live {
-            mounts: current.mounts.rebuild(&config)?,
+            mounts: current.mounts.rebuild(&config, self.shared.as_ref())?,
             service_auth: ServiceAuth::new(&config.services),
             client_tls,
             config: Arc::new(config),
@@ -230,7 +231,7 @@ async fn close_when_idle(link: Link, grace: Duration) {
 /// changes, and names them.
 fn keep_fixed(current: &GatewayConfig, new: &mut GatewayConfig) -> Vec<&'static str> {
     let mut changed = Vec::new();
-    let [listen, admin, redirect, max_conns, per_ip, server_tls, services_listen, services_tls, pending, rabbitmq, routes, beat, otlp] =
+    let [listen, admin, redirect, max_conns, per_ip, server_tls, services_listen, services_tls, pending, rabbitmq, shared, routes, beat, otlp] =
         FIXED_AT_START;
     let (old, server) = (&current.server, &mut new.server);
     keep(listen, &old.listen, &mut server.listen, &mut changed);
@@ -247,6 +248,7 @@ fn keep_fixed(current: &GatewayConfig, new: &mut GatewayConfig) -> Vec<&'static 
     keep(services_tls, &old.tls, &mut services.tls, &mut changed);
     keep(pending, &old.max_pending_handshakes, &mut services.max_pending_handshakes, &mut changed);
     keep(rabbitmq, &old.rabbitmq, &mut services.rabbitmq, &mut changed);
+    keep(shared, &current.shared, &mut new.shared, &mut changed);
     let (old, routing) = (&current.routing, &mut new.routing);
     keep(routes, &old.max_routes, &mut routing.max_routes, &mut changed);
     keep(beat, &old.heartbeat_interval, &mut routing.heartbeat_interval, &mut changed);

@@ -29,6 +29,7 @@ use tokio_util::sync::CancellationToken;
 use weir_gateway::config::{ServicesConfig, ServicesTlsConfig};
 use weir_gateway::{ConfigSource, Gateway, GatewayConfig, Listeners, ReloadError};
 use weir_rabbitmq::BrokerListener;
+use weir_shared::SharedStore;
 use weir_transport::tls::{self, TlsAcceptor, TlsError};
 
 use crate::config::load_config;
@@ -129,7 +130,8 @@ async fn serve(config: GatewayConfig, source: Option<ConfigSource>, demo: bool) 
     };
     let listeners = acquire_listeners(&config, &mut taken).await?;
     let server = config.server.clone();
-    let gateway = Gateway::new(config).map_err(std::io::Error::other)?;
+    let shared = connect_shared(&config).await?;
+    let gateway = Gateway::with_shared(config, shared).map_err(std::io::Error::other)?;
     if let Some(source) = source {
         gateway.set_config_source(source);
     }
@@ -163,6 +165,18 @@ async fn serve(config: GatewayConfig, source: Option<ConfigSource>, demo: bool) 
     served?;
     tracing::info!("weir stopped");
     Ok(())
+}
+
+/// `[shared]`: the connection to Redis, made before anything is served; an unreachable
+/// Redis stops the start, naming the key (a replica that silently enforced its limits
+/// alone would let each client through N times).
+async fn connect_shared(config: &GatewayConfig) -> std::io::Result<Option<SharedStore>> {
+    let Some(shared) = &config.shared else { return Ok(None) };
+    let store = SharedStore::connect(shared.store.clone())
+        .await
+        .map_err(|e| std::io::Error::other(format!("shared.redis: {e}")))?;
+    tracing::info!(redis = %shared.store.redacted_url(), replica = %shared.store.replica, "limits shared through Redis");
+    Ok(Some(store))
 }
 
 /// Every listener `config` asks for: taken over from `taken` when one matches, else bound.

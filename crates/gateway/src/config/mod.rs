@@ -28,6 +28,29 @@ pub struct GatewayConfig {
     /// `[[mount]]` entries; none means one implicit business mount at `/`.
     pub mounts: Vec<MountConfig>,
     pub tracing: TracingConfig,
+    /// `[shared]`: limits shared with the other replicas through Redis; `None` keeps
+    /// every limit to this process.
+    pub shared: Option<SharedLimitsConfig>,
+}
+
+/// `[shared]`: how this replica shares its per-client limits with the others.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SharedLimitsConfig {
+    /// Where Redis is, the key prefix, the timeouts and this replica's name.
+    pub store: weir_shared::SharedConfig,
+    /// What a limit decides while Redis cannot be reached.
+    pub on_failure: OnSharedFailure,
+}
+
+/// `[shared] on_failure`: a replica's answer while Redis is unreachable or slow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OnSharedFailure {
+    /// Each replica enforces its limits alone, as without `[shared]` (a client may then
+    /// get up to the limit on each replica).
+    #[default]
+    Local,
+    /// Requests on rate-limited mounts and new WebSockets on capped mounts get 503.
+    Deny,
 }
 
 /// `[tracing]`: the gateway's own span of each client request. Trace context is

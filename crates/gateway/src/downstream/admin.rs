@@ -1,7 +1,8 @@
 //! The admin surface, on its own listener: `/healthz`, `/livez` and `/readyz` (the
 //! probes, see [`super::health`]), `/budget` (the payload budget's counters), `/routes`
 //! (the routing table), `/requests` (business requests in flight; `DELETE
-//! /requests/{id}` cancels one), `/metrics` (Prometheus text), `POST /reload` (the
+//! /requests/{id}` cancels one, and with `[shared]` `DELETE /requests/{replica}/{id}`
+//! one on any replica, see [`super::cluster`]), `/metrics` (Prometheus text), `POST /reload` (the
 //! configuration file read again and applied, see [`crate::reload`]) and the live
 //! dashboard at `/` with its script and style ([`super::dashboard`]). Read-only but for
 //! the cancel and the reload; every other path is 404, every other method 405. Every
@@ -21,8 +22,9 @@ use hyper::body::Incoming;
 
 use std::sync::Arc;
 
-use super::{dashboard, health};
+use super::{cluster, dashboard, health};
 use crate::observe::metrics::services::InstanceState;
+use crate::observe::metrics::shared::SharedState;
 use crate::observe::metrics::{self, ScrapedState};
 use crate::reload::ReloadError;
 use crate::response::error::GatewayError;
@@ -43,7 +45,7 @@ async fn route(gateway: &Arc<Gateway>, request: Request<Incoming>) -> Response<G
         return reload(gateway, request.method()).await;
     }
     if let Some(id) = path.strip_prefix("/requests/") {
-        return cancel_request(gateway, request.method(), id);
+        return cancel_request(gateway, request.method(), id).await;
     }
     if request.method() != Method::GET {
         return GatewayError::MethodNotAllowed { allow: vec!["GET".into()] }.into_response();
@@ -56,7 +58,7 @@ async fn route(gateway: &Arc<Gateway>, request: Request<Incoming>) -> Response<G
         "/readyz" => health::ready(gateway),
         "/budget" => json(StatusCode::OK, serde_json::to_string(&gateway.budget().counters()).unwrap_or_default()),
         "/routes" => json(StatusCode::OK, serde_json::to_string(&gateway.routing().snapshot()).unwrap_or_default()),
-        "/requests" => json(StatusCode::OK, serde_json::to_string(&gateway.registry().list()).unwrap_or_default()),
+        "/requests" => requests(gateway),
         "/metrics" => {
             let state = ScrapedState {
                 budget: gateway.budget().counters(),
@@ -64,6 +66,9 @@ async fn route(gateway: &Arc<Gateway>, request: Request<Incoming>) -> Response<G
                 services: gateway.service_connections(),
                 clients: gateway.connections().open(),
                 instances: gateway.routing().instances().iter().map(|i| InstanceState::of(i)).collect(),
+                shared: gateway
+                    .shared_limits()
+                    .map(|shared| SharedState { shared: shared.is_shared(), stats: shared.store.stats() }),
             };
             let text = gateway.metrics().render(&state);
             let mut response = Response::new(GatewayBody::full(Bytes::from(text)));
@@ -104,10 +109,41 @@ async fn reload(gateway: &Arc<Gateway>, method: &Method) -> Response<GatewayBody
     }
 }
 
-/// `DELETE /requests/{id}`: cancels a registered request (204), or 404.
-fn cancel_request(gateway: &Gateway, method: &Method, id: &str) -> Response<GatewayBody> {
+/// `/requests`: this replica's requests in flight, each naming the replica with
+/// `[shared]`.
+fn requests(gateway: &Gateway) -> Response<GatewayBody> {
+    let list = serde_json::to_value(gateway.registry().list()).unwrap_or_default();
+    let list = match gateway.shared_limits() {
+        Some(shared) => cluster::name_replica(list, &shared.store.config().replica),
+        None => list,
+    };
+    json(StatusCode::OK, list.to_string())
+}
+
+/// `DELETE /requests/{id}`: cancels a registered request (204), or 404. With
+/// `[shared]`, `DELETE /requests/{replica}/{id}` reaches another replica (202).
+async fn cancel_request(gateway: &Gateway, method: &Method, id: &str) -> Response<GatewayBody> {
     if method != Method::DELETE {
         return GatewayError::MethodNotAllowed { allow: vec!["DELETE".into()] }.into_response();
+    }
+    let (replica, id) = match id.split_once('/') {
+        Some((replica, id)) => (Some(replica), id),
+        None => (None, id),
+    };
+    match (replica, gateway.shared_limits(), id.parse::<u64>()) {
+        (None, _, _) => {}
+        (Some(replica), Some(shared), Ok(id)) if replica != shared.store.config().replica => {
+            let status = cluster::cancel_elsewhere(&shared.store, replica, id).await;
+            return match status {
+                StatusCode::ACCEPTED => json(status, r#"{"status":"sent"}"#.into()),
+                StatusCode::NOT_FOUND => GatewayError::NotFound.into_response(),
+                _ => {
+                    GatewayError::Overloaded("Redis cannot be reached to tell the other replica".into()).into_response()
+                }
+            };
+        }
+        (Some(_), Some(_), _) => {}
+        (Some(_), None, _) => return GatewayError::NotFound.into_response(),
     }
     match id.parse::<u64>() {
         Ok(id) if gateway.registry().cancel(id) => {

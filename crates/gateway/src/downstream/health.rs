@@ -6,13 +6,17 @@
 //! Ready means: the public listener accepts (its start gate has opened and no shutdown
 //! has begun) and every service of `server.ready_services`, read from the configuration
 //! in force (so a reload applies to the next probe), has at least one healthy registered
-//! instance. The configuration is loaded by construction: the gateway serves nothing
+//! instance. With `[shared]`, the body also says whether the replicas share their
+//! limits right now (`shared_limits`: `shared` or `degraded`); degraded is not ready
+//! only when `on_failure = "deny"`, which refuses every limited request meanwhile (a
+//! replica that falls back to its local limits still serves). The configuration is loaded by construction: the gateway serves nothing
 //! before it has one, and a failed reload keeps the one in force.
 
 use http::{Response, StatusCode};
 use serde::Serialize;
 
 use super::admin::json;
+use crate::config::OnSharedFailure;
 use crate::response::GatewayBody;
 use crate::Gateway;
 
@@ -26,6 +30,9 @@ struct Readiness {
     /// Services of `server.ready_services` with no healthy instance, in the order
     /// configured: what an operator has to bring up.
     missing_services: Vec<String>,
+    /// With `[shared]`: `shared`, or `degraded` while Redis cannot be reached.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    shared_limits: Option<&'static str>,
 }
 
 /// `/livez`: answering is the proof.
@@ -40,8 +47,15 @@ pub(super) fn ready(gateway: &Gateway) -> Response<GatewayBody> {
     let missing_services: Vec<String> =
         config.server.ready_services.iter().filter(|name| !healthy.contains(*name)).cloned().collect();
     let listening = gateway.public_listening();
-    let ready = listening && missing_services.is_empty();
-    let readiness = Readiness { status: if ready { "ready" } else { "not_ready" }, listening, missing_services };
+    let shared = gateway.shared_limits().map(|shared| (shared.is_shared(), shared.on_failure));
+    let denying = matches!(shared, Some((false, OnSharedFailure::Deny)));
+    let ready = listening && missing_services.is_empty() && !denying;
+    let readiness = Readiness {
+        status: if ready { "ready" } else { "not_ready" },
+        listening,
+        missing_services,
+        shared_limits: shared.map(|(up, _)| if up { "shared" } else { "degraded" }),
+    };
     let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     json(status, serde_json::to_string(&readiness).unwrap_or_default())
 }

@@ -16,6 +16,7 @@
 
 mod admin;
 mod client_io;
+pub(crate) mod cluster;
 mod dashboard;
 mod h2_streams;
 mod health;

@@ -1,5 +1,6 @@
 //! The protections, each a unit of its own: per-IP connection slots and WebSocket slots
-//! ([`slots`]), request rates ([`rate`]), bandwidth ([`bandwidth`]), the payload budget
+//! ([`slots`]), request rates ([`rate`]), the limits replicas share through Redis
+//! ([`shared`]), bandwidth ([`bandwidth`]), the payload budget
 //! ([`budget`]), the registry of requests in flight ([`in_flight`]), a client connection's
 //! share of them ([`connection`]), declared body sizes ([`body_size`]), how slowly a
 //! client may take a response ([`stall`]) and the global cap on open client connections,
@@ -18,6 +19,7 @@ pub(crate) mod connection;
 pub mod connections;
 pub mod in_flight;
 pub(crate) mod rate;
+pub mod shared;
 pub mod slots;
 pub(crate) mod stall;
 

@@ -80,8 +80,8 @@ pub(crate) async fn handle(
     let admitted = match mount.config.profile {
         Profile::Static if extended_connect => return Err(upstream::websocket::not_a_websocket()),
         Profile::Static => return serve_static(&phases, mount, &request, conn, exchange).await,
-        Profile::Business => business(&phases, mount, &request, conn, exchange)?,
-        Profile::Streaming => streaming(&phases, mount, &request, conn, exchange)?,
+        Profile::Business => business(&phases, mount, &request, conn, exchange).await?,
+        Profile::Streaming => streaming(&phases, mount, &request, conn, exchange).await?,
     };
     strip_api_key(&mount.config.auth, request.headers_mut());
     if admitted.decision.endpoint.kind == EndpointKind::WebSocket {
@@ -94,7 +94,7 @@ pub(crate) async fn handle(
 }
 
 /// Business profile: authenticate → route → validate → rate limit → register.
-fn business<'m, B>(
+async fn business<'m, B>(
     phases: &Phases<'_>,
     mount: &'m Mount,
     request: &Request<B>,
@@ -107,7 +107,7 @@ fn business<'m, B>(
     let decision = route::route(phases.routing, phases.version_header, request)?;
     exchange.on_route(&decision);
     validate::validate(&decision.endpoint, &identity, request)?;
-    rate_limit(mount, identity.subject.as_deref(), client)?;
+    rate_limit(mount, identity.subject.as_deref(), client).await?;
     exchange.on_admitted();
     let path = request.uri().path();
     let traffic = Arc::clone(exchange.traffic());
@@ -124,7 +124,7 @@ fn business<'m, B>(
 
 /// Streaming profile: route → rate limit; its other limits act on the connection and
 /// the body.
-fn streaming<'m, B>(
+async fn streaming<'m, B>(
     phases: &Phases<'_>,
     mount: &'m Mount,
     request: &Request<B>,
@@ -135,7 +135,7 @@ fn streaming<'m, B>(
     exchange.on_route(&decision);
     let client = client_of(phases, request, conn);
     exchange.on_client(None, client);
-    rate_limit(mount, None, client)?;
+    rate_limit(mount, None, client).await?;
     exchange.on_admitted();
     Ok(Admitted { shaper: conn.shaper(&mount.config), ..admitted(mount, decision, client, conn, exchange) })
 }
@@ -150,16 +150,17 @@ async fn serve_static(
 ) -> Result<Response<GatewayBody>, GatewayError> {
     let client = client_of(phases, request, conn);
     exchange.on_client(None, client);
-    rate_limit(mount, None, client)?;
+    rate_limit(mount, None, client).await?;
     exchange.on_admitted();
     crate::static_files::serve(&mount.config, request, conn.shaper(&mount.config)).await
 }
 
 /// One more request of the caller (its `subject`, else its address) against the mount's
-/// request rate: 429 with `Retry-After` over it.
-fn rate_limit(mount: &Mount, subject: Option<&str>, client: SocketAddr) -> Result<(), GatewayError> {
+/// request rate: 429 with `Retry-After` over it (503 while a shared limit cannot be
+/// checked, if the mount denies then).
+async fn rate_limit(mount: &Mount, subject: Option<&str>, client: SocketAddr) -> Result<(), GatewayError> {
     match &mount.request_rate {
-        Some(rate) => Ok(rate.check(client_key(subject, client))?),
+        Some(rate) => rate.check(client_key(subject, client)).await,
         None => Ok(()),
     }
 }
@@ -243,38 +244,38 @@ mod tests {
         builder.body(()).unwrap()
     }
 
-    #[test]
-    fn business_mounts_authenticate_before_they_route() {
+    #[tokio::test]
+    async fn business_mounts_authenticate_before_they_route() {
         let gateway = gateway(vec![mount("/api", Profile::Business, api_keys())]);
         let live = gateway.live();
         let phases = gateway.phases(&live);
         let api = phases.mounts.select("/api/x").unwrap();
-        let anonymous = business(&phases, api, &request("/api/x", &[]), &conn(), &exchange());
+        let anonymous = business(&phases, api, &request("/api/x", &[]), &conn(), &exchange()).await;
         assert!(matches!(anonymous, Err(GatewayError::Unauthorized(_))), "{anonymous:?}");
-        let known = business(&phases, api, &request("/api/x", &[("x-api-key", "secret")]), &conn(), &exchange());
+        let known = business(&phases, api, &request("/api/x", &[("x-api-key", "secret")]), &conn(), &exchange()).await;
         assert!(matches!(known, Err(GatewayError::NotFound)), "authenticated, then routed: {known:?}");
         assert!(gateway.registry().list().is_empty(), "nothing registered before routing succeeds");
     }
 
-    #[test]
-    fn streaming_mounts_route_before_they_rate_limit() {
+    #[tokio::test]
+    async fn streaming_mounts_route_before_they_rate_limit() {
         let gateway = gateway(vec![mount("/stream", Profile::Streaming, AuthConfig::None)]);
         let live = gateway.live();
         let phases = gateway.phases(&live);
         let stream = phases.mounts.select("/stream/up").unwrap();
-        let routed = streaming(&phases, stream, &request("/stream/up", &[]), &conn(), &exchange());
+        let routed = streaming(&phases, stream, &request("/stream/up", &[]), &conn(), &exchange()).await;
         assert!(matches!(routed, Err(GatewayError::NotFound)), "{routed:?}");
     }
 
-    #[test]
-    fn a_version_header_that_is_not_ascii_is_400() {
+    #[tokio::test]
+    async fn a_version_header_that_is_not_ascii_is_400() {
         let gateway = gateway(vec![]);
         let live = gateway.live();
         let phases = gateway.phases(&live);
         let root = phases.mounts.select("/x").unwrap();
         let mut bad = request("/x", &[]);
         bad.headers_mut().insert("x-weir-version", http::HeaderValue::from_bytes(b"\xff").unwrap());
-        let refused = business(&phases, root, &bad, &conn(), &exchange());
+        let refused = business(&phases, root, &bad, &conn(), &exchange()).await;
         assert!(matches!(refused, Err(GatewayError::BadRequest(_))), "{refused:?}");
     }
 

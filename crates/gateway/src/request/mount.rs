@@ -20,7 +20,7 @@ use thiserror::Error;
 use super::authenticate::{AuthSetupError, Authenticator};
 use crate::config::{AuthConfig, GatewayConfig, MountConfig, MountSettings, Profile};
 use crate::limits::rate::RequestRate;
-use crate::limits::slots::KeyedLimiter;
+use crate::limits::shared::{SessionCaps, SharedLimits};
 use crate::routing::under_prefix;
 
 /// Why a gateway could not be built from its configuration.
@@ -42,6 +42,13 @@ pub enum GatewayStartError {
     /// The span export (`[tracing]`) cannot be set up.
     #[error("{0}")]
     Tracing(#[from] crate::TracingError),
+    /// A mount's limit cannot be shared (`[shared]`).
+    #[error("mount {prefix:?}: shared limits: {source}")]
+    Shared {
+        prefix: String,
+        #[source]
+        source: weir_shared::SharedError,
+    },
 }
 
 /// A mount as the running gateway uses it: its configuration and the state its phases
@@ -56,31 +63,42 @@ pub(crate) struct Mount {
     /// Requests per client key, when the mount limits them; shared with the mount that
     /// replaces this one on a reload if the rate did not change, so buckets survive it.
     pub request_rate: Option<Arc<RequestRate>>,
-    /// Open WebSockets per user (`ws_max_connections_per_user`); kept across a reload,
-    /// with the new limit, so open sessions still count against it.
-    pub websockets: Arc<KeyedLimiter<String>>,
+    /// Open WebSockets per user (`ws_max_connections_per_user`), here and, with
+    /// `[shared]`, on every replica; kept across a reload, with the new limit, so open
+    /// sessions still count against it.
+    pub websockets: Arc<SessionCaps>,
 }
 
 impl Mount {
     /// The mount for `config`, keeping the rate limiter and WebSocket slots of
-    /// `previous` (the mount it replaces, if any) that still apply; fails when its
-    /// authentication cannot be set up.
-    fn new(config: MountConfig, previous: Option<&Mount>) -> Result<Self, GatewayStartError> {
+    /// `previous` (the mount it replaces, if any) that still apply, its limits shared
+    /// through `shared` when given; fails when its authentication cannot be set up.
+    fn new(
+        config: MountConfig,
+        previous: Option<&Mount>,
+        shared: Option<&SharedLimits>,
+    ) -> Result<Self, GatewayStartError> {
         let authenticator = Authenticator::new(&config.auth)
             .map_err(|source| GatewayStartError::Auth { prefix: config.prefix.clone(), source })?;
         let settings = &config.settings;
+        let unshareable = |source| GatewayStartError::Shared { prefix: config.prefix.clone(), source };
         let request_rate = match previous {
             Some(old) if old.config.settings.rate_limit_requests == settings.rate_limit_requests => {
                 old.request_rate.clone()
             }
-            _ => settings.rate_limit_requests.and_then(RequestRate::new).map(Arc::new),
+            _ => match settings.rate_limit_requests {
+                Some(rate) => RequestRate::new(rate, &config.prefix, shared).map_err(unshareable)?.map(Arc::new),
+                None => None,
+            },
         };
         let websockets = match previous {
             Some(old) => {
                 old.websockets.set_max(settings.ws_max_connections_per_user);
                 Arc::clone(&old.websockets)
             }
-            None => KeyedLimiter::new(settings.ws_max_connections_per_user),
+            None => {
+                SessionCaps::new(settings.ws_max_connections_per_user, &config.prefix, shared).map_err(unshareable)?
+            }
         };
         Ok(Mount { label: config.prefix.as_str().into(), config, authenticator, request_rate, websockets })
     }
@@ -93,14 +111,19 @@ pub(crate) struct MountTable {
 }
 
 impl MountTable {
-    /// The table for `config`: its mounts, or the implicit root mount.
-    pub(crate) fn new(config: &GatewayConfig) -> Result<Self, GatewayStartError> {
-        Self::rebuild(&MountTable { mounts: Vec::new() }, config)
+    /// The table for `config`: its mounts, or the implicit root mount, their limits
+    /// shared through `shared` when given.
+    pub(crate) fn new(config: &GatewayConfig, shared: Option<&SharedLimits>) -> Result<Self, GatewayStartError> {
+        Self::rebuild(&MountTable { mounts: Vec::new() }, config, shared)
     }
 
     /// The table for `config`, each mount keeping what it can of the mount of `self`
     /// with the same prefix (see the module documentation).
-    pub(crate) fn rebuild(&self, config: &GatewayConfig) -> Result<Self, GatewayStartError> {
+    pub(crate) fn rebuild(
+        &self,
+        config: &GatewayConfig,
+        shared: Option<&SharedLimits>,
+    ) -> Result<Self, GatewayStartError> {
         let mut configs = config.mounts.clone();
         if configs.is_empty() {
             configs.push(MountConfig {
@@ -116,7 +139,7 @@ impl MountTable {
             .into_iter()
             .map(|config| {
                 let previous = self.mounts.iter().find(|m| m.config.prefix == config.prefix);
-                Mount::new(config, previous.map(|m| &**m)).map(Arc::new)
+                Mount::new(config, previous.map(|m| &**m), shared).map(Arc::new)
             })
             .collect::<Result<_, _>>()?;
         Ok(MountTable { mounts })
@@ -157,7 +180,7 @@ mod tests {
             ],
             ..GatewayConfig::default()
         };
-        let table = MountTable::new(&config).unwrap();
+        let table = MountTable::new(&config, None).unwrap();
         let profile = |path| table.select(path).map(|m| m.config.profile);
         assert_eq!(profile("/api/files/a.txt"), Some(Profile::Static));
         assert_eq!(profile("/api/filesystem"), Some(Profile::Business));
@@ -169,7 +192,7 @@ mod tests {
 
     #[test]
     fn no_mounts_means_one_unlimited_root_mount() {
-        let table = MountTable::new(&GatewayConfig::default()).unwrap();
+        let table = MountTable::new(&GatewayConfig::default(), None).unwrap();
         let root = table.select("/anything").unwrap();
         assert_eq!(root.config.profile, Profile::Business);
         assert_eq!(root.config.settings.rate_limit_requests, None);
@@ -184,12 +207,12 @@ mod tests {
         let mut ws = mount("/ws", Profile::Business);
         ws.settings.ws_max_connections_per_user = 3;
         let config = GatewayConfig { mounts: vec![api.clone(), ws.clone()], ..GatewayConfig::default() };
-        let old = MountTable::new(&config).unwrap();
+        let old = MountTable::new(&config, None).unwrap();
         ws.settings.rate_limit_requests = rate(7);
         let mut lower = api.clone();
         lower.settings.rate_limit_requests = rate(1);
-        let kept = old.rebuild(&GatewayConfig { mounts: vec![api, ws], ..GatewayConfig::default() }).unwrap();
-        let changed = old.rebuild(&GatewayConfig { mounts: vec![lower], ..GatewayConfig::default() }).unwrap();
+        let kept = old.rebuild(&GatewayConfig { mounts: vec![api, ws], ..GatewayConfig::default() }, None).unwrap();
+        let changed = old.rebuild(&GatewayConfig { mounts: vec![lower], ..GatewayConfig::default() }, None).unwrap();
         let (old_api, old_ws) = (old.select("/api").unwrap(), old.select("/ws").unwrap());
         let same_rate = |a: &Mount, b: &Mount| match (&a.request_rate, &b.request_rate) {
             (Some(a), Some(b)) => Arc::ptr_eq(a, b),
@@ -202,18 +225,22 @@ mod tests {
         assert!(changed.select("/ws").is_none(), "a removed mount is gone");
     }
 
-    #[test]
-    fn a_changed_websocket_limit_keeps_the_open_sessions_counted() {
+    #[tokio::test]
+    async fn a_changed_websocket_limit_keeps_the_open_sessions_counted() {
         let mut ws = mount("/ws", Profile::Business);
         ws.settings.ws_max_connections_per_user = 3;
-        let old = MountTable::new(&GatewayConfig { mounts: vec![ws.clone()], ..GatewayConfig::default() }).unwrap();
-        let open: Vec<_> =
-            (0..2).map(|_| old.select("/ws").unwrap().websockets.try_acquire("alice".to_owned()).unwrap()).collect();
+        let old =
+            MountTable::new(&GatewayConfig { mounts: vec![ws.clone()], ..GatewayConfig::default() }, None).unwrap();
+        let caps = &old.select("/ws").unwrap().websockets;
+        let open = vec![
+            caps.acquire("alice".to_owned(), 3).await.unwrap(),
+            caps.acquire("alice".to_owned(), 3).await.unwrap(),
+        ];
         ws.settings.ws_max_connections_per_user = 2;
-        let new = old.rebuild(&GatewayConfig { mounts: vec![ws], ..GatewayConfig::default() }).unwrap();
+        let new = old.rebuild(&GatewayConfig { mounts: vec![ws], ..GatewayConfig::default() }, None).unwrap();
         let slots = &new.select("/ws").unwrap().websockets;
-        assert!(slots.try_acquire("alice".to_owned()).is_none(), "her two open sessions fill the new limit");
+        assert!(slots.acquire("alice".to_owned(), 2).await.is_err(), "her two open sessions fill the new limit");
         drop(open);
-        assert!(slots.try_acquire("alice".to_owned()).is_some());
+        assert!(slots.acquire("alice".to_owned(), 2).await.is_ok());
     }
 }

@@ -38,7 +38,7 @@ use crate::limits::body_size::content_length;
 use crate::limits::budget::{BudgetExceeded, PayloadBudget, Reservation};
 use crate::limits::connection::ClientConn;
 use crate::limits::in_flight::Registered;
-use crate::limits::slots::KeyedLimiter;
+use crate::limits::shared::SessionCaps;
 use crate::observe::exchange::Exchange;
 use crate::observe::metrics::backpressure::WaitingFor;
 use crate::observe::metrics::Metrics;
@@ -82,7 +82,7 @@ pub(crate) struct Admitted<'m> {
     /// The mount's settings: body limits, timeouts, WebSocket limits.
     pub settings: &'m MountSettings,
     /// The mount's open WebSockets per user.
-    pub websockets: &'m Arc<KeyedLimiter<String>>,
+    pub websockets: &'m Arc<SessionCaps>,
     pub decision: RoutingDecision<Link>,
     /// The authenticated subject; `None` for an anonymous caller.
     pub subject: Option<String>,

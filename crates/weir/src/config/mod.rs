@@ -30,7 +30,7 @@ mod tests;
 mod values;
 
 use reader::{Order, Reader, Section};
-use sections::{read_limits, read_log, read_routing, read_server, read_services, read_tracing};
+use sections::{read_limits, read_log, read_routing, read_server, read_services, read_shared, read_tracing};
 use values::*;
 
 const KIB: u64 = 1024;
@@ -117,6 +117,11 @@ pub fn load_config(text: &str) -> Result<GatewayConfig, ConfigErrors> {
     root.section("services", |s| read_services(s, &mut config.services));
     root.section("log", |s| read_log(s, &mut config.log));
     root.section("tracing", |s| read_tracing(s, &mut config.tracing));
+    root.section("shared", |s| {
+        if s.present() {
+            config.shared = read_shared(s);
+        }
+    });
     let mut prefixes = Vec::new();
     root.tables("mount", &mut config.mounts, |s| mounts::read_mount(s, &mut prefixes));
     root.finish();

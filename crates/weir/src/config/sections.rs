@@ -1,13 +1,14 @@
-//! The top-level sections `[server]`, `[routing]`, `[limits]`, `[services]`, `[log]` and
-//! `[tracing]`: each known key is read by exactly one line here, with its absolute bounds
+//! The top-level sections `[server]`, `[routing]`, `[limits]`, `[services]`, `[log]`,
+//! `[tracing]` and `[shared]`: each known key is read by exactly one line here, with its absolute bounds
 //! on that line.
 
 use weir_gateway::config::{
-    AccessLogFormat, AccessLogTarget, Http2Config, LimitsConfig, LogConfig, RabbitMqConfig, RoutingConfig,
-    ServerConfig, ServerTlsConfig, ServiceCredential, ServicesConfig, ServicesTlsConfig, SniCertificateConfig,
-    TracingConfig,
+    AccessLogFormat, AccessLogTarget, Http2Config, LimitsConfig, LogConfig, OnSharedFailure, RabbitMqConfig,
+    RoutingConfig, ServerConfig, ServerTlsConfig, ServiceCredential, ServicesConfig, ServicesTlsConfig,
+    SharedLimitsConfig, SniCertificateConfig, TracingConfig,
 };
 use weir_rabbitmq::{BrokerAddress, BrokerSettings};
+use weir_shared::SharedConfig;
 
 use super::*;
 
@@ -223,6 +224,45 @@ fn access_format(item: &Item) -> Result<AccessLogFormat, String> {
 /// `[tracing]`: one line per key.
 pub(super) fn read_tracing(s: &mut Section<'_, '_>, c: &mut TracingConfig) {
     s.value("otlp_endpoint", &mut c.otlp_endpoint, otlp_endpoint);
+}
+
+/// `[shared]`: `redis` is required once the table is there; every other key has a
+/// default (the replica's name: the host name and process id).
+pub(super) fn read_shared(s: &mut Section<'_, '_>) -> Option<SharedLimitsConfig> {
+    let url = s.required("redis", |item| {
+        let text = item.as_str().ok_or_else(|| "expected a redis:// or rediss:// URL string".to_owned())?;
+        let config = SharedConfig::new(text, "weir");
+        config.validate().map_err(|e| e.to_string())?;
+        Ok(text.to_owned())
+    });
+    let mut store = SharedConfig::new(url.clone().unwrap_or_default(), "weir");
+    store.replica = default_replica_name();
+    s.value("key_prefix", &mut store.key_prefix, queue_name_part);
+    s.value("replica", &mut store.replica, queue_name_part);
+    s.value("connect_timeout", &mut store.connect_timeout, positive_duration);
+    s.value("command_timeout", &mut store.command_timeout, positive_duration);
+    let mut on_failure = OnSharedFailure::default();
+    s.value("on_failure", &mut on_failure, |item| match item.as_str() {
+        Some("local") => Ok(OnSharedFailure::Local),
+        Some("deny") => Ok(OnSharedFailure::Deny),
+        _ => Err(expected("\"local\" or \"deny\"", item)),
+    });
+    url?;
+    Some(SharedLimitsConfig { store, on_failure })
+}
+
+/// A duration above zero.
+fn positive_duration(item: &Item) -> Result<Duration, String> {
+    duration(item).and_then(|d| if d.is_zero() { Err("must be above zero".to_owned()) } else { Ok(d) })
+}
+
+/// This process among the replicas: the host name (as the kernel has it) and the pid.
+fn default_replica_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let host: String =
+        host.trim().chars().filter(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')).collect();
+    let host = if host.is_empty() { "weir".to_owned() } else { host };
+    format!("{host}-{}", std::process::id())
 }
 
 /// The base URL of an OTLP/HTTP receiver, as the gateway's span export takes it.

@@ -34,6 +34,7 @@ mod protections;
 mod proxy_headers;
 mod registry;
 mod reload;
+mod replicas;
 mod response_framing;
 mod rfc_rules;
 mod routing;

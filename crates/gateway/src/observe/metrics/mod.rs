@@ -16,6 +16,7 @@ pub(crate) mod budget;
 pub(crate) mod http;
 mod process;
 pub(crate) mod services;
+pub(crate) mod shared;
 pub(crate) mod websocket;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -76,6 +77,8 @@ pub struct Metrics {
     pub(crate) services: services::ServiceMetrics,
     /// Open WebSocket sessions, their messages and closes, per mount.
     pub(crate) websocket: websocket::WebSocketMetrics,
+    /// The shared limits' link to Redis.
+    shared: shared::SharedMetrics,
     /// Read from the gateway's state at each scrape ([`Metrics::render`]).
     scraped: ScrapedGauges,
 }
@@ -106,6 +109,7 @@ impl Default for Metrics {
             backpressure: backpressure::BackpressureMetrics::default(),
             services: services::ServiceMetrics::default(),
             websocket: websocket::WebSocketMetrics::default(),
+            shared: shared::SharedMetrics::default(),
             scraped: ScrapedGauges::default(),
             registry: Registry::default(),
         };
@@ -151,6 +155,7 @@ impl Metrics {
         self.backpressure.register(registry);
         self.services.register(registry);
         self.websocket.register(registry);
+        self.shared.register(registry);
         registry.register_collector(Box::new(process::ProcessCollector::new()));
         let s = &self.scraped;
         let reserved = "Request bytes reserved in the payload budget";
@@ -237,6 +242,9 @@ impl Metrics {
         s.client_connections.set(gauge_value(state.clients as u64));
         self.services.scrape(&state.instances);
         self.budget.scrape(&state.budget, &state.instances);
+        if let Some(shared) = &state.shared {
+            self.shared.scrape(shared);
+        }
         let mut out = String::new();
         // Writing into a String cannot fail; an encoding error would be a bug in a
         // label's encoder, and a scrape then shows what was written before it.
@@ -257,6 +265,8 @@ pub(crate) struct ScrapedState {
     pub clients: usize,
     /// The registered service instances.
     pub instances: Vec<services::InstanceState>,
+    /// With `[shared]`: the link to Redis.
+    pub shared: Option<shared::SharedState>,
 }
 
 /// A count as a gauge's signed value (counts never come near `i64::MAX`).

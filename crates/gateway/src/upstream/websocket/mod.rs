@@ -52,7 +52,7 @@ use weir_transport::{DataReceiver, IncomingResponse};
 use super::{await_response, open_call, request_head, respond, Admitted, Forwarded, Upstream};
 use crate::limits::budget::Reservation;
 use crate::limits::client_key;
-use crate::limits::slots::Permit;
+use crate::limits::shared::SessionSlot;
 use crate::observe::metrics::backpressure::WaitingFor;
 use crate::response::error::GatewayError;
 use crate::response::GatewayBody;
@@ -100,7 +100,7 @@ pub(crate) async fn relay(
 ) -> Result<Response<GatewayBody>, GatewayError> {
     let handshake = check_upgrade(&request)?;
     let deflate = admitted.settings.ws_compression.then(|| deflate::negotiate(request.headers())).flatten();
-    let permit = acquire_slot(&admitted)?;
+    let permit = acquire_slot(&admitted).await?;
     let in_flight = admitted.decision.instance.begin_call();
     let per_call = upstream.per_call(admitted.settings);
     let window = upstream.window(per_call, None);
@@ -196,13 +196,11 @@ fn open_reservation(upstream: &Upstream<'_>, admitted: &Admitted<'_>, per_call: 
 }
 
 /// The user's WebSocket slot on the mount (the user being the authenticated subject, else
-/// the client IP), or 503 when the user already has `ws_max_connections_per_user` open.
-fn acquire_slot(admitted: &Admitted<'_>) -> Result<Permit<String>, GatewayError> {
+/// the client IP), or 503 when the user already has `ws_max_connections_per_user` open
+/// (with `[shared]`, on all replicas together).
+async fn acquire_slot(admitted: &Admitted<'_>) -> Result<SessionSlot, GatewayError> {
     let user = client_key(admitted.subject.as_deref(), admitted.client);
-    admitted.websockets.try_acquire(user).ok_or_else(|| {
-        let max = admitted.settings.ws_max_connections_per_user;
-        GatewayError::Overloaded(format!("this user already has {max} open WebSockets here"))
-    })
+    admitted.websockets.acquire(user, admitted.settings.ws_max_connections_per_user).await
 }
 
 /// How the client asked, if the request is a valid upgrade, else 400.

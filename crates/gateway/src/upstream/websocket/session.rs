@@ -53,7 +53,7 @@ use super::flight::{Flight, MeteredIo};
 use crate::config::MountSettings;
 use crate::limits::in_flight::Registered;
 use crate::limits::rate::quota;
-use crate::limits::slots::Permit;
+use crate::limits::shared::SessionSlot;
 use crate::observe::exchange::Exchange;
 use crate::observe::metrics::backpressure::CreditWait;
 use crate::observe::metrics::websocket::SessionMeter;
@@ -133,7 +133,7 @@ pub(crate) struct Session {
     /// credit is withheld meanwhile).
     pub client_wait: CreditWait,
     /// Held for their drops: the user's slot, the in-flight count.
-    pub _permit: Permit<String>,
+    pub _permit: SessionSlot,
     /// The client connection: keeps its per-IP slot for the life of the WebSocket.
     pub _conn: std::sync::Arc<crate::limits::connection::ClientConn>,
     pub _in_flight: InFlightGuard<Link>,
