@@ -600,6 +600,32 @@ fn services_rabbitmq_needs_a_url_and_checks_every_key() {
 }
 
 #[test]
+fn shared_needs_a_redis_url_and_checks_every_key() {
+    let text = "[shared]\nredis = \"redis://:pw@10.0.0.9:6379/2\"\nkey_prefix = \"prod\"\nreplica = \"r1\"\n\
+                command_timeout = \"50ms\"\non_failure = \"deny\"\n";
+    let shared = load_config(text).unwrap().shared.expect("shared");
+    assert_eq!(shared.store.url, "redis://:pw@10.0.0.9:6379/2");
+    assert_eq!((shared.store.key_prefix.as_str(), shared.store.replica.as_str()), ("prod", "r1"));
+    assert_eq!(shared.store.command_timeout, std::time::Duration::from_millis(50));
+    assert_eq!(shared.on_failure, weir_gateway::config::OnSharedFailure::Deny);
+    assert_eq!(load_config("").unwrap().shared, None);
+    let cases = [
+        ("key_prefix = \"x\"", "shared.redis", "missing"),
+        ("redis = \"http://u:s3cret@h/\"", "shared.redis", "redis://"),
+        ("redis = 5", "shared.redis", "URL string"),
+        ("redis = \"redis://h\"\nkey_prefix = \"a:b\"", "shared.key_prefix", "letters, digits"),
+        ("redis = \"redis://h\"\ncommand_timeout = \"0s\"", "shared.command_timeout", ""),
+        ("redis = \"redis://h\"\non_failure = \"maybe\"", "shared.on_failure", "local"),
+    ];
+    for (body, key, message) in cases {
+        let e = only_error(&format!("[shared]\n{body}\n"));
+        assert_eq!(e.key, key, "{body}");
+        assert!(e.message.contains(message), "{body}: {}", e.message);
+        assert!(!e.message.contains("s3cret"), "{}", e.message);
+    }
+}
+
+#[test]
 fn services_tls_needs_a_cert_and_a_key() {
     let errors = load_config("[services.tls]\nclient_ca = \"ca.pem\"\n").unwrap_err().errors;
     let got: Vec<_> = errors.iter().map(|e| (e.line, e.key.as_str())).collect();
