@@ -200,9 +200,10 @@ impl Gateway {
         public_gate: impl std::future::Future<Output = ()>,
     ) -> std::io::Result<()> {
         let sweeper = self.spawn_health_sweeper();
-        let cancels = self.shared.as_ref().map(|shared| {
+        let cluster = self.shared.as_ref().map(|shared| {
             let follow = downstream::cluster::follow_cancels(shared.store.clone(), Arc::clone(&self.registry));
-            tokio::spawn(follow)
+            let announce = downstream::cluster::announce_instances(Arc::downgrade(self), shared.store.clone());
+            [tokio::spawn(follow), tokio::spawn(announce)]
         });
         let services = listeners.services.map(|(listener, tls)| {
             let (gateway, shutdown) = (Arc::clone(self), shutdown.clone());
@@ -250,8 +251,8 @@ impl Gateway {
         }
         self.close_services("gateway shutting down");
         sweeper.abort();
-        if let Some(cancels) = cancels {
-            cancels.abort();
+        for task in cluster.into_iter().flatten() {
+            task.abort();
         }
         if let Some(spans) = &self.spans {
             Arc::clone(spans).shutdown().await;

@@ -21,7 +21,7 @@ pub mod tcp;
 pub mod tls;
 
 pub use handshake::{accept_hello, dial, HandshakeError, PendingService};
-pub use link::flow::{DataReceiver, DataSender, StreamError};
+pub use link::flow::{DataReceiver, DataSender, SendState, StreamError};
 pub use link::{
     IncomingRequest, IncomingResponse, Link, LinkConfig, LinkEvent, OutgoingCall, Responder, Role, StreamHandle,
     TrafficObserver,

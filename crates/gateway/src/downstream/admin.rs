@@ -57,7 +57,7 @@ async fn route(gateway: &Arc<Gateway>, request: Request<Incoming>) -> Response<G
         "/livez" => health::live(),
         "/readyz" => health::ready(gateway),
         "/budget" => json(StatusCode::OK, serde_json::to_string(&gateway.budget().counters()).unwrap_or_default()),
-        "/routes" => json(StatusCode::OK, serde_json::to_string(&gateway.routing().snapshot()).unwrap_or_default()),
+        "/routes" => routes(gateway).await,
         "/requests" => requests(gateway),
         "/metrics" => {
             let state = ScrapedState {
@@ -107,6 +107,17 @@ async fn reload(gateway: &Arc<Gateway>, method: &Method) -> Response<GatewayBody
             json(status, serde_json::json!({ "status": "failed", "error": err.to_string() }).to_string())
         }
     }
+}
+
+/// `/routes`: the routing table; with `[shared]`, each instance names the replicas it is
+/// registered with.
+async fn routes(gateway: &Gateway) -> Response<GatewayBody> {
+    let routes = serde_json::to_value(gateway.routing().snapshot()).unwrap_or_default();
+    let routes = match gateway.shared_limits() {
+        Some(shared) => cluster::name_replicas_of_instances(&shared.store, routes).await,
+        None => routes,
+    };
+    json(StatusCode::OK, routes.to_string())
 }
 
 /// `/requests`: this replica's requests in flight, each naming the replica with

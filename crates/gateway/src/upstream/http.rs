@@ -175,6 +175,9 @@ async fn forward_streamed(
     let (mut call, deadline) = open_call(decision, head, initial_credit).await?;
     let sender =
         call.body.take().ok_or_else(|| GatewayError::UpstreamFailed("streamed call without a body sender".into()))?;
+    // What the stream may really have in flight: the window asked for, or less when the
+    // service announced a smaller one. The reservation follows this, not the request.
+    let window = sender.credit().min(window).max(1);
     let pump = Pump {
         flight: InFlight { sender, reservation, window },
         max_total: plan.max_total,
@@ -184,9 +187,14 @@ async fn forward_streamed(
         room_wait: upstream.server.read_timeout,
         service_wait: upstream.metrics.backpressure.credit_wait(&decision.template, WaitingFor::Service),
         metrics: Arc::clone(upstream.metrics),
+        forwarded: 0,
     };
     Ok(Forwarded { call, deadline, pump: Some(tokio::spawn(pump.run(body))), held: None })
 }
+
+/// A wait for the service longer than this is logged once, with what the stream and the
+/// link hold: a service that stopped taking a body, or credit that never came back.
+const STALL_REPORT: Duration = Duration::from_secs(5);
 
 /// Copies a client body to a service stream, holding in the budget only the bytes in
 /// flight.
@@ -204,6 +212,8 @@ struct Pump {
     service_wait: CreditWait,
     /// Where a refusal by the budget is counted, by its limit.
     metrics: Arc<Metrics>,
+    /// Body bytes handed to the stream so far (for the stall report).
+    forwarded: u64,
 }
 
 /// Why the pump stopped forwarding before the body's end.
@@ -262,7 +272,8 @@ impl Pump {
     async fn run(mut self, mut body: ClientBody) -> Result<(), GatewayError> {
         let mut total: u64 = 0;
         loop {
-            let chunk = match self.flight.next_settling(&mut body).await {
+            let next = self.flight.next_settling(&mut body);
+            let chunk = match client_stall(next, self.forwarded).await {
                 Ok(Some(chunk)) => chunk,
                 Ok(None) => {
                     let _ = self.flight.sender.finish().await;
@@ -287,8 +298,10 @@ impl Pump {
     async fn forward(&mut self, mut chunk: Bytes) -> Result<(), Stop> {
         while !chunk.is_empty() {
             let piece = chunk.split_to(chunk.len().min(self.piece));
-            self.reserve(piece.len() as u64).await?;
+            let len = piece.len() as u64;
+            self.reserve(len).await?;
             self.flight.sender.send(piece).await.map_err(|_| Stop::StreamOver)?;
+            self.forwarded += len;
         }
         Ok(())
     }
@@ -319,7 +332,10 @@ impl Pump {
             let acknowledged = self.flight.sender.credit_above(seen);
             let outcome = match refusal {
                 // The stream's window is full: the service has not acknowledged enough.
-                None | Some(BudgetExceeded::PerCall) => self.service_wait.timed(acknowledged).await,
+                None | Some(BudgetExceeded::PerCall) => {
+                    let waited = report_stall(acknowledged, "waiting for credit", &self.flight, self.forwarded);
+                    self.service_wait.timed(waited).await
+                }
                 Some(shared) => tokio::select! {
                     acknowledged = acknowledged => acknowledged,
                     () = released => Ok(()),
@@ -345,6 +361,48 @@ impl Pump {
         self.flight.sender.abort(reason);
         err
     }
+}
+
+/// Awaits the client's next chunk; past [`STALL_REPORT`] says so once at debug level (a
+/// slow client is no fault of the gateway's; its read timeout bounds the wait).
+async fn client_stall<F: std::future::Future>(next: F, forwarded: u64) -> F::Output {
+    tokio::pin!(next);
+    tokio::select! {
+        output = &mut next => return output,
+        () = tokio::time::sleep(STALL_REPORT) => {}
+    }
+    tracing::debug!(forwarded, "request body: the client has sent nothing for {STALL_REPORT:?}");
+    next.await
+}
+
+/// Awaits `wait`; past [`STALL_REPORT`] logs once what the stream and its link hold, then
+/// keeps waiting (the request's own timeouts bound it).
+async fn report_stall<F: std::future::Future>(
+    wait: F,
+    what: &'static str,
+    flight: &InFlight,
+    forwarded: u64,
+) -> F::Output {
+    tokio::pin!(wait);
+    tokio::select! {
+        output = &mut wait => return output,
+        () = tokio::time::sleep(STALL_REPORT) => {}
+    }
+    let state = flight.sender.state();
+    tracing::warn!(
+        stream = flight.sender.id(),
+        what,
+        forwarded,
+        window = flight.window,
+        reserved = flight.reservation.bytes(),
+        credit = state.credit,
+        stream_open = state.stream_open,
+        data_queue_free = state.data_queue_free,
+        write_stalled_ms = state.write_stalled.as_millis() as u64,
+        since_last_received_ms = state.since_last_received.as_millis() as u64,
+        "request body stalled: the service has taken nothing for {STALL_REPORT:?}"
+    );
+    wait.await
 }
 
 #[cfg(test)]

@@ -131,6 +131,25 @@ impl CreditGate {
     }
 }
 
+/// A wait for credit longer than this is logged (debug) with the stream's state.
+const CREDIT_WAIT_REPORT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// What a sender can tell about its stream and link, for the log line of a stalled
+/// transfer: whose side the bytes wait on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SendState {
+    /// Credit left to send with.
+    pub credit: u64,
+    /// Whether the stream is still open in the link's table (not ended, not cancelled).
+    pub stream_open: bool,
+    /// Free places in the link's queue of data frames.
+    pub data_queue_free: usize,
+    /// How long the link's writer has waited on a socket that takes nothing.
+    pub write_stalled: std::time::Duration,
+    /// How long since the last frame arrived from the peer.
+    pub since_last_received: std::time::Duration,
+}
+
 /// The sending half of one stream's body.
 ///
 /// Dropped before [`DataSender::finish`], it cancels the stream (the body was cut short).
@@ -160,6 +179,18 @@ impl DataSender {
         self.gate.available()
     }
 
+    /// The stream's and the link's state now (see [`SendState`]).
+    pub fn state(&self) -> SendState {
+        let now = std::time::Instant::now();
+        SendState {
+            credit: self.gate.available(),
+            stream_open: self.link.stream_open(self.id),
+            data_queue_free: self.link.data_queue_free(),
+            write_stalled: self.link.write_stalled_for(now),
+            since_last_received: now.saturating_duration_since(self.link.last_received()),
+        }
+    }
+
     /// Resolves once the credit left exceeds `seen` (the peer acknowledged bytes), or
     /// with the stream's error once it has closed.
     pub async fn credit_above(&self, seen: u64) -> Result<(), StreamError> {
@@ -169,11 +200,25 @@ impl DataSender {
     /// Sends `chunk`, waiting for credit; splits it when credit or frame size is smaller.
     pub async fn send(&mut self, mut chunk: Bytes) -> Result<(), StreamError> {
         while !chunk.is_empty() {
-            let n = self.gate.acquire(chunk.len().min(self.max_frame)).await?;
+            let n = self.acquire(chunk.len().min(self.max_frame)).await?;
             let part = chunk.split_to(n);
             self.link.send_data(Frame::data(self.frame_type, self.id, part, false)).await?;
         }
         Ok(())
+    }
+
+    /// Waits for credit for up to `want` bytes; a wait past [`CREDIT_WAIT_REPORT`] is
+    /// logged once at debug level with the stream's state (a peer that takes nothing is
+    /// normal, a slow client behind it; when a transfer stalls, this says on whose side).
+    async fn acquire(&self, want: usize) -> Result<usize, StreamError> {
+        let acquire = self.gate.acquire(want);
+        tokio::pin!(acquire);
+        tokio::select! {
+            taken = &mut acquire => return taken,
+            () = tokio::time::sleep(CREDIT_WAIT_REPORT) => {}
+        }
+        tracing::debug!(stream = self.id, state = ?self.state(), "waiting for the peer's credit for {CREDIT_WAIT_REPORT:?}");
+        acquire.await
     }
 
     /// Ends the stream with an explicit END_STREAM.

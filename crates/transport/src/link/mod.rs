@@ -328,6 +328,16 @@ impl Link {
         }
     }
 
+    /// Whether stream `id` is open (in the table: not ended, not cancelled).
+    pub(crate) fn stream_open(&self, id: u64) -> bool {
+        self.table().entries.contains_key(&id)
+    }
+
+    /// Free places in the queue of data frames waiting for the writer.
+    pub(crate) fn data_queue_free(&self) -> usize {
+        self.shared.data_tx.capacity()
+    }
+
     /// Streams currently open.
     pub fn open_streams(&self) -> usize {
         self.table().entries.len()

@@ -228,6 +228,7 @@ impl Harness {
     }
 
     async fn launch(config: GatewayConfig, transport: Transport, mutual_tls: bool) -> Harness {
+        init_test_logs();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -519,6 +520,22 @@ impl Wire {
         });
         service_end
     }
+}
+
+/// Warnings and errors of the gateway and services in this test process go to the
+/// test's captured output, which is shown when the test fails, with the request body
+/// pump's and the link's debug lines (a body that stalls, on whose side); `RUST_LOG`
+/// overrides this.
+fn init_test_logs() {
+    static INIT: std::sync::Once = std::sync::Once::new();
+    INIT.call_once(|| {
+        let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+            tracing_subscriber::EnvFilter::new(
+                "warn,lapin=error,weir_gateway::upstream::http=debug,weir_transport::link=debug",
+            )
+        });
+        let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
+    });
 }
 
 /// Default config with small, test-friendly limits where a test crosses them.

@@ -1,5 +1,6 @@
 //! Payload limits (the budget of `ARCHITECTURE.md`, "The budget"), each crossed: the
-//! streaming happy path above the per-call limit, the buffered per-call limit with the
+//! streaming happy path above the per-call limit (and a service's smaller window held,
+//! not the gateway's), the buffered per-call limit with the
 //! handler never invoked, the aggregate and per-connection budgets refusing a stream
 //! that finds no room within the read timeout,
 //! the total upload size, a slow body (408), and a client vanishing mid-upload.
@@ -21,6 +22,7 @@ use crate::common::*;
 
 conformance! {
     streaming_upload_larger_than_the_per_call_limit_succeeds,
+    a_service_with_a_smaller_window_holds_only_its_window_in_the_budget,
     buffered_body_over_the_per_call_limit_is_413_and_the_handler_never_runs,
     aggregate_budget_refuses_new_streams_with_503,
     per_connection_budget_refuses_new_streams_with_503,
@@ -79,6 +81,45 @@ async fn streaming_upload_larger_than_the_per_call_limit_succeeds(transport: Tra
         assert_eq!(response.text().await.unwrap(), size.to_string());
     }
     assert_eq!(calls.load(Ordering::SeqCst), 2);
+    h.assert_budget_released().await;
+}
+
+/// A service that announced a window smaller than the gateway's: an upload it has not
+/// started reading holds that window in the budget, not the gateway's larger one (what
+/// could be in flight, not what was asked for); once it reads, the upload completes.
+async fn a_service_with_a_smaller_window_holds_only_its_window_in_the_budget(transport: Transport) {
+    const SMALL: u32 = 16 * 1024;
+    let mut h = Harness::start_on(small_limits(), transport).await;
+    let gate = Arc::new(Semaphore::new(0));
+    let waiting = Arc::clone(&gate);
+    let endpoint = Endpoint::post("/held").streaming().raw(move |mut ctx: RawRequestContext| {
+        let gate = Arc::clone(&waiting);
+        async move {
+            let _ = gate.acquire().await;
+            let mut n = 0usize;
+            while let Some(chunk) = ctx.body.chunk().await.map_err(|e| HandlerError::bad_request(e.to_string()))? {
+                n += chunk.len();
+            }
+            Ok::<_, HandlerError>(RawResponse::text(200, n.to_string()))
+        }
+    });
+    h.attach(Service::builder("held", "1.0.0").stream_window(SMALL).endpoint(endpoint).build().unwrap()).await;
+    let size = 1024 * 1024;
+    // Chunks of the window's size: the first fills it, the second waits for room.
+    let upload = tokio::spawn(h.client.post(h.url("/held")).body(chunked(size, SMALL as usize)).send());
+    let budget = h.gateway.budget();
+    until(|| budget.counters().aggregate_bytes == u64::from(SMALL)).await;
+    // Nothing announces that nothing more happens: watch a while that no more is held
+    // (a reservation sized by the gateway's 64 KiB window grows at once past 16 KiB).
+    for _ in 0..20 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let held = budget.counters().aggregate_bytes;
+        assert_eq!(held, u64::from(SMALL), "only the service's window is in flight");
+    }
+    gate.add_permits(1);
+    let response = upload.await.unwrap().unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.text().await.unwrap(), size.to_string());
     h.assert_budget_released().await;
 }
 

@@ -282,12 +282,18 @@ async fn credit_waits_bytes_in_flight_and_budget_refusals_are_shown_per_route() 
     // not fit.
     let full = (uploads as u64 * window) as f64;
     let inflight = r#"weir_route_inflight_bytes{route="/stream/sink"}"#;
-    let text = until_scraped(&h, |text| value(text, inflight) >= full / 2.0).await;
-    assert!(value(&text, inflight) <= full, "no stream holds more than its window:\n{text}");
+    // The gauges are read in one scrape but move while it is taken: wait for a scrape
+    // in which every upload holds its reservation and the two views of it agree.
     let sink_budget = r#"{service="sink",instance="sink-1"}"#;
-    let reserved = value(&text, &format!("weir_service_budget_reserved_bytes{sink_budget}"));
-    assert_eq!(reserved, value(&text, inflight), "one route on one connection:\n{text}");
-    assert_eq!(value(&text, &format!("weir_service_budget_reservations{sink_budget}")), uploads as f64, "{text}");
+    let reserved = |text: &str| value(text, &format!("weir_service_budget_reserved_bytes{sink_budget}"));
+    let reservations = |text: &str| value(text, &format!("weir_service_budget_reservations{sink_budget}"));
+    let text = until_scraped(&h, |text| {
+        value(text, inflight) >= full / 2.0
+            && reservations(text) == uploads as f64
+            && reserved(text) == value(text, inflight)
+    })
+    .await;
+    assert!(value(&text, inflight) <= full, "no stream holds more than its window:\n{text}");
     gate.add_permits(uploads);
     for upload in held {
         upload.await.unwrap();

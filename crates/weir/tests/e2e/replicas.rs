@@ -2,7 +2,8 @@
 //! Redis on 127.0.0.1:6379: one demo service registered with every replica (`run_all`);
 //! a client spreading its requests over the replicas gets the mount's rate limit in
 //! total, not per replica; a user's WebSocket cap counts its sessions on every replica;
-//! a cancel sent to one replica's admin reaches the replica running the request; and a
+//! a cancel sent to one replica's admin reaches the replica running the request; `/routes`
+//! names the replicas each instance is registered with; and a
 //! replica that loses Redis (a proxy in front of it cut) falls back within the command
 //! timeout, says so in `/readyz` and `/metrics`, and shares again once Redis is back.
 //!
@@ -210,6 +211,26 @@ async fn a_cancel_sent_to_one_replica_reaches_the_replica_running_the_request() 
     assert!(started.elapsed() < Duration::from_secs(3), "cancelled, not finished: {:?}", started.elapsed());
     let unknown = client.delete(format!("{}/requests/nobody/1", replicas[1].admin)).send().await.unwrap();
     assert_eq!(unknown.status(), StatusCode::NOT_FOUND, "no replica of that name listens");
+    for run in running {
+        run.shutdown();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_name_the_replicas_each_instance_is_registered_with() {
+    let (replicas, running) = replicas("shared-routes", 2, REDIS, "local").await;
+    let deadline = Instant::now() + WAIT;
+    let names = loop {
+        let routes: serde_json::Value =
+            reqwest::get(format!("{}/routes", replicas[1].admin)).await.unwrap().json().await.unwrap();
+        let route = routes.as_array().unwrap().iter().find(|r| r["template"] == "/api/hello").cloned();
+        let names = route.map(|r| r["instances"][0]["replicas"].clone()).unwrap_or_default();
+        if names == serde_json::json!(["r0", "r1"]) || Instant::now() > deadline {
+            break names;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(names, serde_json::json!(["r0", "r1"]), "the demo instance, registered with both");
     for run in running {
         run.shutdown();
     }
