@@ -238,10 +238,16 @@ struct InFlight {
 }
 
 impl InFlight {
-    /// Gives back what the service has acknowledged.
-    fn settle(&mut self) {
-        let unacknowledged = self.window.saturating_sub(self.sender.credit());
-        self.reservation.shrink_to(unacknowledged);
+    /// Gives back what the service has acknowledged, judged by the credit read once here;
+    /// returns that credit. A wait for more credit must start from this very value: the
+    /// link's reader adds credit on another thread at any moment, and credit read again
+    /// later could already include an acknowledgement that this settling did not give
+    /// back, so a wait above it could wait for credit that never comes (every byte
+    /// acknowledged, the reservation still full).
+    fn settle(&mut self) -> u64 {
+        let credit = self.sender.credit();
+        self.reservation.shrink_to(self.window.saturating_sub(credit));
+        credit
     }
 
     /// The client's next chunk; meanwhile gives back what the service acknowledges, so a
@@ -250,11 +256,10 @@ impl InFlight {
         let next = body.next();
         tokio::pin!(next);
         loop {
-            self.settle();
+            let seen = self.settle();
             if self.reservation.bytes() == 0 {
                 return next.await;
             }
-            let seen = self.sender.credit();
             let acknowledged = tokio::select! {
                 biased;
                 chunk = &mut next => return chunk,
@@ -318,8 +323,7 @@ impl Pump {
             let released = budget.released();
             tokio::pin!(released);
             released.as_mut().enable();
-            self.flight.settle();
-            let seen = self.flight.sender.credit();
+            let seen = self.flight.settle();
             // A piece is reserved only once the window has room for it, so the stream
             // never holds more than its window.
             let refusal = match self.flight.reservation.bytes() + bytes <= self.flight.window {
