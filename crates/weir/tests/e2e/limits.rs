@@ -23,6 +23,7 @@ use crate::common::*;
 conformance! {
     streaming_upload_larger_than_the_per_call_limit_succeeds,
     a_service_with_a_smaller_window_holds_only_its_window_in_the_budget,
+    many_chunked_uploads_through_a_small_window_all_complete,
     buffered_body_over_the_per_call_limit_is_413_and_the_handler_never_runs,
     aggregate_budget_refuses_new_streams_with_503,
     per_connection_budget_refuses_new_streams_with_503,
@@ -120,6 +121,33 @@ async fn a_service_with_a_smaller_window_holds_only_its_window_in_the_budget(tra
     let response = upload.await.unwrap().unwrap();
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(response.text().await.unwrap(), size.to_string());
+    h.assert_budget_released().await;
+}
+
+/// Many clients at once, each upload's window only 16 KiB, so that every few chunks the
+/// gateway waits for the service's credit while the link's reader adds it on another
+/// thread: every upload completes whole, none stalls into a 504 (an acknowledgement that
+/// lands while the gateway settles its reservation must still wake it).
+async fn many_chunked_uploads_through_a_small_window_all_complete(transport: Transport) {
+    const CLIENTS: usize = 16;
+    const SIZE: usize = 2 * 1024 * 1024;
+    let mut cfg = config();
+    cfg.limits.payload.max_request_bytes_per_call = 16 * 1024;
+    cfg.limits.stream_window = 16 * 1024;
+    let mut h = Harness::start_on(cfg, transport).await;
+    h.attach(counting_service(Arc::new(AtomicUsize::new(0)))).await;
+    let uploads: Vec<_> = (0..CLIENTS)
+        .map(|i| {
+            let request = reqwest::Client::new().post(h.url("/streamed")).body(chunked(SIZE, 5_000 + i * 97));
+            tokio::spawn(async move {
+                let response = request.send().await.unwrap();
+                (response.status(), response.text().await.unwrap())
+            })
+        })
+        .collect();
+    for upload in uploads {
+        assert_eq!(upload.await.unwrap(), (StatusCode::OK, SIZE.to_string()));
+    }
     h.assert_budget_released().await;
 }
 

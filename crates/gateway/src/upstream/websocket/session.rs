@@ -278,20 +278,25 @@ struct Inbound<'s> {
 }
 
 impl Outbound<'_> {
-    /// Gives back what the service has acknowledged (no message is being sent).
-    fn settle(&self) {
-        self.flight.settle(self.window.saturating_sub(self.sender.credit()));
+    /// Gives back what the service has acknowledged (no message is being sent), judged by
+    /// the credit read once here; returns that credit. A wait for more credit must start
+    /// from this very value: credit read again later could include an acknowledgement
+    /// this settling did not give back, and a wait above it could then never end while
+    /// the session keeps bytes in the budget that other sessions of the client need.
+    fn settle(&self) -> u64 {
+        let credit = self.sender.credit();
+        self.flight.settle(self.window.saturating_sub(credit));
+        credit
     }
 
     /// The client's next message; meanwhile gives back what the service acknowledges,
     /// so an idle session holds nothing and a reader waiting for room gets it.
     async fn next_settling(&mut self, from_client: &mut SplitStream<Ws>) -> Option<Result<Message, WsError>> {
         loop {
-            self.settle();
+            let seen = self.settle();
             if self.flight.outbound() == 0 {
                 return from_client.next().await;
             }
-            let seen = self.sender.credit();
             let acknowledged = tokio::select! {
                 biased;
                 next = from_client.next() => return next,
@@ -354,7 +359,7 @@ async fn upstream(
             // session, so this loop just stops reading.
             return std::future::pending().await;
         }
-        outbound.settle();
+        let _ = outbound.settle();
         deadline = idle_deadline(limits.idle);
     }
 }
