@@ -165,12 +165,15 @@ impl RateInner {
     fn turn(self: &Arc<Self>, key: &str, after_wait: bool) -> Result<RateDecision, watch::Receiver<()>> {
         let now = Instant::now();
         let shared = self.store.health().is_shared();
-        let turn = lock(&self.leases).entry(key.to_string()).or_insert_with(|| Lease::new(now)).take(
-            now,
-            self.max_lease,
-            shared,
-            after_wait,
-        );
+        let turn = {
+            let mut leases = lock(&self.leases);
+            // The key is copied only the first time it is seen, not on every request.
+            if !leases.contains_key(key) {
+                leases.insert(key.to_owned(), Lease::new(now));
+            }
+            let lease = leases.get_mut(key).expect("inserted just above, under the same lock");
+            lease.take(now, self.max_lease, shared, after_wait)
+        };
         match turn {
             Turn::Admit(refill) => {
                 self.start(key, refill);
