@@ -29,7 +29,7 @@ SCENARIOS = [
     "small_get", "echo_1k", "echo_64k", "stream_upload", "stream_download", "idle_1k", "idle_10k",
     "tls_small_get", "tls_handshakes", "h2_small_get",
 ]
-SYSTEMS = ["weir", "nginx", "haproxy", "upstream"]
+SYSTEMS = ["weir", "nginx", "haproxy", "pingora", "upstream"]
 PLACEMENTS = OrderedDict(
     [
         ("pinned", "Pinned: one core each (load generator on one core, system under test on the other)"),
